@@ -1,0 +1,239 @@
+//! What the shim knows about its containers and their processes: state only,
+//! no I/O, so the state machine can be read (and tested) on its own.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use containerd_shim::{
+    api::{Options, StateResponse, Status},
+    io::{Pty, Stdio},
+    protos::protobuf::well_known_types::timestamp::Timestamp,
+};
+use time::OffsetDateTime;
+use tokio::sync::watch;
+
+use crate::{
+    error::{Error, Result},
+    stdio::ProcessIo,
+};
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub status: u32,
+    pub at: OffsetDateTime,
+}
+
+impl Exit {
+    pub fn timestamp(&self) -> Timestamp {
+        Timestamp {
+            seconds: self.at.unix_timestamp(),
+            nanos: self.at.nanosecond() as i32,
+            ..Default::default()
+        }
+    }
+}
+
+/// A container's init process or one exec'd into it.
+pub struct Process {
+    /// The container id for init, the exec id otherwise.
+    pub id: String,
+    pub pid: i32,
+    pub status: Status,
+    pub stdio: Stdio,
+    pub io: ProcessIo,
+    pub console: Option<Pty>,
+    /// Set once, when the reaper reports the exit; `Wait` watches it.
+    exit: watch::Sender<Option<Exit>>,
+    /// The OCI process to run, for execs.
+    pub spec: Option<oci_spec::runtime::Process>,
+}
+
+impl Process {
+    pub fn new(id: &str, stdio: Stdio) -> Self {
+        Self {
+            id: id.to_string(),
+            pid: 0,
+            status: Status::CREATED,
+            stdio,
+            io: ProcessIo::default(),
+            console: None,
+            exit: watch::channel(None).0,
+            spec: None,
+        }
+    }
+
+    pub fn set_exited(&mut self, status: i32) -> Exit {
+        let exit = Exit {
+            status: status as u32,
+            at: OffsetDateTime::now_utc(),
+        };
+        self.status = Status::STOPPED;
+        self.exit.send_replace(Some(exit));
+        exit
+    }
+
+    pub fn exit(&self) -> Option<Exit> {
+        *self.exit.borrow()
+    }
+
+    pub fn watch_exit(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.subscribe()
+    }
+
+    pub fn state(&self, bundle: &str, exec_id: &str) -> StateResponse {
+        let exit = self.exit();
+        StateResponse {
+            id: self.id.clone(),
+            bundle: bundle.to_string(),
+            pid: self.pid.max(0) as u32,
+            status: self.status.into(),
+            stdin: self.stdio.stdin.clone(),
+            stdout: self.stdio.stdout.clone(),
+            stderr: self.stdio.stderr.clone(),
+            terminal: self.stdio.terminal,
+            exit_status: exit.map(|e| e.status).unwrap_or_default(),
+            exited_at: exit.map(|e| e.timestamp()).into(),
+            exec_id: exec_id.to_string(),
+            ..Default::default()
+        }
+    }
+
+    /// Guards a start: only a created process starts, once.
+    pub fn check_startable(&self) -> Result<()> {
+        match self.status {
+            Status::CREATED => Ok(()),
+            s => Err(Error::FailedPrecondition(format!(
+                "process {} cannot be started: it is {s:?}",
+                self.id
+            ))),
+        }
+    }
+
+    /// Guards a delete: a live process must be killed first.
+    pub fn check_deletable(&self) -> Result<()> {
+        match self.status {
+            Status::RUNNING | Status::PAUSED | Status::PAUSING => {
+                Err(Error::FailedPrecondition(format!(
+                    "cannot delete process {}: it is still {:?}; kill it first",
+                    self.id, self.status
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// One container of this shim (a shim serves a group, e.g. a pod).
+pub struct Container {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub options: Options,
+    pub runc: runc::Runc,
+    pub init: Process,
+    pub execs: HashMap<String, Process>,
+    /// Whether the container shares a pid namespace: then its children are not
+    /// killed by the kernel when init exits, and the shim must do it.
+    pub shared_pid_ns: bool,
+    /// Whether the shim mounted `bundle/rootfs` and must unmount it.
+    pub rootfs_mounted: bool,
+}
+
+impl Container {
+    pub fn bundle_str(&self) -> String {
+        self.bundle.to_string_lossy().into_owned()
+    }
+
+    pub fn process(&self, exec_id: &str) -> Result<&Process> {
+        if exec_id.is_empty() {
+            return Ok(&self.init);
+        }
+        self.execs.get(exec_id).ok_or_else(|| {
+            Error::NotFound(format!("exec {exec_id} not found in container {}", self.id))
+        })
+    }
+
+    pub fn process_mut(&mut self, exec_id: &str) -> Result<&mut Process> {
+        if exec_id.is_empty() {
+            return Ok(&mut self.init);
+        }
+        let id = self.id.clone();
+        self.execs
+            .get_mut(exec_id)
+            .ok_or_else(|| Error::NotFound(format!("exec {exec_id} not found in container {id}")))
+    }
+
+    /// Finds the process a reaped pid belonged to (init first).
+    pub fn process_by_pid(&mut self, pid: i32) -> Option<&mut Process> {
+        if pid <= 0 {
+            return None;
+        }
+        if self.init.pid == pid {
+            return Some(&mut self.init);
+        }
+        self.execs.values_mut().find(|p| p.pid == pid)
+    }
+}
+
+/// True when the spec joins an existing pid namespace or has none of its own.
+pub fn shares_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    use oci_spec::runtime::LinuxNamespaceType;
+    let own = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .map(|nss| {
+            nss.iter()
+                .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_none())
+        })
+        .unwrap_or(false);
+    !own
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn wait_sees_the_exit_recorded_by_the_reaper() {
+        let mut p = Process::new("c1", Stdio::default());
+        let mut rx = p.watch_exit();
+        assert!(p.exit().is_none());
+        let exit = p.set_exited(3);
+        let seen = rx.wait_for(|e| e.is_some()).await.unwrap().unwrap();
+        assert_eq!(seen, exit);
+        assert_eq!(p.status, Status::STOPPED);
+        let st = p.state("/b", "");
+        assert_eq!(st.exit_status, 3);
+        assert_eq!(st.status, Status::STOPPED.into());
+    }
+
+    #[test]
+    fn a_running_process_cannot_be_deleted_or_started_again() {
+        let mut p = Process::new("c1", Stdio::default());
+        p.check_startable().unwrap();
+        p.pid = 42;
+        p.status = Status::RUNNING;
+        assert!(matches!(
+            p.check_deletable(),
+            Err(Error::FailedPrecondition(_))
+        ));
+        assert!(matches!(
+            p.check_startable(),
+            Err(Error::FailedPrecondition(_))
+        ));
+        p.set_exited(0);
+        p.check_deletable().unwrap();
+    }
+
+    #[test]
+    fn pid_namespace_sharing_follows_the_spec() {
+        let spec = oci_spec::runtime::Spec::default();
+        // The default spec has a private pid namespace.
+        assert!(!shares_pid_namespace(&spec));
+        let mut spec = spec;
+        let mut linux = spec.linux().clone().unwrap();
+        linux.set_namespaces(Some(vec![]));
+        spec.set_linux(Some(linux));
+        assert!(shares_pid_namespace(&spec));
+    }
+}

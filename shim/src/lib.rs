@@ -1,0 +1,20 @@
+//! `containerd-shim-rekindle-v2`: a containerd shim v2 for function containers.
+//!
+//! - [`service`]: the shim process (containerd's `start`/`delete` actions,
+//!   exit and event forwarding);
+//! - [`task`]: the Task API over ttrpc, a thin adapter over typed methods;
+//! - [`container`]: container and process state, free of I/O;
+//! - [`runc`]: the runc engine (OCI lifecycle through the runc CLI);
+//! - [`stdio`] and [`console`]: a process's stdio and terminal;
+//! - [`error`]: the error type and its one mapping to ttrpc codes.
+
+pub mod console;
+pub mod container;
+pub mod error;
+pub mod runc;
+pub mod service;
+pub mod stdio;
+pub mod task;
+
+pub use error::{Error, Result};
+pub use service::{Service, RUNTIME_TYPE};

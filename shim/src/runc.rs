@@ -1,0 +1,269 @@
+//! The runc engine: the OCI lifecycle of a container through the runc CLI.
+//!
+//! Every runc invocation is spawned through [`ReaperSpawner`]: the shim is a
+//! child subreaper that reaps every child itself (containerd learns exit codes
+//! from it), so runc's own exit status must come from the reaper, not from
+//! tokio's `wait`, which would race it.
+
+use std::{
+    os::unix::process::ExitStatusExt,
+    path::{Path, PathBuf},
+    process::ExitStatus,
+    sync::Arc,
+};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    api::Options,
+    asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
+    monitor::{Subject, Topic},
+    protos::protobuf::{well_known_types::any::Any, Message},
+};
+use runc::{options::GlobalOpts, Command, Runc, Spawner};
+use serde::Deserialize;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+
+use crate::error::{Error, Result};
+
+/// Where runc keeps container state when the runtime options name no root,
+/// the same default as containerd's runc shim so `runc list` finds them.
+pub const DEFAULT_RUNC_ROOT: &str = "/run/containerd/runc";
+pub const DEFAULT_RUNC_BINARY: &str = "runc";
+/// runc's JSON log in the bundle; its last error line explains a failure.
+pub const RUNC_LOG: &str = "log.json";
+pub const INIT_PID_FILE: &str = "init.pid";
+
+/// Decodes the runtime options containerd attaches to a task
+/// (`containerd.runc.v1.Options`: BinaryName, Root, SystemdCgroup, IoUid...).
+pub fn decode_options(any: Option<&Any>) -> Result<Options> {
+    let Some(any) = any else {
+        return Ok(Options::default());
+    };
+    if any.value.is_empty() {
+        return Ok(Options::default());
+    }
+    if !any.type_url.ends_with("containerd.runc.v1.Options") {
+        return Err(Error::InvalidArgument(format!(
+            "unsupported runtime options type {:?}: io.containerd.rekindle.v2 takes containerd.runc.v1.Options",
+            any.type_url
+        )));
+    }
+    Options::parse_from_bytes(&any.value)
+        .map_err(|e| Error::InvalidArgument(format!("decode runtime options: {e}")))
+}
+
+/// Builds the runc driver for one container of `namespace`.
+pub fn new_runc(namespace: &str, bundle: &Path, opts: &Options) -> Result<Runc> {
+    let binary = if opts.binary_name.is_empty() {
+        DEFAULT_RUNC_BINARY
+    } else {
+        opts.binary_name.as_str()
+    };
+    let root = if opts.root.is_empty() {
+        DEFAULT_RUNC_ROOT
+    } else {
+        opts.root.as_str()
+    };
+    if which(binary).is_none() {
+        return Err(Error::FailedPrecondition(format!(
+            "OCI runtime binary {binary:?} not found in PATH ({}); install runc (apt-get install --no-install-recommends runc) or set BinaryName in the runtime options",
+            std::env::var("PATH").unwrap_or_default()
+        )));
+    }
+    let mut g = GlobalOpts::default()
+        .command(binary)
+        .root(Path::new(root).join(namespace))
+        .log(bundle.join(RUNC_LOG))
+        .log_json()
+        .systemd_cgroup(opts.systemd_cgroup);
+    g.custom_spawner(Arc::new(ReaperSpawner));
+    g.build()
+        .map_err(|e| Error::FailedPrecondition(format!("set up runc: {e}")))
+}
+
+fn which(binary: &str) -> Option<PathBuf> {
+    if binary.contains('/') {
+        return Path::new(binary).is_file().then(|| PathBuf::from(binary));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(binary))
+            .find(|p| p.is_file())
+    })
+}
+
+#[derive(Deserialize)]
+struct LogLine {
+    level: String,
+    msg: String,
+}
+
+/// Turns a failed runc call into an error that names runc's own reason, read
+/// from the last error line of its JSON log in the bundle.
+pub async fn runtime_error(bundle: &Path, err: runc::error::Error, action: &str) -> Error {
+    if let runc::error::Error::ProcessSpawnFailed(e) = &err {
+        return Error::FailedPrecondition(format!("{action}: cannot start runc: {e}"));
+    }
+    let mut message = None;
+    if let Ok(file) = tokio::fs::File::open(bundle.join(RUNC_LOG)).await {
+        let mut lines = BufReader::new(file).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Ok(l) = serde_json::from_str::<LogLine>(&line) {
+                if l.level == "error" {
+                    message = Some(l.msg.trim().to_string());
+                }
+            }
+        }
+    }
+    Error::Runtime {
+        action: action.to_string(),
+        message: message.unwrap_or_else(|| err.to_string()),
+    }
+}
+
+/// Maps runc's complaint about a kill to what containerd expects: a process
+/// that is already gone is `NotFound`.
+pub fn kill_error(err: runc::error::Error) -> Error {
+    let msg = err.to_string();
+    let lower = msg.to_lowercase();
+    if lower.contains("process already finished")
+        || lower.contains("container not running")
+        || lower.contains("no such process")
+    {
+        Error::NotFound("process already finished".into())
+    } else if lower.contains("does not exist") {
+        Error::NotFound("no such container".into())
+    } else {
+        Error::Runtime {
+            action: "runc kill".into(),
+            message: msg,
+        }
+    }
+}
+
+/// Spawns runc and learns its exit status from the shim's reaper.
+#[derive(Debug, Default)]
+pub struct ReaperSpawner;
+
+#[async_trait]
+impl Spawner for ReaperSpawner {
+    async fn execute(&self, cmd: Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        let mut cmd = cmd;
+        // Subscribe before spawning: a fast runc can exit before spawn returns.
+        let mut sub = monitor_subscribe(Topic::Pid)
+            .await
+            .map_err(|e| runc::error::Error::Other(Box::new(e)))?;
+        let mut child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                monitor_unsubscribe(sub.id).await.unwrap_or_default();
+                return Err(runc::error::Error::ProcessSpawnFailed(e));
+            }
+        };
+        let pid = child.id().unwrap_or_default();
+        let wait = async {
+            while let Some(ev) = sub.rx.recv().await {
+                if let Subject::Pid(p) = ev.subject {
+                    if p as u32 == pid {
+                        return ev.exit_code;
+                    }
+                }
+            }
+            -1
+        };
+        let (stdout, stderr, code) = tokio::join!(
+            read_all(child.stdout.take()),
+            read_all(child.stderr.take()),
+            wait
+        );
+        monitor_unsubscribe(sub.id).await.unwrap_or_default();
+        // The reaper reports an exit code; ExitStatus wants a wait(2) status.
+        Ok((ExitStatus::from_raw(code << 8), pid, stdout, stderr))
+    }
+}
+
+async fn read_all<R: AsyncRead + Unpin>(r: Option<R>) -> String {
+    let mut out = String::new();
+    if let Some(mut r) = r {
+        let _ = r.read_to_string(&mut out).await;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_options_mean_defaults() {
+        let o = decode_options(None).unwrap();
+        assert!(o.binary_name.is_empty() && o.root.is_empty());
+    }
+
+    #[test]
+    fn runc_options_are_decoded_and_others_rejected() {
+        let opts = Options {
+            binary_name: "/usr/sbin/runc".into(),
+            root: "/tmp/runc-root".into(),
+            ..Default::default()
+        };
+        let any = Any {
+            type_url: "containerd.runc.v1.Options".into(),
+            value: opts.write_to_bytes().unwrap(),
+            ..Default::default()
+        };
+        let got = decode_options(Some(&any)).unwrap();
+        assert_eq!(got.binary_name, "/usr/sbin/runc");
+        assert_eq!(got.root, "/tmp/runc-root");
+
+        let other = Any {
+            type_url: "io.containerd.runhcs.v1.Options".into(),
+            value: vec![1, 2, 3],
+            ..Default::default()
+        };
+        assert!(matches!(
+            decode_options(Some(&other)),
+            Err(Error::InvalidArgument(_))
+        ));
+    }
+
+    #[test]
+    fn a_missing_runc_binary_is_named_with_its_fix() {
+        let opts = Options {
+            binary_name: "runc-that-does-not-exist".into(),
+            ..Default::default()
+        };
+        let err = new_runc("default", Path::new("/tmp"), &opts).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, Error::FailedPrecondition(_)));
+        assert!(msg.contains("runc-that-does-not-exist") && msg.contains("BinaryName"));
+    }
+
+    #[tokio::test]
+    async fn runtime_errors_quote_runcs_last_error_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(RUNC_LOG),
+            "{\"level\":\"info\",\"msg\":\"starting\"}\n{\"level\":\"error\",\"msg\":\"exec: \\\"/nope\\\": no such file\"}\n",
+        )
+        .unwrap();
+        let err = runtime_error(
+            dir.path(),
+            runc::error::Error::Other(Box::new(std::io::Error::other("x"))),
+            "runc create",
+        )
+        .await;
+        assert_eq!(
+            err.to_string(),
+            "runc create failed: exec: \"/nope\": no such file"
+        );
+    }
+
+    #[test]
+    fn kill_of_a_finished_process_is_not_found() {
+        let e = kill_error(runc::error::Error::Other(Box::new(std::io::Error::other(
+            "container not running",
+        ))));
+        assert!(matches!(e, Error::NotFound(_)));
+    }
+}

@@ -1,0 +1,167 @@
+//! The shim process itself: how containerd starts it (`start`), cleans up
+//! after it (`delete`), and the loops that carry exits and events.
+
+use std::{env::current_dir, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    asynchronous::{
+        monitor::{monitor_subscribe, monitor_unsubscribe},
+        publisher::RemotePublisher,
+        spawn, ExitSignal, Shim,
+    },
+    monitor::{Subject, Topic},
+    mount::umount_recursive,
+    protos::ttrpc::context::with_duration,
+    util::{
+        read_options, read_pid_from_file, read_runtime, read_spec, timestamp, write_str_to_file,
+    },
+    Config, DeleteResponse, Flags, StartOpts,
+};
+use runc::options::DeleteOpts;
+use tokio::sync::mpsc;
+use tracing::{error, warn};
+
+use crate::{
+    runc::{new_runc, INIT_PID_FILE},
+    task::TaskService,
+};
+
+/// The runtime type containerd knows this shim by.
+pub const RUNTIME_TYPE: &str = "io.containerd.rekindle.v2";
+
+/// Annotations that put containers into one shim (one per pod or group).
+pub const GROUP_LABELS: [&str; 3] = [
+    "io.containerd.rekindle.v2.group",
+    "io.containerd.runc.v2.group",
+    "io.kubernetes.cri.sandbox-id",
+];
+
+pub struct Service {
+    exit: Arc<ExitSignal>,
+    id: String,
+    namespace: String,
+}
+
+#[async_trait]
+impl Shim for Service {
+    type T = TaskService;
+
+    async fn new(_runtime_id: &str, args: &Flags, _config: &mut Config) -> Self {
+        Service {
+            exit: Arc::new(ExitSignal::default()),
+            id: args.id.clone(),
+            namespace: args.namespace.clone(),
+        }
+    }
+
+    async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
+        // containerd runs `start` in the bundle: group by the spec's annotations.
+        let mut grouping = opts.id.clone();
+        let spec = read_spec("").await?;
+        if let Some(annotations) = spec.annotations() {
+            if let Some(group) = GROUP_LABELS.iter().find_map(|l| annotations.get(*l)) {
+                grouping = group.clone();
+            }
+        }
+        let address = spawn(opts, &grouping, Vec::new()).await?;
+        write_str_to_file("address", &address).await?;
+        Ok(address)
+    }
+
+    /// Cleans up after a shim that died: containerd runs `shim delete` in the
+    /// bundle. Nothing of the container may outlive this.
+    async fn delete_shim(&mut self) -> containerd_shim::Result<DeleteResponse> {
+        let bundle = current_dir().map_err(|e| containerd_shim::Error::IoError {
+            context: "get current dir".into(),
+            err: e,
+        })?;
+        let mut opts = read_options(&bundle).await.unwrap_or_default();
+        if let Ok(runtime) = read_runtime(&bundle).await {
+            if !runtime.is_empty() {
+                opts.binary_name = runtime;
+            }
+        }
+        match new_runc(&self.namespace, &bundle, &opts) {
+            Ok(runc) => {
+                if let Err(e) = runc
+                    .delete(&self.id, Some(&DeleteOpts { force: true }))
+                    .await
+                {
+                    warn!(error = %e, "runc delete during shim cleanup");
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot run runc for cleanup"),
+        }
+        if let Err(e) = umount_recursive(bundle.join("rootfs").to_str(), 0) {
+            warn!(error = %e, "unmount rootfs during shim cleanup");
+        }
+        let pid = read_pid_from_file(&bundle.join(INIT_PID_FILE))
+            .await
+            .unwrap_or_default();
+        Ok(DeleteResponse {
+            pid: pid as u32,
+            // As containerd's own shims report it: killed.
+            exit_status: 128 + 9,
+            exited_at: Some(timestamp()?).into(),
+            ..Default::default()
+        })
+    }
+
+    async fn wait(&mut self) {
+        self.exit.wait().await;
+    }
+
+    async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        let (tx, rx) = mpsc::channel(128);
+        let task = TaskService::new(&self.namespace, tx, self.exit.clone());
+        forward_exits(&task).await;
+        forward_events(publisher, self.namespace.clone(), rx);
+        task
+    }
+}
+
+/// Every child the reaper collects is offered to the task service.
+async fn forward_exits(task: &TaskService) {
+    let mut sub = match monitor_subscribe(Topic::Pid).await {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot subscribe to process exits");
+            return;
+        }
+    };
+    let task = task.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = sub.rx.recv().await {
+            if let Subject::Pid(pid) = ev.subject {
+                task.handle_exit(pid, ev.exit_code).await;
+            }
+        }
+        monitor_unsubscribe(sub.id).await.unwrap_or_default();
+    });
+}
+
+fn forward_events(
+    publisher: RemotePublisher,
+    namespace: String,
+    mut rx: mpsc::Receiver<(
+        String,
+        Box<dyn containerd_shim::protos::protobuf::MessageDyn>,
+    )>,
+) {
+    tokio::spawn(async move {
+        while let Some((topic, event)) = rx.recv().await {
+            if let Err(e) = publisher
+                .publish(
+                    with_duration(Duration::from_secs(5)),
+                    &topic,
+                    &namespace,
+                    event,
+                )
+                .await
+            {
+                warn!(topic, error = %e, "publish event to containerd");
+            }
+        }
+    });
+}

@@ -1,0 +1,788 @@
+//! The Task API (containerd's `containerd.task.v2.Task` over ttrpc).
+//!
+//! [`TaskService`] does the work in plain async methods that return the
+//! shim's typed [`Error`]; the `Task` impl at the bottom is a thin adapter
+//! that converts to ttrpc statuses in one place.
+
+use std::{collections::HashMap, path::Path, sync::Arc};
+
+use async_trait::async_trait;
+use containerd_shim::{
+    api::{
+        CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+        CreateTaskResponse, DeleteRequest, Empty, ExecProcessRequest, KillRequest, PauseRequest,
+        PidsRequest, PidsResponse, ResizePtyRequest, ResumeRequest, ShutdownRequest, StartRequest,
+        StartResponse, StateRequest, StateResponse, StatsRequest, StatsResponse, Status,
+        UpdateTaskRequest, WaitRequest, WaitResponse,
+    },
+    asynchronous::ExitSignal,
+    event::Event,
+    io::Stdio,
+    mount::umount_recursive,
+    protos::{
+        api::ProcessInfo,
+        events::task::{
+            TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
+            TaskResumed, TaskStart,
+        },
+        protobuf::MessageDyn,
+    },
+    util::{convert_to_any, mkdir, mount_rootfs, read_spec},
+    DeleteResponse, Task, TtrpcContext, TtrpcResult,
+};
+use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
+use tokio::sync::{mpsc, Mutex};
+use tracing::{debug, info, instrument, warn};
+
+use crate::{
+    console::{self, ConsoleSocket},
+    container::{shares_pid_namespace, Container, Process},
+    error::{Error, Result},
+    runc::{decode_options, kill_error, new_runc, runtime_error, INIT_PID_FILE},
+    stdio::Owner,
+};
+
+/// Events on their way to containerd: (topic, event).
+pub type EventTx = mpsc::Sender<(String, Box<dyn MessageDyn>)>;
+
+pub type Containers = Arc<Mutex<HashMap<String, Container>>>;
+
+#[derive(Clone)]
+pub struct TaskService {
+    pub namespace: String,
+    pub containers: Containers,
+    events: EventTx,
+    exit: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    pub fn new(namespace: &str, events: EventTx, exit: Arc<ExitSignal>) -> Self {
+        Self {
+            namespace: namespace.to_string(),
+            containers: Arc::default(),
+            events,
+            exit,
+        }
+    }
+
+    async fn send(&self, event: impl Event + 'static) {
+        send_event(&self.events, event).await
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    pub async fn create(&self, req: CreateTaskRequest) -> Result<CreateTaskResponse> {
+        if req.id.is_empty() {
+            return Err(Error::InvalidArgument("a task needs an id".into()));
+        }
+        let mut containers = self.containers.lock().await;
+        if containers.contains_key(&req.id) {
+            return Err(Error::AlreadyExists(format!(
+                "container {} already exists",
+                req.id
+            )));
+        }
+        if !req.checkpoint.is_empty() {
+            return Err(Error::Unimplemented(
+                "restoring a task from a checkpoint (CreateTask with checkpoint)".into(),
+            ));
+        }
+        let options = decode_options(req.options.as_ref())?;
+        let bundle = Path::new(&req.bundle).to_path_buf();
+        let runc = new_runc(&self.namespace, &bundle, &options)?;
+        let spec = read_spec(&bundle).await.map_err(|e| {
+            Error::InvalidArgument(format!(
+                "read the OCI spec {}: {e}",
+                bundle.join("config.json").display()
+            ))
+        })?;
+
+        let rootfs = bundle.join("rootfs");
+        let rootfs_mounted = !req.rootfs.is_empty();
+        if rootfs_mounted {
+            mkdir(&rootfs, 0o711).await?;
+            for m in &req.rootfs {
+                if let Err(e) = mount_rootfs(m, &rootfs).await {
+                    unmount(&rootfs);
+                    return Err(Error::FailedPrecondition(format!(
+                        "mount rootfs ({} {}): {e}",
+                        m.type_, m.source
+                    )));
+                }
+            }
+        }
+
+        let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
+        let mut init = Process::new(&req.id, stdio.clone());
+        let owner = Owner {
+            container_id: req.id.clone(),
+            namespace: self.namespace.clone(),
+            uid: options.io_uid,
+            gid: options.io_gid,
+        };
+        let pid_file = bundle.join(INIT_PID_FILE);
+        let mut opts = CreateOpts::new()
+            .pid_file(&pid_file)
+            .no_pivot(options.no_pivot_root)
+            .no_new_keyring(options.no_new_keyring)
+            .detach(false);
+        let console = if stdio.terminal {
+            let s = ConsoleSocket::new()?;
+            opts.console_socket = Some(s.path.clone());
+            Some(s)
+        } else {
+            match init.io.attach(&owner, &stdio).await {
+                Ok(io) => opts.io = Some(io),
+                Err(e) => {
+                    init.io.abort().await;
+                    if rootfs_mounted {
+                        unmount(&rootfs);
+                    }
+                    return Err(e);
+                }
+            }
+            None
+        };
+
+        let created = async {
+            runc.create(&req.id, &bundle, Some(&opts))
+                .await
+                .map_err(|e| (e, "runc create"))?;
+            Ok::<_, (runc::error::Error, &str)>(())
+        }
+        .await;
+        let result = match created {
+            Err((e, action)) => Err(runtime_error(&bundle, e, action).await),
+            Ok(()) => {
+                let attached = match &console {
+                    Some(s) => s.receive().await.and_then(|pty| {
+                        init.io.attach_console(&stdio, pty.clone())?;
+                        init.console = Some(pty);
+                        Ok(())
+                    }),
+                    None => Ok(()),
+                };
+                match attached {
+                    Ok(()) => read_pid(&pid_file).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        let pid = match result {
+            Ok(pid) => pid,
+            Err(e) => {
+                warn!(error = %e, "create failed; cleaning up");
+                let _ = runc
+                    .delete(&req.id, Some(&DeleteOpts { force: true }))
+                    .await;
+                init.io.abort().await;
+                if rootfs_mounted {
+                    unmount(&rootfs);
+                }
+                return Err(e);
+            }
+        };
+        init.pid = pid;
+        info!(pid, bundle = %bundle.display(), "container created");
+
+        containers.insert(
+            req.id.clone(),
+            Container {
+                id: req.id.clone(),
+                bundle: bundle.clone(),
+                options,
+                runc,
+                init,
+                execs: HashMap::new(),
+                shared_pid_ns: shares_pid_namespace(&spec),
+                rootfs_mounted,
+            },
+        );
+        // Sent under the lock, so no TaskExit of this container can overtake it.
+        self.send(TaskCreate {
+            container_id: req.id.clone(),
+            bundle: req.bundle.clone(),
+            rootfs: req.rootfs.clone(),
+            io: Some(TaskIO {
+                stdin: req.stdin.clone(),
+                stdout: req.stdout.clone(),
+                stderr: req.stderr.clone(),
+                terminal: req.terminal,
+                ..Default::default()
+            })
+            .into(),
+            checkpoint: req.checkpoint.clone(),
+            pid: pid as u32,
+            ..Default::default()
+        })
+        .await;
+        Ok(CreateTaskResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    pub async fn start(&self, req: StartRequest) -> Result<StartResponse> {
+        let mut containers = self.containers.lock().await;
+        let c = get_mut(&mut containers, &req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            c.init.check_startable()?;
+            if let Err(e) = c.runc.start(&c.id).await {
+                return Err(runtime_error(&c.bundle, e, "runc start").await);
+            }
+            c.init.status = Status::RUNNING;
+            let pid = c.init.pid;
+            self.send(TaskStart {
+                container_id: c.id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .await;
+            pid
+        } else {
+            if c.init.status != Status::RUNNING {
+                return Err(Error::FailedPrecondition(format!(
+                    "cannot start exec {} in container {}: the container is {:?}",
+                    req.exec_id, c.id, c.init.status
+                )));
+            }
+            let pid = start_exec(c, &self.namespace, &req.exec_id).await?;
+            self.send(TaskExecStarted {
+                container_id: c.id.clone(),
+                exec_id: req.exec_id.clone(),
+                pid: pid as u32,
+                ..Default::default()
+            })
+            .await;
+            pid
+        };
+        info!(pid, "started");
+        Ok(StartResponse {
+            pid: pid as u32,
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    pub async fn delete(&self, req: DeleteRequest) -> Result<DeleteResponse> {
+        let mut containers = self.containers.lock().await;
+        let c = get_mut(&mut containers, &req.id)?;
+        if !req.exec_id.is_empty() {
+            let p = c.process(&req.exec_id)?;
+            p.check_deletable()?;
+            let p = c.execs.remove(&req.exec_id).expect("checked above");
+            p.io.shutdown().await;
+            let _ = tokio::fs::remove_file(c.bundle.join(format!("{}.pid", req.exec_id))).await;
+            return Ok(delete_response(&p));
+        }
+        c.init.check_deletable()?;
+        if let Some(running) = c.execs.values().find(|p| p.check_deletable().is_err()) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot delete container {}: exec {} is still running",
+                c.id, running.id
+            )));
+        }
+        if let Err(e) = c
+            .runc
+            .delete(&c.id, Some(&DeleteOpts { force: true }))
+            .await
+        {
+            if !e.to_string().to_lowercase().contains("does not exist") {
+                return Err(runtime_error(&c.bundle, e, "runc delete").await);
+            }
+        }
+        let c = containers.remove(&req.id).expect("looked up above");
+        c.init.io.shutdown().await;
+        for p in c.execs.values() {
+            p.io.shutdown().await;
+        }
+        if c.rootfs_mounted {
+            unmount(&c.bundle.join("rootfs"));
+        }
+        let resp = delete_response(&c.init);
+        self.send(TaskDelete {
+            container_id: c.id.clone(),
+            id: c.id.clone(),
+            pid: resp.pid,
+            exit_status: resp.exit_status,
+            exited_at: resp.exited_at.clone(),
+            ..Default::default()
+        })
+        .await;
+        info!(exit_status = resp.exit_status, "container deleted");
+        Ok(resp)
+    }
+
+    pub async fn state(&self, req: StateRequest) -> Result<StateResponse> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        Ok(c.process(&req.exec_id)?
+            .state(&c.bundle_str(), &req.exec_id))
+    }
+
+    pub async fn wait(&self, req: WaitRequest) -> Result<WaitResponse> {
+        let mut rx = {
+            let containers = self.containers.lock().await;
+            get(&containers, &req.id)?
+                .process(&req.exec_id)?
+                .watch_exit()
+        };
+        let exit = rx
+            .wait_for(|e| e.is_some())
+            .await
+            .map_err(|_| Error::NotFound(format!("process {} was deleted", req.id)))?
+            .expect("waited for Some");
+        Ok(WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(exit.timestamp()).into(),
+            ..Default::default()
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id, signal = req.signal, all = req.all))]
+    pub async fn kill(&self, req: KillRequest) -> Result<()> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        if req.exec_id.is_empty() {
+            if c.init.status == Status::STOPPED && !req.all {
+                return Err(Error::NotFound(format!(
+                    "process already finished: container {} has exited",
+                    c.id
+                )));
+            }
+            return c
+                .runc
+                .kill(&c.id, req.signal, Some(&KillOpts { all: req.all }))
+                .await
+                .map_err(kill_error);
+        }
+        let p = c.process(&req.exec_id)?;
+        if p.pid <= 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "exec {} has not been started",
+                req.exec_id
+            )));
+        }
+        if p.exit().is_some() {
+            return Err(Error::NotFound("process already finished".into()));
+        }
+        let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
+            .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig).map_err(|e| match e {
+            nix::errno::Errno::ESRCH => Error::NotFound("process already finished".into()),
+            e => Error::io(format!("kill {}", p.pid))(e.into()),
+        })
+    }
+
+    #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
+    pub async fn exec(&self, req: ExecProcessRequest) -> Result<()> {
+        let mut containers = self.containers.lock().await;
+        let c = get_mut(&mut containers, &req.id)?;
+        if req.exec_id.is_empty() {
+            return Err(Error::InvalidArgument("an exec needs an exec id".into()));
+        }
+        if c.execs.contains_key(&req.exec_id) {
+            return Err(Error::AlreadyExists(format!(
+                "exec {} already exists in container {}",
+                req.exec_id, c.id
+            )));
+        }
+        if c.init.status == Status::STOPPED {
+            return Err(Error::FailedPrecondition(format!(
+                "container {} has exited",
+                c.id
+            )));
+        }
+        let spec = req
+            .spec
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("exec request carries no process spec".into()))?;
+        let mut spec: oci_spec::runtime::Process = serde_json::from_slice(&spec.value)
+            .map_err(|e| Error::InvalidArgument(format!("exec process spec: {e}")))?;
+        spec.set_terminal(Some(req.terminal));
+        let mut p = Process::new(
+            &req.exec_id,
+            Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal),
+        );
+        p.spec = Some(spec);
+        c.execs.insert(req.exec_id.clone(), p);
+        self.send(TaskExecAdded {
+            container_id: req.id.clone(),
+            exec_id: req.exec_id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    pub async fn resize_pty(&self, req: ResizePtyRequest) -> Result<()> {
+        let containers = self.containers.lock().await;
+        let p = get(&containers, &req.id)?.process(&req.exec_id)?;
+        match &p.console {
+            Some(pty) => console::resize(pty, req.height, req.width),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn close_io(&self, req: CloseIORequest) -> Result<()> {
+        let containers = self.containers.lock().await;
+        let p = get(&containers, &req.id)?.process(&req.exec_id)?;
+        if req.stdin {
+            p.io.fifos.close_input();
+        }
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    pub async fn pause(&self, req: PauseRequest) -> Result<()> {
+        let mut containers = self.containers.lock().await;
+        let c = get_mut(&mut containers, &req.id)?;
+        if c.init.status != Status::RUNNING {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot pause container {}: it is {:?}",
+                c.id, c.init.status
+            )));
+        }
+        if let Err(e) = c.runc.pause(&c.id).await {
+            return Err(runtime_error(&c.bundle, e, "runc pause").await);
+        }
+        c.init.status = Status::PAUSED;
+        self.send(TaskPaused {
+            container_id: c.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    #[instrument(skip_all, fields(id = %req.id))]
+    pub async fn resume(&self, req: ResumeRequest) -> Result<()> {
+        let mut containers = self.containers.lock().await;
+        let c = get_mut(&mut containers, &req.id)?;
+        if c.init.status != Status::PAUSED {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot resume container {}: it is {:?}",
+                c.id, c.init.status
+            )));
+        }
+        if let Err(e) = c.runc.resume(&c.id).await {
+            return Err(runtime_error(&c.bundle, e, "runc resume").await);
+        }
+        c.init.status = Status::RUNNING;
+        self.send(TaskResumed {
+            container_id: c.id.clone(),
+            ..Default::default()
+        })
+        .await;
+        Ok(())
+    }
+
+    pub async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        let pids = c.runc.ps(&c.id).await.map_err(|e| Error::Runtime {
+            action: "runc ps".into(),
+            message: e.to_string(),
+        })?;
+        Ok(PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    pub async fn stats(&self, req: StatsRequest) -> Result<StatsResponse> {
+        let pid = {
+            let containers = self.containers.lock().await;
+            let c = get(&containers, &req.id)?;
+            if c.init.status == Status::STOPPED || c.init.pid <= 0 {
+                return Err(Error::FailedPrecondition(format!(
+                    "container {} is not running: no stats",
+                    c.id
+                )));
+            }
+            c.init.pid as u32
+        };
+        let cgroup = containerd_shim::cgroup::get_cgroup(pid)?;
+        // containerd decodes v1 and v2 metrics by their type URL: send the
+        // one matching the host's hierarchy, as the Go shim does.
+        let metrics: Box<dyn MessageDyn> = if cgroup.v2() {
+            Box::new(containerd_shim::cgroup::collect_metrics_v2(&cgroup)?)
+        } else {
+            Box::new(containerd_shim::cgroup::collect_metrics(&cgroup)?)
+        };
+        Ok(StatsResponse {
+            stats: Some(convert_to_any(metrics)?).into(),
+            ..Default::default()
+        })
+    }
+
+    pub async fn update(&self, req: UpdateTaskRequest) -> Result<()> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        let any = req
+            .resources
+            .as_ref()
+            .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
+        let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
+            .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")))?;
+        c.runc
+            .update(&c.id, &resources)
+            .await
+            .map_err(|e| Error::Runtime {
+                action: "runc update".into(),
+                message: e.to_string(),
+            })
+    }
+
+    pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        Ok(ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: c.init.pid.max(0) as u32,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    pub async fn shutdown(&self) -> Result<()> {
+        let containers = self.containers.lock().await;
+        if containers.is_empty() {
+            info!("no containers left: shim exits");
+            self.exit.signal();
+        } else {
+            debug!(
+                containers = containers.len(),
+                "shutdown ignored: containers remain"
+            );
+        }
+        Ok(())
+    }
+
+    /// Records a reaped child's exit on the process it belonged to and tells
+    /// containerd. Called by the exit loop for every pid the reaper reports.
+    pub async fn handle_exit(&self, pid: i32, code: i32) {
+        let mut containers = self.containers.lock().await;
+        for c in containers.values_mut() {
+            let is_init = c.init.pid == pid;
+            if is_init && c.shared_pid_ns {
+                // Nobody else kills the rest of a shared pid namespace.
+                if let Err(e) = c.runc.kill(&c.id, 9, Some(&KillOpts { all: true })).await {
+                    debug!(error = %e, "kill --all after init exit");
+                }
+            }
+            let container_id = c.id.clone();
+            if let Some(p) = c.process_by_pid(pid) {
+                let exit = p.set_exited(code);
+                info!(container = %container_id, process = %p.id, pid, code, "process exited");
+                let event = TaskExit {
+                    container_id,
+                    id: p.id.clone(),
+                    pid: pid as u32,
+                    exit_status: exit.status,
+                    exited_at: Some(exit.timestamp()).into(),
+                    ..Default::default()
+                };
+                send_event(&self.events, event).await;
+                return;
+            }
+        }
+    }
+}
+
+async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result<i32> {
+    let owner = Owner {
+        container_id: c.id.clone(),
+        namespace: namespace.to_string(),
+        uid: c.options.io_uid,
+        gid: c.options.io_gid,
+    };
+    let bundle = c.bundle.clone();
+    let container_id = c.id.clone();
+    let runc = c.runc.clone();
+    let p = c.process_mut(exec_id)?;
+    p.check_startable()?;
+    let spec = p
+        .spec
+        .clone()
+        .ok_or_else(|| Error::FailedPrecondition(format!("exec {exec_id} has no process spec")))?;
+    let pid_file = bundle.join(format!("{exec_id}.pid"));
+    let mut opts = ExecOpts {
+        io: None,
+        pid_file: Some(pid_file.clone()),
+        console_socket: None,
+        detach: true,
+    };
+    let console = if p.stdio.terminal {
+        let s = ConsoleSocket::new()?;
+        opts.console_socket = Some(s.path.clone());
+        Some(s)
+    } else {
+        opts.io = Some(p.io.attach(&owner, &p.stdio).await?);
+        None
+    };
+    let result = async {
+        if let Err(e) = runc.exec(&container_id, &spec, Some(&opts)).await {
+            return Err(runtime_error(&bundle, e, "runc exec").await);
+        }
+        if let Some(s) = &console {
+            let pty = s.receive().await?;
+            p.io.attach_console(&p.stdio, pty.clone())?;
+            p.console = Some(pty);
+        }
+        read_pid(&pid_file).await
+    }
+    .await;
+    match result {
+        Ok(pid) => {
+            p.pid = pid;
+            p.status = Status::RUNNING;
+            Ok(pid)
+        }
+        Err(e) => {
+            // The exec stays registered and may be started again: fresh io.
+            p.io.abort().await;
+            p.io = Default::default();
+            Err(e)
+        }
+    }
+}
+
+async fn read_pid(path: &Path) -> Result<i32> {
+    let s = tokio::fs::read_to_string(path)
+        .await
+        .map_err(Error::io(format!("read pid file {}", path.display())))?;
+    s.trim().parse::<i32>().map_err(|e| Error::Runtime {
+        action: "read pid".into(),
+        message: format!("{}: {e}", path.display()),
+    })
+}
+
+fn delete_response(p: &Process) -> DeleteResponse {
+    let exit = p.exit();
+    DeleteResponse {
+        pid: p.pid.max(0) as u32,
+        exit_status: exit.map(|e| e.status).unwrap_or_default(),
+        exited_at: exit.map(|e| e.timestamp()).into(),
+        ..Default::default()
+    }
+}
+
+fn unmount(rootfs: &Path) {
+    if let Err(e) = umount_recursive(rootfs.to_str(), 0) {
+        warn!(error = %e, rootfs = %rootfs.display(), "unmount rootfs");
+    }
+}
+
+fn get<'a>(containers: &'a HashMap<String, Container>, id: &str) -> Result<&'a Container> {
+    containers
+        .get(id)
+        .ok_or_else(|| Error::NotFound(format!("container {id} not found in this shim")))
+}
+
+fn get_mut<'a>(
+    containers: &'a mut HashMap<String, Container>,
+    id: &str,
+) -> Result<&'a mut Container> {
+    containers
+        .get_mut(id)
+        .ok_or_else(|| Error::NotFound(format!("container {id} not found in this shim")))
+}
+
+pub async fn send_event(events: &EventTx, event: impl Event + 'static) {
+    let topic = event.topic();
+    if let Err(e) = events.send((topic.clone(), Box::new(event))).await {
+        warn!(topic, error = %e, "event dropped: publisher gone");
+    }
+}
+
+/// The ttrpc adapter: each RPC calls the typed method above; errors become
+/// ttrpc statuses through `From<Error> for ttrpc::Error`, nowhere else.
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> TtrpcResult<StateResponse> {
+        Ok(TaskService::state(self, req).await?)
+    }
+
+    async fn create(
+        &self,
+        _: &TtrpcContext,
+        req: CreateTaskRequest,
+    ) -> TtrpcResult<CreateTaskResponse> {
+        Ok(TaskService::create(self, req).await?)
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> TtrpcResult<StartResponse> {
+        Ok(TaskService::start(self, req).await?)
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> TtrpcResult<DeleteResponse> {
+        Ok(TaskService::delete(self, req).await?)
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> TtrpcResult<PidsResponse> {
+        Ok(TaskService::pids(self, req).await?)
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> TtrpcResult<Empty> {
+        TaskService::pause(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> TtrpcResult<Empty> {
+        TaskService::resume(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        Err(Error::Unimplemented("Checkpoint".into()).into())
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {
+        TaskService::kill(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> TtrpcResult<Empty> {
+        TaskService::exec(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> TtrpcResult<Empty> {
+        TaskService::resize_pty(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> TtrpcResult<Empty> {
+        TaskService::close_io(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> TtrpcResult<Empty> {
+        TaskService::update(self, req).await?;
+        Ok(Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> TtrpcResult<WaitResponse> {
+        Ok(TaskService::wait(self, req).await?)
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> TtrpcResult<StatsResponse> {
+        Ok(TaskService::stats(self, req).await?)
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> TtrpcResult<ConnectResponse> {
+        Ok(TaskService::connect(self, req).await?)
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> TtrpcResult<Empty> {
+        TaskService::shutdown(self).await?;
+        Ok(Empty::new())
+    }
+}
