@@ -1,0 +1,173 @@
+//! A real checkpoint and restore through libcriu and /usr/local/sbin/criu: a `sleep` in a
+//! session of its own is dumped (and killed by CRIU), restored, found alive with the same
+//! pid, then killed. Needs root and CRIU >= 4.2 (hack/setup.sh).
+
+use std::fs;
+use std::io;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use criu_sys::safe::{Criu, LogLevel};
+
+/// Spawns `sleep 1000` as the leader of a new session, stdio on /dev/null, so that the
+/// tree CRIU dumps owns its session, process group and files.
+fn spawn_sleeper() -> Child {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn sleep");
+    // Wait until it runs `sleep` (not still our forked copy about to exec).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cmdline(child.id()).as_deref() != Some("sleep 1000") {
+        assert!(Instant::now() < deadline, "sleep did not start");
+        thread::sleep(Duration::from_millis(5));
+    }
+    child
+}
+
+fn cmdline(pid: u32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let s: Vec<String> = raw
+        .split(|b| *b == 0)
+        .filter(|s| !s.is_empty())
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    Some(s.join(" "))
+}
+
+/// The state letter of /proc/<pid>/stat ('S' sleeping, 'Z' zombie, ...).
+fn state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_comm = &stat[stat.rfind(')')? + 2..];
+    after_comm.chars().next()
+}
+
+fn log_of(dir: &Path, name: &str) -> String {
+    let log = fs::read_to_string(dir.join(name)).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(30).collect();
+    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+}
+
+fn dump(dir: &Path, pid: u32) {
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir).unwrap();
+    criu.set_log_file("dump.log").unwrap();
+    criu.set_log_level(LogLevel::Debug);
+    criu.set_pid(pid).unwrap();
+    criu.set_leave_running(false);
+    if let Err(e) = criu.dump() {
+        panic!("{e}\n--- dump.log (tail) ---\n{}", log_of(dir, "dump.log"));
+    }
+    assert!(dir.join("inventory.img").exists(), "no images written");
+}
+
+fn kill_and_reap(pid: u32) -> libc::c_int {
+    // SAFETY: plain syscalls on a pid we own.
+    unsafe {
+        assert_eq!(libc::kill(pid as i32, libc::SIGKILL), 0, "kill {pid}");
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid as i32, &mut status, 0), pid as i32);
+        status
+    }
+}
+
+#[test]
+fn a_dumped_process_is_restored_as_our_child_with_its_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_sleeper();
+    let pid = child.id();
+
+    dump(dir.path(), pid);
+    // CRIU killed it (leave_running = false); reap it so that its pid is free again.
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    assert_eq!(state(pid), None, "pid {pid} still exists after the dump");
+
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir.path()).unwrap();
+    criu.set_log_file("restore.log").unwrap();
+    criu.set_log_level(LogLevel::Debug);
+    let restored = criu.restore_child().unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- restore.log (tail) ---\n{}",
+            log_of(dir.path(), "restore.log")
+        )
+    });
+
+    assert_eq!(restored, pid, "CRIU restores the same pid");
+    assert_eq!(cmdline(pid).as_deref(), Some("sleep 1000"));
+    assert!(
+        matches!(state(pid), Some('S' | 'R')),
+        "state {:?}",
+        state(pid)
+    );
+    // Its own session and process group, as before the dump.
+    // SAFETY: plain syscalls.
+    unsafe {
+        assert_eq!(libc::getsid(pid as i32), pid as i32);
+        assert_eq!(libc::getpgid(pid as i32), pid as i32);
+    }
+    // It is our child again: we can reap it.
+    let status = kill_and_reap(pid);
+    assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+}
+
+#[test]
+fn a_dumped_process_is_restored_detached() {
+    // Become a subreaper so that the restored tree, whose parent CRIU exits, is handed to
+    // us and can be reaped (instead of to init).
+    // SAFETY: plain prctl.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_sleeper();
+    let pid = child.id();
+    dump(dir.path(), pid);
+    child.wait().unwrap();
+
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir.path()).unwrap();
+    criu.set_log_file("restore.log").unwrap();
+    criu.set_log_level(LogLevel::Debug);
+    let restored = criu.restore().unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- restore.log (tail) ---\n{}",
+            log_of(dir.path(), "restore.log")
+        )
+    });
+    assert_eq!(restored, pid);
+    assert_eq!(cmdline(pid).as_deref(), Some("sleep 1000"));
+    let status = kill_and_reap(pid);
+    assert!(libc::WIFSIGNALED(status));
+}
+
+#[test]
+fn dumping_a_missing_pid_fails_with_criu_errno() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir.path()).unwrap();
+    criu.set_log_file("dump.log").unwrap();
+    // Above the default pid_max (4194304), so no such process can exist.
+    criu.set_pid(i32::MAX as u32).unwrap();
+    let err = criu.dump().unwrap_err();
+    assert_eq!(err.code(), Some(-libc::EBADE), "{err}");
+    assert_eq!(err.cause(), Some(criu_sys::safe::Cause::Failed), "{err}");
+    assert!(err.to_string().starts_with("CRIU dump failed"), "{err}");
+}
