@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Rekindle's reference function: a small stdlib-only HTTP function server.
+
+Start-up simulates what makes real function cold starts slow: a set of stdlib imports
+and ~60 MB of initialised in-memory state. After a CRIU checkpoint/restore, the request
+counter must keep counting from where it was.
+
+  GET  /         -> {"function", "count", "pid", "state_bytes", "checksum"}
+  GET  /healthz  -> ok
+  POST /invoke   -> {"function", "count", "body_bytes"}
+
+Environment: PORT (8080), BIND (127.0.0.1), FUNCTION_NAME (python-fn),
+STATE_MB (60).
+"""
+
+import os
+import signal
+import sys
+import time
+
+T0 = time.monotonic()
+
+# --- "initialisation": imports a typical function pulls in --------------------------
+import base64  # noqa: E402,F401
+import collections  # noqa: E402,F401
+import csv  # noqa: E402,F401
+import datetime  # noqa: E402,F401
+import decimal  # noqa: E402,F401
+import email.message  # noqa: E402,F401
+import email.parser  # noqa: E402,F401
+import hashlib  # noqa: E402
+import http.client  # noqa: E402,F401
+import http.server  # noqa: E402
+import json  # noqa: E402
+import logging  # noqa: E402,F401
+import random  # noqa: E402
+import re  # noqa: E402,F401
+import socketserver  # noqa: E402,F401
+import threading  # noqa: E402
+import urllib.parse  # noqa: E402,F401
+import uuid  # noqa: E402,F401
+import xml.etree.ElementTree  # noqa: E402,F401
+import zlib  # noqa: E402,F401
+
+try:
+    import sqlite3  # noqa: F401
+except ImportError:  # not every minimal rootfs ships it
+    sqlite3 = None
+
+FUNCTION = os.environ.get("FUNCTION_NAME", "python-fn")
+PORT = int(os.environ.get("PORT", "8080"))
+BIND = os.environ.get("BIND", "127.0.0.1")
+STATE_MB = int(os.environ.get("STATE_MB", "60"))
+
+
+def build_state(mb):
+    """~mb MB of deterministic state in 1 MiB blocks, no two alike and not zero pages
+    (CRIU must copy them): a quarter of each block is pseudo-random, the rest a repeated
+    pattern, so it compresses roughly like a real heap (~4x) rather than to nothing."""
+    chunk = 1 << 20
+    rng = random.Random(FUNCTION)
+    blocks = []
+    for i in range(mb):
+        pattern = hashlib.sha256(b"%s/%d" % (FUNCTION.encode(), i)).digest()
+        noise = rng.randbytes(chunk // 4)
+        blocks.append(noise + pattern * ((chunk - len(noise)) // len(pattern)))
+    return blocks
+
+
+STATE = build_state(STATE_MB)
+STATE_BYTES = sum(len(b) for b in STATE)
+CHECKSUM = hashlib.sha256(b"".join(b[:64] for b in STATE)).hexdigest()[:16]
+
+_count = 0
+_lock = threading.Lock()
+
+
+def next_count():
+    global _count
+    with _lock:
+        _count += 1
+        return _count
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server_version = "rekindle-python-fn/1"
+    # HTTP/1.0: one request per connection, so an idle function holds no established
+    # TCP connection (a checkpoint then only has the listening socket to save).
+    protocol_version = "HTTP/1.0"
+
+    def _send(self, code, body, ctype="application/json"):
+        data = body if isinstance(body, bytes) else body.encode()
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _json(self, obj):
+        self._send(200, json.dumps(obj) + "\n")
+
+    def do_GET(self):
+        if self.path == "/":
+            self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
+                        "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
+        elif self.path == "/healthz":
+            self._send(200, "ok\n", "text/plain")
+        else:
+            self._send(404, '{"error": "not found"}\n')
+
+    def do_POST(self):
+        if self.path != "/invoke":
+            self._send(404, '{"error": "not found"}\n')
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length > 0 else b""
+        self._json({"function": FUNCTION, "count": next_count(), "body_bytes": len(body)})
+
+    def log_message(self, fmt, *args):  # keep stdout for the ready line
+        pass
+
+
+class Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def main():
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server = Server((BIND, PORT), Handler)
+    init_ms = (time.monotonic() - T0) * 1000
+    print(f"ready port={server.server_address[1]} init_ms={init_ms:.0f}", flush=True)
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
