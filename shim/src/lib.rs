@@ -1,5 +1,6 @@
 //! `containerd-shim-rekindle-v2`: a containerd shim v2 for function containers.
 //!
+//! - [`bootstrap`]: how containerd runs the binary (task API v2 and v3);
 //! - [`service`]: the shim process (containerd's `start`/`delete` actions,
 //!   exit and event forwarding);
 //! - [`task`]: the Task API over ttrpc, a thin adapter over typed methods;
@@ -8,6 +9,7 @@
 //! - [`stdio`] and [`console`]: a process's stdio and terminal;
 //! - [`error`]: the error type and its one mapping to ttrpc codes.
 
+pub mod bootstrap;
 pub mod console;
 pub mod container;
 pub mod error;

@@ -1,4 +1,4 @@
-use rekindle_shim::{Service, RUNTIME_TYPE};
+use rekindle_shim::RUNTIME_TYPE;
 
 const HELP: &str = "\
 containerd-shim-rekindle-v2 — the Rekindle containerd shim (runtime type io.containerd.rekindle.v2)
@@ -41,5 +41,8 @@ async fn main() {
         print!("{HELP}");
         return;
     }
-    containerd_shim::asynchronous::run::<Service>(RUNTIME_TYPE, None).await;
+    if let Err(e) = rekindle_shim::bootstrap::run().await {
+        eprintln!("containerd-shim-rekindle-v2: {e}");
+        std::process::exit(1);
+    }
 }

@@ -1,0 +1,241 @@
+//! How the shim binary is run by containerd: `start`, `delete`, or serving.
+//!
+//! Why not `containerd_shim::asynchronous::run`: that entry point (crate 0.12)
+//! speaks only task API v3 and answers `start` with a JSON reply, which only
+//! containerd 2.x understands. containerd 1.6 reads the reply as a plain
+//! socket address and 1.7 refuses version 3, and both call
+//! `containerd.task.v2.Task`. So the shim answers `start` with the plain
+//! address every containerd since 1.2 accepts, and serves the Task service
+//! under both names (v2 and v3 differ only in the service name). The rest —
+//! spawning the server, the fifo logger, the reaper's monitor, the event
+//! publisher — comes from the crate.
+
+use std::{collections::HashMap, os::unix::net::UnixListener, path::Path, sync::Arc};
+
+use containerd_shim::{
+    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher},
+    protos::{
+        protobuf::Message,
+        shim_async::{create_task, Task},
+        ttrpc::{
+            self,
+            r#async::{transport::Listener, Server},
+        },
+        types::introspection::RuntimeInfo,
+    },
+    Config, Flags, Shim, StartOpts,
+};
+use nix::{
+    errno::Errno,
+    sys::wait::{waitpid, WaitPidFlag, WaitStatus},
+    unistd::Pid,
+};
+use tokio::{
+    io::AsyncWriteExt,
+    signal::unix::{signal, SignalKind},
+};
+use tracing::{debug, info, warn};
+
+use crate::service::{Service, RUNTIME_TYPE};
+
+const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
+const TASK_V2: &str = "containerd.task.v2.Task";
+const TASK_V3: &str = "containerd.task.v3.Task";
+
+/// Entry point of the shim binary.
+pub async fn run() -> Result<(), String> {
+    let args: Vec<_> = std::env::args_os().collect();
+    let flags = containerd_shim::parse(&args[1..]).map_err(|e| e.to_string())?;
+    if flags.info {
+        let info = RuntimeInfo {
+            name: RUNTIME_TYPE.to_string(),
+            ..Default::default()
+        };
+        let bytes = info.write_to_bytes().map_err(|e| e.to_string())?;
+        return write_stdout(&bytes).await;
+    }
+    set_subreaper()?;
+    let mut config = Config::default();
+    let mut shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
+    match flags.action.as_str() {
+        "start" => {
+            let opts = StartOpts {
+                id: flags.id.clone(),
+                publish_binary: flags.publish_binary.clone(),
+                address: flags.address.clone(),
+                ttrpc_address: std::env::var(TTRPC_ADDRESS).unwrap_or_default(),
+                namespace: flags.namespace.clone(),
+                debug: flags.debug,
+                ..Default::default()
+            };
+            let address = shim.start_shim(opts).await.map_err(|e| e.to_string())?;
+            write_stdout(address.as_bytes()).await
+        }
+        "delete" => {
+            tokio::spawn(reap_children());
+            let resp = shim.delete_shim().await.map_err(|e| e.to_string())?;
+            let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
+            write_stdout(&bytes).await
+        }
+        _ => serve(shim, &flags).await,
+    }
+}
+
+async fn serve(mut shim: Service, flags: &Flags) -> Result<(), String> {
+    if flags.socket.is_empty() {
+        return Err("-socket is required to serve the task API".into());
+    }
+    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+        .map_err(|e| format!("open containerd's log fifo: {e}"))?;
+    tokio::spawn(reap_children());
+
+    let path = flags
+        .socket
+        .strip_prefix("unix://")
+        .unwrap_or(&flags.socket)
+        .to_string();
+    let listener = match bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            // Another shim of the same group already serves here: hand it over.
+            if ttrpc::asynchronous::Client::connect(&flags.socket)
+                .await
+                .is_ok()
+            {
+                std::fs::write("address", &flags.socket).map_err(|e| e.to_string())?;
+                signal_started();
+                return Ok(());
+            }
+            let _ = std::fs::remove_file(&path);
+            bind(&path).map_err(|e| format!("listen on {path}: {e}"))?
+        }
+        Err(e) => return Err(format!("listen on {path}: {e}")),
+    };
+
+    let ttrpc_address = std::env::var(TTRPC_ADDRESS)
+        .map_err(|_| format!("{TTRPC_ADDRESS} is not set: containerd sets it for its shims"))?;
+    let publisher = RemotePublisher::new(&ttrpc_address)
+        .await
+        .map_err(|e| format!("connect to containerd's event service: {e}"))?;
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher).await);
+
+    let listener = Listener::try_from(listener).map_err(|e| format!("ttrpc listener: {e}"))?;
+    let mut server = Server::new().add_listener(listener);
+    server = server.register_service(task_services(task));
+    server
+        .start()
+        .await
+        .map_err(|e| format!("start ttrpc server: {e}"))?;
+    signal_started();
+    info!(socket = %flags.socket, "shim serving the task API (v2 and v3)");
+
+    shim.wait().await;
+    info!("shim shutting down");
+    server.shutdown().await.unwrap_or_default();
+    let _ = std::fs::remove_file(&path);
+    Ok(())
+}
+
+/// The Task service under both API names containerd may call.
+fn task_services(task: Arc<dyn Task + Send + Sync>) -> HashMap<String, ttrpc::r#async::Service> {
+    let mut services = create_task(task.clone());
+    if let Some(v2) = create_task(task).remove(TASK_V3) {
+        services.insert(TASK_V2.to_string(), v2);
+    }
+    services
+}
+
+fn bind(path: &str) -> std::io::Result<UnixListener> {
+    if let Some(dir) = Path::new(path).parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    UnixListener::bind(path)
+}
+
+/// containerd's `start` waits for the server to close its stdout: point
+/// stdout at stderr once the socket is ready.
+fn signal_started() {
+    // SAFETY: dup2 on the process's own standard descriptors.
+    unsafe {
+        libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO);
+    }
+}
+
+fn set_subreaper() -> Result<(), String> {
+    // SAFETY: prctl with integer arguments only.
+    let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+    if rc != 0 {
+        return Err(format!(
+            "become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Reaps every child (containers are re-parented to the shim) and reports
+/// each exit to the monitor, which the task service and runc calls watch.
+async fn reap_children() {
+    let mut sigchld = match signal(SignalKind::child()) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot watch SIGCHLD: exits will not be seen");
+            return;
+        }
+    };
+    // SIGTERM/SIGINT/SIGPIPE must not kill the shim: containerd ends it with Shutdown.
+    let ignored: Vec<_> = [
+        SignalKind::terminate(),
+        SignalKind::interrupt(),
+        SignalKind::pipe(),
+    ]
+    .into_iter()
+    .filter_map(|k| signal(k).ok())
+    .collect();
+    let _keep = ignored;
+    loop {
+        loop {
+            match waitpid(Some(Pid::from_raw(-1)), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(pid, code)) => notify(pid, code).await,
+                Ok(WaitStatus::Signaled(pid, sig, _)) => notify(pid, 128 + sig as i32).await,
+                Ok(WaitStatus::StillAlive) | Err(Errno::ECHILD) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(error = %e, "waitpid");
+                    break;
+                }
+            }
+        }
+        if sigchld.recv().await.is_none() {
+            return;
+        }
+    }
+}
+
+async fn notify(pid: Pid, code: i32) {
+    debug!(pid = pid.as_raw(), code, "reaped");
+    if let Err(e) = monitor_notify_by_pid(pid.as_raw(), code).await {
+        warn!(error = %e, "deliver exit");
+    }
+}
+
+async fn write_stdout(bytes: &[u8]) -> Result<(), String> {
+    let mut out = tokio::io::stdout();
+    out.write_all(bytes).await.map_err(|e| e.to_string())?;
+    out.flush().await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::TaskService;
+
+    #[test]
+    fn the_task_service_answers_to_v2_and_v3() {
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let task = TaskService::new("default", tx, Arc::default());
+        let services = task_services(Arc::new(task));
+        assert!(services.contains_key(TASK_V2), "{:?}", services.keys());
+        assert!(services.contains_key(TASK_V3), "{:?}", services.keys());
+    }
+}
