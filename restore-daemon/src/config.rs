@@ -1,0 +1,230 @@
+//! The daemon's configuration: built-in defaults, overridden by the TOML file
+//! (`--config`, default /etc/rekindle/restored.toml), overridden by options given on the
+//! command line.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use clap::parser::ValueSource;
+use clap::ArgMatches;
+use serde::Deserialize;
+
+use crate::cli::Cli;
+
+pub const DEFAULT_CONFIG: &str = "/etc/rekindle/restored.toml";
+pub const DEFAULT_SOCKET: &str = "/run/rekindle/restored.sock";
+pub const DEFAULT_STORE: &str = "/var/lib/rekindle/images";
+pub const DEFAULT_STAGE_DIR: &str = "/run/rekindle/staged";
+/// CRIU 4.2.x as installed by hack/setup.sh; Debian bookworm's /usr/sbin/criu (3.17)
+/// fails on the project's kernels.
+pub const DEFAULT_CRIU_BINARY: &str = "/usr/local/sbin/criu";
+
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
+const MAX_SOCKET_PATH: usize = 107;
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Unix socket on which the shim and the agent talk to the daemon.
+    pub socket: PathBuf,
+    /// Image store: LZ4-compressed checkpoint images, one directory per image.
+    pub store: PathBuf,
+    /// Where hot images are staged decompressed; should be a tmpfs.
+    pub stage_dir: PathBuf,
+    /// The CRIU binary libcriu runs.
+    pub criu_binary: PathBuf,
+    /// Log format on stderr.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            socket: DEFAULT_SOCKET.into(),
+            store: DEFAULT_STORE.into(),
+            stage_dir: DEFAULT_STAGE_DIR.into(),
+            criu_binary: DEFAULT_CRIU_BINARY.into(),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read configuration file {}: {source}", .path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("invalid configuration file {}: {source}", .path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Parses a configuration file's text; keys left out keep their defaults.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::Parse {
+            path: path.to_path_buf(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Defaults, then the configuration file, then the options given on the command line
+    /// (`matches` tells which options were given rather than defaulted).
+    pub fn load(cli: &Cli, matches: &ArgMatches) -> Result<Self, Error> {
+        let given = |id: &str| {
+            matches!(
+                matches.value_source(id),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            )
+        };
+        let mut config = match std::fs::read_to_string(&cli.config) {
+            Ok(text) => Config::from_toml(&text, &cli.config)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !given("config") => Config::default(),
+            Err(source) => {
+                return Err(Error::Read {
+                    path: cli.config.clone(),
+                    source,
+                })
+            }
+        };
+        if given("socket") {
+            config.socket = cli.socket.clone();
+        }
+        if given("store") {
+            config.store = cli.store.clone();
+        }
+        if given("log_format") {
+            config.log_format = cli.log_format;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what can be checked without touching the system.
+    pub fn validate(&self) -> Result<(), Error> {
+        for (name, path) in [
+            ("socket", &self.socket),
+            ("store", &self.store),
+            ("stage_dir", &self.stage_dir),
+            ("criu_binary", &self.criu_binary),
+        ] {
+            if !path.is_absolute() {
+                return Err(Error::Invalid(format!(
+                    "{name} must be an absolute path, not {}",
+                    path.display()
+                )));
+            }
+        }
+        let len = self.socket.as_os_str().len();
+        if len > MAX_SOCKET_PATH {
+            return Err(Error::Invalid(format!(
+                "socket path {} is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}",
+                self.socket.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+    use clap::FromArgMatches;
+
+    use super::*;
+
+    fn load(args: &[&str]) -> Result<Config, Error> {
+        let matches = Cli::command().try_get_matches_from(args).unwrap();
+        let cli = Cli::from_arg_matches(&matches).unwrap();
+        Config::load(&cli, &matches)
+    }
+
+    #[test]
+    fn defaults_are_the_conventional_places() {
+        let c = Config::default();
+        assert_eq!(c.socket, Path::new("/run/rekindle/restored.sock"));
+        assert_eq!(c.store, Path::new("/var/lib/rekindle/images"));
+        assert_eq!(c.stage_dir, Path::new("/run/rekindle/staged"));
+        assert_eq!(c.criu_binary, Path::new("/usr/local/sbin/criu"));
+        assert_eq!(c.log_format, LogFormat::Text);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_means_defaults_and_keys_override_them() {
+        let p = Path::new("restored.toml");
+        assert_eq!(Config::from_toml("", p).unwrap(), Config::default());
+        let c = Config::from_toml("store = \"/srv/images\"\nlog_format = \"json\"\n", p).unwrap();
+        assert_eq!(c.store, Path::new("/srv/images"));
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.socket, Path::new(DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_rejected() {
+        let p = Path::new("restored.toml");
+        let e = Config::from_toml("sokcet = \"/run/x.sock\"\n", p).unwrap_err();
+        assert!(e.to_string().contains("sokcet"), "{e}");
+        assert!(Config::from_toml("log_format = \"xml\"\n", p).is_err());
+    }
+
+    #[test]
+    fn a_missing_file_is_fine_only_at_the_default_path() {
+        // The default /etc/rekindle/restored.toml does not exist on a development machine.
+        if !Path::new(DEFAULT_CONFIG).exists() {
+            assert_eq!(load(&["rekindle-restored"]).unwrap(), Config::default());
+        }
+        let e = load(&[
+            "rekindle-restored",
+            "--config",
+            "/nonexistent/restored.toml",
+        ]);
+        assert!(matches!(e, Err(Error::Read { .. })), "{e:?}");
+    }
+
+    #[test]
+    fn the_command_line_wins_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("restored.toml");
+        std::fs::write(
+            &file,
+            "socket = \"/run/from-file.sock\"\nstore = \"/srv/from-file\"\n",
+        )
+        .unwrap();
+        let file = file.to_str().unwrap();
+        let c = load(&["rekindle-restored", "--config", file, "--store", "/srv/cli"]).unwrap();
+        assert_eq!(c.socket, Path::new("/run/from-file.sock"));
+        assert_eq!(c.store, Path::new("/srv/cli"));
+        assert_eq!(c.stage_dir, Path::new(DEFAULT_STAGE_DIR));
+    }
+
+    #[test]
+    fn relative_paths_and_overlong_sockets_are_rejected() {
+        let e = load(&["rekindle-restored", "--store", "images"]).unwrap_err();
+        assert!(
+            e.to_string().contains("store must be an absolute path"),
+            "{e}"
+        );
+        let long = format!("/run/{}.sock", "s".repeat(120));
+        let e = load(&["rekindle-restored", "--socket", &long]).unwrap_err();
+        assert!(e.to_string().contains("at most 107"), "{e}");
+    }
+}
