@@ -1,0 +1,254 @@
+//! `rekindle`, the operator CLI: talks to the local `rekindle-agent` (and through it to
+//! `rekindle-restored`). Every subcommand is planned and shown in `--help`; none works
+//! yet, and each says why.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, LogFormat};
+use crate::{logging, Error};
+
+const ABOUT: &str = "Operator CLI for Rekindle: inspect and drive the node's agent, \
+                     function pools and checkpoint images";
+
+const LONG_ABOUT: &str = "\
+Operator CLI for Rekindle. It asks the local rekindle-agent (on --agent-socket) about the
+node's functions and their instances per tier (hot, warm, staged, cold), and manages the
+checkpoint images that rekindle-restored keeps.
+
+Status: not implemented yet. Every subcommand below is planned; each exits with status 69
+(EX_UNAVAILABLE) and says what it is waiting for.";
+
+const AFTER_LONG_HELP: &str = "\
+Environment:
+  RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default \"warn\"
+
+Exit status:
+  0 success, 2 bad command line, 69 not implemented yet";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "rekindle",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_long_help = AFTER_LONG_HELP,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Unix socket of the local rekindle-agent.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        default_value = config::DEFAULT_HOOK_SOCKET
+    )]
+    pub agent_socket: PathBuf,
+
+    /// Output: a table for people, or JSON for scripts.
+    #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = Output::Text)]
+    pub output: Output,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    Text,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Show the node: health, instances per tier, staged images, start latencies
+    ///
+    /// Health of rekindle-agent and rekindle-restored, instances per tier (hot, warm,
+    /// staged, cold), images staged in memory, recent start latencies by path.
+    Status,
+
+    /// List functions with their instances per tier, forecast and pool targets
+    Functions,
+
+    /// Manage checkpoint images in rekindle-restored's store
+    #[command(subcommand)]
+    Image(ImageCommand),
+
+    /// Checkpoint a running instance of a function into the image store
+    Checkpoint {
+        /// The function whose instance to checkpoint.
+        function: String,
+        /// Which instance (default: one the agent picks).
+        #[arg(long, value_name = "ID")]
+        instance: Option<String>,
+        /// Keep the instance running after the checkpoint.
+        #[arg(long)]
+        leave_running: bool,
+    },
+
+    /// Invoke a function through the agent's gateway
+    ///
+    /// Tries a hot instance, then a warm one (thawed), then a restore from a checkpoint,
+    /// then a cold start; prints the response and which path served it.
+    Invoke {
+        /// The function to invoke.
+        function: String,
+        /// Request body; `@FILE` reads it from a file.
+        #[arg(long, value_name = "DATA")]
+        data: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImageCommand {
+    /// List images: function, size, whether staged in memory.
+    #[command(visible_alias = "ls")]
+    List,
+    /// Show an image's manifest.
+    Inspect {
+        /// Image ID.
+        image: String,
+    },
+    /// Export an image, zstd-compressed, to ship it to another node.
+    Export {
+        /// Image ID.
+        image: String,
+        /// Where to write it.
+        file: PathBuf,
+    },
+    /// Import an image written by `rekindle image export`.
+    Import {
+        /// The exported file.
+        file: PathBuf,
+    },
+    /// Remove an image from the store.
+    #[command(visible_alias = "rm")]
+    Remove {
+        /// Image ID.
+        image: String,
+    },
+}
+
+impl Command {
+    /// The command's name as typed, e.g. `image export`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Status => "status",
+            Command::Functions => "functions",
+            Command::Image(ImageCommand::List) => "image list",
+            Command::Image(ImageCommand::Inspect { .. }) => "image inspect",
+            Command::Image(ImageCommand::Export { .. }) => "image export",
+            Command::Image(ImageCommand::Import { .. }) => "image import",
+            Command::Image(ImageCommand::Remove { .. }) => "image remove",
+            Command::Checkpoint { .. } => "checkpoint",
+            Command::Invoke { .. } => "invoke",
+        }
+    }
+
+    /// What the command is waiting for.
+    fn missing(&self, cli: &Cli) -> String {
+        let agent = cli.agent_socket.display();
+        match self {
+            Command::Status => format!(
+                "rekindle-agent does not serve its control API on {agent} yet (the agent \
+                 itself refuses to run)"
+            ),
+            Command::Functions => format!(
+                "rekindle-agent's pool manager and forecaster, which this lists, and its \
+                 control API on {agent} are still to be written"
+            ),
+            Command::Image(_) => "rekindle-restored's image store (LZ4 at rest, zstd export \
+                 and import) is still to be written (checkpoint/restore issue)"
+                .into(),
+            Command::Checkpoint { .. } => "checkpointing through the shim into \
+                 rekindle-restored's image store is still to be written (checkpoint/restore \
+                 issue)"
+                .into(),
+            Command::Invoke { .. } => format!(
+                "rekindle-agent's invoke gateway (hot, warm, restore, cold) and its control \
+                 API on {agent} are still to be written"
+            ),
+        }
+    }
+}
+
+/// Parses the command line (`--help`/`--version` print and exit here, as clap does) and
+/// runs the subcommand.
+pub fn main_with_args<I, T>(args: I) -> Result<(), Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let cli = Cli::parse_from(args);
+    logging::init(LogFormat::Text, "warn").map_err(Error::Logging)?;
+    run(&cli)
+}
+
+/// Runs one subcommand. None is implemented yet: each refuses with its reason.
+pub fn run(cli: &Cli) -> Result<(), Error> {
+    tracing::debug!(command = cli.command.name(), agent_socket = %cli.agent_socket.display(), output = ?cli.output, "running");
+    Err(Error::NotImplemented {
+        what: format!("rekindle {}", cli.command.name()),
+        reason: cli.command.missing(cli),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_planned_subcommand_parses_and_refuses_with_a_reason() {
+        let cases: &[&[&str]] = &[
+            &["rekindle", "status"],
+            &["rekindle", "functions"],
+            &["rekindle", "image", "list"],
+            &["rekindle", "image", "ls"],
+            &["rekindle", "image", "inspect", "img1"],
+            &["rekindle", "image", "export", "img1", "/tmp/img1.zst"],
+            &["rekindle", "image", "import", "/tmp/img1.zst"],
+            &["rekindle", "image", "rm", "img1"],
+            &["rekindle", "checkpoint", "hello", "--leave-running"],
+            &["rekindle", "invoke", "hello", "--data", "{}"],
+        ];
+        for args in cases {
+            let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            let e = run(&cli).unwrap_err();
+            assert_eq!(e.exit_code(), crate::EXIT_UNAVAILABLE);
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with(&format!(
+                    "rekindle {} is not implemented yet: ",
+                    cli.command.name()
+                )),
+                "{msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_subcommand_is_required() {
+        assert!(Cli::try_parse_from(["rekindle"]).is_err());
+    }
+
+    #[test]
+    fn the_agent_socket_is_the_agents_hook_socket_by_default() {
+        let cli = Cli::try_parse_from(["rekindle", "status"]).unwrap();
+        assert_eq!(cli.agent_socket, PathBuf::from(config::DEFAULT_HOOK_SOCKET));
+        let cli =
+            Cli::try_parse_from(["rekindle", "status", "--agent-socket", "/tmp/a.sock"]).unwrap();
+        assert_eq!(cli.agent_socket, PathBuf::from("/tmp/a.sock"));
+    }
+}

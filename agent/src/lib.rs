@@ -1,0 +1,49 @@
+//! Rekindle's per-node agent, `rekindle-agent`, and the operator CLI, `rekindle`.
+//!
+//! The agent keeps the right number of instances of each function hot (running), warm
+//! (restored and frozen), staged (checkpoint decompressed in memory by
+//! `rekindle-restored`) or cold (LZ4 checkpoint on disk), from a local forecast of the
+//! function's arrivals and eBPF-collected node metrics; it exports Prometheus metrics,
+//! tells the cluster scheduler which node can start a function fastest, and on edge boxes
+//! without Kubernetes serves invocations itself (hot → warm → restore → cold).
+//!
+//! For now only the command lines, configuration and logging exist: the daemon and every
+//! CLI subcommand refuse with the reason (see [`Error::NotImplemented`]) rather than
+//! pretend to work.
+
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod logging;
+
+pub use config::Config;
+
+/// `sysexits.h`'s EX_UNAVAILABLE: the service cannot run (here: not implemented yet).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+/// `sysexits.h`'s EX_CONFIG: the configuration is wrong.
+pub const EXIT_CONFIG: u8 = 78;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+
+    #[error("cannot set up logging: {0}")]
+    Logging(String),
+
+    /// The requested function does not exist yet; `what` names it and `reason` says what is
+    /// missing for it.
+    #[error("{what} is not implemented yet: {reason}")]
+    NotImplemented { what: String, reason: String },
+}
+
+impl Error {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Config(_) => EXIT_CONFIG,
+            Error::Logging(_) => 1,
+            Error::NotImplemented { .. } => EXIT_UNAVAILABLE,
+        }
+    }
+}
