@@ -13,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::{
     error::{Error, Result},
+    runc::{CheckpointSpec, RuncCli},
     stdio::ProcessIo,
 };
 
@@ -46,6 +47,8 @@ pub struct Process {
     exit: watch::Sender<Option<Exit>>,
     /// The OCI process to run, for execs.
     pub spec: Option<oci_spec::runtime::Process>,
+    /// For an init created from a checkpoint: the image `Start` restores.
+    pub restore_from: Option<CheckpointSpec>,
 }
 
 impl Process {
@@ -59,6 +62,7 @@ impl Process {
             console: None,
             exit: watch::channel(None).0,
             spec: None,
+            restore_from: None,
         }
     }
 
@@ -129,6 +133,7 @@ pub struct Container {
     pub bundle: PathBuf,
     pub options: Options,
     pub runc: runc::Runc,
+    pub cli: RuncCli,
     pub init: Process,
     pub execs: HashMap<String, Process>,
     /// Whether the container shares a pid namespace: then its children are not

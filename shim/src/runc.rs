@@ -18,6 +18,7 @@ use containerd_shim::{
     asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
     monitor::{Subject, Topic},
     protos::protobuf::{well_known_types::any::Any, Message},
+    protos::shim::oci::CheckpointOptions,
 };
 use runc::{options::GlobalOpts, Command, Runc, Spawner};
 use serde::Deserialize;
@@ -54,6 +55,12 @@ pub fn decode_options(any: Option<&Any>) -> Result<Options> {
 
 /// Builds the runc driver for one container of `namespace`.
 pub fn new_runc(namespace: &str, bundle: &Path, opts: &Options) -> Result<Runc> {
+    Ok(new_engine(namespace, bundle, opts)?.0)
+}
+
+/// The runc driver (lifecycle) and the CLI for what the runc crate lacks
+/// (checkpoint and restore), sharing one configuration.
+pub fn new_engine(namespace: &str, bundle: &Path, opts: &Options) -> Result<(Runc, RuncCli)> {
     let binary = if opts.binary_name.is_empty() {
         DEFAULT_RUNC_BINARY
     } else {
@@ -70,15 +77,183 @@ pub fn new_runc(namespace: &str, bundle: &Path, opts: &Options) -> Result<Runc> 
             std::env::var("PATH").unwrap_or_default()
         )));
     }
+    let root = Path::new(root).join(namespace);
     let mut g = GlobalOpts::default()
         .command(binary)
-        .root(Path::new(root).join(namespace))
+        .root(&root)
         .log(bundle.join(RUNC_LOG))
         .log_json()
         .systemd_cgroup(opts.systemd_cgroup);
     g.custom_spawner(Arc::new(ReaperSpawner));
-    g.build()
-        .map_err(|e| Error::FailedPrecondition(format!("set up runc: {e}")))
+    let runc = g
+        .build()
+        .map_err(|e| Error::FailedPrecondition(format!("set up runc: {e}")))?;
+    let cli = RuncCli {
+        binary: binary.to_string(),
+        root,
+        log: bundle.join(RUNC_LOG),
+        systemd_cgroup: opts.systemd_cgroup,
+    };
+    Ok((runc, cli))
+}
+
+/// The CRIU binary runc should use: Rekindle needs CRIU >= 4.2 on this
+/// kernel (see the README), which `hack/setup.sh` installs in /usr/local/sbin;
+/// `REKINDLE_CRIU` overrides.
+pub fn criu_binary() -> String {
+    if let Ok(p) = std::env::var("REKINDLE_CRIU") {
+        return p;
+    }
+    if Path::new("/usr/local/sbin/criu").is_file() {
+        return "/usr/local/sbin/criu".into();
+    }
+    "criu".into()
+}
+
+/// What `runc checkpoint` is asked to do (containerd.runc.v1.CheckpointOptions).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckpointSpec {
+    pub image_path: PathBuf,
+    pub work_path: PathBuf,
+    /// Stop the container after the dump instead of leaving it running.
+    pub exit: bool,
+    pub open_tcp: bool,
+    pub external_unix_sockets: bool,
+    pub terminal: bool,
+    pub file_locks: bool,
+    pub empty_namespaces: Vec<String>,
+    pub cgroups_mode: String,
+}
+
+impl CheckpointSpec {
+    /// runc's flags for a checkpoint or a restore of this image.
+    pub fn args(&self, restore: bool) -> Vec<String> {
+        let mut a = vec![
+            "--image-path".to_string(),
+            self.image_path.display().to_string(),
+            "--work-path".to_string(),
+            self.work_path.display().to_string(),
+        ];
+        if !restore && !self.exit {
+            a.push("--leave-running".into());
+        }
+        for (on, flag) in [
+            (self.open_tcp, "--tcp-established"),
+            (self.external_unix_sockets, "--ext-unix-sk"),
+            (self.terminal, "--shell-job"),
+            (self.file_locks, "--file-locks"),
+        ] {
+            if on {
+                a.push(flag.into());
+            }
+        }
+        if !restore {
+            for ns in &self.empty_namespaces {
+                a.push("--empty-ns".into());
+                a.push(ns.clone());
+            }
+        }
+        if !self.cgroups_mode.is_empty() {
+            a.push("--manage-cgroups-mode".into());
+            a.push(self.cgroups_mode.clone());
+        }
+        a
+    }
+}
+
+/// runc invoked directly, for the subcommands the runc crate does not wrap.
+#[derive(Debug, Clone)]
+pub struct RuncCli {
+    pub binary: String,
+    pub root: PathBuf,
+    pub log: PathBuf,
+    pub systemd_cgroup: bool,
+}
+
+impl RuncCli {
+    fn command(&self, args: &[String]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&self.log)
+            .arg("--log-format")
+            .arg("json")
+            .arg("--criu")
+            .arg(criu_binary());
+        if self.systemd_cgroup {
+            cmd.arg("--systemd-cgroup");
+        }
+        cmd.args(args)
+            .env_remove("NOTIFY_SOCKET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+
+    async fn run(&self, args: Vec<String>, io: Option<&Arc<dyn runc::io::Io>>) -> runc::Result<()> {
+        let mut cmd = self.command(&args);
+        if let Some(io) = io {
+            io.set(&mut cmd)
+                .await
+                .map_err(|e| runc::error::Error::IoSet(e.to_string()))?;
+        }
+        let res = ReaperSpawner.execute(cmd).await;
+        if let Some(io) = io {
+            io.close_after_start().await;
+        }
+        let (status, _, stdout, stderr) = res?;
+        if !status.success() {
+            return Err(runc::error::Error::CommandFailed {
+                status,
+                stdout,
+                stderr,
+            });
+        }
+        Ok(())
+    }
+
+    /// `runc checkpoint`: CRIU dumps the container into `spec.image_path`.
+    pub async fn checkpoint(&self, id: &str, spec: &CheckpointSpec) -> runc::Result<()> {
+        let mut args = vec!["checkpoint".to_string()];
+        args.extend(spec.args(false));
+        args.push(id.to_string());
+        self.run(args, None).await
+    }
+
+    /// `runc restore --detach`: CRIU brings the container back from
+    /// `spec.image_path`; its init becomes the shim's child via the reaper.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn restore(
+        &self,
+        id: &str,
+        bundle: &Path,
+        spec: &CheckpointSpec,
+        pid_file: &Path,
+        io: Option<&Arc<dyn runc::io::Io>>,
+        console_socket: Option<&Path>,
+        no_pivot: bool,
+    ) -> runc::Result<()> {
+        let mut args = vec![
+            "restore".to_string(),
+            "--detach".into(),
+            "--bundle".into(),
+            bundle.display().to_string(),
+            "--pid-file".into(),
+            pid_file.display().to_string(),
+        ];
+        args.extend(spec.args(true));
+        if let Some(s) = console_socket {
+            args.push("--console-socket".into());
+            args.push(s.display().to_string());
+        }
+        if no_pivot {
+            args.push("--no-pivot".into());
+        }
+        args.push(id.to_string());
+        self.run(args, io).await
+    }
 }
 
 fn which(binary: &str) -> Option<PathBuf> {
@@ -118,6 +293,26 @@ pub async fn runtime_error(bundle: &Path, err: runc::error::Error, action: &str)
     Error::Runtime {
         action: action.to_string(),
         message: message.unwrap_or_else(|| err.to_string()),
+    }
+}
+
+/// Decodes containerd's checkpoint options (`containerd.runc.v1.CheckpointOptions`).
+pub fn decode_checkpoint_options(any: Option<&Any>) -> Result<CheckpointOptions> {
+    match any {
+        Some(any) if !any.value.is_empty() => {
+            if !any
+                .type_url
+                .ends_with("containerd.runc.v1.CheckpointOptions")
+            {
+                return Err(Error::InvalidArgument(format!(
+                    "unsupported checkpoint options type {:?}: expected containerd.runc.v1.CheckpointOptions",
+                    any.type_url
+                )));
+            }
+            CheckpointOptions::parse_from_bytes(&any.value)
+                .map_err(|e| Error::InvalidArgument(format!("decode checkpoint options: {e}")))
+        }
+        _ => Ok(CheckpointOptions::default()),
     }
 }
 

@@ -38,7 +38,10 @@ use crate::{
     console::{self, ConsoleSocket},
     container::{shares_pid_namespace, Container, Process},
     error::{Error, Result},
-    runc::{decode_options, kill_error, new_runc, runtime_error, INIT_PID_FILE},
+    runc::{
+        decode_checkpoint_options, decode_options, kill_error, new_engine, runtime_error,
+        CheckpointSpec, INIT_PID_FILE,
+    },
     stdio::Owner,
 };
 
@@ -81,14 +84,9 @@ impl TaskService {
                 req.id
             )));
         }
-        if !req.checkpoint.is_empty() {
-            return Err(Error::Unimplemented(
-                "restoring a task from a checkpoint (CreateTask with checkpoint)".into(),
-            ));
-        }
         let options = decode_options(req.options.as_ref())?;
         let bundle = Path::new(&req.bundle).to_path_buf();
-        let runc = new_runc(&self.namespace, &bundle, &options)?;
+        let (runc, cli) = new_engine(&self.namespace, &bundle, &options)?;
         let spec = read_spec(&bundle).await.map_err(|e| {
             Error::InvalidArgument(format!(
                 "read the OCI spec {}: {e}",
@@ -113,6 +111,46 @@ impl TaskService {
 
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let mut init = Process::new(&req.id, stdio.clone());
+        if !req.checkpoint.is_empty() {
+            // As containerd's runc shim does: the restore itself happens at
+            // Start, which is when containerd expects the process to run.
+            let image = Path::new(&req.checkpoint).to_path_buf();
+            if !image.join("inventory.img").is_file() {
+                if rootfs_mounted {
+                    unmount(&rootfs);
+                }
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint {} holds no CRIU image (inventory.img missing)",
+                    image.display()
+                )));
+            }
+            init.restore_from = Some(CheckpointSpec {
+                image_path: image,
+                work_path: if options.criu_work_path.is_empty() {
+                    bundle.join("criu-work")
+                } else {
+                    options.criu_work_path.clone().into()
+                },
+                ..Default::default()
+            });
+            info!(checkpoint = %req.checkpoint, "container created from a checkpoint; restored at start");
+            containers.insert(
+                req.id.clone(),
+                Container {
+                    id: req.id.clone(),
+                    bundle: bundle.clone(),
+                    options,
+                    runc,
+                    cli,
+                    init,
+                    execs: HashMap::new(),
+                    shared_pid_ns: shares_pid_namespace(&spec),
+                    rootfs_mounted,
+                },
+            );
+            self.send(task_create_event(&req, 0)).await;
+            return Ok(CreateTaskResponse::default());
+        }
         let owner = Owner {
             container_id: req.id.clone(),
             namespace: self.namespace.clone(),
@@ -191,6 +229,7 @@ impl TaskService {
                 bundle: bundle.clone(),
                 options,
                 runc,
+                cli,
                 init,
                 execs: HashMap::new(),
                 shared_pid_ns: shares_pid_namespace(&spec),
@@ -198,23 +237,7 @@ impl TaskService {
             },
         );
         // Sent under the lock, so no TaskExit of this container can overtake it.
-        self.send(TaskCreate {
-            container_id: req.id.clone(),
-            bundle: req.bundle.clone(),
-            rootfs: req.rootfs.clone(),
-            io: Some(TaskIO {
-                stdin: req.stdin.clone(),
-                stdout: req.stdout.clone(),
-                stderr: req.stderr.clone(),
-                terminal: req.terminal,
-                ..Default::default()
-            })
-            .into(),
-            checkpoint: req.checkpoint.clone(),
-            pid: pid as u32,
-            ..Default::default()
-        })
-        .await;
+        self.send(task_create_event(&req, pid)).await;
         Ok(CreateTaskResponse {
             pid: pid as u32,
             ..Default::default()
@@ -227,7 +250,9 @@ impl TaskService {
         let c = get_mut(&mut containers, &req.id)?;
         let pid = if req.exec_id.is_empty() {
             c.init.check_startable()?;
-            if let Err(e) = c.runc.start(&c.id).await {
+            if c.init.restore_from.is_some() {
+                restore(c, &self.namespace).await?;
+            } else if let Err(e) = c.runc.start(&c.id).await {
                 return Err(runtime_error(&c.bundle, e, "runc start").await);
             }
             c.init.status = Status::RUNNING;
@@ -540,6 +565,61 @@ impl TaskService {
             })
     }
 
+    #[instrument(skip_all, fields(id = %req.id, path = %req.path))]
+    pub async fn checkpoint(&self, req: CheckpointTaskRequest) -> Result<()> {
+        let containers = self.containers.lock().await;
+        let c = get(&containers, &req.id)?;
+        if !matches!(c.init.status, Status::RUNNING | Status::PAUSED) {
+            return Err(Error::FailedPrecondition(format!(
+                "cannot checkpoint container {}: it is {:?}",
+                c.id, c.init.status
+            )));
+        }
+        let opts = decode_checkpoint_options(req.options.as_ref())?;
+        let image_path = if !req.path.is_empty() {
+            req.path.clone()
+        } else if !opts.image_path.is_empty() {
+            opts.image_path.clone()
+        } else {
+            return Err(Error::InvalidArgument(
+                "checkpoint needs a path for the image".into(),
+            ));
+        };
+        // A work dir of our own is removed afterwards; one the caller named is kept.
+        let own_work = opts.work_path.is_empty();
+        let spec = CheckpointSpec {
+            image_path: image_path.into(),
+            work_path: if own_work {
+                c.bundle.join("criu-work")
+            } else {
+                opts.work_path.clone().into()
+            },
+            exit: opts.exit,
+            open_tcp: opts.open_tcp,
+            external_unix_sockets: opts.external_unix_sockets,
+            terminal: opts.terminal,
+            file_locks: opts.file_locks,
+            empty_namespaces: opts.empty_namespaces.clone(),
+            cgroups_mode: opts.cgroups_mode.clone(),
+        };
+        let started = std::time::Instant::now();
+        let result = c.cli.checkpoint(&c.id, &spec).await;
+        let result = match result {
+            Ok(()) => Ok(()),
+            Err(e) => Err(criu_error(&c.bundle, &spec, e, "runc checkpoint").await),
+        };
+        if own_work {
+            let _ = tokio::fs::remove_dir_all(&spec.work_path).await;
+        }
+        result?;
+        info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            exit = spec.exit,
+            "container checkpointed"
+        );
+        Ok(())
+    }
+
     pub async fn connect(&self, req: ConnectRequest) -> Result<ConnectResponse> {
         let containers = self.containers.lock().await;
         let c = get(&containers, &req.id)?;
@@ -593,6 +673,97 @@ impl TaskService {
                 return;
             }
         }
+    }
+}
+
+/// Restores a container created from a checkpoint (`runc restore`).
+async fn restore(c: &mut Container, namespace: &str) -> Result<()> {
+    let spec = c.init.restore_from.clone().expect("caller checked");
+    let owner = Owner {
+        container_id: c.id.clone(),
+        namespace: namespace.to_string(),
+        uid: c.options.io_uid,
+        gid: c.options.io_gid,
+    };
+    let pid_file = c.bundle.join(INIT_PID_FILE);
+    let p = &mut c.init;
+    let console = if p.stdio.terminal {
+        Some(ConsoleSocket::new()?)
+    } else {
+        None
+    };
+    let io = match &console {
+        Some(_) => None,
+        None => Some(p.io.attach(&owner, &p.stdio).await?),
+    };
+    let started = std::time::Instant::now();
+    let result = async {
+        if let Err(e) = c
+            .cli
+            .restore(
+                &c.id,
+                &c.bundle,
+                &spec,
+                &pid_file,
+                io.as_ref(),
+                console.as_ref().map(|s| s.path.as_path()),
+                c.options.no_pivot_root,
+            )
+            .await
+        {
+            return Err(criu_error(&c.bundle, &spec, e, "runc restore").await);
+        }
+        if let Some(s) = &console {
+            let pty = s.receive().await?;
+            p.io.attach_console(&p.stdio, pty.clone())?;
+            p.console = Some(pty);
+        }
+        read_pid(&pid_file).await
+    }
+    .await;
+    match result {
+        Ok(pid) => {
+            p.pid = pid;
+            p.restore_from = None;
+            info!(pid, image = %spec.image_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "container restored");
+            Ok(())
+        }
+        Err(e) => {
+            warn!(error = %e, "restore failed");
+            p.io.abort().await;
+            p.io = Default::default();
+            let _ = c
+                .runc
+                .delete(&c.id, Some(&DeleteOpts { force: true }))
+                .await;
+            Err(e)
+        }
+    }
+}
+
+/// A failed CRIU run through runc: keep CRIU's own log next to the bundle
+/// and name it, since runc's message alone rarely says what went wrong.
+async fn criu_error(
+    bundle: &Path,
+    spec: &CheckpointSpec,
+    err: runc::error::Error,
+    action: &str,
+) -> Error {
+    let log_name = if action.contains("restore") {
+        "restore.log"
+    } else {
+        "dump.log"
+    };
+    let kept = bundle.join(format!("criu-{log_name}"));
+    let copied = tokio::fs::copy(spec.work_path.join(log_name), &kept)
+        .await
+        .is_ok();
+    match runtime_error(bundle, err, action).await {
+        Error::Runtime { action, message } if copied => Error::Runtime {
+            action,
+            message: format!("{message} (CRIU log: {})", kept.display()),
+        },
+        other => other,
     }
 }
 
@@ -662,6 +833,25 @@ async fn read_pid(path: &Path) -> Result<i32> {
         action: "read pid".into(),
         message: format!("{}: {e}", path.display()),
     })
+}
+
+fn task_create_event(req: &CreateTaskRequest, pid: i32) -> TaskCreate {
+    TaskCreate {
+        container_id: req.id.clone(),
+        bundle: req.bundle.clone(),
+        rootfs: req.rootfs.clone(),
+        io: Some(TaskIO {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+            ..Default::default()
+        })
+        .into(),
+        checkpoint: req.checkpoint.clone(),
+        pid: pid as u32,
+        ..Default::default()
+    }
 }
 
 fn delete_response(p: &Process) -> DeleteResponse {
@@ -740,8 +930,9 @@ impl Task for TaskService {
         Ok(Empty::new())
     }
 
-    async fn checkpoint(&self, _: &TtrpcContext, _: CheckpointTaskRequest) -> TtrpcResult<Empty> {
-        Err(Error::Unimplemented("Checkpoint".into()).into())
+    async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> TtrpcResult<Empty> {
+        TaskService::checkpoint(self, req).await?;
+        Ok(Empty::new())
     }
 
     async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> TtrpcResult<Empty> {

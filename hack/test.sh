@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Every test Rekindle has, on a fresh Debian bookworm machine as root:
+# set-up (idempotent), lints, unit tests, and the integration suite against a
+# private containerd 2.x and then 1.6 (started and stopped by the tests).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { echo "==> $*"; }
+
+bash hack/setup.sh
+# CRIU 4.2 from setup.sh lives in /usr/local/sbin and must win over any other.
+export PATH="/usr/local/sbin:/usr/local/bin:$PATH"
+
+log "lint: cargo fmt --check, cargo clippy -D warnings"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+log "build"
+cargo build --workspace --bins
+
+log "unit tests and integration tests (containerd 2.x)"
+REKINDLE_CONTAINERD=2 cargo test --workspace --no-fail-fast
+
+log "integration tests again against containerd 1.6"
+REKINDLE_CONTAINERD=1.6 cargo test --test integration --no-fail-fast
