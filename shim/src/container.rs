@@ -12,8 +12,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::{
+    annotations::RestorePolicy,
     error::{Error, Result},
-    runc::{CheckpointSpec, RuncCli},
+    runc::RuncCli,
     stdio::ProcessIo,
 };
 
@@ -47,8 +48,8 @@ pub struct Process {
     exit: watch::Sender<Option<Exit>>,
     /// The OCI process to run, for execs.
     pub spec: Option<oci_spec::runtime::Process>,
-    /// For an init created from a checkpoint: the image `Start` restores.
-    pub restore_from: Option<CheckpointSpec>,
+    /// For an init created from a checkpoint: what `Start` restores.
+    pub restore_from: Option<RestoreSource>,
 }
 
 impl Process {
@@ -141,6 +142,26 @@ pub struct Container {
     pub shared_pid_ns: bool,
     /// Whether the shim mounted `bundle/rootfs` and must unmount it.
     pub rootfs_mounted: bool,
+    /// What the container's annotations ask of restores and checkpoints.
+    pub policy: RestorePolicy,
+}
+
+/// Where a restore's CRIU image comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// A directory containerd extracted (CreateTask with a checkpoint).
+    Checkpoint(PathBuf),
+    /// An image in rekindle-restored, named by the `io.rekindle.image` annotation.
+    Stored(String),
+}
+
+impl std::fmt::Display for RestoreSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RestoreSource::Checkpoint(p) => write!(f, "checkpoint {}", p.display()),
+            RestoreSource::Stored(n) => write!(f, "stored image {n}"),
+        }
+    }
 }
 
 impl Container {

@@ -7,8 +7,10 @@
 //! - [`container`]: container and process state, free of I/O;
 //! - [`runc`]: the runc engine (OCI lifecycle through the runc CLI);
 //! - [`stdio`] and [`console`]: a process's stdio and terminal;
+//! - [`annotations`]: what a container's annotations ask of restores;
 //! - [`error`]: the error type and its one mapping to ttrpc codes.
 
+pub mod annotations;
 pub mod bootstrap;
 pub mod console;
 pub mod container;

@@ -35,8 +35,9 @@ use tokio::sync::{mpsc, Mutex};
 use tracing::{debug, info, instrument, warn};
 
 use crate::{
+    annotations::{Fallback, RestorePolicy},
     console::{self, ConsoleSocket},
-    container::{shares_pid_namespace, Container, Process},
+    container::{shares_pid_namespace, Container, Process, RestoreSource},
     error::{Error, Result},
     runc::{
         decode_checkpoint_options, decode_options, kill_error, new_engine, runtime_error,
@@ -93,6 +94,20 @@ impl TaskService {
                 bundle.join("config.json").display()
             ))
         })?;
+        let policy = RestorePolicy::from_annotations(spec.annotations().as_ref())?;
+        // A checkpoint from containerd wins over an image named by annotation.
+        let source = if !req.checkpoint.is_empty() {
+            let image = Path::new(&req.checkpoint).to_path_buf();
+            if !image.join("inventory.img").is_file() {
+                return Err(Error::InvalidArgument(format!(
+                    "checkpoint {} holds no CRIU image (inventory.img missing)",
+                    image.display()
+                )));
+            }
+            Some(RestoreSource::Checkpoint(image))
+        } else {
+            policy.image.clone().map(RestoreSource::Stored)
+        };
 
         let rootfs = bundle.join("rootfs");
         let rootfs_mounted = !req.rootfs.is_empty();
@@ -110,132 +125,37 @@ impl TaskService {
         }
 
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
-        let mut init = Process::new(&req.id, stdio.clone());
-        if !req.checkpoint.is_empty() {
+        let mut c = Container {
+            id: req.id.clone(),
+            bundle: bundle.clone(),
+            options,
+            runc,
+            cli,
+            init: Process::new(&req.id, stdio),
+            execs: HashMap::new(),
+            shared_pid_ns: shares_pid_namespace(&spec),
+            rootfs_mounted,
+            policy,
+        };
+        let pid = match source {
             // As containerd's runc shim does: the restore itself happens at
             // Start, which is when containerd expects the process to run.
-            let image = Path::new(&req.checkpoint).to_path_buf();
-            if !image.join("inventory.img").is_file() {
-                if rootfs_mounted {
-                    unmount(&rootfs);
-                }
-                return Err(Error::InvalidArgument(format!(
-                    "checkpoint {} holds no CRIU image (inventory.img missing)",
-                    image.display()
-                )));
+            Some(source) => {
+                info!(source = %source, "container created from a checkpoint; restored at start");
+                c.init.restore_from = Some(source);
+                0
             }
-            init.restore_from = Some(CheckpointSpec {
-                image_path: image,
-                work_path: if options.criu_work_path.is_empty() {
-                    bundle.join("criu-work")
-                } else {
-                    options.criu_work_path.clone().into()
-                },
-                ..Default::default()
-            });
-            info!(checkpoint = %req.checkpoint, "container created from a checkpoint; restored at start");
-            containers.insert(
-                req.id.clone(),
-                Container {
-                    id: req.id.clone(),
-                    bundle: bundle.clone(),
-                    options,
-                    runc,
-                    cli,
-                    init,
-                    execs: HashMap::new(),
-                    shared_pid_ns: shares_pid_namespace(&spec),
-                    rootfs_mounted,
-                },
-            );
-            self.send(task_create_event(&req, 0)).await;
-            return Ok(CreateTaskResponse::default());
-        }
-        let owner = Owner {
-            container_id: req.id.clone(),
-            namespace: self.namespace.clone(),
-            uid: options.io_uid,
-            gid: options.io_gid,
-        };
-        let pid_file = bundle.join(INIT_PID_FILE);
-        let mut opts = CreateOpts::new()
-            .pid_file(&pid_file)
-            .no_pivot(options.no_pivot_root)
-            .no_new_keyring(options.no_new_keyring)
-            .detach(false);
-        let console = if stdio.terminal {
-            let s = ConsoleSocket::new()?;
-            opts.console_socket = Some(s.path.clone());
-            Some(s)
-        } else {
-            match init.io.attach(&owner, &stdio).await {
-                Ok(io) => opts.io = Some(io),
+            None => match cold_create(&mut c, &self.namespace).await {
+                Ok(pid) => pid,
                 Err(e) => {
-                    init.io.abort().await;
                     if rootfs_mounted {
                         unmount(&rootfs);
                     }
                     return Err(e);
                 }
-            }
-            None
-        };
-
-        let created = async {
-            runc.create(&req.id, &bundle, Some(&opts))
-                .await
-                .map_err(|e| (e, "runc create"))?;
-            Ok::<_, (runc::error::Error, &str)>(())
-        }
-        .await;
-        let result = match created {
-            Err((e, action)) => Err(runtime_error(&bundle, e, action).await),
-            Ok(()) => {
-                let attached = match &console {
-                    Some(s) => s.receive().await.and_then(|pty| {
-                        init.io.attach_console(&stdio, pty.clone())?;
-                        init.console = Some(pty);
-                        Ok(())
-                    }),
-                    None => Ok(()),
-                };
-                match attached {
-                    Ok(()) => read_pid(&pid_file).await,
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        let pid = match result {
-            Ok(pid) => pid,
-            Err(e) => {
-                warn!(error = %e, "create failed; cleaning up");
-                let _ = runc
-                    .delete(&req.id, Some(&DeleteOpts { force: true }))
-                    .await;
-                init.io.abort().await;
-                if rootfs_mounted {
-                    unmount(&rootfs);
-                }
-                return Err(e);
-            }
-        };
-        init.pid = pid;
-        info!(pid, bundle = %bundle.display(), "container created");
-
-        containers.insert(
-            req.id.clone(),
-            Container {
-                id: req.id.clone(),
-                bundle: bundle.clone(),
-                options,
-                runc,
-                cli,
-                init,
-                execs: HashMap::new(),
-                shared_pid_ns: shares_pid_namespace(&spec),
-                rootfs_mounted,
             },
-        );
+        };
+        containers.insert(req.id.clone(), c);
         // Sent under the lock, so no TaskExit of this container can overtake it.
         self.send(task_create_event(&req, pid)).await;
         Ok(CreateTaskResponse {
@@ -250,8 +170,21 @@ impl TaskService {
         let c = get_mut(&mut containers, &req.id)?;
         let pid = if req.exec_id.is_empty() {
             c.init.check_startable()?;
-            if c.init.restore_from.is_some() {
-                restore(c, &self.namespace).await?;
+            if let Some(source) = c.init.restore_from.take() {
+                match restore(c, &self.namespace, &source).await {
+                    Ok(()) => {}
+                    Err(e) if c.policy.fallback == Fallback::Cold => {
+                        warn!(reason = %e, source = %source, "restore failed; falling back to a cold start as the container's annotation asks");
+                        cold_create(c, &self.namespace).await?;
+                        if let Err(e) = c.runc.start(&c.id).await {
+                            return Err(runtime_error(&c.bundle, e, "runc start").await);
+                        }
+                    }
+                    Err(e) => {
+                        c.init.restore_from = Some(source);
+                        return Err(e);
+                    }
+                }
             } else if let Err(e) = c.runc.start(&c.id).await {
                 return Err(runtime_error(&c.bundle, e, "runc start").await);
             }
@@ -617,6 +550,26 @@ impl TaskService {
             exit = spec.exit,
             "container checkpointed"
         );
+        if let Some(name) = &c.policy.store_as {
+            let labels = [
+                ("container".to_string(), c.id.clone()),
+                ("namespace".to_string(), self.namespace.clone()),
+            ]
+            .into();
+            restored_client()
+                .store_image(name, &spec.image_path, labels, None)
+                .await
+                .map_err(|e| {
+                    store_error(
+                        e,
+                        &format!(
+                            "checkpoint written to {}, but storing it as image {name}",
+                            spec.image_path.display()
+                        ),
+                    )
+                })?;
+            info!(image = %name, "checkpoint stored in rekindle-restored");
+        }
         Ok(())
     }
 
@@ -676,42 +629,35 @@ impl TaskService {
     }
 }
 
-/// Restores a container created from a checkpoint (`runc restore`).
-async fn restore(c: &mut Container, namespace: &str) -> Result<()> {
-    let spec = c.init.restore_from.clone().expect("caller checked");
-    let owner = Owner {
-        container_id: c.id.clone(),
-        namespace: namespace.to_string(),
-        uid: c.options.io_uid,
-        gid: c.options.io_gid,
-    };
+/// `runc create`: the container's init exists, stopped before its exec,
+/// until Start. Cleans up after itself on failure (but leaves the rootfs).
+async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
+    let owner = owner(c, namespace);
     let pid_file = c.bundle.join(INIT_PID_FILE);
+    let mut opts = CreateOpts::new()
+        .pid_file(&pid_file)
+        .no_pivot(c.options.no_pivot_root)
+        .no_new_keyring(c.options.no_new_keyring)
+        .detach(false);
     let p = &mut c.init;
     let console = if p.stdio.terminal {
-        Some(ConsoleSocket::new()?)
+        let s = ConsoleSocket::new()?;
+        opts.console_socket = Some(s.path.clone());
+        Some(s)
     } else {
+        match p.io.attach(&owner, &p.stdio).await {
+            Ok(io) => opts.io = Some(io),
+            Err(e) => {
+                p.io.abort().await;
+                p.io = Default::default();
+                return Err(e);
+            }
+        }
         None
     };
-    let io = match &console {
-        Some(_) => None,
-        None => Some(p.io.attach(&owner, &p.stdio).await?),
-    };
-    let started = std::time::Instant::now();
     let result = async {
-        if let Err(e) = c
-            .cli
-            .restore(
-                &c.id,
-                &c.bundle,
-                &spec,
-                &pid_file,
-                io.as_ref(),
-                console.as_ref().map(|s| s.path.as_path()),
-                c.options.no_pivot_root,
-            )
-            .await
-        {
-            return Err(criu_error(&c.bundle, &spec, e, "runc restore").await);
+        if let Err(e) = c.runc.create(&c.id, &c.bundle, Some(&opts)).await {
+            return Err(runtime_error(&c.bundle, e, "runc create").await);
         }
         if let Some(s) = &console {
             let pty = s.receive().await?;
@@ -724,12 +670,116 @@ async fn restore(c: &mut Container, namespace: &str) -> Result<()> {
     match result {
         Ok(pid) => {
             p.pid = pid;
-            p.restore_from = None;
-            info!(pid, image = %spec.image_path.display(), elapsed_ms = started.elapsed().as_millis() as u64, "container restored");
+            info!(pid, bundle = %c.bundle.display(), "container created");
+            Ok(pid)
+        }
+        Err(e) => {
+            warn!(error = %e, "create failed; cleaning up");
+            let _ = c
+                .runc
+                .delete(&c.id, Some(&DeleteOpts { force: true }))
+                .await;
+            p.io.abort().await;
+            p.io = Default::default();
+            Err(e)
+        }
+    }
+}
+
+fn owner(c: &Container, namespace: &str) -> Owner {
+    Owner {
+        container_id: c.id.clone(),
+        namespace: namespace.to_string(),
+        uid: c.options.io_uid,
+        gid: c.options.io_gid,
+    }
+}
+
+/// Restores a container created from a checkpoint or from a stored image
+/// (`runc restore`). On failure nothing of the attempt is left running.
+async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> Result<()> {
+    let started = std::time::Instant::now();
+    let (image_dir, lease, client) = match source {
+        RestoreSource::Checkpoint(dir) => (dir.clone(), None, None),
+        RestoreSource::Stored(name) => {
+            let client = restored_client();
+            let prepared = client
+                .prepare_restore(name, false)
+                .await
+                .map_err(|e| store_error(e, &format!("prepare image {name} for restore")))?;
+            (prepared.image_dir, Some(prepared.lease), Some(client))
+        }
+    };
+    let spec = CheckpointSpec {
+        image_path: image_dir,
+        work_path: if c.options.criu_work_path.is_empty() {
+            c.bundle.join("criu-work")
+        } else {
+            c.options.criu_work_path.clone().into()
+        },
+        ..Default::default()
+    };
+    let result = runc_restore(c, namespace, &spec).await;
+    if let (Some(client), Some(lease)) = (client, lease) {
+        if let Err(e) = client.release_restore(&lease).await {
+            warn!(error = %e, lease, "release restore lease");
+        }
+    }
+    match &result {
+        Ok(()) => info!(
+            pid = c.init.pid,
+            source = %source,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "container restored"
+        ),
+        Err(e) => warn!(reason = %e, source = %source, "restore failed"),
+    }
+    result
+}
+
+async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec) -> Result<()> {
+    let owner = owner(c, namespace);
+    let pid_file = c.bundle.join(INIT_PID_FILE);
+    let p = &mut c.init;
+    let console = if p.stdio.terminal {
+        Some(ConsoleSocket::new()?)
+    } else {
+        None
+    };
+    let io = match &console {
+        Some(_) => None,
+        None => Some(p.io.attach(&owner, &p.stdio).await?),
+    };
+    let result = async {
+        if let Err(e) = c
+            .cli
+            .restore(
+                &c.id,
+                &c.bundle,
+                spec,
+                &pid_file,
+                io.as_ref(),
+                console.as_ref().map(|s| s.path.as_path()),
+                c.options.no_pivot_root,
+            )
+            .await
+        {
+            return Err(criu_error(&c.bundle, spec, e, "runc restore").await);
+        }
+        if let Some(s) = &console {
+            let pty = s.receive().await?;
+            p.io.attach_console(&p.stdio, pty.clone())?;
+            p.console = Some(pty);
+        }
+        read_pid(&pid_file).await
+    }
+    .await;
+    match result {
+        Ok(pid) => {
+            p.pid = pid;
             Ok(())
         }
         Err(e) => {
-            warn!(error = %e, "restore failed");
             p.io.abort().await;
             p.io = Default::default();
             let _ = c
@@ -738,6 +788,28 @@ async fn restore(c: &mut Container, namespace: &str) -> Result<()> {
                 .await;
             Err(e)
         }
+    }
+}
+
+/// The restore-daemon's socket: `REKINDLE_RESTORED_SOCKET`, or its default.
+fn restored_client() -> rekindle_restore_api::Client {
+    let socket = std::env::var_os("REKINDLE_RESTORED_SOCKET")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| rekindle_restore_api::DEFAULT_SOCKET.into());
+    rekindle_restore_api::Client::new(socket)
+}
+
+/// Maps a restore-daemon failure to the shim's error kinds, keeping its words.
+fn store_error(e: rekindle_restore_api::Error, what: &str) -> Error {
+    use rekindle_restore_api::ErrorCode;
+    let msg = format!("{what}: {e}");
+    match e.code() {
+        Some(ErrorCode::NotFound) => Error::NotFound(msg),
+        Some(ErrorCode::InvalidArgument) => Error::InvalidArgument(msg),
+        Some(ErrorCode::AlreadyExists) => Error::AlreadyExists(msg),
+        // Unreachable daemon, corrupt image, version mismatch: the node, not
+        // the request, must change.
+        _ => Error::FailedPrecondition(msg),
     }
 }
 
@@ -768,12 +840,7 @@ async fn criu_error(
 }
 
 async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result<i32> {
-    let owner = Owner {
-        container_id: c.id.clone(),
-        namespace: namespace.to_string(),
-        uid: c.options.io_uid,
-        gid: c.options.io_gid,
-    };
+    let owner = owner(c, namespace);
     let bundle = c.bundle.clone();
     let container_id = c.id.clone();
     let runc = c.runc.clone();
