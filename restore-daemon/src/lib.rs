@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod config;
 pub mod logging;
+pub mod store;
 
 use std::ffi::OsString;
 
