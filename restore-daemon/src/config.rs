@@ -19,6 +19,10 @@ pub const DEFAULT_STAGE_DIR: &str = "/run/rekindle/staged";
 /// fails on the project's kernels.
 pub const DEFAULT_CRIU_BINARY: &str = "/usr/local/sbin/criu";
 
+pub const DEFAULT_MAX_FILES: u32 = 4096;
+pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 16 << 30;
+pub const DEFAULT_LEASE_TTL_SECS: u64 = 900;
+
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -45,6 +49,21 @@ pub struct Config {
     pub criu_binary: PathBuf,
     /// Log format on stderr.
     pub log_format: LogFormat,
+    /// Non-root uids allowed to use the socket (root always is). They also need access to
+    /// the socket file: see `socket_gid`. Files they name must be their own.
+    pub allowed_uids: Vec<u32>,
+    /// Group of the socket; when set the socket is mode 0660 instead of 0600.
+    pub socket_gid: Option<u32>,
+    /// Mount a tmpfs on `stage_dir` when it is not on one already.
+    pub mount_stage_tmpfs: bool,
+    /// `size=` of that tmpfs (e.g. "8g", "50%"); the kernel's default (half of RAM) if unset.
+    pub stage_tmpfs_size: Option<String>,
+    /// Most files in one image (manifests and archives beyond it are refused).
+    pub max_files: u32,
+    /// Most bytes (uncompressed) in one image.
+    pub max_total_bytes: u64,
+    /// A restore lease not released within this many seconds is taken back.
+    pub lease_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -55,6 +74,13 @@ impl Default for Config {
             stage_dir: DEFAULT_STAGE_DIR.into(),
             criu_binary: DEFAULT_CRIU_BINARY.into(),
             log_format: LogFormat::Text,
+            allowed_uids: Vec::new(),
+            socket_gid: None,
+            mount_stage_tmpfs: true,
+            stage_tmpfs_size: None,
+            max_files: DEFAULT_MAX_FILES,
+            max_total_bytes: DEFAULT_MAX_TOTAL_BYTES,
+            lease_ttl_secs: DEFAULT_LEASE_TTL_SECS,
         }
     }
 }
@@ -111,6 +137,9 @@ impl Config {
         if given("store") {
             config.store = cli.store.clone();
         }
+        if given("stage_dir") {
+            config.stage_dir = cli.stage_dir.clone();
+        }
         if given("log_format") {
             config.log_format = cli.log_format;
         }
@@ -132,6 +161,29 @@ impl Config {
                     path.display()
                 )));
             }
+        }
+        if self.max_files == 0 || self.max_total_bytes == 0 || self.lease_ttl_secs == 0 {
+            return Err(Error::Invalid(
+                "max_files, max_total_bytes and lease_ttl_secs must be positive".into(),
+            ));
+        }
+        if let Some(size) = &self.stage_tmpfs_size {
+            let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+            if digits.is_empty()
+                || !digits.bytes().all(|b| b.is_ascii_digit())
+                || size.len() - digits.len() > 1
+            {
+                return Err(Error::Invalid(format!(
+                    "stage_tmpfs_size {size:?} is not a size like \"8g\", \"512m\" or \"50%\""
+                )));
+            }
+        }
+        if self.stage_dir.starts_with(&self.store) || self.store.starts_with(&self.stage_dir) {
+            return Err(Error::Invalid(format!(
+                "stage_dir {} and store {} must not contain each other",
+                self.stage_dir.display(),
+                self.store.display()
+            )));
         }
         let len = self.socket.as_os_str().len();
         if len > MAX_SOCKET_PATH {
@@ -214,6 +266,32 @@ mod tests {
         assert_eq!(c.socket, Path::new("/run/from-file.sock"));
         assert_eq!(c.store, Path::new("/srv/cli"));
         assert_eq!(c.stage_dir, Path::new(DEFAULT_STAGE_DIR));
+    }
+
+    #[test]
+    fn limits_and_access_come_from_the_file() {
+        let p = Path::new("restored.toml");
+        let c = Config::from_toml(
+            "allowed_uids = [1000]\nsocket_gid = 1000\nmax_files = 10\n\
+             max_total_bytes = 1048576\nlease_ttl_secs = 60\nmount_stage_tmpfs = false\n\
+             stage_tmpfs_size = \"2g\"\n",
+            p,
+        )
+        .unwrap();
+        assert_eq!(c.allowed_uids, [1000]);
+        assert_eq!(c.socket_gid, Some(1000));
+        assert_eq!(c.max_files, 10);
+        assert!(!c.mount_stage_tmpfs);
+        c.validate().unwrap();
+        for bad in [
+            "max_files = 0\n",
+            "stage_tmpfs_size = \"lots\"\n",
+            "stage_tmpfs_size = \"1gg\"\n",
+            "stage_dir = \"/var/lib/rekindle/images/staged\"\n",
+        ] {
+            let c = Config::from_toml(bad, p).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
     }
 
     #[test]

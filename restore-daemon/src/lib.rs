@@ -1,16 +1,23 @@
 //! `rekindle-restored`, Rekindle's restore daemon.
 //!
 //! It owns the node's checkpoint images: it takes the CRIU images of a checkpointed
-//! function instance, keeps them LZ4-compressed on disk, exports and imports them
-//! zstd-compressed for shipping, keeps the ones the agent asks for staged decompressed in
-//! memory, and performs the fast restore through libcriu when the shim asks for one.
+//! function instance, keeps them LZ4-compressed on disk ([`store`]), exports and imports
+//! them zstd-compressed for shipping ([`store::archive`]), keeps the ones the agent asks
+//! for staged decompressed in memory ([`stage`]), and hands the shim a verified,
+//! decompressed image directory for each restore ([`service`]). It speaks the protocol of
+//! `rekindle-restore-api` on a unix socket ([`server`]).
 //!
-//! For now only its command line, configuration and logging exist: running it refuses to
-//! start (see [`Error::NotImplemented`]) rather than pretend to serve.
+//! Where to start reading: [`service::Service::handle`] is every operation, one `match`.
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod gc;
+pub mod host;
 pub mod logging;
+pub mod server;
+pub mod service;
+pub mod stage;
 pub mod store;
 
 use std::ffi::OsString;
@@ -20,8 +27,6 @@ use clap::{CommandFactory, FromArgMatches};
 pub use cli::Cli;
 pub use config::Config;
 
-/// `sysexits.h`'s EX_UNAVAILABLE: the service cannot run (here: not implemented yet).
-pub const EXIT_UNAVAILABLE: u8 = 69;
 /// `sysexits.h`'s EX_CONFIG: the configuration is wrong.
 pub const EXIT_CONFIG: u8 = 78;
 
@@ -33,12 +38,9 @@ pub enum Error {
     #[error("cannot set up logging: {0}")]
     Logging(String),
 
-    #[error(
-        "not implemented yet: the image store (LZ4 at rest under {store}, zstd for shipping, \
-         in-memory staging) and the restore socket {socket} are still to be written \
-         (checkpoint/restore issue); refusing to start rather than pretend to serve"
-    )]
-    NotImplemented { socket: String, store: String },
+    /// The daemon could not start: store, staging area, socket.
+    #[error("cannot start: {0}")]
+    Startup(String),
 }
 
 impl Error {
@@ -46,14 +48,13 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => EXIT_CONFIG,
-            Error::Logging(_) => 1,
-            Error::NotImplemented { .. } => EXIT_UNAVAILABLE,
+            Error::Logging(_) | Error::Startup(_) => 1,
         }
     }
 }
 
 /// Parses the command line (`--help`/`--version` print and exit here, as clap does),
-/// loads the configuration, sets up logging, and runs the daemon.
+/// loads the configuration, sets up logging, and runs the daemon until SIGTERM/SIGINT.
 pub fn main_with_args<I, T>(args: I) -> Result<(), Error>
 where
     I: IntoIterator<Item = T>,
@@ -66,17 +67,12 @@ where
     run(&config)
 }
 
-/// Runs the daemon with a resolved configuration. Not implemented yet: refuses.
+/// Runs the daemon with a resolved configuration until SIGTERM/SIGINT.
 pub fn run(config: &Config) -> Result<(), Error> {
-    tracing::debug!(
-        socket = %config.socket.display(),
-        store = %config.store.display(),
-        stage_dir = %config.stage_dir.display(),
-        criu_binary = %config.criu_binary.display(),
-        "configuration loaded"
-    );
-    Err(Error::NotImplemented {
-        socket: config.socket.display().to_string(),
-        store: config.store.display().to_string(),
-    })
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("restored")
+        .build()
+        .map_err(|e| Error::Startup(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(daemon::run(config))
 }

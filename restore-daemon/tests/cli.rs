@@ -20,14 +20,16 @@ fn help_explains_the_daemon_and_its_defaults() {
         "LZ4",
         "zstd",
         "in memory",
-        "libcriu",
+        "tmpfs",
         "--socket <PATH>",
         "[default: /run/rekindle/restored.sock]",
         "[default: /var/lib/rekindle/images]",
         "[default: /etc/rekindle/restored.toml]",
         "--log-format <FORMAT>",
         "json",
-        "not implemented yet",
+        "--stage-dir <DIR>",
+        "[default: /run/rekindle/staged]",
+        "SIGTERM",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
@@ -45,13 +47,37 @@ fn version_prints_the_crate_version() {
 }
 
 #[test]
-fn running_it_refuses_to_pretend_to_serve() {
-    let out = restored(&[]);
-    assert_eq!(out.status.code(), Some(69), "{out:?}");
+fn a_socket_it_cannot_create_is_a_startup_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let store = dir.path().join("store");
+    let stage = dir.path().join("stage");
+    let socket = file.join("restored.sock");
+    let out = restored(&[
+        "--config",
+        "/nonexistent-but-default-path-is-not-used",
+        "--store",
+        store.to_str().unwrap(),
+    ]);
+    // An explicitly named missing config is a configuration error ...
+    assert_eq!(out.status.code(), Some(78), "{out:?}");
+    // ... a socket under a regular file cannot be created.
+    let cfg = dir.path().join("restored.toml");
+    std::fs::write(&cfg, "mount_stage_tmpfs = false\n").unwrap();
+    let out = restored(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--store",
+        store.to_str().unwrap(),
+        "--stage-dir",
+        stage.to_str().unwrap(),
+        "--socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
     let err = String::from_utf8(out.stderr).unwrap();
-    assert!(err.contains("not implemented yet"), "{err}");
-    assert!(err.contains("checkpoint/restore issue"), "{err}");
-    assert!(err.contains("/run/rekindle/restored.sock"), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
 }
 
 #[test]

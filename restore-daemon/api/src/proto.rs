@@ -77,10 +77,12 @@ pub fn parse_request(line: &str) -> Result<Request, RequestParseError> {
     };
     match v.as_u64() {
         Some(v) if v == u64::from(PROTOCOL_VERSION) => {}
-        _ => return Err(RequestParseError::Version(format!(
+        _ => {
+            return Err(RequestParseError::Version(format!(
             "unsupported protocol version {v}; this rekindle-restored speaks v{PROTOCOL_VERSION} \
                  (upgrade the client or the daemon so that they match)"
-        ))),
+        )))
+        }
     }
     let op: Op =
         serde_json::from_value(value).map_err(|e| RequestParseError::Malformed(e.to_string()))?;

@@ -118,7 +118,7 @@ impl Store {
         let tmp_path = parent.join(format!(
             ".{}.partial-{}",
             file_name.to_string_lossy(),
-            fsutil::random_hex(6).map_err(Error::io("cannot read /dev/urandom"))?
+            fsutil::random_hex(6).map_err(Error::io("cannot get random bytes"))?
         ));
         let file = fsutil::create_new_private(&tmp_path)
             .map_err(Error::io(format!("cannot create {}", tmp_path.display())))?;

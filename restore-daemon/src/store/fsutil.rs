@@ -2,15 +2,27 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-/// `n` random bytes as lowercase hex, from the kernel's CSPRNG.
+/// `n` random bytes as lowercase hex, from the kernel's CSPRNG (`getrandom(2)`).
 pub fn random_hex(n: usize) -> io::Result<String> {
     let mut buf = vec![0u8; n];
-    File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    let mut filled = 0;
+    while filled < n {
+        // SAFETY: writes at most `n - filled` bytes into `buf[filled..]`.
+        let rc = unsafe { libc::getrandom(buf[filled..].as_mut_ptr().cast(), n - filled, 0) };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += rc as usize;
+    }
     Ok(hex(&buf))
 }
 

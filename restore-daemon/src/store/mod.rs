@@ -510,7 +510,7 @@ impl Store {
         }
         let trash = self.root.join(format!(
             "{TRASH_PREFIX}{name}-{}",
-            fsutil::random_hex(8).map_err(Error::io("cannot read /dev/urandom"))?
+            fsutil::random_hex(8).map_err(Error::io("cannot get random bytes"))?
         ));
         fs::rename(&dir, &trash).map_err(Error::io(format!("cannot delete image {name}")))?;
         fsutil::fsync_dir(&self.root).map_err(Error::io("cannot fsync the store"))?;

@@ -1,0 +1,697 @@
+//! The daemon's operations: the store, the staging area, restore leases and counters,
+//! behind one `handle(op)`. The socket side lives in `server`.
+//!
+//! Concurrency: each image has a read/write lock. Operations that change an image (store,
+//! delete, stage, unstage, import, GC's deletes) hold it exclusively; those that only read
+//! it (get, export, prepare_restore) share it, so an export does not hold up a restore.
+//! Different images never wait for each other. File work runs on blocking threads.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rekindle_restore_api::{
+    ApiError, Deleted, ErrorCode, Exported, GcDeleted, GcReport, GcSkipped, ImageInfo, ImageList,
+    Manifest, Op, Prepared, Released, Staged, Stats, Unstaged, PROTOCOL_VERSION,
+};
+use serde::Serialize;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
+
+use crate::gc;
+use crate::host::{self, HostInfo};
+use crate::stage::StageArea;
+use crate::store::archive::DEFAULT_ZSTD_LEVEL;
+use crate::store::{self, fsutil, manifest, validate_name, NewImage, Store};
+
+/// Who is asking (from the socket's peer credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub pid: Option<i32>,
+}
+
+impl Peer {
+    /// Files a non-root client names must be its own.
+    fn owner(&self) -> Option<u32> {
+        (self.uid != 0).then_some(self.uid)
+    }
+}
+
+/// A successful operation: its `ok` body, and the bytes it moved (for the log).
+#[derive(Debug)]
+pub struct Outcome {
+    pub body: serde_json::Value,
+    pub bytes: u64,
+}
+
+type OpResult = Result<Outcome, ApiError>;
+
+fn outcome<T: Serialize>(body: T, bytes: u64) -> OpResult {
+    serde_json::to_value(body)
+        .map(|body| Outcome { body, bytes })
+        .map_err(|e| internal(format!("cannot encode the response: {e}")))
+}
+
+fn internal(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::Internal, msg)
+}
+
+fn api(e: store::Error) -> ApiError {
+    ApiError::new(e.code(), e.to_string())
+}
+
+fn precondition(msg: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::FailedPrecondition, msg)
+}
+
+/// Runs blocking file work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, store::Error> + Send + 'static,
+) -> Result<T, ApiError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(api),
+        Err(e) => Err(internal(format!("a worker thread failed: {e}"))),
+    }
+}
+
+#[derive(Debug, Clone)]
+struct StagedImage {
+    dir: PathBuf,
+    bytes: u64,
+    manifest: Arc<Manifest>,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    name: String,
+    /// The lease's own decompressed copy; `None` when it uses the staged copy.
+    dir: Option<PathBuf>,
+    created: Instant,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    staged: HashMap<String, StagedImage>,
+    leases: HashMap<String, Lease>,
+}
+
+impl State {
+    fn leases_of(&self, name: &str) -> usize {
+        self.leases.values().filter(|l| l.name == name).count()
+    }
+
+    fn staged_leases_of(&self, name: &str) -> usize {
+        self.leases
+            .values()
+            .filter(|l| l.name == name && l.dir.is_none())
+            .count()
+    }
+
+    fn held(&self, name: &str) -> Option<&'static str> {
+        if self.staged.contains_key(name) {
+            Some("staged")
+        } else if self.leases_of(name) > 0 {
+            Some("leased")
+        } else {
+            None
+        }
+    }
+}
+
+/// Requests and failures, by op and by reason, since the daemon started.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: BTreeMap<String, u64>,
+    failures: BTreeMap<String, u64>,
+    failures_by_op: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// What the daemon is configured with, besides its store and staging area.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// A lease not released within this long is taken back (its copy deleted).
+    pub lease_ttl: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            lease_ttl: Duration::from_secs(900),
+        }
+    }
+}
+
+pub struct Service {
+    store: Arc<Store>,
+    stage: StageArea,
+    host: HostInfo,
+    settings: Settings,
+    state: Mutex<State>,
+    locks: Mutex<HashMap<String, Arc<RwLock<()>>>>,
+    counters: Mutex<Counters>,
+    started: Instant,
+}
+
+impl Service {
+    pub fn new(store: Store, stage: StageArea, host: HostInfo, settings: Settings) -> Self {
+        Service {
+            store: Arc::new(store),
+            stage,
+            host,
+            settings,
+            state: Mutex::default(),
+            locks: Mutex::default(),
+            counters: Mutex::default(),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn host(&self) -> &HostInfo {
+        &self.host
+    }
+
+    pub fn stage(&self) -> &StageArea {
+        &self.stage
+    }
+
+    /// The staging area, to close it at shutdown.
+    pub fn into_stage(self) -> StageArea {
+        self.stage
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn image_lock(&self, name: &str) -> Arc<RwLock<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the locks nobody holds or waits for.
+        locks.retain(|_, l| Arc::strong_count(l) > 1);
+        locks.entry(name.to_string()).or_default().clone()
+    }
+
+    async fn write_lock(&self, name: &str) -> OwnedRwLockWriteGuard<()> {
+        self.image_lock(name).write_owned().await
+    }
+
+    async fn read_lock(&self, name: &str) -> OwnedRwLockReadGuard<()> {
+        self.image_lock(name).read_owned().await
+    }
+
+    /// Counts one request and, if it failed, why.
+    pub fn record(&self, op: &str, failure: Option<ErrorCode>) {
+        let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        *c.requests.entry(op.to_string()).or_default() += 1;
+        if let Some(code) = failure {
+            *c.failures.entry(code.to_string()).or_default() += 1;
+            *c.failures_by_op
+                .entry(op.to_string())
+                .or_default()
+                .entry(code.to_string())
+                .or_default() += 1;
+        }
+    }
+
+    fn info(&self, m: Manifest, last_used_unix: u64) -> ImageInfo {
+        let state = self.state();
+        ImageInfo {
+            staged: state.staged.contains_key(&m.name),
+            leases: state.leases_of(&m.name) as u32,
+            manifest: m,
+            last_used_unix,
+        }
+    }
+
+    /// Runs one operation.
+    pub async fn handle(&self, op: Op, peer: &Peer) -> OpResult {
+        if let Some(name) = op.image_name() {
+            validate_name(name).map_err(api)?;
+        }
+        match op {
+            Op::StoreImage {
+                name,
+                source_dir,
+                labels,
+                spec_digest,
+            } => {
+                let _guard = self.write_lock(&name).await;
+                let store = self.store.clone();
+                let meta = NewImage {
+                    labels,
+                    spec_digest,
+                    criu_version: self.host.criu_version.clone(),
+                    kernel_release: self.host.kernel_release.clone(),
+                };
+                let owner = peer.owner();
+                let m = blocking(move || store.store_dir(&name, &source_dir, meta, owner)).await?;
+                let bytes = m.total_size;
+                let created = m.created_unix;
+                outcome(self.info(m, created), bytes)
+            }
+            Op::ListImages {} => {
+                let images = self.list().await?;
+                let images = images
+                    .into_iter()
+                    .map(|(m, used)| self.info(manifest::summary(&m), used))
+                    .collect();
+                outcome(ImageList { images }, 0)
+            }
+            Op::GetImage { name } => {
+                let _guard = self.read_lock(&name).await;
+                let store = self.store.clone();
+                let (m, used) = blocking(move || {
+                    let m = store.get(&name)?;
+                    let used = store.last_used(&m);
+                    Ok((m, used))
+                })
+                .await?;
+                outcome(self.info(m, used), 0)
+            }
+            Op::DeleteImage { name } => self.delete(name).await,
+            Op::StageImage { name } => self.stage_image(name).await,
+            Op::UnstageImage { name } => self.unstage(name).await,
+            Op::PrepareRestore {
+                name,
+                allow_mismatch,
+            } => self.prepare_restore(name, allow_mismatch).await,
+            Op::ReleaseRestore { lease } => self.release(lease).await,
+            Op::ExportImage {
+                name,
+                dest,
+                zstd_level,
+            } => {
+                let _guard = self.read_lock(&name).await;
+                let store = self.store.clone();
+                let owner = peer.owner();
+                let level = zstd_level.unwrap_or(DEFAULT_ZSTD_LEVEL);
+                let path = dest.clone();
+                let (m, bytes) = blocking(move || store.export(&name, &dest, level, owner)).await?;
+                outcome(
+                    Exported {
+                        name: m.name,
+                        path,
+                        bytes,
+                        file_count: m.file_count,
+                    },
+                    bytes,
+                )
+            }
+            Op::ImportImage { path, name } => {
+                let _guard = match &name {
+                    Some(n) => Some(self.write_lock(n).await),
+                    None => None,
+                };
+                let store = self.store.clone();
+                let owner = peer.owner();
+                let m = blocking(move || store.import(&path, name.as_deref(), owner)).await?;
+                let bytes = m.total_size;
+                let used = store::now_unix();
+                outcome(self.info(m, used), bytes)
+            }
+            Op::Gc {
+                max_bytes,
+                max_age_secs,
+                dry_run,
+            } => self.gc(max_bytes, max_age_secs, dry_run).await,
+            Op::Stats {} => self.stats().await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<(Manifest, u64)>, ApiError> {
+        let store = self.store.clone();
+        blocking(move || {
+            Ok(store
+                .list()?
+                .into_iter()
+                .map(|m| {
+                    let used = store.last_used(&m);
+                    (m, used)
+                })
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete(&self, name: String) -> OpResult {
+        let _guard = self.write_lock(&name).await;
+        let leases = self.state().leases_of(&name);
+        if leases > 0 {
+            return Err(precondition(format!(
+                "image {name} is held by {leases} restore lease(s); release them \
+                 (release_restore) or wait for them to expire first"
+            )));
+        }
+        let store = self.store.clone();
+        let n = name.clone();
+        let mut freed = blocking(move || store.delete(&n)).await?;
+        let staged = self.state().staged.remove(&name);
+        if let Some(s) = staged {
+            freed += s.bytes;
+            blocking(move || {
+                std::fs::remove_dir_all(&s.dir).map_err(store::Error::io(format!(
+                    "cannot remove {}",
+                    s.dir.display()
+                )))
+            })
+            .await?;
+        }
+        outcome(
+            Deleted {
+                name,
+                freed_bytes: freed,
+            },
+            freed,
+        )
+    }
+
+    async fn stage_image(&self, name: String) -> OpResult {
+        let _guard = self.write_lock(&name).await;
+        let existing = self.state().staged.get(&name).cloned();
+        let store = self.store.clone();
+        if let Some(s) = existing {
+            let n = name.clone();
+            blocking(move || store.touch(&n)).await?;
+            return outcome(
+                Staged {
+                    name,
+                    dir: s.dir,
+                    bytes: s.bytes,
+                    already_staged: true,
+                },
+                0,
+            );
+        }
+        let dir = self.stage.staged_dir(&name);
+        let (n, d) = (name.clone(), dir.clone());
+        let (m, bytes) = blocking(move || {
+            let r = store.extract(&n, &d)?;
+            store.touch(&n)?;
+            Ok(r)
+        })
+        .await?;
+        self.state().staged.insert(
+            name.clone(),
+            StagedImage {
+                dir: dir.clone(),
+                bytes,
+                manifest: Arc::new(m),
+            },
+        );
+        outcome(
+            Staged {
+                name,
+                dir,
+                bytes,
+                already_staged: false,
+            },
+            bytes,
+        )
+    }
+
+    async fn unstage(&self, name: String) -> OpResult {
+        let _guard = self.write_lock(&name).await;
+        let staged = {
+            let mut state = self.state();
+            let held = state.staged_leases_of(&name);
+            if held > 0 {
+                return Err(precondition(format!(
+                    "the staged copy of image {name} is in use by {held} restore lease(s); \
+                     release them (release_restore) or wait for them to expire first"
+                )));
+            }
+            state.staged.remove(&name)
+        };
+        let Some(s) = staged else {
+            if !self.store.exists(&name) {
+                return Err(ApiError::new(
+                    ErrorCode::NotFound,
+                    format!("image {name} does not exist"),
+                ));
+            }
+            return outcome(
+                Unstaged {
+                    name,
+                    was_staged: false,
+                    freed_bytes: 0,
+                },
+                0,
+            );
+        };
+        let dir = s.dir.clone();
+        blocking(move || {
+            std::fs::remove_dir_all(&dir)
+                .map_err(store::Error::io(format!("cannot remove {}", dir.display())))
+        })
+        .await?;
+        outcome(
+            Unstaged {
+                name,
+                was_staged: true,
+                freed_bytes: s.bytes,
+            },
+            s.bytes,
+        )
+    }
+
+    async fn prepare_restore(&self, name: String, allow_mismatch: bool) -> OpResult {
+        let _guard = self.read_lock(&name).await;
+        let staged = self.state().staged.get(&name).cloned();
+        let manifest = match &staged {
+            Some(s) => s.manifest.clone(),
+            None => {
+                let store = self.store.clone();
+                let n = name.clone();
+                Arc::new(blocking(move || store.get(&n)).await?)
+            }
+        };
+        let mismatch = host::mismatch(
+            &name,
+            manifest.criu_version.as_deref(),
+            &manifest.kernel_release,
+            &self.host,
+        );
+        if let Some(m) = &mismatch {
+            if !allow_mismatch {
+                return Err(precondition(format!(
+                    "{m} (pass allow_mismatch to restore it anyway)"
+                )));
+            }
+            tracing::warn!(image = %name, mismatch = %m, "restoring despite a CRIU/kernel mismatch");
+        }
+        let lease = fsutil::random_hex(16)
+            .map_err(|e| internal(format!("cannot get random bytes: {e}")))?;
+        let (image_dir, own_dir, bytes) = match staged {
+            Some(s) => (s.dir, None, 0),
+            None => {
+                let dir = self.stage.lease_dir(&lease);
+                let store = self.store.clone();
+                let (n, d) = (name.clone(), dir.clone());
+                let (_, bytes) = blocking(move || store.extract(&n, &d)).await?;
+                (dir.clone(), Some(dir), bytes)
+            }
+        };
+        self.state().leases.insert(
+            lease.clone(),
+            Lease {
+                name: name.clone(),
+                dir: own_dir,
+                created: Instant::now(),
+            },
+        );
+        // Stamp the use for GC, off the restore's path.
+        let store = self.store.clone();
+        let n = name.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = store.touch(&n) {
+                tracing::warn!(image = %n, error = %e, "cannot stamp last use");
+            }
+        });
+        outcome(
+            Prepared {
+                staged: bytes == 0 && image_dir == self.stage.staged_dir(&name),
+                image_dir,
+                lease,
+                mismatch,
+            },
+            bytes,
+        )
+    }
+
+    async fn release(&self, lease: String) -> OpResult {
+        if lease.is_empty() || lease.len() > 64 || !lease.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ApiError::new(
+                ErrorCode::InvalidArgument,
+                format!("invalid lease {lease:?}"),
+            ));
+        }
+        let Some(l) = self.state().leases.remove(&lease) else {
+            return Err(ApiError::new(
+                ErrorCode::NotFound,
+                format!(
+                    "no restore lease {lease} (released already, or expired after {} s)",
+                    self.settings.lease_ttl.as_secs()
+                ),
+            ));
+        };
+        let removed_dir = l.dir.is_some();
+        if let Some(dir) = l.dir {
+            blocking(move || {
+                std::fs::remove_dir_all(&dir)
+                    .map_err(store::Error::io(format!("cannot remove {}", dir.display())))
+            })
+            .await?;
+        }
+        outcome(
+            Released {
+                lease,
+                name: l.name,
+                removed_dir,
+            },
+            0,
+        )
+    }
+
+    async fn gc(
+        &self,
+        max_bytes: Option<u64>,
+        max_age_secs: Option<u64>,
+        dry_run: bool,
+    ) -> OpResult {
+        let images = self.list().await?;
+        let candidates: Vec<gc::Candidate> = {
+            let state = self.state();
+            images
+                .iter()
+                .map(|(m, used)| gc::Candidate {
+                    name: m.name.clone(),
+                    bytes: m.total_compressed_size,
+                    last_used: *used,
+                    held: state.held(&m.name),
+                })
+                .collect()
+        };
+        let total: u64 = candidates.iter().map(|c| c.bytes).sum();
+        let plan = gc::plan(
+            &candidates,
+            store::now_unix(),
+            max_bytes,
+            max_age_secs.map(Duration::from_secs),
+        );
+        let mut skipped: Vec<GcSkipped> = plan
+            .skipped
+            .iter()
+            .map(|(name, why)| GcSkipped {
+                name: name.clone(),
+                reason: why.to_string(),
+            })
+            .collect();
+        let mut deleted = Vec::new();
+        for (name, bytes, reason) in plan.delete {
+            if dry_run {
+                deleted.push(GcDeleted {
+                    name,
+                    bytes,
+                    reason: reason.as_str().into(),
+                });
+                continue;
+            }
+            let _guard = self.write_lock(&name).await;
+            // Staged or leased since the plan was made?
+            if let Some(why) = self.state().held(&name) {
+                skipped.push(GcSkipped {
+                    name,
+                    reason: why.into(),
+                });
+                continue;
+            }
+            let store = self.store.clone();
+            let n = name.clone();
+            match blocking(move || store.delete(&n)).await {
+                Ok(freed) => {
+                    tracing::info!(image = %name, bytes = freed, reason = reason.as_str(), "garbage-collected");
+                    deleted.push(GcDeleted {
+                        name,
+                        bytes: freed,
+                        reason: reason.as_str().into(),
+                    });
+                }
+                Err(e) if e.code == ErrorCode::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(image = %name, error = %e.message, "cannot garbage-collect");
+                    skipped.push(GcSkipped {
+                        name,
+                        reason: format!("error: {}", e.message),
+                    });
+                }
+            }
+        }
+        let freed: u64 = deleted.iter().map(|d| d.bytes).sum();
+        let report = GcReport {
+            kept: (images.len() - deleted.len()) as u32,
+            kept_bytes: total.saturating_sub(freed),
+            freed_bytes: freed,
+            deleted,
+            skipped,
+            dry_run,
+        };
+        outcome(report, freed)
+    }
+
+    async fn stats(&self) -> OpResult {
+        let images = self.list().await?;
+        let (staged_images, staged_bytes, leases) = {
+            let state = self.state();
+            (
+                state.staged.len() as u32,
+                state.staged.values().map(|s| s.bytes).sum(),
+                state.leases.len() as u32,
+            )
+        };
+        let counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+        outcome(
+            Stats {
+                version: env!("CARGO_PKG_VERSION").into(),
+                protocol: PROTOCOL_VERSION,
+                uptime_secs: self.started.elapsed().as_secs(),
+                criu_version: self.host.criu_version.clone(),
+                kernel_release: self.host.kernel_release.clone(),
+                images: images.len() as u32,
+                store_bytes: images.iter().map(|(m, _)| m.total_compressed_size).sum(),
+                staged_images,
+                staged_bytes,
+                leases,
+                requests: counters.requests.clone(),
+                failures: counters.failures.clone(),
+                failures_by_op: counters.failures_by_op.clone(),
+            },
+            0,
+        )
+    }
+
+    /// Takes back the leases older than `lease_ttl` (a shim that died mid-restore never
+    /// releases its lease); returns how many.
+    pub async fn expire_leases(&self) -> usize {
+        let ttl = self.settings.lease_ttl;
+        let expired: Vec<(String, Lease)> = {
+            let mut state = self.state();
+            let ids: Vec<String> = state
+                .leases
+                .iter()
+                .filter(|(_, l)| l.created.elapsed() > ttl)
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| state.leases.remove(&id).map(|l| (id, l)))
+                .collect()
+        };
+        let n = expired.len();
+        for (id, l) in expired {
+            tracing::warn!(lease = %id, image = %l.name, ttl_secs = ttl.as_secs(), "restore lease expired unreleased");
+            if let Some(dir) = l.dir {
+                let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+            }
+        }
+        n
+    }
+}
