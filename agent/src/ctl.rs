@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, LogFormat};
-use crate::{logging, Error};
+pub use crate::image::ImageCommand;
+use crate::{image, logging, Error};
 
 const ABOUT: &str = "Operator CLI for Rekindle: inspect and drive the node's agent, \
                      function pools and checkpoint images";
@@ -18,15 +19,17 @@ Operator CLI for Rekindle. It asks the local rekindle-agent (on --agent-socket) 
 node's functions and their instances per tier (hot, warm, staged, cold), and manages the
 checkpoint images that rekindle-restored keeps.
 
-Status: not implemented yet. Every subcommand below is planned; each exits with status 69
-(EX_UNAVAILABLE) and says what it is waiting for.";
+`rekindle image` manages the images through rekindle-restored's socket (--restored-socket).
+The other subcommands are planned: each exits with status 69 (EX_UNAVAILABLE) and says what
+it is waiting for.";
 
 const AFTER_LONG_HELP: &str = "\
 Environment:
   RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default \"warn\"
 
 Exit status:
-  0 success, 2 bad command line, 69 not implemented yet";
+  0 success, 1 the daemon refused the request (its error code and message are printed),
+  2 bad command line, 69 not implemented yet or daemon not reachable";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -47,6 +50,16 @@ pub struct Cli {
         default_value = config::DEFAULT_HOOK_SOCKET
     )]
     pub agent_socket: PathBuf,
+
+    /// Unix socket of the local rekindle-restored (for `rekindle image`).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "REKINDLE_RESTORED_SOCKET",
+        default_value = config::DEFAULT_RESTORED_SOCKET
+    )]
+    pub restored_socket: PathBuf,
 
     /// Output: a table for people, or JSON for scripts.
     #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = Output::Text)]
@@ -104,47 +117,13 @@ pub enum Command {
     },
 }
 
-#[derive(Debug, Clone, Subcommand)]
-pub enum ImageCommand {
-    /// List images: function, size, whether staged in memory.
-    #[command(visible_alias = "ls")]
-    List,
-    /// Show an image's manifest.
-    Inspect {
-        /// Image ID.
-        image: String,
-    },
-    /// Export an image, zstd-compressed, to ship it to another node.
-    Export {
-        /// Image ID.
-        image: String,
-        /// Where to write it.
-        file: PathBuf,
-    },
-    /// Import an image written by `rekindle image export`.
-    Import {
-        /// The exported file.
-        file: PathBuf,
-    },
-    /// Remove an image from the store.
-    #[command(visible_alias = "rm")]
-    Remove {
-        /// Image ID.
-        image: String,
-    },
-}
-
 impl Command {
     /// The command's name as typed, e.g. `image export`.
     pub fn name(&self) -> &'static str {
         match self {
             Command::Status => "status",
             Command::Functions => "functions",
-            Command::Image(ImageCommand::List) => "image list",
-            Command::Image(ImageCommand::Inspect { .. }) => "image inspect",
-            Command::Image(ImageCommand::Export { .. }) => "image export",
-            Command::Image(ImageCommand::Import { .. }) => "image import",
-            Command::Image(ImageCommand::Remove { .. }) => "image remove",
+            Command::Image(cmd) => cmd.name(),
             Command::Checkpoint { .. } => "checkpoint",
             Command::Invoke { .. } => "invoke",
         }
@@ -162,9 +141,7 @@ impl Command {
                 "rekindle-agent's pool manager and forecaster, which this lists, and its \
                  control API on {agent} are still to be written"
             ),
-            Command::Image(_) => "rekindle-restored's image store (LZ4 at rest, zstd export \
-                 and import) is still to be written (checkpoint/restore issue)"
-                .into(),
+            Command::Image(_) => unreachable!("image commands are implemented"),
             Command::Checkpoint { .. } => "checkpointing through the shim into \
                  rekindle-restored's image store is still to be written (checkpoint/restore \
                  issue)"
@@ -189,9 +166,17 @@ where
     run(&cli)
 }
 
-/// Runs one subcommand. None is implemented yet: each refuses with its reason.
+/// Runs one subcommand. `image` talks to rekindle-restored; the others refuse with the
+/// reason until the agent serves them.
 pub fn run(cli: &Cli) -> Result<(), Error> {
     tracing::debug!(command = cli.command.name(), agent_socket = %cli.agent_socket.display(), output = ?cli.output, "running");
+    if let Command::Image(cmd) = &cli.command {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
+        return runtime.block_on(image::run(cmd, &cli.restored_socket, cli.output));
+    }
     Err(Error::NotImplemented {
         what: format!("rekindle {}", cli.command.name()),
         reason: cli.command.missing(cli),
@@ -210,16 +195,55 @@ mod tests {
     }
 
     #[test]
+    fn image_subcommands_parse() {
+        let cases: &[&[&str]] = &[
+            &["rekindle", "image", "list"],
+            &["rekindle", "image", "ls", "--output", "json"],
+            &["rekindle", "image", "inspect", "img1"],
+            &["rekindle", "image", "export", "img1", "/tmp/img1.zst"],
+            &[
+                "rekindle",
+                "image",
+                "export",
+                "img1",
+                "x.zst",
+                "--zstd-level",
+                "9",
+            ],
+            &[
+                "rekindle",
+                "image",
+                "import",
+                "/tmp/img1.zst",
+                "--name",
+                "img2",
+            ],
+            &["rekindle", "image", "rm", "img1"],
+            &["rekindle", "image", "stage", "img1"],
+            &["rekindle", "image", "unstage", "img1"],
+            &[
+                "rekindle",
+                "image",
+                "gc",
+                "--max-bytes",
+                "20G",
+                "--max-age",
+                "7d",
+            ],
+            &["rekindle", "image", "gc", "--dry-run", "--max-bytes", "0"],
+        ];
+        for args in cases {
+            let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(cli.command.name().starts_with("image "));
+        }
+        assert!(Cli::try_parse_from(["rekindle", "image", "gc", "--max-bytes", "lots"]).is_err());
+    }
+
+    #[test]
     fn every_planned_subcommand_parses_and_refuses_with_a_reason() {
         let cases: &[&[&str]] = &[
             &["rekindle", "status"],
             &["rekindle", "functions"],
-            &["rekindle", "image", "list"],
-            &["rekindle", "image", "ls"],
-            &["rekindle", "image", "inspect", "img1"],
-            &["rekindle", "image", "export", "img1", "/tmp/img1.zst"],
-            &["rekindle", "image", "import", "/tmp/img1.zst"],
-            &["rekindle", "image", "rm", "img1"],
             &["rekindle", "checkpoint", "hello", "--leave-running"],
             &["rekindle", "invoke", "hello", "--data", "{}"],
         ];

@@ -7,13 +7,14 @@
 //! tells the cluster scheduler which node can start a function fastest, and on edge boxes
 //! without Kubernetes serves invocations itself (hot → warm → restore → cold).
 //!
-//! For now only the command lines, configuration and logging exist: the daemon and every
-//! CLI subcommand refuse with the reason (see [`Error::NotImplemented`]) rather than
-//! pretend to work.
+//! For now the daemon and most CLI subcommands refuse with the reason (see
+//! [`Error::NotImplemented`]) rather than pretend to work; `rekindle image ...` ([`image`])
+//! manages the checkpoint images through rekindle-restored.
 
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod image;
 pub mod logging;
 
 pub use config::Config;
@@ -35,6 +36,14 @@ pub enum Error {
     /// missing for it.
     #[error("{what} is not implemented yet: {reason}")]
     NotImplemented { what: String, reason: String },
+
+    /// A request to rekindle-restored failed (or it could not be reached).
+    #[error(transparent)]
+    Restored(#[from] rekindle_restore_api::Error),
+
+    /// A command line that parsed but cannot be carried out as given.
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl Error {
@@ -44,6 +53,9 @@ impl Error {
             Error::Config(_) => EXIT_CONFIG,
             Error::Logging(_) => 1,
             Error::NotImplemented { .. } => EXIT_UNAVAILABLE,
+            Error::Restored(e) if e.is_unreachable() => EXIT_UNAVAILABLE,
+            Error::Restored(_) => 1,
+            Error::Usage(_) => 2,
         }
     }
 }

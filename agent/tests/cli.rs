@@ -99,11 +99,26 @@ fn the_cli_shows_its_planned_subcommands() {
 }
 
 #[test]
+fn image_commands_ask_whether_rekindle_restored_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("restored.sock");
+    let out = rekindle(&[
+        "image",
+        "list",
+        "--restored-socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(69), "{out:?}");
+    let err = stderr(&out);
+    assert!(err.contains("is rekindle-restored running?"), "{err}");
+    assert!(err.contains(socket.to_str().unwrap()), "{err}");
+}
+
+#[test]
 fn each_cli_subcommand_says_it_is_not_implemented_and_why() {
     for (args, why) in [
         (&["status"][..], "control API"),
         (&["functions"][..], "pool manager"),
-        (&["image", "list"][..], "image store"),
         (&["checkpoint", "hello"][..], "checkpoint/restore issue"),
         (&["invoke", "hello"][..], "invoke gateway"),
     ] {
