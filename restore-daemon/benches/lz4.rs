@@ -1,1 +1,221 @@
-fn main() {}
+//! LZ4 (the store's frame format) compress and decompress throughput against a plain
+//! memory copy of the same bytes, and the compression ratio; plus decompression with
+//! the SHA-256 check (what staging and prepare_restore really do), and zstd's ratio on
+//! raw pages vs on LZ4 frames (why exports carry raw files).
+//!
+//! Data: a real CRIU pages file — `REKINDLE_BENCH_PAGES=/path/pages-1.img`, or else one
+//! made here by checkpointing a Python process holding ~100 MB of objects with CRIU
+//! (needs root and CRIU 4.2) — or, when neither works, synthetic page-like data. The
+//! output says which.
+//!
+//! `cargo bench -p rekindle-restore-daemon --bench lz4`
+
+use std::fs;
+use std::hint::black_box;
+use std::io::{self, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lz4_flex::frame::FrameDecoder;
+use rekindle_restore_daemon::store::codec::{self, VerifyingReader};
+
+/// A Python process with interpreter state and ~100 MB of mixed objects, like a
+/// function that loaded its data at start-up.
+const PYTHON: &str = "\
+import json, http.server, email, decimal, sys, time
+data = [{'id': i, 'name': 'item-%d' % i, 'tags': ['a', 'b', str(i % 97)], 'v': i * 1.5} for i in range(250000)]
+blob = bytes(range(256)) * 40000
+text = json.dumps(data[:20000])
+open(sys.argv[1], 'w').write('ready')
+time.sleep(1000)
+";
+
+fn real_pages() -> Result<(Vec<u8>, String), String> {
+    if let Some(p) = std::env::var_os("REKINDLE_BENCH_PAGES") {
+        let p = PathBuf::from(p);
+        let data = fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        return Ok((data, format!("real CRIU pages file {}", p.display())));
+    }
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let ready = dir.path().join("ready");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", PYTHON])
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("python3: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready.exists() {
+        if Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("the Python process did not get ready".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let images = dir.path().join("images");
+    fs::create_dir(&images).map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let mut criu = criu_sys::safe::Criu::new().map_err(|e| e.to_string())?;
+    criu.set_images_dir(&images).map_err(|e| e.to_string())?;
+    criu.set_log_file("dump.log").map_err(|e| e.to_string())?;
+    criu.set_pid(pid).map_err(|e| e.to_string())?;
+    criu.set_leave_running(false);
+    let dumped = criu.dump();
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = dumped {
+        let log = fs::read_to_string(images.join("dump.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        return Err(format!("criu dump: {e}: {}", tail.join(" | ")));
+    }
+    let pages = largest_pages_file(&images).ok_or("no pages-*.img written")?;
+    let data = fs::read(&pages).map_err(|e| e.to_string())?;
+    Ok((
+        data,
+        format!(
+            "real CRIU pages file of a Python process (dumped here with CRIU, {})",
+            pages.file_name().unwrap().to_string_lossy()
+        ),
+    ))
+}
+
+fn largest_pages_file(dir: &Path) -> Option<PathBuf> {
+    fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pages-"))
+        .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        .map(|e| e.path())
+}
+
+/// Page-like synthetic data: a third zero pages, a third repetitive, a third noise.
+fn synthetic(n: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            match (i / 4096) % 3 {
+                0 => 0,
+                1 => (i % 251) as u8,
+                _ => x as u8,
+            }
+        })
+        .collect()
+}
+
+/// Best of `runs` (after one warm-up): seconds per run.
+fn time(runs: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut best = Duration::MAX;
+    for _ in 0..runs {
+        let t = Instant::now();
+        f();
+        best = best.min(t.elapsed());
+    }
+    best.as_secs_f64()
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench too; keep that quick.
+    let quick = std::env::args().any(|a| a == "--test")
+        || std::env::var_os("REKINDLE_BENCH_QUICK").is_some();
+    let (data, source) = match real_pages() {
+        Ok(d) => d,
+        Err(why) => (
+            synthetic(64 << 20),
+            format!("SYNTHETIC page-like data (no real CRIU pages file: {why})"),
+        ),
+    };
+    let n = data.len();
+    let runs = if quick { 1 } else { 7 };
+    println!("data: {source}");
+    println!(
+        "size: {:.1} MiB, best of {runs} runs\n",
+        n as f64 / (1 << 20) as f64
+    );
+
+    let mut dst = vec![0u8; n];
+    let t_copy = time(runs, || {
+        dst.copy_from_slice(black_box(&data));
+        black_box(&dst);
+    });
+
+    let mut frame = Vec::with_capacity(codec::max_compressed_size(n as u64) as usize);
+    let mut sha = String::new();
+    let t_comp = time(runs, || {
+        frame.clear();
+        let (c, out) = codec::compress(&data[..], n as u64, std::mem::take(&mut frame)).unwrap();
+        frame = out;
+        sha = c.sha256;
+    });
+
+    let t_decomp = time(runs, || {
+        let mut r = FrameDecoder::new(&frame[..]);
+        r.read_exact(&mut dst).unwrap();
+        black_box(&dst);
+    });
+
+    let t_verify = time(runs, || {
+        let mut r = VerifyingReader::new(&frame[..], n as u64, &sha);
+        let mut w = io::Cursor::new(&mut dst[..]);
+        codec::copy(&mut r, &mut w).unwrap();
+        assert!(r.verified());
+    });
+
+    let zstd_raw = zstd::bulk::compress(&data, 3).unwrap().len();
+    let zstd_lz4 = zstd::bulk::compress(&frame, 3).unwrap().len();
+    let zstd_long = {
+        let mut c = zstd::bulk::Compressor::new(3).unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::EnableLongDistanceMatching(
+            true,
+        ))
+        .unwrap();
+        c.set_parameter(zstd::zstd_safe::CParameter::WindowLog(27))
+            .unwrap();
+        c.compress(&data).unwrap().len()
+    };
+
+    let gbs = |t: f64| n as f64 / t / 1e9;
+    println!("{:<44} {:>9} {:>10}", "operation", "GB/s", "ms");
+    for (name, t) in [
+        ("memory copy (copy_from_slice)", t_copy),
+        ("LZ4 frame compress (+ SHA-256, as stored)", t_comp),
+        ("LZ4 frame decompress", t_decomp),
+        ("LZ4 decompress + SHA-256 verify (staging)", t_verify),
+    ] {
+        println!("{name:<44} {:>9.2} {:>10.1}", gbs(t), t * 1e3);
+    }
+    println!();
+    println!(
+        "LZ4 ratio: {:.2}x ({} -> {} bytes)",
+        n as f64 / frame.len() as f64,
+        n,
+        frame.len()
+    );
+    println!(
+        "zstd-3 ratio on raw bytes: {:.2}x, with long-distance matching (window 128 MiB): {:.2}x; \
+         on the LZ4 frame: {:.2}x of the original",
+        n as f64 / zstd_raw as f64,
+        n as f64 / zstd_long as f64,
+        n as f64 / zstd_lz4 as f64
+    );
+    println!(
+        "decompress vs memory copy: {:.1}x slower",
+        t_decomp / t_copy
+    );
+}

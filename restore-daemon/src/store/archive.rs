@@ -2,19 +2,21 @@
 //!
 //! ```text
 //! manifest.json            the image's manifest (first entry)
-//! image/<path>             every file of the CRIU image directory, raw, in manifest order
+//! image/<path>.lz4         every file as the store keeps it (one LZ4 frame), manifest order
 //! ```
 //!
-//! The files go in raw, not as the stored LZ4 frames: zstd over raw pages compresses much
-//! better than zstd over LZ4 (which has already hidden the redundancy zstd would find),
-//! and shipping is where size matters; the archive is also readable with plain
-//! `tar --zstd -x` into a CRIU image directory, independent of how a store keeps its
-//! files. Export verifies each stored file while it streams it out; import verifies each
-//! entry against the manifest (size and SHA-256) while it compresses it into the store.
+//! The files go in as the stored LZ4 frames, not raw: measured on a real CRIU pages file
+//! (a Python process, 141 MiB; `benches/lz4.rs`), zstd-3 over the LZ4 frames gives 16.4x
+//! against 12.7x over the raw bytes (12.6x with zstd's long-distance matching), and it
+//! spares both sides a decompress/recompress: export streams the stored files, import
+//! writes them back as they come. Each file is verified against the manifest (size,
+//! LZ4 checksum, SHA-256 of the original bytes, decompression bounded by the manifest's
+//! size) on export before it is written, and on import before the image is committed.
+//! A person can still read one without Rekindle: `tar --zstd -x`, then `lz4 -d` each file.
 //!
-//! An archive is untrusted: entries must be regular files named `image/<path>` for a
-//! path the manifest lists, once each, of the size it lists; no absolute or `..` paths,
-//! no links, devices or directories, no entry beyond the manifest's bounds.
+//! An archive is untrusted: entries must be regular files named `image/<path>.lz4` for a
+//! path the manifest lists, once each, of the compressed size it lists; no absolute or
+//! `..` paths, no links, devices or directories, no entry beyond the manifest's bounds.
 
 use std::fs;
 use std::io::{self, BufWriter, Read};
@@ -24,7 +26,7 @@ use rekindle_restore_api::Manifest;
 use tar::{EntryType, Header};
 
 use super::fsutil::{self, check_owner, TempDir};
-use super::{manifest, write_compressed, Error, Result, Store, WriteError, TMP_PREFIX};
+use super::{manifest, Error, Result, Store, TMP_PREFIX};
 
 pub const ARCHIVE_MANIFEST: &str = "manifest.json";
 pub const ARCHIVE_IMAGE_PREFIX: &str = "image/";
@@ -148,20 +150,18 @@ impl Store {
             return Err(write_err(e));
         }
         for f in &m.files {
-            let mut reader = self.open_verified(&m, f)?;
-            let appended = tar.append_data(
-                &mut header(f.size),
-                format!("{ARCHIVE_IMAGE_PREFIX}{}", f.path),
-                &mut reader,
-            );
-            if let Some(reason) = reader.failure() {
-                return Err(Error::Corrupt {
-                    what: format!("image {name}"),
-                    file: super::stored_name(f),
-                    reason: reason.to_string(),
-                });
-            }
-            appended.map_err(Error::io(format!("cannot write {}", tmp_path.display())))?;
+            // Verify the stored frame first, then ship it as it is.
+            self.verify_file(&m, f)?;
+            let stored = super::stored_name(f);
+            let src = self.image_dir(&m.name).join(&stored);
+            let file = fsutil::open_nofollow(&src)
+                .map_err(Error::io(format!("cannot open {}", src.display())))?;
+            tar.append_data(
+                &mut header(f.compressed_size),
+                format!("{ARCHIVE_IMAGE_PREFIX}{stored}"),
+                file.take(f.compressed_size),
+            )
+            .map_err(Error::io(format!("cannot write {}", tmp_path.display())))?;
         }
         let finished = (|| {
             let encoder = tar.into_inner()?;
@@ -299,11 +299,14 @@ impl Store {
                     ),
                 ));
             }
-            let Some(rel) = entry_path.strip_prefix(ARCHIVE_IMAGE_PREFIX) else {
+            let Some(rel) = entry_path
+                .strip_prefix(ARCHIVE_IMAGE_PREFIX)
+                .and_then(|p| p.strip_suffix(".lz4"))
+            else {
                 return Err(corrupt_archive(
                     path,
                     &entry_path,
-                    format!("unexpected entry (image files are under {ARCHIVE_IMAGE_PREFIX})"),
+                    format!("unexpected entry (image files are {ARCHIVE_IMAGE_PREFIX}<path>.lz4)"),
                 ));
             };
             manifest::validate_rel_path(rel)
@@ -323,28 +326,51 @@ impl Store {
                 .header()
                 .size()
                 .map_err(|e| corrupt_archive(path, &entry_path, e.to_string()))?;
-            if size != want.size {
-                return Err(corrupt_archive(
-                    path,
-                    &entry_path,
-                    format!("is {size} bytes, the manifest says {}", want.size),
-                ));
-            }
-            let written =
-                write_compressed(tmp.path(), rel, &mut entry, size).map_err(|e| match e {
-                    WriteError::Source(e) => corrupt_archive(path, &entry_path, e.to_string()),
-                    WriteError::Dest(e) => Error::io(format!("cannot write {rel}.lz4"))(e),
-                })?;
-            if written.sha256 != want.sha256 {
+            if size != want.compressed_size {
                 return Err(corrupt_archive(
                     path,
                     &entry_path,
                     format!(
-                        "SHA-256 mismatch: content hashes to {}, the manifest says {}",
-                        written.sha256, want.sha256
+                        "is {size} bytes, the manifest says {}",
+                        want.compressed_size
                     ),
                 ));
             }
+            let out_path = tmp.path().join(format!("{rel}.lz4"));
+            let copied = (|| {
+                if let Some(p) = out_path.parent() {
+                    fsutil::create_dir_all_private(p)?;
+                }
+                let mut out = fsutil::create_new_private(&out_path)?;
+                let n = super::codec::copy(&mut (&mut entry).take(size), &mut out)?;
+                out.sync_all()?;
+                Ok::<u64, io::Error>(n)
+            })();
+            match copied {
+                Ok(n) if n == size => {}
+                Ok(n) => {
+                    return Err(corrupt_archive(
+                        path,
+                        &entry_path,
+                        format!("cut short: {n} of {size} bytes"),
+                    ))
+                }
+                Err(e) => return Err(corrupt_archive(path, &entry_path, e.to_string())),
+            }
+            // The frame must decompress to exactly what the manifest says.
+            let file = fsutil::open_nofollow(&out_path)
+                .map_err(Error::io(format!("cannot open {}", out_path.display())))?;
+            let mut reader = super::codec::VerifyingReader::new(
+                io::BufReader::with_capacity(super::codec::COPY_BUF, file),
+                want.size,
+                &want.sha256,
+            );
+            let verified = super::codec::copy(&mut reader, &mut io::sink());
+            if let Some(reason) = reader.failure() {
+                return Err(corrupt_archive(path, &entry_path, reason));
+            }
+            verified.map_err(Error::io(format!("cannot read {}", out_path.display())))?;
+            let written = want.clone();
             stored[i] = Some(written);
         }
         let mut files = Vec::with_capacity(stored.len());

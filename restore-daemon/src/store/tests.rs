@@ -453,8 +453,24 @@ fn hostile_archive(
     name: &str,
     write: impl FnOnce(&mut tar::Builder<zstd::Encoder<'static, fs::File>>, &Manifest),
 ) -> PathBuf {
-    let m = store_one(f, name);
+    hostile_archive_with(f, name, |_| {}, write)
+}
+
+/// Like [`hostile_archive`], with the manifest changed by `tamper` before it is written.
+fn hostile_archive_with(
+    f: &Fixture,
+    name: &str,
+    tamper: impl FnOnce(&mut Manifest),
+    write: impl FnOnce(&mut tar::Builder<zstd::Encoder<'static, fs::File>>, &Manifest),
+) -> PathBuf {
+    let mut m = store_one(f, name);
+    // The stored frames, for writers that want genuine entries.
+    for e in &m.files {
+        let frame = fs::read(f.root.join(name).join(format!("{}.lz4", e.path))).unwrap();
+        fs::write(f.out.join(format!("{name}-{}.lz4", e.path)), frame).unwrap();
+    }
     f.store.delete(name).unwrap();
+    tamper(&mut m);
     let path = f.out.join(format!("{name}.tar.zst"));
     let file = fs::File::create(&path).unwrap();
     let mut tar = tar::Builder::new(zstd::Encoder::new(file, 3).unwrap());
@@ -539,50 +555,120 @@ fn import_refuses_links_and_devices() {
     .enumerate()
     {
         let archive = hostile_archive(&f, &format!("l{i}"), |tar, _| {
-            raw_entry(tar, "image/pages-1.img", kind, b"", Some("/etc/shadow"));
+            raw_entry(tar, "image/pages-1.img.lz4", kind, b"", Some("/etc/shadow"));
         });
         let (file, reason) = import_error(&f, &archive);
-        assert_eq!(file, "image/pages-1.img");
+        assert_eq!(file, "image/pages-1.img.lz4");
         assert!(reason.contains("only regular files"), "{reason}");
+    }
+}
+
+fn genuine_entries(
+    f: &Fixture,
+    name: &str,
+    tar: &mut tar::Builder<zstd::Encoder<'static, fs::File>>,
+    m: &Manifest,
+) {
+    for e in &m.files {
+        let frame = fs::read(f.out.join(format!("{name}-{}.lz4", e.path))).unwrap();
+        raw_entry(
+            tar,
+            &format!("{ARCHIVE_IMAGE_PREFIX}{}.lz4", e.path),
+            tar::EntryType::Regular,
+            &frame,
+            None,
+        );
     }
 }
 
 #[test]
 fn import_refuses_wrong_sizes_checksums_and_missing_files() {
     let f = fixture();
-    // An entry whose content does not match the manifest's SHA-256.
-    let archive = hostile_archive(&f, "sha", |tar, m| {
+    // A manifest whose SHA-256 does not match the (genuine) frame.
+    let archive = hostile_archive_with(
+        &f,
+        "sha",
+        |m| {
+            let e = m
+                .files
+                .iter_mut()
+                .find(|e| e.path == "pages-1.img")
+                .unwrap();
+            e.sha256 = "0".repeat(64);
+        },
+        |tar, m| genuine_entries(&f, "sha", tar, m),
+    );
+    let (file, reason) = import_error(&f, &archive);
+    assert_eq!(file, "image/pages-1.img.lz4");
+    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+
+    // A frame with a flipped byte (same size).
+    let archive = hostile_archive(&f, "flip", |tar, m| {
         for e in &m.files {
-            let mut data = fs::read(f.src.join(&e.path)).unwrap();
+            let mut frame = fs::read(f.out.join(format!("flip-{}.lz4", e.path))).unwrap();
             if e.path == "pages-1.img" {
-                data[100] ^= 1;
+                let mid = frame.len() / 2;
+                frame[mid] ^= 4;
             }
             raw_entry(
                 tar,
-                &format!("{ARCHIVE_IMAGE_PREFIX}{}", e.path),
+                &format!("{ARCHIVE_IMAGE_PREFIX}{}.lz4", e.path),
                 tar::EntryType::Regular,
-                &data,
+                &frame,
                 None,
             );
         }
     });
-    let (file, reason) = import_error(&f, &archive);
-    assert_eq!(file, "image/pages-1.img");
-    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+    let (file, _) = import_error(&f, &archive);
+    assert_eq!(file, "image/pages-1.img.lz4");
 
     // An entry bigger than the manifest says.
     let archive = hostile_archive(&f, "size", |tar, _| {
         raw_entry(
             tar,
-            "image/inventory.img",
+            "image/inventory.img.lz4",
             tar::EntryType::Regular,
             &[0u8; 4096],
             None,
         );
     });
     let (file, reason) = import_error(&f, &archive);
-    assert_eq!(file, "image/inventory.img");
-    assert!(reason.contains("the manifest says 9"), "{reason}");
+    assert_eq!(file, "image/inventory.img.lz4");
+    assert!(
+        reason.contains("is 4096 bytes, the manifest says"),
+        "{reason}"
+    );
+
+    // A decompression bomb: a frame that expands far beyond the manifest's size.
+    let zeros = vec![0u8; 64 << 20];
+    let (_, bomb) = codec::compress(&zeros[..], zeros.len() as u64, Vec::new()).unwrap();
+    drop(zeros);
+    let bomb_len = bomb.len() as u64;
+    let archive = hostile_archive_with(
+        &f,
+        "bomb",
+        |m| {
+            let e = m
+                .files
+                .iter_mut()
+                .find(|e| e.path == "pages-1.img")
+                .unwrap();
+            e.compressed_size = bomb_len;
+            manifest::fill_totals(m);
+        },
+        |tar, _| {
+            raw_entry(
+                tar,
+                "image/pages-1.img.lz4",
+                tar::EntryType::Regular,
+                &bomb,
+                None,
+            );
+        },
+    );
+    let (file, reason) = import_error(&f, &archive);
+    assert_eq!(file, "image/pages-1.img.lz4");
+    assert!(reason.contains("decompression bomb"), "{reason}");
 
     // A file the manifest lists but the archive lacks.
     let archive = hostile_archive(&f, "missing", |_, _| {});
@@ -590,12 +676,29 @@ fn import_refuses_wrong_sizes_checksums_and_missing_files() {
     assert!(file.starts_with("image/"), "{file}");
     assert!(reason.contains("missing"), "{reason}");
 
-    // An entry the manifest does not list.
+    // An entry the manifest does not list; one that is not a frame.
     let archive = hostile_archive(&f, "extra", |tar, _| {
-        raw_entry(tar, "image/extra.img", tar::EntryType::Regular, b"x", None);
+        raw_entry(
+            tar,
+            "image/extra.img.lz4",
+            tar::EntryType::Regular,
+            b"x",
+            None,
+        );
     });
     let (_, reason) = import_error(&f, &archive);
     assert!(reason.contains("not listed"), "{reason}");
+    let archive = hostile_archive(&f, "raw", |tar, _| {
+        raw_entry(
+            tar,
+            "image/inventory.img",
+            tar::EntryType::Regular,
+            b"inventory",
+            None,
+        );
+    });
+    let (_, reason) = import_error(&f, &archive);
+    assert!(reason.contains("unexpected entry"), "{reason}");
 }
 
 #[test]
