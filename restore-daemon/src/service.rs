@@ -481,6 +481,7 @@ impl Service {
         }
         let lease = fsutil::random_hex(16)
             .map_err(|e| internal(format!("cannot get random bytes: {e}")))?;
+        let is_staged = staged.is_some();
         let (image_dir, own_dir, bytes) = match staged {
             Some(s) => (s.dir, None, 0),
             None => {
@@ -509,7 +510,7 @@ impl Service {
         });
         outcome(
             Prepared {
-                staged: bytes == 0 && image_dir == self.stage.staged_dir(&name),
+                staged: is_staged,
                 image_dir,
                 lease,
                 mismatch,
@@ -693,5 +694,168 @@ impl Service {
             }
         }
         n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    const ROOT: Peer = Peer { uid: 0, pid: None };
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        src: PathBuf,
+        service: Service,
+    }
+
+    /// A service on a private store and staging area (no tmpfs mount), whose node runs
+    /// CRIU `criu` on kernel `kernel`.
+    fn fixture(criu: Option<&str>, kernel: &str, ttl: Duration) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        fs::create_dir(&src).unwrap();
+        fs::write(src.join("inventory.img"), b"inventory").unwrap();
+        fs::write(src.join("pages-1.img"), vec![7u8; 1 << 20]).unwrap();
+        let (store, _) = Store::open(&dir.path().join("store"), store::Limits::default()).unwrap();
+        let stage = StageArea::open(&dir.path().join("stage"), false, None).unwrap();
+        let host = HostInfo {
+            criu_version: criu.map(str::to_string),
+            kernel_release: kernel.into(),
+        };
+        let service = Service::new(store, stage, host, Settings { lease_ttl: ttl });
+        Fixture {
+            _dir: dir,
+            src,
+            service,
+        }
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(s: &Service, op: Op) -> Result<T, ApiError> {
+        s.handle(op, &ROOT)
+            .await
+            .map(|o| serde_json::from_value(o.body).unwrap())
+    }
+
+    fn store_op(f: &Fixture, name: &str) -> Op {
+        Op::StoreImage {
+            name: name.into(),
+            source_dir: f.src.clone(),
+            labels: BTreeMap::new(),
+            spec_digest: None,
+        }
+    }
+
+    fn prepare(name: &str, allow_mismatch: bool) -> Op {
+        Op::PrepareRestore {
+            name: name.into(),
+            allow_mismatch,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_version_mismatch_is_a_failed_precondition_naming_both() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let _: ImageInfo = call(&f.service, store_op(&f, "a")).await.unwrap();
+        // The same image, seen by a node that has moved on.
+        let store = f.service.store.clone();
+        let mut other = fixture(Some("4.3.0"), "6.19.1", Duration::from_secs(60));
+        other.service.store = store;
+        let e = call::<Prepared>(&other.service, prepare("a", false))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        for needle in [
+            "CRIU 4.2.1",
+            "CRIU 4.3.0",
+            "kernel 6.18.0",
+            "kernel 6.19.1",
+            "allow_mismatch",
+        ] {
+            assert!(e.message.contains(needle), "{needle}: {}", e.message);
+        }
+        let p: Prepared = call(&other.service, prepare("a", true)).await.unwrap();
+        assert!(p.mismatch.unwrap().contains("CRIU 4.3.0"));
+        assert!(!p.staged);
+        assert_eq!(
+            fs::read(p.image_dir.join("inventory.img")).unwrap(),
+            b"inventory"
+        );
+        // Same versions: no mismatch.
+        let p: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        assert_eq!(p.mismatch, None);
+    }
+
+    #[tokio::test]
+    async fn leases_expire_and_take_their_copy_with_them() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_millis(1));
+        let _: ImageInfo = call(&f.service, store_op(&f, "a")).await.unwrap();
+        let p: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        assert!(p.image_dir.is_dir());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(f.service.expire_leases().await, 1);
+        assert!(!p.image_dir.exists());
+        let e = call::<Released>(&f.service, Op::ReleaseRestore { lease: p.lease })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(e.message.contains("expired"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn staged_images_are_shared_and_counted() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let _: ImageInfo = call(&f.service, store_op(&f, "a")).await.unwrap();
+        let s: Staged = call(&f.service, Op::StageImage { name: "a".into() })
+            .await
+            .unwrap();
+        let p1: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        let p2: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        assert!(p1.staged && p2.staged);
+        assert_eq!(p1.image_dir, s.dir);
+        assert_ne!(p1.lease, p2.lease);
+        let info: ImageInfo = call(&f.service, Op::GetImage { name: "a".into() })
+            .await
+            .unwrap();
+        assert!(info.staged);
+        assert_eq!(info.leases, 2);
+        f.service.record("prepare_restore", None);
+        f.service
+            .record("prepare_restore", Some(ErrorCode::Corrupt));
+        let st: Stats = call(&f.service, Op::Stats {}).await.unwrap();
+        assert_eq!(st.staged_images, 1);
+        assert_eq!(st.staged_bytes, s.bytes);
+        assert_eq!(st.leases, 2);
+        assert_eq!(st.requests["prepare_restore"], 2);
+        assert_eq!(st.failures["corrupt"], 1);
+        assert_eq!(st.failures_by_op["prepare_restore"]["corrupt"], 1);
+    }
+
+    #[tokio::test]
+    async fn gc_spares_staged_images() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        for n in ["a", "b"] {
+            let _: ImageInfo = call(&f.service, store_op(&f, n)).await.unwrap();
+        }
+        let _: Staged = call(&f.service, Op::StageImage { name: "b".into() })
+            .await
+            .unwrap();
+        let r: GcReport = call(
+            &f.service,
+            Op::Gc {
+                max_bytes: Some(0),
+                max_age_secs: None,
+                dry_run: false,
+            },
+        )
+        .await
+        .unwrap();
+        let deleted: Vec<_> = r.deleted.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(deleted, ["a"]);
+        assert_eq!(r.skipped.len(), 1);
+        assert_eq!(r.skipped[0].reason, "staged");
+        assert_eq!(r.kept, 1);
     }
 }
