@@ -33,6 +33,26 @@ pub struct StageArea {
     in_memory: bool,
 }
 
+/// Whether `dir` is a tmpfs this daemon mounted (in an earlier run that did not stop
+/// cleanly): then it is ours to unmount at stop.
+fn is_our_mount(dir: &Path) -> bool {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let want = dir.to_string_lossy();
+    info.lines().any(|l| {
+        let fields: Vec<&str> = l.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            return false;
+        };
+        fields.get(4) == Some(&want.as_ref())
+            && fields.get(sep + 1) == Some(&"tmpfs")
+            && fields.get(sep + 2) == Some(&MOUNT_SOURCE)
+    })
+}
+
+const MOUNT_SOURCE: &str = "rekindle-staged";
+
 fn is_memory_fs(path: &Path) -> io::Result<bool> {
     let st = nix::sys::statfs::statfs(path).map_err(io::Error::from)?;
     let t = st.filesystem_type().0 as i64;
@@ -45,14 +65,14 @@ impl StageArea {
     pub fn open(dir: &Path, mount_tmpfs: bool, tmpfs_size: Option<&str>) -> io::Result<StageArea> {
         fsutil::create_dir_all_private(dir)?;
         let dir = fs::canonicalize(dir)?;
-        let mut mounted = false;
+        let mut mounted = is_our_mount(&dir);
         if !is_memory_fs(&dir)? && mount_tmpfs {
             let mut data = String::from("mode=0700");
             if let Some(size) = tmpfs_size {
                 data.push_str(&format!(",size={size}"));
             }
             match nix::mount::mount(
-                Some("rekindle-staged"),
+                Some(MOUNT_SOURCE),
                 &dir,
                 Some("tmpfs"),
                 nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
