@@ -813,8 +813,8 @@ fn store_error(e: rekindle_restore_api::Error, what: &str) -> Error {
     }
 }
 
-/// A failed CRIU run through runc: keep CRIU's own log next to the bundle
-/// and name it, since runc's message alone rarely says what went wrong.
+/// A failed CRIU run through runc: runc's message alone rarely says what went
+/// wrong, so quote CRIU's own error lines and keep its log next to the bundle.
 async fn criu_error(
     bundle: &Path,
     spec: &CheckpointSpec,
@@ -827,16 +827,47 @@ async fn criu_error(
         "dump.log"
     };
     let kept = bundle.join(format!("criu-{log_name}"));
-    let copied = tokio::fs::copy(spec.work_path.join(log_name), &kept)
+    let log = tokio::fs::read_to_string(spec.work_path.join(log_name))
         .await
-        .is_ok();
+        .unwrap_or_default();
+    let copied = !log.is_empty() && tokio::fs::write(&kept, &log).await.is_ok();
+    let criu_says = criu_errors(&log);
     match runtime_error(bundle, err, action).await {
-        Error::Runtime { action, message } if copied => Error::Runtime {
-            action,
-            message: format!("{message} (CRIU log: {})", kept.display()),
-        },
+        Error::Runtime { action, message } => {
+            let mut message = message;
+            if !criu_says.is_empty() {
+                message = format!("{message}; CRIU: {criu_says}");
+            }
+            if copied {
+                message = format!("{message} (CRIU log: {})", kept.display());
+            }
+            Error::Runtime { action, message }
+        }
         other => other,
     }
+}
+
+/// The last few `Error` lines of a CRIU log, bounded in size.
+pub(crate) fn criu_errors(log: &str) -> String {
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("Error (") || l.contains("Error:"))
+        .collect();
+    let tail = &lines[lines.len().saturating_sub(3)..];
+    let mut s = tail
+        .iter()
+        .map(|l| l.trim())
+        .collect::<Vec<_>>()
+        .join(" | ");
+    if s.len() > 600 {
+        let mut cut = 600;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
 }
 
 async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result<i32> {
@@ -1042,5 +1073,22 @@ impl Task for TaskService {
     async fn shutdown(&self, _: &TtrpcContext, _: ShutdownRequest) -> TtrpcResult<Empty> {
         TaskService::shutdown(self).await?;
         Ok(Empty::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::criu_errors;
+
+    #[test]
+    fn criu_errors_quote_the_last_error_lines_only() {
+        let log = "(00.001) Dumping\n(00.20) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option.\n(00.21) Unlock network\n";
+        assert_eq!(
+            criu_errors(log),
+            "(00.20) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option."
+        );
+        assert_eq!(criu_errors("all good\n"), "");
+        let noisy = "Error (x): ".to_string() + &"y".repeat(2000);
+        assert!(criu_errors(&noisy).len() <= 604);
     }
 }
