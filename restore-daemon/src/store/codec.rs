@@ -165,9 +165,14 @@ impl<R: Read> Read for VerifyingReader<R> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
-                // lz4_flex reports bad frames, bad blocks and checksum mismatches as
-                // InvalidData, a frame cut short as UnexpectedEof.
+                // lz4_flex reports bad headers and checksum mismatches as InvalidData,
+                // bad block contents as Other wrapping its own error type, and a frame
+                // cut short as UnexpectedEof. Anything else is the underlying reader's.
+                let is_lz4 = e
+                    .get_ref()
+                    .is_some_and(|inner| inner.is::<lz4_flex::frame::Error>());
                 return Err(match e.kind() {
+                    _ if is_lz4 => self.fail(format!("invalid LZ4 data: {e}")),
                     io::ErrorKind::InvalidData => self.fail(format!("invalid LZ4 data: {e}")),
                     io::ErrorKind::UnexpectedEof => {
                         self.fail(format!("LZ4 frame cut short (truncated?): {e}"))
@@ -300,10 +305,12 @@ mod tests {
 
     #[test]
     fn a_flipped_byte_is_detected() {
-        let data = sample(1 << 20);
+        let data = sample(300 << 10);
         let (c, frame) = pack(&data);
-        // Flip a byte in the middle of the data and near the end (the checksum).
-        for pos in [frame.len() / 2, frame.len() - 2] {
+        // Flip a byte at many places: header, block headers, data, checksum. Every flip
+        // must be reported as corrupt data (a failure reason), never as an I/O error.
+        let step = (frame.len() / 400).max(1);
+        for pos in (0..frame.len()).step_by(step).chain([frame.len() - 2]) {
             let mut bad = frame.clone();
             bad[pos] ^= 0x40;
             let (out, failure) = unpack(&bad, c.size, &c.sha256);
