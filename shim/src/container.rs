@@ -151,15 +151,21 @@ pub struct Container {
 pub enum RestoreSource {
     /// A directory containerd extracted (CreateTask with a checkpoint).
     Checkpoint(PathBuf),
-    /// An image in rekindle-restored, named by the `io.rekindle.image` annotation.
-    Stored(String),
+    /// An image in rekindle-restored, named by the `io.rekindle.image`
+    /// annotation, prepared at Create (verified, decompressed or staged) so
+    /// that Start only restores; `lease` is released once CRIU is done.
+    Stored {
+        name: String,
+        image_dir: PathBuf,
+        lease: String,
+    },
 }
 
 impl std::fmt::Display for RestoreSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             RestoreSource::Checkpoint(p) => write!(f, "checkpoint {}", p.display()),
-            RestoreSource::Stored(n) => write!(f, "stored image {n}"),
+            RestoreSource::Stored { name, .. } => write!(f, "stored image {name}"),
         }
     }
 }

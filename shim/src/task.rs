@@ -105,8 +105,22 @@ impl TaskService {
                 )));
             }
             Some(RestoreSource::Checkpoint(image))
+        } else if let Some(name) = &policy.image {
+            // Prepared now, so that Start pays only for the restore itself.
+            match restored_client().prepare_restore(name, false).await {
+                Ok(p) => Some(RestoreSource::Stored {
+                    name: name.clone(),
+                    image_dir: p.image_dir,
+                    lease: p.lease,
+                }),
+                Err(e) if policy.fallback == Fallback::Cold => {
+                    warn!(reason = %e, image = %name, "stored image unavailable; cold start as the container's annotation asks");
+                    None
+                }
+                Err(e) => return Err(store_error(e, &format!("prepare image {name} for restore"))),
+            }
         } else {
-            policy.image.clone().map(RestoreSource::Stored)
+            None
         };
 
         let rootfs = bundle.join("rootfs");
@@ -180,10 +194,9 @@ impl TaskService {
                             return Err(runtime_error(&c.bundle, e, "runc start").await);
                         }
                     }
-                    Err(e) => {
-                        c.init.restore_from = Some(source);
-                        return Err(e);
-                    }
+                    // The image's lease is gone: this container cannot be
+                    // started again, only deleted.
+                    Err(e) => return Err(e),
                 }
             } else if let Err(e) = c.runc.start(&c.id).await {
                 return Err(runtime_error(&c.bundle, e, "runc start").await);
@@ -250,6 +263,9 @@ impl TaskService {
             }
         }
         let c = containers.remove(&req.id).expect("looked up above");
+        if let Some(RestoreSource::Stored { lease, .. }) = &c.init.restore_from {
+            release_lease(lease).await;
+        }
         c.init.io.shutdown().await;
         for p in c.execs.values() {
             p.io.shutdown().await;
@@ -699,16 +715,11 @@ fn owner(c: &Container, namespace: &str) -> Owner {
 /// (`runc restore`). On failure nothing of the attempt is left running.
 async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> Result<()> {
     let started = std::time::Instant::now();
-    let (image_dir, lease, client) = match source {
-        RestoreSource::Checkpoint(dir) => (dir.clone(), None, None),
-        RestoreSource::Stored(name) => {
-            let client = restored_client();
-            let prepared = client
-                .prepare_restore(name, false)
-                .await
-                .map_err(|e| store_error(e, &format!("prepare image {name} for restore")))?;
-            (prepared.image_dir, Some(prepared.lease), Some(client))
-        }
+    let (image_dir, lease) = match source {
+        RestoreSource::Checkpoint(dir) => (dir.clone(), None),
+        RestoreSource::Stored {
+            image_dir, lease, ..
+        } => (image_dir.clone(), Some(lease.as_str())),
     };
     let spec = CheckpointSpec {
         image_path: image_dir,
@@ -720,10 +731,8 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         ..Default::default()
     };
     let result = runc_restore(c, namespace, &spec).await;
-    if let (Some(client), Some(lease)) = (client, lease) {
-        if let Err(e) = client.release_restore(&lease).await {
-            warn!(error = %e, lease, "release restore lease");
-        }
+    if let Some(lease) = lease {
+        release_lease(lease).await;
     }
     match &result {
         Ok(()) => info!(
@@ -788,6 +797,14 @@ async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec)
                 .await;
             Err(e)
         }
+    }
+}
+
+/// Tells rekindle-restored that CRIU is done with a prepared image. Best
+/// effort: the daemon also expires leases nobody releases.
+async fn release_lease(lease: &str) {
+    if let Err(e) = restored_client().release_restore(lease).await {
+        warn!(error = %e, lease, "release restore lease");
     }
 }
 
