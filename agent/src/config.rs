@@ -1,11 +1,9 @@
 //! The agent's configuration: built-in defaults, overridden by the TOML file (`--config`,
 //! default /etc/rekindle/agent.toml), overridden by options given on the command line.
 
-use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::parser::ValueSource;
 use clap::ArgMatches;
 use serde::Deserialize;
 
@@ -23,15 +21,7 @@ pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "k8s.io";
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
 const MAX_SOCKET_PATH: usize = 107;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
+pub use rekindle_daemon_kit::LogFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -66,52 +56,19 @@ impl Default for Config {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("cannot read configuration file {}: {source}", .path.display())]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("invalid configuration file {}: {source}", .path.display())]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: Box<toml::de::Error>,
-    },
-    #[error("invalid configuration: {0}")]
-    Invalid(String),
-}
+pub use rekindle_daemon_kit::ConfigError as Error;
 
 impl Config {
     /// Parses a configuration file's text; keys left out keep their defaults.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, Error> {
-        toml::from_str(text).map_err(|e| Error::Parse {
-            path: path.to_path_buf(),
-            source: Box::new(e),
-        })
+        rekindle_daemon_kit::config::from_toml(text, path)
     }
 
     /// Defaults, then the configuration file, then the options given on the command line
     /// (`matches` tells which options were given rather than defaulted).
     pub fn load(cli: &Cli, matches: &ArgMatches) -> Result<Self, Error> {
-        let given = |id: &str| {
-            matches!(
-                matches.value_source(id),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            )
-        };
-        let mut config = match std::fs::read_to_string(&cli.config) {
-            Ok(text) => Config::from_toml(&text, &cli.config)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound && !given("config") => Config::default(),
-            Err(source) => {
-                return Err(Error::Read {
-                    path: cli.config.clone(),
-                    source,
-                })
-            }
-        };
+        let given = |id: &str| rekindle_daemon_kit::config::given(matches, id);
+        let mut config: Config = rekindle_daemon_kit::config::load(&cli.config, given("config"))?;
         if given("metrics_addr") {
             config.metrics_addr = cli.metrics_addr;
         }

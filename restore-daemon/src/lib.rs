@@ -63,7 +63,7 @@ where
     let matches = Cli::command().get_matches_from(args);
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let config = Config::load(&cli, &matches)?;
-    logging::init(config.log_format).map_err(Error::Logging)?;
+    logging::init(config.log_format, "info").map_err(Error::Logging)?;
     run(&config)
 }
 
