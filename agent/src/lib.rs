@@ -59,3 +59,10 @@ impl Error {
         }
     }
 }
+
+// Pure logic of the pools: policies, forecaster, sizing, traces, the workload generator and
+// the trace-driven simulator (no I/O beyond reading a trace file the caller names).
+pub mod forecast;
+pub mod policy;
+pub mod rng;
+pub mod sizing;

@@ -1,0 +1,816 @@
+//! Rekindle's policy: plan each function across the cheaper tiers (warm, staged, the
+//! image on disk) instead of only "loaded or not", from a per-function forecast.
+//!
+//! Two forecasts, for two kinds of functions:
+//!
+//! 1. **When will the next request come?** (every function.) An idle-time distribution
+//!    ([`IdleDistribution`]: 1-minute bins over 4 h, log-spaced bins out to 8 days, with
+//!    forgetting) gives, for each minute after an invocation ends, the hazard `h` — the
+//!    probability that the next request arrives in that minute given none came before.
+//!    Holding tier `k` through that minute is worth `h × (L_base − L_k)` milliseconds of
+//!    start latency saved and costs `m_k × memory × price` (price: ms of start latency one
+//!    GB·minute of idle memory is worth). Each minute gets the tier of highest net value
+//!    (or none); the minutes are then folded into the [`Plan`]'s shape: a pre-warm delay
+//!    and a hot → warm → staged ladder. Periodic functions get a pre-warm just before
+//!    their period; Poisson-like ones a short hot window and a longer staged tail; rare
+//!    ones only their image on disk. This replaces the hybrid policy's three branches
+//!    (histogram / fixed fallback / ARIMA) with one rule, and its fixed percentiles with
+//!    the measured tier costs.
+//! 2. **How many requests in the next minute?** (functions invoked at least about once a
+//!    minute.) The rate forecaster ([`RateModel`]: ETS blended with an MLP by recent
+//!    error) sizes the pools: hot = forecast × mean execution time (IQR-filtered) ×
+//!    buffer, warm from the forecast's upper quantile, the image staged to absorb bursts.
+//!
+//! A function with little history borrows: functions are clustered (k-means over log
+//! rate, idle-time CV and log execution time) every hour, and a new function's idle-time
+//! distribution is blended with its cluster's (nearest centroid on the features it has
+//! so far) until it has `prior_until` idle times of its own.
+//!
+//! An optional node memory budget demotes units (hot → warm → staged → out) by expected
+//! cost of a miss per MB ([`crate::sizing::fit_budget`]).
+
+use super::{FunctionId, FunctionInfo, KeepAlive, Plan, Policy, Secs, Tier, TierTargets, INTERVAL};
+use crate::forecast::cluster::{standardize, KMeans};
+use crate::forecast::mlp::Mlp;
+use crate::forecast::rate::FEATURES;
+use crate::forecast::{
+    AccuracyReport, ExecEstimator, IdleDistribution, RateConfig, RateForecast, RateModel,
+};
+use crate::sizing::{self, BudgetItem, TierCosts};
+
+/// Parameters of Rekindle's policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RekindleConfig {
+    /// Tier latencies and memory factors the plans weigh (the same the node measures).
+    pub costs: TierCosts,
+    /// Milliseconds of start latency that one GB·minute of idle memory is worth.
+    pub price_ms_per_gb_min: f64,
+    /// Functions forecast at this many invocations per minute or more get a rate model
+    /// and tier targets.
+    pub dense_per_min: f64,
+    /// Safety buffer of the hot target.
+    pub buffer: f64,
+    pub min_instances: u32,
+    pub max_instances: u32,
+    /// Idle times after which a function no longer borrows its cluster's distribution.
+    pub prior_until: u64,
+    pub clusters: usize,
+    /// Minutes between re-clusterings.
+    pub cluster_every: u64,
+    /// Node memory budget for idle pools, MB (`None`: unlimited).
+    pub memory_budget_mb: Option<f64>,
+    pub rate: RateConfig,
+    pub seed: u64,
+}
+
+impl RekindleConfig {
+    pub fn new(costs: TierCosts) -> Self {
+        RekindleConfig {
+            costs,
+            price_ms_per_gb_min: 200.0,
+            dense_per_min: 1.0,
+            buffer: 1.2,
+            min_instances: 0,
+            max_instances: 1000,
+            prior_until: 10,
+            clusters: 8,
+            cluster_every: 60,
+            memory_budget_mb: None,
+            rate: RateConfig::default(),
+            seed: 1,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct FnState {
+    info: FunctionInfo,
+    idle: IdleDistribution,
+    exec: ExecEstimator,
+    last_end: Option<Secs>,
+    busy: u32,
+    image_on_disk: bool,
+    arrivals: u64,
+    first_arrival: Option<Secs>,
+    this_minute: u32,
+    ewma_per_min: f64,
+    // Welford over idle times, for the clustering features.
+    it_n: u64,
+    it_mean: f64,
+    it_m2: f64,
+    rate: Option<RateModel>,
+    cluster: Option<usize>,
+    ladder: Plan,
+    dirty: bool,
+    plan: Plan,
+}
+
+impl FnState {
+    fn new(info: FunctionInfo) -> Self {
+        FnState {
+            info,
+            idle: IdleDistribution::standard(),
+            exec: ExecEstimator::default(),
+            last_end: None,
+            busy: 0,
+            image_on_disk: false,
+            arrivals: 0,
+            first_arrival: None,
+            this_minute: 0,
+            ewma_per_min: 0.0,
+            it_n: 0,
+            it_mean: 0.0,
+            it_m2: 0.0,
+            rate: None,
+            cluster: None,
+            ladder: Plan::default(),
+            dirty: true,
+            plan: Plan::default(),
+        }
+    }
+
+    /// Clustering features: log10 rate per minute, idle-time CV, log10 execution time;
+    /// and which of them are known yet.
+    fn features(&mut self, now: Secs) -> ([f64; 3], [bool; 3]) {
+        let mut f = [0.0; 3];
+        let mut known = [false; 3];
+        if let Some(first) = self.first_arrival {
+            if self.arrivals >= 3 {
+                let minutes = ((now - first) / 60.0).max(1.0);
+                f[0] = (self.arrivals as f64 / minutes + 1e-4).log10();
+                known[0] = true;
+            }
+        }
+        if self.it_n >= 3 && self.it_mean > 0.0 {
+            let sd = (self.it_m2 / self.it_n as f64).sqrt();
+            f[1] = (sd / self.it_mean).min(10.0);
+            known[1] = true;
+        }
+        if let Some(e) = self.exec.mean() {
+            f[2] = (e + 1e-3).log10();
+            known[2] = true;
+        }
+        (f, known)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Clusters {
+    km: KMeans,
+    stats: Vec<(f64, f64)>,
+    priors: Vec<Option<Vec<f64>>>,
+}
+
+pub struct Rekindle {
+    cfg: RekindleConfig,
+    fns: Vec<Option<FnState>>,
+    ids: Vec<FunctionId>,
+    mlp: Mlp,
+    clusters: Option<Clusters>,
+    global_prior: Option<Vec<f64>>,
+    minutes: u64,
+    last_tick: Option<Secs>,
+    budget_demotions: u64,
+}
+
+impl Rekindle {
+    pub fn new(cfg: RekindleConfig) -> Self {
+        let mlp = Mlp::new(FEATURES, 16, 3e-3, cfg.seed);
+        Rekindle {
+            cfg,
+            fns: Vec::new(),
+            ids: Vec::new(),
+            mlp,
+            clusters: None,
+            global_prior: None,
+            minutes: 0,
+            last_tick: None,
+            budget_demotions: 0,
+        }
+    }
+
+    pub fn config(&self) -> &RekindleConfig {
+        &self.cfg
+    }
+
+    /// Units demoted by the memory budget so far.
+    pub fn budget_demotions(&self) -> u64 {
+        self.budget_demotions
+    }
+
+    /// The latest rate forecast of `f`, if it is forecast per minute.
+    pub fn rate_forecast(&self, f: FunctionId) -> Option<RateForecast> {
+        self.get(f)?.rate.as_ref()?.forecast()
+    }
+
+    /// The cluster `f` borrows from, if any.
+    pub fn cluster_of(&self, f: FunctionId) -> Option<usize> {
+        self.get(f)?.cluster
+    }
+
+    fn get(&self, f: FunctionId) -> Option<&FnState> {
+        self.fns.get(f as usize)?.as_ref()
+    }
+
+    fn state(&mut self, f: FunctionId) -> &mut FnState {
+        let i = f as usize;
+        if i >= self.fns.len() {
+            self.fns.resize_with(i + 1, || None);
+        }
+        if self.fns[i].is_none() {
+            self.fns[i] = Some(FnState::new(FunctionInfo {
+                app: 0,
+                memory_mb: 128.0,
+                trigger: None,
+            }));
+            self.ids.push(f);
+        }
+        self.fns[i].as_mut().expect("just inserted")
+    }
+
+    fn recluster(&mut self, now: Secs) {
+        let mut pts = Vec::new();
+        let mut members = Vec::new();
+        let mut probs = Vec::new();
+        for &f in &self.ids {
+            let s = self.fns[f as usize].as_mut().expect("registered");
+            if s.idle.observations() < self.cfg.prior_until {
+                continue;
+            }
+            let (x, known) = s.features(now);
+            if known.iter().all(|&k| k) {
+                if let Some(p) = s.idle.probabilities() {
+                    pts.push(x.to_vec());
+                    members.push(f);
+                    probs.push(p);
+                }
+            }
+        }
+        if probs.is_empty() {
+            return;
+        }
+        self.global_prior = Some(average(probs.iter()));
+        if pts.len() < 2 * self.cfg.clusters {
+            return;
+        }
+        let stats = standardize(&mut pts);
+        let Some(km) = KMeans::fit(&pts, self.cfg.clusters, 50, self.cfg.seed) else {
+            return;
+        };
+        let mut groups: Vec<Vec<&Vec<f64>>> = vec![Vec::new(); km.k()];
+        for (p, prob) in pts.iter().zip(&probs) {
+            groups[km.assign(p, None)].push(prob);
+        }
+        let priors = groups
+            .into_iter()
+            .map(|g| (!g.is_empty()).then(|| average(g.into_iter())))
+            .collect();
+        self.clusters = Some(Clusters { km, stats, priors });
+        // New functions are re-assigned lazily (see `prior_for`).
+        for &f in &self.ids {
+            if let Some(s) = self.fns[f as usize].as_mut() {
+                s.cluster = None;
+                s.dirty = true;
+            }
+        }
+        let _ = members;
+    }
+
+    /// The distribution a function with little history borrows.
+    fn prior_for(&mut self, f: FunctionId, now: Secs) -> Option<Vec<f64>> {
+        let clusters = self.clusters.as_ref();
+        let s = self.fns[f as usize].as_mut().expect("registered");
+        if let Some(c) = clusters {
+            if s.cluster.is_none() {
+                let (x, known) = s.features(now);
+                if known.iter().any(|&k| k) {
+                    let z: Vec<f64> = x
+                        .iter()
+                        .zip(&c.stats)
+                        .map(|(v, (m, sd))| (v - m) / sd)
+                        .collect();
+                    s.cluster = Some(c.km.assign(&z, Some(&known)));
+                }
+            }
+            if let Some(p) = s.cluster.and_then(|k| c.priors[k].clone()) {
+                return Some(p);
+            }
+        }
+        self.global_prior.clone()
+    }
+
+    /// Recompute the ladder part of `f`'s plan from its idle-time distribution.
+    fn compute_ladder(&mut self, f: FunctionId, now: Secs) {
+        let prior_until = self.cfg.prior_until;
+        let n = self.fns[f as usize]
+            .as_ref()
+            .expect("registered")
+            .idle
+            .observations();
+        let prior = if n < prior_until {
+            self.prior_for(f, now)
+        } else {
+            None
+        };
+        let s = self.fns[f as usize].as_mut().expect("registered");
+        let own = s.idle.probabilities();
+        let w = if n >= prior_until {
+            0.0
+        } else {
+            1.0 - n as f64 / prior_until as f64
+        };
+        let p = match (own, prior) {
+            (Some(o), Some(pr)) => o
+                .iter()
+                .zip(&pr)
+                .map(|(a, b)| (1.0 - w) * a + w * b)
+                .collect(),
+            (Some(o), None) => o,
+            (None, Some(pr)) => pr,
+            (None, None) => {
+                // Nothing known anywhere yet: a fixed 10-minute hot window.
+                s.ladder = Plan::windows(0.0, 600.0);
+                return;
+            }
+        };
+        let mem_gb = s.info.memory_mb / 1024.0;
+        s.ladder = ladder_from_distribution(
+            &p,
+            s.idle.edges_secs(),
+            &self.cfg.costs,
+            s.image_on_disk,
+            mem_gb,
+            self.cfg.price_ms_per_gb_min,
+        );
+    }
+
+    fn apply_budget(&mut self, now: Secs, budget: f64) {
+        let costs = self.cfg.costs;
+        let mut items = Vec::new();
+        let mut floors = Vec::new();
+        let mut owners = Vec::new();
+        for &f in &self.ids {
+            let s = self.fns[f as usize].as_ref().expect("registered");
+            let mut t = s.plan.targets;
+            // The unit the ladder holds right now (one idle instance or the image).
+            if s.busy == 0 {
+                if let Some(end) = s.last_end {
+                    let el = now - end - s.plan.pre_warm;
+                    if el >= 0.0 {
+                        match s.plan.keep_alive.tier_at(el) {
+                            Tier::Hot => t.hot = t.hot.max(1),
+                            Tier::Warm => t.warm = t.warm.max(1),
+                            Tier::Staged => t.staged = true,
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            t.hot = t.hot.max(s.busy);
+            let rate = s.rate.as_ref().and_then(|r| r.forecast()).map_or_else(
+                || s.idle.mean_secs().map_or(0.0, |m| 1.0 / (m + 1.0)),
+                |fc| fc.mean / 60.0,
+            );
+            items.push(BudgetItem {
+                memory_mb: s.info.memory_mb,
+                rate,
+                exec: s.exec.recent_mean().unwrap_or(1.0),
+                image_on_disk: s.image_on_disk,
+                targets: t,
+            });
+            floors.push(s.busy);
+            owners.push(f);
+        }
+        let before: Vec<TierTargets> = items.iter().map(|i| i.targets).collect();
+        let fit = sizing::fit_budget(&mut items, &floors, budget, &costs, INTERVAL);
+        self.budget_demotions += fit.demotions as u64;
+        for ((f, it), b) in owners.into_iter().zip(items).zip(before) {
+            if it.targets == b {
+                continue;
+            }
+            let s = self.fns[f as usize].as_mut().expect("registered");
+            let elapsed = s
+                .last_end
+                .map_or(0.0, |e| (now - e - s.plan.pre_warm).max(0.0));
+            let ka = &mut s.plan.keep_alive;
+            // Cut the ladder where the fitter demoted it, from now on.
+            if it.targets.hot < b.hot {
+                ka.hot = ka.hot.min(elapsed);
+            }
+            if it.targets.warm < b.warm || it.targets.hot < b.hot && it.targets.warm == b.warm {
+                ka.warm = ka.warm.min((elapsed - ka.hot).max(0.0));
+            }
+            if !it.targets.staged && b.staged {
+                ka.staged = ka.staged.min((elapsed - ka.hot - ka.warm).max(0.0));
+            }
+            s.plan.targets.hot = it.targets.hot.min(s.plan.targets.hot);
+            s.plan.targets.warm = it.targets.warm.min(s.plan.targets.warm);
+            s.plan.targets.staged = it.targets.staged && s.plan.targets.staged;
+        }
+    }
+}
+
+impl ExecEstimator {
+    /// The IQR-filtered mean without the cache (for shared references).
+    pub fn recent_mean(&self) -> Option<f64> {
+        let mut c = self.clone();
+        c.mean()
+    }
+}
+
+fn average<'a>(vs: impl Iterator<Item = &'a Vec<f64>>) -> Vec<f64> {
+    let mut out: Vec<f64> = Vec::new();
+    let mut n = 0.0;
+    for v in vs {
+        if out.is_empty() {
+            out = vec![0.0; v.len()];
+        }
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += x;
+        }
+        n += 1.0;
+    }
+    for o in &mut out {
+        *o /= n;
+    }
+    out
+}
+
+/// The ladder of a plan from an idle-time distribution: `p` holds the probability of
+/// each bin (upper edges `edges`, seconds) and, last, of "beyond". For each bin the tier
+/// with the highest positive value `h × (L_base − L_k) − minutes × m_k × mem_gb × price`
+/// is chosen (or none); the choices are folded into a pre-warm delay (the start of the
+/// first chosen bin) and a hot → warm → staged ladder that covers the last bin chosen for
+/// each tier.
+pub fn ladder_from_distribution(
+    p: &[f64],
+    edges: &[f64],
+    costs: &TierCosts,
+    image_on_disk: bool,
+    mem_gb: f64,
+    price: f64,
+) -> Plan {
+    let base = costs.base_latency(image_on_disk);
+    let tiers = [Tier::Hot, Tier::Warm, Tier::Staged];
+    let mut survival: f64 = p.iter().sum();
+    let mut first: Option<usize> = None;
+    let mut last = [None::<usize>; 3];
+    let mut lo = 0.0;
+    for (b, &hi) in edges.iter().enumerate() {
+        if survival <= 1e-9 {
+            break;
+        }
+        let h = (p[b] / survival).min(1.0);
+        let minutes = (hi - lo) / 60.0;
+        let mut best = (None, 0.0);
+        for (k, &t) in tiers.iter().enumerate() {
+            let v = h * (base - costs.latency(t)) - minutes * costs.memory(t) * mem_gb * price;
+            if v > best.1 {
+                best = (Some(k), v);
+            }
+        }
+        if let (Some(k), _) = best {
+            first.get_or_insert(b);
+            last[k] = Some(b);
+        }
+        survival -= p[b];
+        lo = hi;
+    }
+    let Some(first) = first else {
+        return Plan::default();
+    };
+    let start = if first == 0 { 0.0 } else { edges[first - 1] };
+    let end_of = |b: Option<usize>| b.map(|b| edges[b]);
+    let hot_end = end_of(last[0]).unwrap_or(start);
+    let warm_end = end_of(last[1]).unwrap_or(hot_end).max(hot_end);
+    let staged_end = end_of(last[2]).unwrap_or(warm_end).max(warm_end);
+    Plan {
+        pre_warm: start,
+        keep_alive: KeepAlive {
+            hot: (hot_end - start).max(0.0),
+            warm: warm_end - hot_end,
+            staged: staged_end - warm_end,
+        },
+        targets: TierTargets::default(),
+    }
+}
+
+impl Policy for Rekindle {
+    fn name(&self) -> String {
+        "rekindle".into()
+    }
+
+    fn describe(&self) -> String {
+        let c = &self.cfg;
+        format!(
+            "hazard-priced tiers (price {} ms per GB·min idle), rate forecast (AutoETS + MLP \
+             blend) for functions ≥ {}/min, hot buffer {}, k-means k={} prior until {} idle \
+             times, budget {}",
+            c.price_ms_per_gb_min,
+            c.dense_per_min,
+            c.buffer,
+            c.clusters,
+            c.prior_until,
+            c.memory_budget_mb
+                .map_or_else(|| "none".to_string(), |b| format!("{b:.0} MB"))
+        )
+    }
+
+    fn register(&mut self, f: FunctionId, info: &FunctionInfo) {
+        self.state(f).info = info.clone();
+    }
+
+    fn on_arrival(&mut self, f: FunctionId, at: Secs) {
+        let s = self.state(f);
+        s.arrivals += 1;
+        s.first_arrival.get_or_insert(at);
+        s.this_minute += 1;
+        s.busy += 1;
+        if let Some(end) = s.last_end {
+            if s.busy == 1 {
+                let it = (at - end).max(0.0);
+                s.idle.record(it);
+                s.it_n += 1;
+                let d = it - s.it_mean;
+                s.it_mean += d / s.it_n as f64;
+                s.it_m2 += d * (it - s.it_mean);
+                s.dirty = true;
+            }
+        }
+    }
+
+    fn on_end(&mut self, f: FunctionId, at: Secs, exec: Secs) {
+        let s = self.state(f);
+        s.busy = s.busy.saturating_sub(1);
+        s.exec.record(exec);
+        s.last_end = Some(s.last_end.map_or(at, |e| e.max(at)));
+        if !s.image_on_disk {
+            // The node checkpoints a function after its first start.
+            s.image_on_disk = true;
+            s.dirty = true;
+        }
+    }
+
+    fn tick(&mut self, now: Secs) {
+        if self.last_tick.is_some_and(|t| now < t + INTERVAL - 1e-9) {
+            return;
+        }
+        self.last_tick = Some(now);
+        self.minutes += 1;
+        if self.minutes % self.cfg.cluster_every == 0 {
+            self.recluster(now);
+        }
+        let minute_of_day = ((now / 60.0).floor() as u64 % 1440) as usize;
+        let ids = self.ids.clone();
+        for f in ids {
+            let cfg_dense = self.cfg.dense_per_min;
+            let rate_cfg = self.cfg.rate;
+            let s = self.fns[f as usize].as_mut().expect("registered");
+            let count = s.this_minute as f64;
+            s.this_minute = 0;
+            s.ewma_per_min = 0.95 * s.ewma_per_min + 0.05 * count;
+            if s.rate.is_none() && (s.ewma_per_min >= cfg_dense || count >= 5.0 * cfg_dense) {
+                s.rate = Some(RateModel::new(rate_cfg));
+            }
+            let forecast = s
+                .rate
+                .as_mut()
+                .map(|r| r.observe(count, minute_of_day, &mut self.mlp));
+            if s.dirty {
+                s.dirty = false;
+                self.compute_ladder(f, now);
+            }
+            let s = self.fns[f as usize].as_mut().expect("registered");
+            let mut plan = s.ladder;
+            if let Some(fc) = forecast.filter(|fc| fc.mean >= cfg_dense * 0.5) {
+                let exec = s.exec.mean().unwrap_or(1.0);
+                let c = &self.cfg;
+                let hot = sizing::hot_target(
+                    fc.mean / 60.0,
+                    exec,
+                    c.buffer,
+                    c.min_instances,
+                    c.max_instances,
+                );
+                let warm =
+                    sizing::warm_target(fc.upper / 60.0, exec, c.buffer, hot, c.max_instances);
+                plan.targets = TierTargets {
+                    hot,
+                    warm,
+                    staged: s.image_on_disk,
+                };
+            }
+            s.plan = plan;
+        }
+        if let Some(budget) = self.cfg.memory_budget_mb {
+            self.apply_budget(now, budget);
+        }
+    }
+
+    fn plan(&mut self, f: FunctionId, now: Secs) -> Plan {
+        let dirty = self.state(f).dirty;
+        if dirty && self.last_tick.is_none_or(|t| now - t < INTERVAL) {
+            // New information between ticks (a first invocation, a new idle time): the
+            // ladder follows at once; targets wait for the tick.
+            self.state(f).dirty = false;
+            self.compute_ladder(f, now);
+            let s = self.state(f);
+            let targets = s.plan.targets;
+            s.plan = s.ladder;
+            s.plan.targets = targets;
+        }
+        self.state(f).plan
+    }
+
+    fn forecast_report(&self) -> Option<AccuracyReport> {
+        AccuracyReport::from_functions(
+            self.fns
+                .iter()
+                .flatten()
+                .filter_map(|s| s.rate.as_ref().map(|r| r.accuracy())),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn costs() -> TierCosts {
+        TierCosts {
+            latency_ms: [0.0, 5.0, 37.0, 200.0, 1000.0],
+            memory_factor: [1.0, 1.0, 0.6, 0.0, 0.0],
+        }
+    }
+
+    fn info() -> FunctionInfo {
+        FunctionInfo {
+            app: 0,
+            memory_mb: 256.0,
+            trigger: None,
+        }
+    }
+
+    fn drive(p: &mut Rekindle, f: FunctionId, times: &[f64], exec: f64) -> Plan {
+        let mut plan = p.plan(f, 0.0);
+        let mut next_tick = 60.0;
+        for &t in times {
+            while next_tick <= t {
+                p.tick(next_tick);
+                next_tick += 60.0;
+            }
+            p.on_arrival(f, t);
+            p.on_end(f, t + exec, exec);
+            plan = p.plan(f, t + exec);
+        }
+        plan
+    }
+
+    #[test]
+    fn periodic_function_is_pre_warmed_just_before_its_period() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(0, &info());
+        let times: Vec<f64> = (0..40).map(|i| i as f64 * 420.0).collect();
+        let plan = drive(&mut p, 0, &times, 2.0);
+        // IT = 418 s, in the bin [360, 420).
+        assert_eq!(plan.pre_warm, 360.0, "{plan:?}");
+        assert!(plan.keep_alive.first_tier() == Tier::Hot);
+        let loaded_until = plan.pre_warm + plan.keep_alive.window();
+        assert!(loaded_until >= 418.0 && loaded_until <= 480.0, "{plan:?}");
+    }
+
+    #[test]
+    fn new_function_without_any_history_gets_a_fixed_window() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(3, &info());
+        let plan = p.plan(3, 0.0);
+        assert_eq!(plan, Plan::windows(0.0, 600.0));
+    }
+
+    #[test]
+    fn rare_function_keeps_only_its_image_on_disk() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(0, &info());
+        // Every 30 hours: holding anything for that long costs more than it saves.
+        let times: Vec<f64> = (0..12).map(|i| i as f64 * 30.0 * 3600.0).collect();
+        let plan = drive(&mut p, 0, &times, 1.0);
+        // Holding even a staged image through a 5-hour-wide bin of the idle-time
+        // distribution costs more than the restore it saves: nothing stays in memory.
+        assert_eq!(plan.keep_alive.window(), 0.0, "{plan:?}");
+        assert_eq!(plan.targets, TierTargets::default());
+    }
+
+    #[test]
+    fn ladder_prefers_staged_for_unlikely_minutes_and_hot_for_likely_ones() {
+        let c = costs();
+        let edges: Vec<f64> = (1..=10).map(|i| i as f64 * 60.0).collect();
+        // 90 % of idle times in the first minute, 10 % spread thinly after.
+        let mut p = vec![0.9];
+        p.extend(vec![0.01; 9]);
+        p.push(0.01);
+        let plan = ladder_from_distribution(&p, &edges, &c, true, 0.25, 200.0);
+        assert_eq!(plan.pre_warm, 0.0);
+        assert_eq!(plan.keep_alive.hot, 60.0, "{plan:?}");
+        assert!(plan.keep_alive.staged > 0.0, "{plan:?}");
+        // A huge price holds nothing.
+        let none = ladder_from_distribution(&p, &edges, &c, true, 0.25, 1e9);
+        assert_eq!(none, Plan::default());
+    }
+
+    #[test]
+    fn dense_function_gets_rate_based_targets_and_a_forecast() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(0, &info());
+        // 30 arrivals a minute, 4 s each: ~2 busy on average.
+        let times: Vec<f64> = (0..(30 * 180)).map(|i| i as f64 * 2.0).collect();
+        let plan = drive(&mut p, 0, &times, 4.0);
+        let fc = p.rate_forecast(0).expect("dense function is forecast");
+        assert!((fc.mean - 30.0).abs() < 5.0, "{fc:?}");
+        // 0.5/s × 4 s × 1.2 = 2.4 → 3.
+        assert_eq!(plan.targets.hot, 3, "{plan:?}");
+        assert!(plan.targets.staged);
+        assert!(p.forecast_report().is_some());
+    }
+
+    #[test]
+    fn new_function_borrows_its_clusters_distribution() {
+        let mut cfg = RekindleConfig::new(costs());
+        cfg.clusters = 2;
+        cfg.cluster_every = 10;
+        let mut p = Rekindle::new(cfg);
+        // 10 periodic functions (every 7 min, 2 s) and 10 busy ones (every 20 s, 0.1 s).
+        for f in 0..22 {
+            p.register(f, &info());
+        }
+        let mut events: Vec<(f64, FunctionId, f64)> = Vec::new();
+        for f in 0..10 {
+            for i in 0..60 {
+                events.push((i as f64 * 420.0 + f as f64, f, 2.0));
+            }
+        }
+        for f in 10..20 {
+            for i in 0..1200 {
+                events.push((i as f64 * 20.0 + f as f64, f, 0.1));
+            }
+        }
+        events.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut next_tick = 60.0;
+        for (t, f, e) in events {
+            while next_tick <= t {
+                p.tick(next_tick);
+                next_tick += 60.0;
+            }
+            p.on_arrival(f, t);
+            p.on_end(f, t + e, e);
+        }
+        // A new function that ran once for 2 s looks like the periodic ones.
+        let t = next_tick;
+        p.on_arrival(20, t);
+        p.on_end(20, t + 2.0, 2.0);
+        p.tick(t + 60.0);
+        let plan = p.plan(20, t + 60.0);
+        assert!(p.cluster_of(20).is_some());
+        assert!(
+            plan.pre_warm >= 300.0,
+            "borrowed the 7-minute pattern: {plan:?}"
+        );
+        // A new function that ran for 0.1 s looks like the busy ones instead.
+        p.on_arrival(21, t + 61.0);
+        p.on_end(21, t + 61.1, 0.1);
+        let busy = p.plan(21, t + 61.1);
+        assert_ne!(p.cluster_of(21), p.cluster_of(20));
+        assert_eq!(busy.pre_warm, 0.0, "borrowed the busy pattern: {busy:?}");
+    }
+
+    #[test]
+    fn memory_budget_cuts_ladders() {
+        let mut cfg = RekindleConfig::new(costs());
+        cfg.memory_budget_mb = Some(300.0);
+        let mut p = Rekindle::new(cfg);
+        for f in 0..4 {
+            p.register(f, &info());
+        }
+        // Four functions invoked every 30 s: each would keep an idle hot instance.
+        let mut t = 0.0;
+        while t < 3600.0 {
+            for f in 0..4 {
+                p.on_arrival(f, t + f as f64);
+                p.on_end(f, t + f as f64 + 0.5, 0.5);
+            }
+            t += 30.0;
+            if (t % 60.0).abs() < 1e-9 {
+                p.tick(t);
+            }
+        }
+        assert!(p.budget_demotions() > 0);
+        // What stays held now fits: at most one 256 MB instance.
+        let held: usize = (0..4)
+            .filter(|&f| {
+                let plan = p.plan(f, t);
+                let el = t - (t - 30.0 + f as f64 + 0.5) - plan.pre_warm;
+                plan.keep_alive.tier_at(el) == Tier::Hot
+            })
+            .count();
+        assert!(held <= 1, "{held}");
+    }
+}
