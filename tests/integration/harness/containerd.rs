@@ -1,0 +1,444 @@
+//! A private containerd started by the tests: its own root, state and sockets in a
+//! temporary directory, never /run/containerd or /var/lib/containerd.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+
+use super::leaks;
+
+/// Which containerd the tests run against: `REKINDLE_CONTAINERD=2` (default) or `1.6`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1_6,
+    V2,
+}
+
+impl Version {
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("REKINDLE_CONTAINERD").as_deref() {
+            Err(_) | Ok("") | Ok("2") => Ok(Version::V2),
+            Ok("1.6") => Ok(Version::V1_6),
+            Ok(other) => bail!("REKINDLE_CONTAINERD={other:?}: expected `2` or `1.6`"),
+        }
+    }
+
+    /// Name of the folder under `$REKINDLE_CACHE` that `hack/setup.sh` unpacks it into.
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Version::V1_6 => "containerd-1.6",
+            Version::V2 => "containerd-2",
+        }
+    }
+}
+
+/// `$REKINDLE_CACHE`, where `hack/setup.sh` puts containerd, the test image and friends.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("REKINDLE_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/rekindle"))
+}
+
+/// Folder of the shim binary built in the same cargo profile as this test binary:
+/// `target/<profile>/deps/integration-<hash>` → `target/<profile>`.
+pub fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test executable")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("no cargo profile dir above {}", exe.display()))
+}
+
+pub const SHIM_BINARY: &str = "containerd-shim-rekindle-v2";
+
+/// In each temp dir: the pid of the test process that owns it.
+const OWNER_FILE: &str = "owner.pid";
+/// In a temp dir kept on purpose (`REKINDLE_IT_KEEP`): not swept by later runs.
+const KEEP_FILE: &str = "kept";
+
+/// Every path the private containerd uses. Cheap to clone and share between tests.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    pub version: Version,
+    /// The temporary directory holding everything below.
+    pub dir: PathBuf,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub grpc: PathBuf,
+    pub ttrpc: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// `--root` that runc gets through the runc options (`<runc_root>/<namespace>/<id>`).
+    pub runc_root: PathBuf,
+    /// Where the tests put the FIFOs for containers' stdio.
+    pub io: PathBuf,
+    pub bin_dir: PathBuf,
+    pub shim_dir: PathBuf,
+}
+
+impl Paths {
+    /// The last `n` lines of containerd's log.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// containerd's log lines that mention any of `needles` (at most `max`, the last ones).
+    pub fn log_lines_mentioning(&self, needles: &[String], max: usize) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| needles.iter().any(|n| l.contains(n.as_str())))
+            .collect();
+        lines[lines.len().saturating_sub(max)..].join("\n")
+    }
+}
+
+/// A containerd process of our own. Dropping it stops containerd, reports and removes
+/// the shims and mounts it left behind, and deletes the temporary directory (set
+/// `REKINDLE_IT_KEEP=1` to keep it for a post-mortem).
+pub struct PrivateContainerd {
+    pub paths: Paths,
+    child: Option<Child>,
+    /// Dropping the sender lets the thread that spawned containerd end (it holds
+    /// containerd's parent-death signal: see [`spawn_from_keeper_thread`]).
+    keeper: Option<mpsc::Sender<()>>,
+    _tempdir: Option<tempfile::TempDir>,
+}
+
+impl PrivateContainerd {
+    pub fn start(version: Version) -> Result<Self> {
+        sweep_stale_dirs();
+        let bin_dir = cache_dir().join(version.dir_name()).join("usr/bin");
+        let containerd = bin_dir.join("containerd");
+        if !containerd.is_file() {
+            bail!(
+                "{} is missing: run hack/setup.sh (it installs containerd {} under $REKINDLE_CACHE={})",
+                containerd.display(),
+                version.dir_name(),
+                cache_dir().display()
+            );
+        }
+        let shim_dir = profile_dir()?;
+
+        // Short prefix: shim sockets live at <state>/s/<64 hex>, and unix socket paths
+        // are limited to 108 bytes.
+        let tempdir = tempfile::Builder::new()
+            .prefix("rkit-")
+            .tempdir_in("/tmp")
+            .context("creating the containerd temp dir")?;
+        let dir = tempdir.path().to_path_buf();
+        fs::write(dir.join(OWNER_FILE), std::process::id().to_string())?;
+        let paths = Paths {
+            version,
+            root: dir.join("root"),
+            state: dir.join("state"),
+            grpc: dir.join("containerd.sock"),
+            ttrpc: dir.join("containerd.sock.ttrpc"),
+            config: dir.join("config.toml"),
+            log: dir.join("containerd.log"),
+            runc_root: dir.join("runc"),
+            io: dir.join("io"),
+            bin_dir,
+            shim_dir,
+            dir,
+        };
+        for d in [&paths.root, &paths.state, &paths.runc_root, &paths.io] {
+            fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        fs::write(&paths.config, config_toml(&paths))
+            .with_context(|| format!("writing {}", paths.config.display()))?;
+
+        let log = fs::File::create(&paths.log).context("creating containerd.log")?;
+        let mut cmd = Command::new(&containerd);
+        cmd.arg("--config")
+            .arg(&paths.config)
+            .arg("--log-level")
+            .arg(std::env::var("REKINDLE_IT_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
+            .env("PATH", search_path(&paths))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let (child, keeper) = spawn_from_keeper_thread(cmd)
+            .with_context(|| format!("spawning {}", containerd.display()))?;
+
+        let mut me = PrivateContainerd {
+            paths,
+            child: Some(child),
+            keeper: Some(keeper),
+            _tempdir: Some(tempdir),
+        };
+        if std::env::var_os("REKINDLE_IT_KEEP").is_some() {
+            // Keep the directory (and say where it is) instead of deleting it on drop.
+            let kept = me._tempdir.take().map(tempfile::TempDir::keep);
+            let _ = fs::write(me.paths.dir.join(KEEP_FILE), "");
+            eprintln!("[rekindle-it] REKINDLE_IT_KEEP set: keeping {kept:?}");
+        }
+        me.wait_ready(Duration::from_secs(30))?;
+        Ok(me)
+    }
+
+    /// Waits until containerd answers a Version call on its socket.
+    fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let deadline = Instant::now() + timeout;
+        let mut last_err = String::from("socket not created yet");
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                bail!(
+                    "containerd exited at start-up with {status}; tail of {}:\n{}",
+                    self.paths.log.display(),
+                    self.paths.log_tail(40)
+                );
+            }
+            if self.paths.grpc.exists() {
+                let grpc = self.paths.grpc.clone();
+                let res = rt.block_on(async move {
+                    let channel = containerd_client::connect(&grpc).await?;
+                    let mut version = containerd_client::Client::from(channel).version();
+                    let v = version.version(()).await?.into_inner();
+                    anyhow::Ok(v)
+                });
+                match res {
+                    Ok(v) => {
+                        eprintln!(
+                            "[rekindle-it] containerd {} ({}) ready at {}",
+                            v.version,
+                            v.revision,
+                            self.paths.grpc.display()
+                        );
+                        return Ok(());
+                    }
+                    Err(e) => last_err = format!("{e:#}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!(
+            "containerd did not answer on {} within {timeout:?} ({last_err}); tail of {}:\n{}",
+            self.paths.grpc.display(),
+            self.paths.log.display(),
+            self.paths.log_tail(40)
+        )
+    }
+
+    /// `ctr` of the same containerd, pointed at our socket.
+    pub fn ctr(&self, namespace: &str) -> Command {
+        let mut cmd = Command::new(self.paths.bin_dir.join("ctr"));
+        cmd.arg("--address")
+            .arg(&self.paths.grpc)
+            .arg("--namespace")
+            .arg(namespace)
+            .env("PATH", search_path(&self.paths));
+        cmd
+    }
+
+    /// Stops containerd and cleans up after it. Returns what had leaked: shims still
+    /// running, mounts left under the temp dir. Those are removed, but reported.
+    pub fn shutdown(&mut self) -> Vec<String> {
+        let Some(mut child) = self.child.take() else {
+            return Vec::new();
+        };
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Ok(None) = child.try_wait() {
+            eprintln!("[rekindle-it] containerd ignored SIGTERM for 10 s: SIGKILL");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        drop(self.keeper.take());
+
+        let leaked = leaks::after_containerd(&self.paths);
+        if !leaked.is_empty() {
+            eprintln!(
+                "[rekindle-it] LEAK after stopping containerd ({}):\n  {}",
+                self.paths.dir.display(),
+                leaked.join("\n  ")
+            );
+        }
+        leaked
+    }
+}
+
+impl Drop for PrivateContainerd {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// PATH for containerd and, through it, for the shims: the shim under test first, then
+/// this containerd's own binaries (containerd-shim-runc-v2), CRIU 4.2 in /usr/local/sbin
+/// before Debian's, runc in /usr/sbin.
+fn search_path(paths: &Paths) -> String {
+    format!(
+        "{}:{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        paths.shim_dir.display(),
+        paths.bin_dir.display()
+    )
+}
+
+/// Plugins the tests do not need. Disabling them keeps start-up fast and keeps
+/// containerd away from host paths (/opt/containerd, /etc/cni, ...).
+const DISABLED_PLUGINS: &[&str] = &[
+    // CRI (1.6: one plugin; 2.x: split into several)
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.podsandbox.controller.v1.podsandbox",
+    "io.containerd.nri.v1.nri",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.internal.v1.tracing",
+    "io.containerd.tracing.processor.v1.otlp",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.snapshotter.v1.blockfile",
+    "io.containerd.snapshotter.v1.erofs",
+    "io.containerd.differ.v1.erofs",
+    "io.containerd.grpc.v1.cri-image-service",
+    "io.containerd.grpc.v1.sandbox-controllers",
+];
+
+/// Config for `containerd --config`: schema version 2 for 1.6, version 3 for 2.x.
+/// No runtime section is needed: outside CRI, containerd maps a runtime name such as
+/// `io.containerd.rekindle.v2` to the binary `containerd-shim-rekindle-v2` on its PATH.
+fn config_toml(paths: &Paths) -> String {
+    let schema = match paths.version {
+        Version::V1_6 => 2,
+        Version::V2 => 3,
+    };
+    let disabled = DISABLED_PLUGINS
+        .iter()
+        .map(|p| format!("{p:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    // containerd 2 mounts layers for unpacking under `temp` (top-level key, 2.x only).
+    let temp = match paths.version {
+        Version::V1_6 => String::new(),
+        Version::V2 => format!("temp = {:?}\n", paths.dir.join("tmp").display().to_string()),
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "version = {schema}\n\
+         root = {root:?}\n\
+         state = {state:?}\n\
+         {temp}\
+         disabled_plugins = [{disabled}]\n\
+         \n\
+         [grpc]\n  address = {grpc:?}\n\
+         \n\
+         [ttrpc]\n  address = {ttrpc:?}\n\
+         \n\
+         [debug]\n  address = \"\"\n\
+         \n\
+         [metrics]\n  address = \"\"",
+        root = paths.root.display().to_string(),
+        state = paths.state.display().to_string(),
+        grpc = paths.grpc.display().to_string(),
+        ttrpc = paths.ttrpc.display().to_string(),
+    );
+    s
+}
+
+/// Spawns `cmd` from a thread that lives as long as the returned sender, with
+/// PR_SET_PDEATHSIG=SIGKILL: if the test binary dies (Ctrl-C, a killed CI job),
+/// containerd goes with it. The death signal follows the *thread* that forked, and
+/// libtest ends each test's thread when the test ends, hence the keeper thread.
+fn spawn_from_keeper_thread(mut cmd: Command) -> Result<(Child, mpsc::Sender<()>)> {
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let (child_tx, child_rx) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("containerd-keeper".into())
+        .spawn(move || {
+            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(|| {
+                    if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let _ = child_tx.send(cmd.spawn());
+            // Returns once the sender is dropped (containerd already stopped).
+            let _ = done_rx.recv();
+        })?;
+    let child = child_rx.recv().context("keeper thread died")??;
+    Ok((child, done_tx))
+}
+
+/// Removes the temp dirs of earlier runs whose test process is gone (killed before its
+/// clean-up ran): what still refers to them is killed and unmounted, and reported.
+/// Dirs kept with `REKINDLE_IT_KEEP` stay.
+fn sweep_stale_dirs() {
+    let Ok(rd) = fs::read_dir("/tmp") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let dir = e.path();
+        let is_ours = e
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with("rkit-"));
+        let Ok(owner) = fs::read_to_string(dir.join(OWNER_FILE)) else {
+            continue;
+        };
+        let alive = owner
+            .trim()
+            .parse::<i32>()
+            .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        if !is_ours || alive || dir.join(KEEP_FILE).exists() {
+            continue;
+        }
+        let paths = Paths {
+            version: Version::V2,
+            root: dir.join("root"),
+            state: dir.join("state"),
+            grpc: dir.join("containerd.sock"),
+            ttrpc: dir.join("containerd.sock.ttrpc"),
+            config: dir.join("config.toml"),
+            log: dir.join("containerd.log"),
+            runc_root: dir.join("runc"),
+            io: dir.join("io"),
+            bin_dir: PathBuf::new(),
+            shim_dir: PathBuf::new(),
+            dir: dir.clone(),
+        };
+        let leaked = leaks::after_containerd(&paths);
+        eprintln!(
+            "[rekindle-it] removing {} left by an earlier run (pid {}){}",
+            dir.display(),
+            owner.trim(),
+            if leaked.is_empty() {
+                String::new()
+            } else {
+                format!(", which had left:\n  {}", leaked.join("\n  "))
+            }
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,55 @@
+//! Just enough HTTP/1.0 to talk to the reference function on 127.0.0.1.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A port that was free a moment ago on 127.0.0.1 (the function binds it itself).
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// `GET path` on 127.0.0.1:port; the status code and the body. The whole exchange must
+/// finish within `timeout`.
+pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, String)> {
+    let exchange = async {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .with_context(|| format!("connecting to 127.0.0.1:{port}"))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).await?;
+        anyhow::Ok(raw)
+    };
+    let raw = tokio::time::timeout(timeout, exchange)
+        .await
+        .with_context(|| {
+            format!("GET {path} on 127.0.0.1:{port}: no answer within {timeout:?}")
+        })??;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("GET {path} on 127.0.0.1:{port}: not an HTTP response: {text:?}");
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
+
+/// `GET /` on the reference function: its invocation counter.
+pub async fn count(port: u16, timeout: Duration) -> Result<u64> {
+    let (status, body) = get(port, "/", timeout).await?;
+    if status != 200 {
+        bail!("GET / answered {status}: {body}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("GET / body is not JSON: {body:?}"))?;
+    json.get("count")
+        .and_then(serde_json::Value::as_u64)
+        .with_context(|| format!("GET / body has no numeric \"count\": {body}"))
+}
