@@ -65,4 +65,7 @@ impl Error {
 pub mod forecast;
 pub mod policy;
 pub mod rng;
+pub mod sim;
 pub mod sizing;
+pub mod trace;
+pub mod workload;

@@ -94,9 +94,9 @@ impl Mlp {
         let (b1c, b2c) = (0.9f64, 0.999f64);
         let bc1 = 1.0 - b1c.powi(self.t.min(10_000) as i32);
         let bc2 = 1.0 - b2c.powi(self.t.min(10_000) as i32);
-        for k in 0..self.w.len() {
-            self.m[k] = b1c * self.m[k] + (1.0 - b1c) * grad[k];
-            self.v[k] = b2c * self.v[k] + (1.0 - b2c) * grad[k] * grad[k];
+        for (k, g) in grad.iter().enumerate() {
+            self.m[k] = b1c * self.m[k] + (1.0 - b1c) * g;
+            self.v[k] = b2c * self.v[k] + (1.0 - b2c) * g * g;
             let mh = self.m[k] / bc1;
             let vh = self.v[k] / bc2;
             self.w[k] -= self.lr * mh / (vh.sqrt() + 1e-8);

@@ -62,7 +62,8 @@ impl AccuracyReport {
                 .filter_map(|a| {
                     let scale = a.naive_scale / a.n as f64;
                     if k == 4 {
-                        (a.n_seasonal > 0)
+                        // Needs a day of history: score it only with an hour of such minutes.
+                        (a.n_seasonal >= 60)
                             .then(|| (a.abs_err[4] / a.n_seasonal as f64) / scale.max(1e-12))
                     } else {
                         Some((a.abs_err[k] / a.n as f64) / scale)

@@ -67,7 +67,6 @@ pub struct Accuracy {
     pub naive_scale: f64,
     /// Minutes for which a seasonal-naive forecast existed (needs a day of history).
     pub n_seasonal: u64,
-    pub abs_err_seasonal_scored: f64,
 }
 
 /// A forecast for the coming minute.
@@ -168,7 +167,6 @@ impl RateModel {
                 }
                 if p.has_seasonal {
                     self.acc.n_seasonal += 1;
-                    self.acc.abs_err_seasonal_scored += (p.preds[3] - y).abs();
                 }
                 if let Some(prev) = prev {
                     self.acc.naive_scale += (y - prev).abs();
