@@ -14,13 +14,14 @@ use containerd_shim::{
     mount::umount_recursive,
     protos::ttrpc::context::with_duration,
     util::{
-        read_options, read_pid_from_file, read_runtime, read_spec, timestamp, write_str_to_file,
+        read_file_to_str, read_options, read_pid_from_file, read_runtime, read_spec, timestamp,
+        write_str_to_file,
     },
     Config, DeleteResponse, Flags, StartOpts,
 };
 use runc::options::DeleteOpts;
 use tokio::sync::mpsc;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::{
     runc::{new_runc, INIT_PID_FILE},
@@ -82,19 +83,37 @@ impl Shim for Service {
                 opts.binary_name = runtime;
             }
         }
-        match new_runc(&self.namespace, &bundle, &opts) {
-            Ok(runc) => {
-                if let Err(e) = runc
-                    .delete(&self.id, Some(&DeleteOpts { force: true }))
-                    .await
-                {
-                    warn!(error = %e, "runc delete during shim cleanup");
+        // Only when runc still has the container: running runc would create
+        // its root directory otherwise.
+        let root = if opts.root.is_empty() {
+            crate::runc::DEFAULT_RUNC_ROOT
+        } else {
+            opts.root.as_str()
+        };
+        if std::path::Path::new(root)
+            .join(&self.namespace)
+            .join(&self.id)
+            .exists()
+        {
+            match new_runc(&self.namespace, &bundle, &opts) {
+                Ok(runc) => {
+                    if let Err(e) = runc
+                        .delete(&self.id, Some(&DeleteOpts { force: true }))
+                        .await
+                    {
+                        warn!(error = %e, "runc delete during shim cleanup");
+                    }
                 }
+                Err(e) => warn!(error = %e, "cannot run runc for cleanup"),
             }
-            Err(e) => warn!(error = %e, "cannot run runc for cleanup"),
         }
         if let Err(e) = umount_recursive(bundle.join("rootfs").to_str(), 0) {
             warn!(error = %e, "unmount rootfs during shim cleanup");
+        }
+        // The dead shim's socket (its address is in the bundle) goes too; a
+        // live shim of the same group keeps serving on its own.
+        if let Ok(address) = read_file_to_str(bundle.join("address")).await {
+            remove_dead_socket(&address).await;
         }
         let pid = read_pid_from_file(&bundle.join(INIT_PID_FILE))
             .await
@@ -118,6 +137,22 @@ impl Shim for Service {
         forward_exits(&task).await;
         forward_events(publisher, self.namespace.clone(), rx);
         task
+    }
+}
+
+/// Removes a shim socket nobody answers on any more.
+async fn remove_dead_socket(address: &str) {
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    if containerd_shim::protos::ttrpc::asynchronous::Client::connect(address)
+        .await
+        .is_ok()
+    {
+        return;
+    }
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => info!(socket = path, "removed the dead shim's socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => warn!(error = %e, socket = path, "remove the dead shim's socket"),
     }
 }
 

@@ -27,7 +27,7 @@ use containerd_shim::{
         },
         protobuf::MessageDyn,
     },
-    util::{convert_to_any, mkdir, mount_rootfs, read_spec},
+    util::{convert_to_any, mkdir, mount_rootfs, read_spec, write_options, write_runtime},
     DeleteResponse, Task, TtrpcContext, TtrpcResult,
 };
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
@@ -88,6 +88,11 @@ impl TaskService {
         let options = decode_options(req.options.as_ref())?;
         let bundle = Path::new(&req.bundle).to_path_buf();
         let (runc, cli) = new_engine(&self.namespace, &bundle, &options)?;
+        // `shim delete` (containerd's cleanup after a dead shim) runs in a new
+        // process that knows only the bundle: it reads the runc root and binary
+        // from these files, as containerd's runc shim does.
+        write_options(&bundle, &options).await?;
+        write_runtime(&bundle, &options.binary_name).await?;
         let spec = read_spec(&bundle).await.map_err(|e| {
             Error::InvalidArgument(format!(
                 "read the OCI spec {}: {e}",
