@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod checkpoint_restore;
 mod errors;
 mod events;
 mod exec;

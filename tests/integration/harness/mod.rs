@@ -27,6 +27,7 @@ pub mod containerd;
 pub mod http;
 pub mod leaks;
 pub mod metrics;
+pub mod restore;
 pub mod stdio;
 
 use std::future::Future;

@@ -1,0 +1,565 @@
+//! A function container is checkpointed and comes back with its memory: through
+//! containerd's own checkpoint/restore calls, and from rekindle-restored's image store
+//! (`io.rekindle.image`), twice at once, as a normal task, across export and import —
+//! and when a restore cannot happen, the user is told why, nothing is left behind, and
+//! `io.rekindle.fallback=cold` still gets the request a function (cold-started).
+//!
+//! Restored instances from one image all listen on the port their checkpoint had: the
+//! stories that restore from the store give each instance a network namespace of its own
+//! (see `harness::restore`), so two of them can run at the same time, and reach them
+//! from inside that namespace. Each such story has a rekindle-restored of its own.
+
+use anyhow::Context as _;
+use containerd_client::tonic::Code;
+use containerd_client::types::v1::Status;
+use rekindle_restore_api::{Client, ImageInfo};
+
+use crate::harness::restore::{
+    checkpoint, fixture_image, get_in_netns, needs_rekindle, release_lease, restore_story,
+    restore_story_daemon_down, tar_dir, write_content, CheckpointOptions, FunctionSpec,
+    CHECKPOINT_MEDIA_TYPE, FALLBACK_ANNOTATION, FIXTURE_COUNT, FIXTURE_STATE_MB, IMAGE_ANNOTATION,
+    STORE_AS_ANNOTATION,
+};
+use crate::harness::{grpc_code, http, metrics, millis, secs, story, Ctx};
+
+/// The name the stories store the fixture under.
+const FN_IMAGE: &str = "python-fn";
+
+#[test]
+fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
+    story("checkpoint-restore", |ctx| async move {
+        let f = ctx.start_function("ckpt").await?;
+        let port = f.port();
+        assert_eq!(http::count(port, secs(5)).await?, 1);
+        assert_eq!(http::count(port, secs(5)).await?, 2);
+        let (_, body) = http::get(port, "/", secs(5)).await?;
+        let before: serde_json::Value = serde_json::from_str(&body)?;
+        assert_eq!(before["count"], 3, "{before}");
+
+        // As containerd's Go client checkpoints: pause, Tasks.Checkpoint with runc's
+        // CheckpointOptions, resume. containerd keeps the CRIU image and the spec.
+        let ck = checkpoint(&ctx, &f.id, CheckpointOptions::default()).await?;
+        let criu = ck.criu()?.clone();
+        assert!(
+            criu.size > 8 << 20,
+            "the CRIU image of a function with ~60 MB of state is only {} bytes",
+            criu.size
+        );
+        let spec = ck.spec(&ctx).await?;
+        assert_eq!(
+            f.state().await?.status(),
+            Status::Running,
+            "the function runs on after its checkpoint"
+        );
+
+        // The original goes away; `ctr container restore --live` then recreates the
+        // container from the checkpoint's spec and creates its task with the checkpoint.
+        let id = f.id.clone();
+        let exited = f.wait_in_background(secs(30));
+        f.kill(libc::SIGKILL, false).await?;
+        exited.await??;
+        f.delete().await?;
+
+        let r = FunctionSpec::new("ckpt")
+            .id(&id)
+            .port(port)
+            .with_spec(spec)
+            .restore_from(&criu)
+            .create(&ctx)
+            .await?;
+        let pid = r.start().await?;
+        assert!(pid > 0, "Tasks.Start of a restore reports the restored pid");
+        let after = r.call().await?;
+        assert_eq!(
+            after["count"], 4,
+            "the restored function answers from its pre-checkpoint state: {after}"
+        );
+        assert_eq!(after["checksum"], before["checksum"], "its ~60 MB of state");
+        assert_eq!(after["pid"], before["pid"], "its pid inside the container");
+        assert_eq!(r.count().await?, 5, "and keeps counting");
+        assert_eq!(r.status().await?, Status::Running);
+
+        let exited = r.wait_in_background(secs(30));
+        r.kill(libc::SIGTERM).await?;
+        assert_eq!(
+            exited.await??,
+            0,
+            "the restored function exits 0 on SIGTERM"
+        );
+        assert_eq!(r.delete().await?, 0);
+        ck.release(&ctx).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn one_stored_image_is_restored_twice_at_the_same_time() {
+    restore_story("restore-twice", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-twice") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        // Staged: both restores read the same decompressed copy in memory.
+        let staged = restored.client().stage_image(FN_IMAGE).await?;
+        assert!(staged.bytes > 8 << 20, "{staged:?}");
+
+        // Each instance in a network namespace of its own: both listen on the port the
+        // checkpointed process had bound.
+        let instance = || {
+            FunctionSpec::new("twice")
+                .own_netns()
+                .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+        };
+        let (a, b) = tokio::try_join!(instance().create(&ctx), instance().create(&ctx))?;
+        tokio::try_join!(a.start(), b.start())?;
+        for f in [&a, &b] {
+            let given = f.netns.as_ref().expect("own netns").inode()?;
+            assert_eq!(
+                f.netns_inode()?,
+                given,
+                "{} was restored into the network namespace its container names",
+                f.id
+            );
+        }
+        assert_ne!(a.netns_inode()?, b.netns_inode()?);
+        assert_eq!(
+            a.count().await?,
+            FIXTURE_COUNT + 1,
+            "first instance, first request"
+        );
+        assert_eq!(
+            b.count().await?,
+            FIXTURE_COUNT + 1,
+            "second instance, first request"
+        );
+        assert_eq!(
+            a.count().await?,
+            FIXTURE_COUNT + 2,
+            "the instances count apart"
+        );
+        assert_eq!(
+            b.count().await?,
+            FIXTURE_COUNT + 2,
+            "the instances count apart"
+        );
+
+        let stats = restored.client().stats().await?;
+        assert_eq!(
+            stats.leases, 0,
+            "both restores released their leases: {stats:?}"
+        );
+        assert_eq!(stats.staged_images, 1, "{stats:?}");
+
+        tokio::try_join!(a.destroy(), b.destroy())?;
+        restored.client().unstage_image(FN_IMAGE).await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
+    restore_story("restored-task", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restored-task") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let events = crate::harness::restore::TaskEvents::subscribe(&ctx).await?;
+
+        // From the LZ4 store on disk; its next checkpoint goes to the store as well.
+        let f = FunctionSpec::new("restored")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .annotate(STORE_AS_ANNOTATION, "python-fn-2")
+            .create(&ctx)
+            .await?;
+        assert_eq!(f.status().await?, Status::Created);
+        let pid = f.start().await?;
+        let state = f.state().await?;
+        assert_eq!(state.status(), Status::Running);
+        assert_eq!(state.pid, pid, "Tasks.Get and Tasks.Start agree on the pid");
+        let pids = f.pids().await?;
+        assert!(
+            pids.iter().any(|p| p.pid == pid),
+            "Tasks.ListPids {pids:?} lacks the restored init {pid}"
+        );
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+
+        // exec
+        let (status, out) = f.exec("cmdline", &["/bin/cat", "/proc/1/cmdline"]).await?;
+        assert_eq!(status, 0, "exec in a restored container: {out:?}");
+        assert!(out.contains("python3"), "pid 1 of the container: {out:?}");
+
+        // stats: the restored memory is the container's
+        let all = f.metrics().await?;
+        let m = all
+            .iter()
+            .find(|m| m.id == f.id)
+            .ok_or_else(|| anyhow::anyhow!("Tasks.Metrics has no entry for {}", f.id))?;
+        let summary = metrics::decode(m.data.as_ref().expect("metric data"))?;
+        assert!(
+            summary.memory_usage > FIXTURE_STATE_MB << 20,
+            "a restored function's {FIXTURE_STATE_MB} MB of state is charged to its cgroup: \
+             {summary:?}"
+        );
+
+        // pause / resume: a request waits for the resume, then is answered in order
+        f.pause().await?;
+        assert_eq!(f.status().await?, Status::Paused);
+        let (netns, port) = (f.netns.clone().expect("own netns"), f.port);
+        let pending =
+            tokio::spawn(async move { get_in_netns(netns.path(), port, "/", secs(30)).await });
+        tokio::time::sleep(millis(700)).await;
+        assert!(!pending.is_finished(), "a paused function answered");
+        f.resume().await?;
+        assert_eq!(f.status().await?, Status::Running);
+        let (code, body) = tokio::time::timeout(secs(10), pending).await???;
+        assert_eq!(code, 200, "{body}");
+        assert!(
+            body.contains(&format!("\"count\": {}", FIXTURE_COUNT + 2)),
+            "the held request: {body}"
+        );
+
+        // checkpointed again (stored as python-fn-2 by the shim), and runs on
+        let ck = f.checkpoint(CheckpointOptions::default()).await?;
+        ck.release(&ctx).await?;
+        assert_eq!(f.status().await?, Status::Running);
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 3);
+        let second = restored.client().get_image("python-fn-2").await?;
+        assert_eq!(
+            second.manifest.labels.get("container"),
+            Some(&f.id),
+            "{second:?}"
+        );
+
+        // kill, wait, delete
+        let id = f.id.clone();
+        let exited = f.wait_in_background(secs(30));
+        f.kill(libc::SIGTERM).await?;
+        assert_eq!(exited.await??, 0, "exit status of the restored function");
+        assert_eq!(f.delete().await?, 0, "exit status reported by Tasks.Delete");
+
+        // events: the task's own, the exec's, and the pause/resume around the checkpoint
+        // (containerd's runc shim publishes no /tasks/checkpointed either)
+        let expected = [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exec-added",
+            "/tasks/exec-started",
+            "/tasks/exit",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/paused",
+            "/tasks/resumed",
+            "/tasks/exit",
+            "/tasks/delete",
+        ];
+        let seen = events.wait_for(&id, &expected).await?;
+        let mut rest = seen.iter();
+        for topic in expected {
+            assert!(
+                rest.any(|s| s == topic),
+                "task events of {id}: expected {expected:?} in this order, containerd published \
+                 {seen:?}"
+            );
+        }
+
+        // The second checkpoint restores too, staged this time, from where it was.
+        restored.client().stage_image("python-fn-2").await?;
+        let g = FunctionSpec::new("restored-again")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, "python-fn-2")
+            .create(&ctx)
+            .await?;
+        g.start().await?;
+        assert_eq!(g.count().await?, FIXTURE_COUNT + 3);
+        g.destroy().await?;
+        restored.client().unstage_image("python-fn-2").await?;
+        Ok(())
+    });
+}
+
+/// Seconds a failing restore may take to fail at Start (a good one of the fixture takes
+/// well under one).
+const START_BOUND: u64 = 10;
+
+/// Where a failed restore surfaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FailsAt {
+    Create,
+    Start,
+}
+
+/// One failure, both ways: without a fallback the restore fails at `fails_at` with an
+/// error that contains every one of `names` (and the container can be deleted); with
+/// `io.rekindle.fallback=cold` the same container cold-starts and answers its first
+/// request with 1. Returns the error's text.
+async fn refused_then_cold_start(
+    ctx: &Ctx,
+    instance: impl Fn() -> FunctionSpec,
+    fails_at: FailsAt,
+    names: &[&str],
+) -> anyhow::Result<String> {
+    let err = match (instance().create(ctx).await, fails_at) {
+        (Err(e), FailsAt::Create) => e,
+        (Ok(f), FailsAt::Start) => match f.start_within(secs(START_BOUND)).await {
+            Err(e) => {
+                assert_ne!(f.status().await?, Status::Running);
+                f.delete().await?;
+                e
+            }
+            Ok(pid) => anyhow::bail!("the restore was expected to fail, but {pid} runs"),
+        },
+        (Ok(f), FailsAt::Create) => {
+            let id = f.id.clone();
+            f.destroy().await?;
+            anyhow::bail!("Tasks.Create of {id} was expected to fail");
+        }
+        (Err(e), FailsAt::Start) => {
+            return Err(
+                e.context("Tasks.Create was expected to succeed (the restore fails at Start)")
+            )
+        }
+    };
+    let message = format!("{err:#}");
+    for name in names {
+        assert!(
+            message.contains(name),
+            "the error should name {name:?}: {message}"
+        );
+    }
+
+    let f = instance()
+        .annotate(FALLBACK_ANNOTATION, "cold")
+        .create(ctx)
+        .await
+        .context("Tasks.Create with io.rekindle.fallback=cold")?;
+    f.start()
+        .await
+        .context("Tasks.Start with io.rekindle.fallback=cold")?;
+    f.wait_serving(secs(30)).await?;
+    assert_eq!(
+        f.count().await?,
+        1,
+        "with io.rekindle.fallback=cold the function cold-starts: a fresh counter"
+    );
+    f.destroy().await?;
+    Ok(message)
+}
+
+/// The daemon counted the failure of `op` with `code`.
+async fn assert_counted(client: &Client, op: &str, code: &str) -> anyhow::Result<()> {
+    let stats = client.stats().await?;
+    let n = stats
+        .failures_by_op
+        .get(op)
+        .and_then(|m| m.get(code))
+        .copied()
+        .unwrap_or(0);
+    assert!(
+        n >= 1,
+        "rekindle-restored did not count a {code} {op}: {stats:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn restoring_an_image_that_is_not_in_the_store_says_so() {
+    restore_story("restore-missing-image", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-missing-image") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        let instance = || {
+            FunctionSpec::new("missing")
+                .own_netns()
+                .annotate(IMAGE_ANNOTATION, "no-such-image")
+        };
+        refused_then_cold_start(
+            &ctx,
+            instance,
+            FailsAt::Create,
+            &["no-such-image", "not_found"],
+        )
+        .await?;
+        // ...and as a NotFound, for clients that look at the code.
+        let err = match instance().create(&ctx).await {
+            Err(e) => e,
+            Ok(f) => {
+                f.destroy().await?;
+                anyhow::bail!("restoring a missing image succeeded");
+            }
+        };
+        assert_eq!(grpc_code(&err), Some(Code::NotFound), "{err:#}");
+        assert_counted(&restored.client(), "prepare_restore", "not_found").await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_corrupted_stored_image_is_refused_naming_the_file() {
+    restore_story("restore-corrupt-image", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-corrupt-image") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let info = restored.client().get_image(FN_IMAGE).await?;
+        let pages = info
+            .manifest
+            .files
+            .iter()
+            .max_by_key(|f| f.compressed_size)
+            .expect("an image has files")
+            .path
+            .clone();
+        // One byte flipped in the middle of the stored LZ4 frame of the biggest file.
+        let path = restored.stored_file(FN_IMAGE, &pages);
+        let mut bytes = std::fs::read(&path)?;
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes)?;
+
+        let instance = || {
+            FunctionSpec::new("corrupt")
+                .own_netns()
+                .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+        };
+        let stored = format!("{pages}.lz4");
+        refused_then_cold_start(
+            &ctx,
+            instance,
+            FailsAt::Create,
+            &[FN_IMAGE, &stored, "corrupt"],
+        )
+        .await?;
+        assert_counted(&restored.client(), "prepare_restore", "corrupt").await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn with_rekindle_restored_down_a_restore_names_its_socket() {
+    restore_story_daemon_down("restore-daemon-down", |ctx, socket| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-daemon-down") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        let instance = || {
+            FunctionSpec::new("nodaemon")
+                .own_netns()
+                .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+        };
+        let socket = socket.display().to_string();
+        refused_then_cold_start(
+            &ctx,
+            instance,
+            FailsAt::Create,
+            &[&socket, "is rekindle-restored running?"],
+        )
+        .await?;
+        Ok(())
+    });
+}
+
+#[test]
+fn a_truncated_checkpoint_fails_the_restore_with_criu_s_reason() {
+    restore_story("restore-truncated-checkpoint", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-truncated-checkpoint") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        // A checkpoint in containerd's content store whose biggest file (the memory
+        // pages) was cut in half, as by a full disk or an interrupted copy.
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let client = restored.client();
+        let prepared = client.prepare_restore(FN_IMAGE, false).await?;
+        let biggest = std::fs::read_dir(&prepared.image_dir)?
+            .flatten()
+            .max_by_key(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .expect("files in the image");
+        let tar = tar_dir(&prepared.image_dir, |name, mut data| {
+            if name == biggest {
+                data.truncate(data.len() / 2);
+            }
+            data
+        });
+        client.release_restore(&prepared.lease).await?;
+        let (truncated, lease) = write_content(&ctx, CHECKPOINT_MEDIA_TYPE, &tar?).await?;
+
+        let instance = || {
+            FunctionSpec::new("truncated")
+                .own_netns()
+                .restore_from(&truncated)
+        };
+        let message =
+            refused_then_cold_start(&ctx, instance, FailsAt::Start, &["runc restore", "CRIU"])
+                .await;
+        release_lease(&ctx, &lease).await?;
+        eprintln!(
+            "[rekindle-it] truncated checkpoint ({biggest}): {}",
+            message?
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn an_image_exported_deleted_and_imported_back_restores() {
+    restore_story("restore-export-import", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "restore-export-import") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let inspect = |out: String| -> anyhow::Result<ImageInfo> {
+            serde_json::from_str(&out).map_err(|e| anyhow::anyhow!("{e}: {out}"))
+        };
+        let before = inspect(
+            restored
+                .cli(&["inspect", FN_IMAGE, "--output", "json"])
+                .await?,
+        )?;
+
+        let archive = restored.store.with_file_name("python-fn.tar.zst");
+        let archive_arg = archive.display().to_string();
+        restored
+            .cli(&["export", FN_IMAGE, archive_arg.as_str()])
+            .await?;
+        restored.cli(&["remove", FN_IMAGE]).await?;
+        let listed: Vec<ImageInfo> =
+            serde_json::from_str(&restored.cli(&["list", "--output", "json"]).await?)?;
+        assert!(
+            listed.iter().all(|i| i.manifest.name != FN_IMAGE),
+            "{FN_IMAGE} still listed after remove: {listed:?}"
+        );
+        restored.cli(&["import", archive_arg.as_str()]).await?;
+        let after = inspect(
+            restored
+                .cli(&["inspect", FN_IMAGE, "--output", "json"])
+                .await?,
+        )?;
+        assert_eq!(
+            after.manifest.files, before.manifest.files,
+            "every file and checksum"
+        );
+        assert_eq!(after.manifest.criu_version, before.manifest.criu_version);
+        assert_eq!(
+            after.manifest.kernel_release,
+            before.manifest.kernel_release
+        );
+
+        let f = FunctionSpec::new("imported")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .create(&ctx)
+            .await?;
+        f.start().await?;
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        f.destroy().await?;
+        std::fs::remove_file(&archive)?;
+        Ok(())
+    });
+}
