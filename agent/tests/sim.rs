@@ -159,7 +159,7 @@ fn hybrid_pre_warms_a_periodic_function_and_saves_memory() {
 fn replays_the_real_slice_with_every_policy() {
     let dir = std::env::var_os("REKINDLE_TRACES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
     let p = dir.join("azure2021/azure2021_invitro_first199.csv");
     let t = trace::read(&[p], Format::Auto, &ReadOptions::default()).expect("the real slice");
     let variants =

@@ -8,7 +8,7 @@ use rekindle_agent::trace::{self, Format, ReadOptions, TraceError, DEFAULT_MEMOR
 fn slice() -> PathBuf {
     let dir = std::env::var_os("REKINDLE_TRACES_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/traces"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data"));
     let p = dir.join("azure2021/azure2021_invitro_first199.csv");
     assert!(
         p.exists(),
