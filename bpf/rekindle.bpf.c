@@ -1,0 +1,203 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * Rekindle's per-cgroup metrics: CPU time, run-queue latency, page faults, exec/exit
+ * counts and the first moments of a container's life, for the cgroups the agent
+ * watches. Loaded and read by src/bpf.rs; see bpf/README.md.
+ *
+ * Only BTF-typed tracepoints (tp_btf): this kernel has no kprobes, and tp_btf needs
+ * neither tracefs nor perf events. Cgroup ids are cgroup v2 ids (kernfs node ids, the
+ * inode numbers of the directories under the cgroup2 mount).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "rekindle.h"
+
+/* tp_btf programs and bpf_probe_read_kernel need a GPL-compatible licence. */
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define TASK_RUNNING 0
+
+/*
+ * The watch set and the counters in one map: a cgroup is watched while it has an
+ * entry (userspace inserts a zeroed one and deletes it). An unwatched cgroup costs one
+ * failed hash lookup per event and is never written.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_WATCHED);
+	__type(key, __u64);
+	__type(value, struct cgroup_stats);
+} cgroups SEC(".maps");
+
+/*
+ * Per CPU: the watched task now running here (its thread id), since when, and its fault
+ * counters at switch-in; cgid 0 = none. A task runs on one CPU between its switch-in and
+ * its switch-out, so the task leaving the CPU is normally the one recorded here — but a
+ * switch can go unseen (a missed program run; on the machines this was written on, no
+ * tracepoint fires while the sandbox's own init threads are current), so the slot is
+ * only used when the leaving task is the recorded one.
+ */
+struct oncpu {
+	__u64 cgid;
+	__u64 since_ns;
+	__u64 min_flt;
+	__u64 maj_flt;
+	__u64 tid;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct oncpu);
+} oncpu SEC(".maps");
+
+/* Per task: when it became runnable (ns), 0 = not waiting. Freed with the task. */
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u64);
+} queued_at SEC(".maps");
+
+static __always_inline __u64 task_cgroup_id(struct task_struct *t)
+{
+	/*
+	 * What bpf_get_current_cgroup_id() returns for current, for any task. Plain loads
+	 * (the verifier guards them): a BPF_CORE_READ chain would cost a helper call per hop.
+	 */
+	return t->cgroups->dfl_cgrp->kn->id;
+}
+
+static __always_inline struct cgroup_stats *watched(__u64 cgid)
+{
+	return bpf_map_lookup_elem(&cgroups, &cgid);
+}
+
+static __always_inline void mark_queued(struct task_struct *p, __u64 now)
+{
+	__u64 *ts = bpf_task_storage_get(&queued_at, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (ts)
+		*ts = now;
+}
+
+/* Index of a wait of `us` microseconds in runq_hist (see rekindle.h). */
+static __always_inline __u32 runq_bucket(__u64 us)
+{
+	__u32 b = 0;
+
+	if (us >> 32) { us >>= 32; b += 32; }
+	if (us >> 16) { us >>= 16; b += 16; }
+	if (us >> 8) { us >>= 8; b += 8; }
+	if (us >> 4) { us >>= 4; b += 4; }
+	if (us >> 2) { us >>= 2; b += 2; }
+	if (us >> 1) { b += 1; }
+	return b < RUNQ_BUCKETS ? b : RUNQ_BUCKETS - 1;
+}
+
+static __always_inline void set_once(__u64 *slot, __u64 now)
+{
+	if (!*slot)
+		__sync_val_compare_and_swap(slot, 0, now);
+}
+
+static __always_inline int on_wakeup(struct task_struct *p)
+{
+	if (watched(task_cgroup_id(p)))
+		mark_queued(p, bpf_ktime_get_ns());
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(rekindle_wakeup, struct task_struct *p)
+{
+	return on_wakeup(p);
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(rekindle_wakeup_new, struct task_struct *p)
+{
+	return on_wakeup(p);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = bpf_ktime_get_ns();
+	__u32 zero = 0;
+	struct oncpu *cpu = bpf_map_lookup_elem(&oncpu, &zero);
+	struct cgroup_stats *s;
+	__u64 cgid;
+
+	if (!cpu)
+		return 0;
+
+	/* The task leaving: its slice, the faults it took in it, and whether it queues again. */
+	if (cpu->cgid) {
+		s = cpu->tid == (__u64)prev->pid ? watched(cpu->cgid) : NULL;
+		if (s) {
+			__sync_fetch_and_add(&s->cpu_ns, now - cpu->since_ns);
+			__sync_fetch_and_add(&s->faults_minor, prev->min_flt - cpu->min_flt);
+			__sync_fetch_and_add(&s->faults_major, prev->maj_flt - cpu->maj_flt);
+			if (preempt || prev_state == TASK_RUNNING)
+				mark_queued(prev, now);
+		}
+		cpu->cgid = 0;
+	}
+
+	/* The task arriving: remember it if its cgroup is watched; close its wait. */
+	cgid = task_cgroup_id(next);
+	s = watched(cgid);
+	if (!s)
+		return 0;
+	cpu->cgid = cgid;
+	cpu->since_ns = now;
+	cpu->min_flt = next->min_flt;
+	cpu->maj_flt = next->maj_flt;
+	cpu->tid = next->pid;
+	set_once(&s->first_sched_ns, now);
+
+	__u64 *ts = bpf_task_storage_get(&queued_at, next, 0, 0);
+	if (ts && *ts) {
+		__u64 wait = now - *ts;
+
+		*ts = 0;
+		__sync_fetch_and_add(&s->runq_count, 1);
+		__sync_fetch_and_add(&s->runq_total_ns, wait);
+		__sync_fetch_and_add(&s->runq_hist[runq_bucket(wait / 1000)], 1);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(rekindle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
+{
+	struct cgroup_stats *s = watched(bpf_get_current_cgroup_id());
+
+	if (!s)
+		return 0;
+	__sync_fetch_and_add(&s->execs, 1);
+	set_once(&s->first_exec_ns, bpf_ktime_get_ns());
+	return 0;
+}
+
+/*
+ * Fires once per exiting thread. A process is counted when its thread-group leader
+ * exits (newer kernels pass a group_dead flag; the leader test works on all of them).
+ */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(rekindle_exit, struct task_struct *p)
+{
+	struct cgroup_stats *s;
+
+	if (p->pid != p->tgid)
+		return 0;
+	s = watched(task_cgroup_id(p));
+	if (s)
+		__sync_fetch_and_add(&s->exits, 1);
+	return 0;
+}
