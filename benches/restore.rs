@@ -1,0 +1,719 @@
+//! Time to first response of the reference function, five ways, side by side in one run:
+//!
+//! 1. `cold`: cold start through containerd, `io.containerd.runc.v2` (Containers.Create,
+//!    Snapshots.Prepare, Tasks.Create, Tasks.Start);
+//! 2. `runc-restore`: `runc restore` of the function's checkpoint through containerd,
+//!    `io.containerd.runc.v2` (the same calls, Tasks.Create carrying the checkpoint
+//!    descriptor, as `ctr container restore --live` does);
+//! 3. `rekindle-disk`: Rekindle restore from rekindle-restored's LZ4 store on disk
+//!    (`io.rekindle.image`, not staged: decompressed and verified per restore);
+//! 4. `rekindle-staged`: the same from a staged image (decompressed in memory already);
+//! 5. `rekindle-precreated`: staged, and the task created before the clock starts: from
+//!    Tasks.Start to the first response — the path the agent will use.
+//!
+//! The clock runs from the first request to containerd for that instance (Start for 5)
+//! until its first `HTTP 200` to `GET /` on 127.0.0.1 (host network: the checkpointed
+//! process listens on the port it had, so instances run one at a time). The modes take
+//! turns, round after round (the first mode rotating), so machine noise hits all alike.
+//! Each restore is checked to answer from its checkpoint's state (count 4 after the
+//! three requests before the checkpoint), each cold start with count 1.
+//!
+//! Everything runs on its own: a private containerd (from `hack/setup.sh`'s cache) and a
+//! private rekindle-restored, started here and stopped at the end, with the harness of
+//! the integration tests (`tests/integration/harness`).
+//!
+//! Run `bash hack/bench.sh` (release build, set-up, results in `bench-results/`).
+//! Environment: `REKINDLE_BENCH_ITERATIONS` (per mode, default 30),
+//! `REKINDLE_BENCH_OUT` (default `<repo>/bench-results`), `REKINDLE_CONTAINERD` (`2` or
+//! `1.6`), `REKINDLE_BENCH_COMMIT` (recorded with the results).
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _, Result};
+use containerd_client::services::v1::version_client::VersionClient;
+
+#[allow(dead_code, unused_imports)]
+#[path = "../tests/integration/harness/mod.rs"]
+mod harness;
+
+use harness::containerd::{cache_dir, PrivateContainerd, Version};
+use harness::restore::{
+    restored_socket, CheckpointOptions, FunctionSpec, RestoreDaemon, Restored, IMAGE_ANNOTATION,
+    STORE_AS_ANNOTATION,
+};
+use harness::{http, Ctx, Shared, IMAGE, NAMESPACE, REKINDLE_RUNTIME, SNAPSHOTTER};
+
+const RUNC_RUNTIME: &str = "io.containerd.runc.v2";
+/// Requests the source functions answer before their checkpoint.
+const WARM_REQUESTS: u64 = 3;
+/// The image names in rekindle-restored.
+const DISK_IMAGE: &str = "bench-fn";
+const STAGED_IMAGE: &str = "bench-fn-staged";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Cold,
+    RuncRestore,
+    RekindleDisk,
+    RekindleStaged,
+    RekindlePrecreated,
+}
+
+const MODES: [Mode; 5] = [
+    Mode::Cold,
+    Mode::RuncRestore,
+    Mode::RekindleDisk,
+    Mode::RekindleStaged,
+    Mode::RekindlePrecreated,
+];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Cold => "cold",
+            Mode::RuncRestore => "runc-restore",
+            Mode::RekindleDisk => "rekindle-disk",
+            Mode::RekindleStaged => "rekindle-staged",
+            Mode::RekindlePrecreated => "rekindle-precreated",
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            Mode::Cold => "(1) cold start, io.containerd.runc.v2: create + task create + start",
+            Mode::RuncRestore => {
+                "(2) runc restore via containerd, io.containerd.runc.v2: create + task create with the checkpoint + start"
+            }
+            Mode::RekindleDisk => {
+                "(3) Rekindle, LZ4 store on disk (io.rekindle.image, not staged): create + task create + start"
+            }
+            Mode::RekindleStaged => {
+                "(4) Rekindle, staged image: create + task create + start"
+            }
+            Mode::RekindlePrecreated => {
+                "(5) Rekindle, staged, task pre-created: start only"
+            }
+        }
+    }
+
+    /// The count the first response must carry.
+    fn expected_count(self) -> u64 {
+        match self {
+            Mode::Cold => 1,
+            _ => WARM_REQUESTS + 1,
+        }
+    }
+}
+
+struct Config {
+    iterations: usize,
+    out: PathBuf,
+    commit: Option<String>,
+}
+
+impl Config {
+    fn from_env() -> Result<Self> {
+        let iterations = match std::env::var("REKINDLE_BENCH_ITERATIONS") {
+            Ok(v) => v
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .with_context(|| format!("REKINDLE_BENCH_ITERATIONS={v:?}: a positive number"))?,
+            Err(_) => 30,
+        };
+        let out = std::env::var_os("REKINDLE_BENCH_OUT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench-results"));
+        let commit = std::env::var("REKINDLE_BENCH_COMMIT")
+            .ok()
+            .filter(|s| !s.is_empty());
+        Ok(Config {
+            iterations,
+            out,
+            commit,
+        })
+    }
+}
+
+/// What the checkpoints the modes restore from are, and how they were made.
+struct Sources {
+    runc_checkpoint: harness::restore::Checkpoint,
+    checkpoint_ms: f64,
+    image: rekindle_restore_api::ImageInfo,
+    stage_ms: f64,
+    port: u16,
+}
+
+fn main() -> Result<()> {
+    let cfg = Config::from_env()?;
+    // SAFETY: geteuid(2) cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("run as root (containerd, runc and CRIU need it): bash hack/bench.sh");
+    }
+    let image_tar = cache_dir().join("images/python-fn.oci.tar");
+    if !image_tar.is_file() {
+        bail!("{} is missing: run hack/setup.sh", image_tar.display());
+    }
+    let version = Version::from_env()?;
+
+    // The shims started by this containerd find this daemon through the environment
+    // (harness::restore exports REKINDLE_RESTORED_SOCKET before main).
+    let daemon = RestoreDaemon::start(&restored_socket()).context("starting rekindle-restored")?;
+    let containerd = PrivateContainerd::start(version)?;
+    let out = containerd
+        .ctr(NAMESPACE)
+        .args(["images", "import", "--snapshotter", SNAPSHOTTER])
+        .arg(&image_tar)
+        .output()
+        .context("ctr images import")?;
+    if !out.status.success() {
+        bail!(
+            "ctr images import {}: {}",
+            image_tar.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let shared = Shared {
+        paths: containerd.paths.clone(),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let restored = daemon.handle.clone();
+    let result = rt.block_on(async {
+        let ctx = Ctx::connect("bench", &shared).await?;
+        let outcome = bench(&ctx, &restored, &cfg).await;
+        let notes = ctx.cleanup().await;
+        let leaks = ctx.check_leaks().await;
+        if !notes.is_empty() || !leaks.is_empty() {
+            eprintln!(
+                "bench: clean-up:\n  {}",
+                notes
+                    .into_iter()
+                    .chain(leaks)
+                    .collect::<Vec<_>>()
+                    .join("\n  ")
+            );
+        }
+        outcome
+    });
+    drop(rt);
+    let left = daemon.stop_and_check();
+    if !left.is_empty() {
+        eprintln!(
+            "bench: rekindle-restored at the end:\n  {}",
+            left.join("\n  ")
+        );
+    }
+    drop(containerd);
+    result
+}
+
+async fn bench(ctx: &Ctx, restored: &Restored, cfg: &Config) -> Result<()> {
+    let facts = machine_facts(ctx).await?;
+    eprintln!("bench: {}", facts_line(&facts));
+    let sources = prepare_sources(ctx, restored).await?;
+    eprintln!(
+        "bench: image {} files, {:.1} MiB ({:.1} MiB LZ4 on disk), checkpoint {:.0} ms, stage {:.0} ms; {} iterations per mode",
+        sources.image.manifest.file_count,
+        mib(sources.image.manifest.total_size),
+        mib(sources.image.manifest.total_compressed_size),
+        sources.checkpoint_ms,
+        sources.stage_ms,
+        cfg.iterations
+    );
+
+    let load_before = loadavg();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let started = Instant::now();
+    for round in 0..cfg.iterations {
+        let mut line = format!("round {:>3}/{}:", round + 1, cfg.iterations);
+        for k in 0..MODES.len() {
+            let i = (round + k) % MODES.len();
+            let ms = one(ctx, MODES[i], &sources)
+                .await
+                .with_context(|| format!("{} (round {})", MODES[i].name(), round + 1))?;
+            samples[i].push(ms);
+            let _ = write!(line, " {}={ms:.0}", MODES[i].name());
+        }
+        eprintln!("bench: {line} ms");
+    }
+    let wall = started.elapsed();
+    let load_after = loadavg();
+    sources.runc_checkpoint.release(ctx).await?;
+
+    let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
+    let report = Report {
+        facts,
+        stats,
+        samples,
+        sources_desc: format!(
+            "{} files, {:.1} MiB CRIU image ({:.1} MiB LZ4 on disk, {:.2}x); checkpoint (runc + CRIU through containerd) {:.0} ms; staging {:.0} ms",
+            sources.image.manifest.file_count,
+            mib(sources.image.manifest.total_size),
+            mib(sources.image.manifest.total_compressed_size),
+            sources.image.manifest.total_size as f64
+                / sources.image.manifest.total_compressed_size.max(1) as f64,
+            sources.checkpoint_ms,
+            sources.stage_ms
+        ),
+        iterations: cfg.iterations,
+        wall,
+        load: (load_before, load_after),
+        commit: cfg.commit.clone(),
+    };
+    let md = report.markdown();
+    println!("{md}");
+    fs::create_dir_all(&cfg.out).with_context(|| format!("creating {}", cfg.out.display()))?;
+    let md_path = cfg.out.join("restore.md");
+    let json_path = cfg.out.join("restore.json");
+    fs::write(&md_path, &md)?;
+    fs::write(
+        &json_path,
+        serde_json::to_string_pretty(&report.json())? + "\n",
+    )?;
+    eprintln!(
+        "bench: wrote {} and {}",
+        md_path.display(),
+        json_path.display()
+    );
+    Ok(())
+}
+
+/// The two checkpoints: one taken through containerd's runc shim (restored by mode 2),
+/// one taken through Rekindle's shim and stored by it (`io.rekindle.checkpoint.store-as`),
+/// then exported and imported under a second name and staged (modes 3-5). Both from the
+/// reference function after [`WARM_REQUESTS`] requests, listening on the same port.
+async fn prepare_sources(ctx: &Ctx, restored: &Restored) -> Result<Sources> {
+    let port = http::free_port()?;
+
+    let src = FunctionSpec::new("bench-src-runc")
+        .runtime(RUNC_RUNTIME)
+        .port(port)
+        .create(ctx)
+        .await?;
+    warm_up(&src).await?;
+    let t = Instant::now();
+    let runc_checkpoint = src.checkpoint(CheckpointOptions::default()).await?;
+    let runc_ms = ms(t.elapsed());
+    src.destroy().await?;
+
+    let src = FunctionSpec::new("bench-src")
+        .runtime(REKINDLE_RUNTIME)
+        .port(port)
+        .annotate(STORE_AS_ANNOTATION, DISK_IMAGE)
+        .create(ctx)
+        .await?;
+    warm_up(&src).await?;
+    let t = Instant::now();
+    let ck = src.checkpoint(CheckpointOptions::default()).await?;
+    let rekindle_ms = ms(t.elapsed());
+    ck.release(ctx).await?;
+    src.destroy().await?;
+    eprintln!(
+        "bench: checkpoints: runc.v2 {runc_ms:.0} ms, rekindle (+ store) {rekindle_ms:.0} ms"
+    );
+
+    let client = restored.client();
+    let archive = restored.store.with_file_name("bench-fn.tar.zst");
+    let _ = fs::remove_file(&archive);
+    client.export_image(DISK_IMAGE, &archive, Some(1)).await?;
+    client
+        .import_image(&archive, Some(STAGED_IMAGE.to_string()))
+        .await?;
+    fs::remove_file(&archive)?;
+    let t = Instant::now();
+    client.stage_image(STAGED_IMAGE).await?;
+    let stage_ms = ms(t.elapsed());
+    let image = client.get_image(DISK_IMAGE).await?;
+    Ok(Sources {
+        runc_checkpoint,
+        checkpoint_ms: runc_ms,
+        image,
+        stage_ms,
+        port,
+    })
+}
+
+async fn warm_up(f: &harness::restore::Function) -> Result<()> {
+    f.start().await?;
+    f.wait_serving(Duration::from_secs(60)).await?;
+    for expected in 1..=WARM_REQUESTS {
+        let n = f.count().await?;
+        if n != expected {
+            bail!("{} counted {n}, expected {expected}", f.id);
+        }
+    }
+    Ok(())
+}
+
+/// One instance of `mode`: the milliseconds to its first response (checked), then its
+/// end (not timed).
+async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<f64> {
+    let spec = FunctionSpec::new(&format!("bench-{}", mode.name())).port(s.port);
+    let spec = match mode {
+        Mode::Cold => spec.runtime(RUNC_RUNTIME),
+        Mode::RuncRestore => spec
+            .runtime(RUNC_RUNTIME)
+            .restore_from(s.runc_checkpoint.criu()?),
+        Mode::RekindleDisk => spec
+            .runtime(REKINDLE_RUNTIME)
+            .annotate(IMAGE_ANNOTATION, DISK_IMAGE),
+        Mode::RekindleStaged | Mode::RekindlePrecreated => spec
+            .runtime(REKINDLE_RUNTIME)
+            .annotate(IMAGE_ANNOTATION, STAGED_IMAGE),
+    };
+    let prepared = spec.prepare(ctx).await?;
+    let (f, t0) = if mode == Mode::RekindlePrecreated {
+        let f = prepared.create().await?;
+        let t0 = Instant::now();
+        f.start().await?;
+        (f, t0)
+    } else {
+        let t0 = Instant::now();
+        let f = prepared.create().await?;
+        f.start().await?;
+        (f, t0)
+    };
+    let first = first_response(s.port, Duration::from_secs(60)).await;
+    let elapsed = t0.elapsed();
+    let checked = first.and_then(|body| {
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("first response is not JSON: {body:?}"))?;
+        let count = json.get("count").and_then(serde_json::Value::as_u64);
+        if count != Some(mode.expected_count()) {
+            bail!(
+                "first response {body:?}: expected count {}",
+                mode.expected_count()
+            );
+        }
+        Ok(())
+    });
+    let ended = f.destroy().await;
+    checked?;
+    ended?;
+    Ok(ms(elapsed))
+}
+
+/// Polls `GET /` on 127.0.0.1:`port` every millisecond until it answers 200: the body.
+async fn first_response(port: u16, limit: Duration) -> Result<String> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match http::get(port, "/", Duration::from_secs(10)).await {
+            Ok((200, body)) => return Ok(body),
+            Ok((status, body)) => last = format!("{status}: {body}"),
+            Err(e) => last = format!("{e:#}"),
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    bail!("no 200 on 127.0.0.1:{port} within {limit:?} (last: {last})")
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+#[derive(Clone, Debug)]
+struct Stats {
+    n: usize,
+    p50: f64,
+    p99: f64,
+    min: f64,
+    max: f64,
+    mean: f64,
+}
+
+impl Stats {
+    /// Nearest-rank percentiles.
+    fn of(samples: &[f64]) -> Stats {
+        let mut v = samples.to_vec();
+        v.sort_by(|a, b| a.total_cmp(b));
+        let rank = |p: f64| {
+            let r = (p / 100.0 * v.len() as f64).ceil() as usize;
+            v[r.clamp(1, v.len()) - 1]
+        };
+        Stats {
+            n: v.len(),
+            p50: rank(50.0),
+            p99: rank(99.0),
+            min: v[0],
+            max: v[v.len() - 1],
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+        }
+    }
+}
+
+struct Facts {
+    kernel: String,
+    criu: String,
+    containerd: String,
+    runc: String,
+    cores: usize,
+    cpu: String,
+    memory: String,
+}
+
+async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
+    let first_line = |cmd: &str, args: &[&str]| -> String {
+        Command::new(cmd)
+            .args(args)
+            .output()
+            .ok()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_else(|| "?".into())
+    };
+    let v = VersionClient::new(ctx.channel())
+        .version(())
+        .await
+        .context("containerd Version")?
+        .into_inner();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |text: &str, key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_else(|| "?".into())
+    };
+    Ok(Facts {
+        kernel: fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
+        criu: format!(
+            "CRIU {}",
+            first_line("/usr/local/sbin/criu", &["--version"]).trim_start_matches("Version: ")
+        ),
+        containerd: if v.revision.is_empty() {
+            format!("containerd {}", v.version)
+        } else {
+            format!("containerd {} ({})", v.version, v.revision)
+        },
+        runc: first_line("runc", &["--version"]).replace("runc version", "runc"),
+        cores: std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        cpu: field(&cpuinfo, "model name"),
+        memory: field(&meminfo, "MemTotal")
+            .trim_end_matches(" kB")
+            .parse::<f64>()
+            .map(|kb| format!("{:.1} GiB", kb / (1 << 20) as f64))
+            .unwrap_or_else(|_| "?".into()),
+    })
+}
+
+fn facts_line(f: &Facts) -> String {
+    format!(
+        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM",
+        f.kernel, f.criu, f.containerd, f.runc, f.cores, f.cpu, f.memory
+    )
+}
+
+struct Report {
+    facts: Facts,
+    stats: Vec<Stats>,
+    samples: Vec<Vec<f64>>,
+    sources_desc: String,
+    iterations: usize,
+    wall: Duration,
+    /// `/proc/loadavg`'s 1-minute load before and after the rounds: other work on the
+    /// machine (a busy 2-core machine shows in the p99s).
+    load: (f64, f64),
+    commit: Option<String>,
+}
+
+impl Report {
+    fn stat(&self, m: Mode) -> &Stats {
+        &self.stats[MODES.iter().position(|x| *x == m).expect("a mode")]
+    }
+
+    /// `(what, faster by at p50, faster by at p99, target)`.
+    fn ratios(&self) -> Vec<(String, f64, f64, f64)> {
+        let r = |a: Mode, b: Mode| {
+            (
+                self.stat(b).p50 / self.stat(a).p50,
+                self.stat(b).p99 / self.stat(a).p99,
+            )
+        };
+        let (s_r50, s_r99) = r(Mode::RekindleStaged, Mode::RuncRestore);
+        let (s_c50, s_c99) = r(Mode::RekindleStaged, Mode::Cold);
+        let (p_r50, p_r99) = r(Mode::RekindlePrecreated, Mode::RuncRestore);
+        let (p_c50, p_c99) = r(Mode::RekindlePrecreated, Mode::Cold);
+        vec![
+            ("(4) staged vs (2) runc restore".into(), s_r50, s_r99, 4.0),
+            ("(4) staged vs (1) cold start".into(), s_c50, s_c99, 10.0),
+            (
+                "(5) pre-created vs (2) runc restore".into(),
+                p_r50,
+                p_r99,
+                4.0,
+            ),
+            (
+                "(5) pre-created vs (1) cold start".into(),
+                p_c50,
+                p_c99,
+                10.0,
+            ),
+        ]
+    }
+
+    fn markdown(&self) -> String {
+        let f = &self.facts;
+        let mut s = String::new();
+        let _ = writeln!(s, "# Restore benchmark: time to first response\n");
+        let _ = writeln!(
+            s,
+            "Reference function (`{IMAGE}`, Python, ~60 MB of state, HTTP on 127.0.0.1), \
+             `benches/restore.rs` via `bash hack/bench.sh`. Clock: from the first request to \
+             containerd for the instance (Tasks.Start for (5)) to its first HTTP 200. Modes \
+             interleaved round-robin, {} rounds, {:.0} s in all. Every restore answered from \
+             its checkpoint's state (count {}), every cold start with count 1.\n",
+            self.iterations,
+            self.wall.as_secs_f64(),
+            WARM_REQUESTS + 1
+        );
+        let _ = writeln!(
+            s,
+            "| mode | n | p50 ms | p99 ms | min ms | max ms | mean ms |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|");
+        for (m, st) in MODES.iter().zip(&self.stats) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                m.describe(),
+                st.n,
+                st.p50,
+                st.p99,
+                st.min,
+                st.max,
+                st.mean
+            );
+        }
+        let _ = writeln!(s, "\nRatios (how many times faster; the issue's target):\n");
+        let _ = writeln!(s, "| comparison | at p50 | at p99 | target |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        for (what, p50, p99, target) in self.ratios() {
+            let _ = writeln!(
+                s,
+                "| {what} | {p50:.2}x | {p99:.2}x | {target:.0}x ({}) |",
+                if p50 >= target { "met" } else { "not met" }
+            );
+        }
+        let staged = self.stat(Mode::RekindleStaged);
+        let disk = self.stat(Mode::RekindleDisk);
+        let _ = writeln!(
+            s,
+            "\nAbsolute targets: (4) p50 ≤ 30 ms: {:.1} ms ({}); (4) p99 ≤ 60 ms: {:.1} ms ({}); \
+             (3) p50 ≤ 100 ms: {:.1} ms ({}).",
+            staged.p50,
+            met(staged.p50 <= 30.0),
+            staged.p99,
+            met(staged.p99 <= 60.0),
+            disk.p50,
+            met(disk.p50 <= 100.0)
+        );
+        let _ = writeln!(s, "\nImage: {}.", self.sources_desc);
+        let _ = writeln!(
+            s,
+            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM{}. Load average (1 min) \
+             {:.2} before the rounds, {:.2} after.",
+            f.kernel,
+            f.criu,
+            f.containerd,
+            f.runc,
+            f.cores,
+            f.cpu,
+            f.memory,
+            self.commit
+                .as_deref()
+                .map(|c| format!("; Rekindle {c}"))
+                .unwrap_or_default(),
+            self.load.0,
+            self.load.1
+        );
+        s
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let f = &self.facts;
+        let modes: Vec<serde_json::Value> = MODES
+            .iter()
+            .zip(&self.stats)
+            .zip(&self.samples)
+            .map(|((m, st), samples)| {
+                serde_json::json!({
+                    "mode": m.name(),
+                    "description": m.describe(),
+                    "n": st.n,
+                    "p50_ms": st.p50,
+                    "p99_ms": st.p99,
+                    "min_ms": st.min,
+                    "max_ms": st.max,
+                    "mean_ms": st.mean,
+                    "samples_ms": samples,
+                })
+            })
+            .collect();
+        let ratios: Vec<serde_json::Value> = self
+            .ratios()
+            .into_iter()
+            .map(|(what, p50, p99, target)| {
+                serde_json::json!({"comparison": what, "p50": p50, "p99": p99, "target": target})
+            })
+            .collect();
+        serde_json::json!({
+            "benchmark": "restore: time to first response",
+            "function": IMAGE,
+            "iterations_per_mode": self.iterations,
+            "wall_s": self.wall.as_secs_f64(),
+            "image": self.sources_desc,
+            "modes": modes,
+            "ratios": ratios,
+            "machine": {
+                "kernel": f.kernel,
+                "criu": f.criu,
+                "containerd": f.containerd,
+                "runc": f.runc,
+                "cores": f.cores,
+                "cpu": f.cpu,
+                "memory": f.memory,
+            },
+            "loadavg_1m": {"before": self.load.0, "after": self.load.1},
+            "commit": self.commit,
+        })
+    }
+}
+
+fn loadavg() -> f64 {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "not met"
+    }
+}
