@@ -1,0 +1,163 @@
+//! Network namespaces made for containers, and HTTP inside them.
+
+use std::fs;
+use std::io::{Read as _, Write as _};
+use std::os::fd::AsRawFd as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _, Result};
+
+use super::unmount;
+
+/// A network namespace made for one container, as a CNI plugin makes a pod's: created
+/// by a thread that unshares its own, brings loopback up and bind-mounts
+/// `/proc/thread-self/ns/net` on a file. Dropping it unmounts and removes the file (the
+/// namespace itself lives on while a process is in it).
+#[derive(Debug)]
+pub struct NetNs {
+    path: PathBuf,
+}
+
+impl NetNs {
+    pub fn create(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let me = NetNs {
+            path: path.to_path_buf(),
+        };
+        let target = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("netns-create".into())
+            .spawn(move || make_netns(&target))?
+            .join()
+            .map_err(|_| anyhow::anyhow!("the netns thread panicked"))?
+            .with_context(|| format!("making the network namespace {}", path.display()))?;
+        Ok(me)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn inode(&self) -> Result<u64> {
+        ns_inode(&self.path)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        unmount(&self.path);
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+pub(crate) fn ns_inode(path: &Path) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(fs::metadata(path)
+        .with_context(|| format!("stat {}", path.display()))?
+        .ino())
+}
+
+/// On a thread of its own (it ends right after): a new network namespace, loopback up,
+/// bind-mounted on `target`.
+fn make_netns(target: &Path) -> Result<()> {
+    // SAFETY: unshare(2) of this thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    // SAFETY: a socket, and SIOC[GS]IFFLAGS on a zeroed ifreq naming "lo".
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket");
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) == 0 && {
+            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) == 0
+        };
+        let err = std::io::Error::last_os_error();
+        libc::close(fd);
+        if !ok {
+            return Err(err).context("bringing lo up");
+        }
+    }
+    let src = std::ffi::CString::new("/proc/thread-self/ns/net")?;
+    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
+    // SAFETY: bind mount between two valid NUL-terminated paths.
+    let mounted = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            dst.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    if mounted != 0 {
+        return Err(std::io::Error::last_os_error()).context("bind-mounting the namespace");
+    }
+    Ok(())
+}
+
+/// `GET path` on 127.0.0.1:`port` in the network namespace at `netns`, from a thread
+/// of its own that enters that namespace (and ends with the request).
+pub async fn get_in_netns(
+    netns: &Path,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let (netns, path) = (netns.to_path_buf(), path.to_string());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-http".into())
+        .spawn(move || {
+            let _ = tx.send(blocking_get_in_netns(&netns, port, &path, timeout));
+        })?;
+    rx.await.context("the netns HTTP thread died")?
+}
+
+fn blocking_get_in_netns(
+    netns: &Path,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<(u16, String)> {
+    let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    // SAFETY: setns(2) with a valid fd; it moves this thread only, which ends after
+    // the request.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("setns {}", netns.display()));
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| {
+        format!(
+            "connecting to {addr} in the network namespace {}",
+            netns.display()
+        )
+    })?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)
+        .with_context(|| format!("GET {path} on {addr} (netns {})", netns.display()))?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        bail!("GET {path} on {addr}: not an HTTP response: {text:?}");
+    };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("no status code in {head:?}"))?;
+    Ok((status, body.to_string()))
+}
