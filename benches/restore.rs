@@ -229,17 +229,17 @@ async fn bench(ctx: &Ctx, restored: &Restored, cfg: &Config) -> Result<()> {
     );
 
     let load_before = loadavg();
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); MODES.len()];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); MODES.len()];
     let started = Instant::now();
     for round in 0..cfg.iterations {
         let mut line = format!("round {:>3}/{}:", round + 1, cfg.iterations);
         for k in 0..MODES.len() {
             let i = (round + k) % MODES.len();
-            let ms = one(ctx, MODES[i], &sources)
+            let sample = one(ctx, MODES[i], &sources)
                 .await
                 .with_context(|| format!("{} (round {})", MODES[i].name(), round + 1))?;
-            samples[i].push(ms);
-            let _ = write!(line, " {}={ms:.0}", MODES[i].name());
+            let _ = write!(line, " {}={:.0}", MODES[i].name(), sample.total);
+            samples[i].push(sample);
         }
         eprintln!("bench: {line} ms");
     }
@@ -247,7 +247,10 @@ async fn bench(ctx: &Ctx, restored: &Restored, cfg: &Config) -> Result<()> {
     let load_after = loadavg();
     sources.runc_checkpoint.release(ctx).await?;
 
-    let stats: Vec<Stats> = samples.iter().map(|s| Stats::of(s)).collect();
+    let stats: Vec<Stats> = samples
+        .iter()
+        .map(|s| Stats::of(&s.iter().map(|x| x.total).collect::<Vec<_>>()))
+        .collect();
     let report = Report {
         facts,
         stats,
@@ -352,9 +355,21 @@ async fn warm_up(f: &harness::restore::Function) -> Result<()> {
     Ok(())
 }
 
-/// One instance of `mode`: the milliseconds to its first response (checked), then its
-/// end (not timed).
-async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<f64> {
+/// One timed instance, in milliseconds: in all, and by phase.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sample {
+    total: f64,
+    /// Containers.Create + Snapshots.Prepare + Tasks.Create (0 for a pre-created task).
+    create: f64,
+    /// Tasks.Start (where the restore itself happens).
+    start: f64,
+    /// From Start's answer to the first HTTP 200.
+    respond: f64,
+}
+
+/// One instance of `mode`: the time to its first response (checked), then its end
+/// (not timed).
+async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
     let spec = FunctionSpec::new(&format!("bench-{}", mode.name())).port(s.port);
     let spec = match mode {
         Mode::Cold => spec.runtime(RUNC_RUNTIME),
@@ -371,15 +386,14 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<f64> {
     let prepared = spec.prepare(ctx).await?;
     let (f, t0) = if mode == Mode::RekindlePrecreated {
         let f = prepared.create().await?;
-        let t0 = Instant::now();
-        f.start().await?;
-        (f, t0)
+        (f, Instant::now())
     } else {
         let t0 = Instant::now();
-        let f = prepared.create().await?;
-        f.start().await?;
-        (f, t0)
+        (prepared.create().await?, t0)
     };
+    let created = t0.elapsed();
+    f.start().await?;
+    let started = t0.elapsed();
     let first = first_response(s.port, Duration::from_secs(60)).await;
     let elapsed = t0.elapsed();
     let checked = first.and_then(|body| {
@@ -397,7 +411,12 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<f64> {
     let ended = f.destroy().await;
     checked?;
     ended?;
-    Ok(ms(elapsed))
+    Ok(Sample {
+        total: ms(elapsed),
+        create: ms(created),
+        start: ms(started - created),
+        respond: ms(elapsed - started),
+    })
 }
 
 /// Polls `GET /` on 127.0.0.1:`port` every millisecond until it answers 200: the body.
@@ -530,7 +549,7 @@ fn facts_line(f: &Facts) -> String {
 struct Report {
     facts: Facts,
     stats: Vec<Stats>,
-    samples: Vec<Vec<f64>>,
+    samples: Vec<Vec<Sample>>,
     sources_desc: String,
     iterations: usize,
     wall: Duration,
@@ -608,6 +627,30 @@ impl Report {
                 st.mean
             );
         }
+        let _ = writeln!(
+            s,
+            "\np99 is the nearest-rank 99th percentile: with {} samples, the slowest one.\n",
+            self.iterations
+        );
+        let _ = writeln!(
+            s,
+            "Where the time goes (p50 of each phase, ms): create = Containers.Create + \
+             Snapshots.Prepare + Tasks.Create (Rekindle prepares the stored image there); \
+             start = Tasks.Start (the restore, or runc start); respond = from Start's answer \
+             to the first HTTP 200.\n"
+        );
+        let _ = writeln!(s, "| mode | create | start | respond |");
+        let _ = writeln!(s, "|---|---:|---:|---:|");
+        for (m, samples) in MODES.iter().zip(&self.samples) {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.1} | {:.1} |",
+                m.name(),
+                phase_p50(samples, |x| x.create),
+                phase_p50(samples, |x| x.start),
+                phase_p50(samples, |x| x.respond)
+            );
+        }
         let _ = writeln!(s, "\nRatios (how many times faster; the issue's target):\n");
         let _ = writeln!(s, "| comparison | at p50 | at p99 | target |");
         let _ = writeln!(s, "|---|---:|---:|---:|");
@@ -669,7 +712,13 @@ impl Report {
                     "min_ms": st.min,
                     "max_ms": st.max,
                     "mean_ms": st.mean,
-                    "samples_ms": samples,
+                    "create_p50_ms": phase_p50(samples, |x| x.create),
+                    "start_p50_ms": phase_p50(samples, |x| x.start),
+                    "respond_p50_ms": phase_p50(samples, |x| x.respond),
+                    "samples_ms": samples.iter().map(|x| x.total).collect::<Vec<_>>(),
+                    "samples_create_ms": samples.iter().map(|x| x.create).collect::<Vec<_>>(),
+                    "samples_start_ms": samples.iter().map(|x| x.start).collect::<Vec<_>>(),
+                    "samples_respond_ms": samples.iter().map(|x| x.respond).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -701,6 +750,10 @@ impl Report {
             "commit": self.commit,
         })
     }
+}
+
+fn phase_p50(samples: &[Sample], phase: impl Fn(&Sample) -> f64) -> f64 {
+    Stats::of(&samples.iter().map(phase).collect::<Vec<_>>()).p50
 }
 
 fn loadavg() -> f64 {
