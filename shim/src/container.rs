@@ -142,8 +142,15 @@ pub struct Container {
     pub shared_pid_ns: bool,
     /// Whether the shim mounted `bundle/rootfs` and must unmount it.
     pub rootfs_mounted: bool,
+    /// The mounts that make `bundle/rootfs`, to make it again after a failed
+    /// restore (CRIU killed halfway can leave it unusable).
+    pub rootfs: Vec<containerd_shim::protos::types::mount::Mount>,
     /// What the container's annotations ask of restores and checkpoints.
     pub policy: RestorePolicy,
+    /// The spec's `linux.cgroupsPath`, to clean up after a restore killed halfway.
+    pub cgroups_path: Option<String>,
+    /// The network namespace the spec joins (a path), likewise.
+    pub netns_path: Option<PathBuf>,
 }
 
 /// Where a restore's CRIU image comes from.

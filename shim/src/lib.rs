@@ -12,6 +12,7 @@
 
 pub mod annotations;
 pub mod bootstrap;
+pub mod cgroups;
 pub mod console;
 pub mod container;
 pub mod error;

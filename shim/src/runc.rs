@@ -10,6 +10,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitStatus,
     sync::Arc,
+    time::Duration,
 };
 
 use async_trait::async_trait;
@@ -184,6 +185,9 @@ impl RuncCli {
         if self.systemd_cgroup {
             cmd.arg("--systemd-cgroup");
         }
+        // A group of its own, so a run past its time limit can be killed with
+        // the CRIU it started.
+        cmd.process_group(0);
         cmd.args(args)
             .env_remove("NOTIFY_SOCKET")
             .stdin(std::process::Stdio::null())
@@ -192,14 +196,19 @@ impl RuncCli {
         cmd
     }
 
-    async fn run(&self, args: Vec<String>, io: Option<&Arc<dyn runc::io::Io>>) -> runc::Result<()> {
+    async fn run(
+        &self,
+        args: Vec<String>,
+        io: Option<&Arc<dyn runc::io::Io>>,
+        limit: Duration,
+    ) -> runc::Result<()> {
         let mut cmd = self.command(&args);
         if let Some(io) = io {
             io.set(&mut cmd)
                 .await
                 .map_err(|e| runc::error::Error::IoSet(e.to_string()))?;
         }
-        let res = ReaperSpawner.execute(cmd).await;
+        let res = ReaperSpawner.execute_bounded(cmd, Some(limit)).await;
         if let Some(io) = io {
             io.close_after_start().await;
         }
@@ -219,7 +228,7 @@ impl RuncCli {
         let mut args = vec!["checkpoint".to_string()];
         args.extend(spec.args(false));
         args.push(id.to_string());
-        self.run(args, None).await
+        self.run(args, None, criu_time_limit(false)).await
     }
 
     /// `runc restore --detach`: CRIU brings the container back from
@@ -252,7 +261,7 @@ impl RuncCli {
             args.push("--no-pivot".into());
         }
         args.push(id.to_string());
-        self.run(args, io).await
+        self.run(args, io, criu_time_limit(true)).await
     }
 }
 
@@ -278,6 +287,13 @@ struct LogLine {
 pub async fn runtime_error(bundle: &Path, err: runc::error::Error, action: &str) -> Error {
     if let runc::error::Error::ProcessSpawnFailed(e) = &err {
         return Error::FailedPrecondition(format!("{action}: cannot start runc: {e}"));
+    }
+    if err.to_string().contains(TIMED_OUT) {
+        // A killed runc's log says nothing about why it was killed.
+        return Error::Runtime {
+            action: action.to_string(),
+            message: err.to_string(),
+        };
     }
     let mut message = None;
     if let Ok(file) = tokio::fs::File::open(bundle.join(RUNC_LOG)).await {
@@ -343,6 +359,38 @@ pub struct ReaperSpawner;
 #[async_trait]
 impl Spawner for ReaperSpawner {
     async fn execute(&self, cmd: Command) -> runc::Result<(ExitStatus, u32, String, String)> {
+        self.execute_bounded(cmd, None).await
+    }
+}
+
+/// How long a CRIU run through runc may take before the shim gives up on it:
+/// a restore from a damaged image can leave CRIU waiting forever.
+pub fn criu_time_limit(restore: bool) -> Duration {
+    let (var, default_ms) = if restore {
+        ("REKINDLE_RESTORE_TIMEOUT_MS", 8_000)
+    } else {
+        ("REKINDLE_CHECKPOINT_TIMEOUT_MS", 120_000)
+    };
+    let ms = std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(default_ms);
+    Duration::from_millis(ms)
+}
+
+/// The message of the error a run past its time limit ends with.
+pub const TIMED_OUT: &str = "did not finish within its time limit; killed it and its CRIU";
+
+impl ReaperSpawner {
+    /// Runs `cmd`, killing its whole process group (runc and the CRIU it
+    /// started) when it outlives `limit`. Commands with a limit must be
+    /// spawned in a process group of their own.
+    pub async fn execute_bounded(
+        &self,
+        cmd: Command,
+        limit: Option<Duration>,
+    ) -> runc::Result<(ExitStatus, u32, String, String)> {
         let mut cmd = cmd;
         // Subscribe before spawning: a fast runc can exit before spawn returns.
         let mut sub = monitor_subscribe(Topic::Pid)
@@ -356,15 +404,30 @@ impl Spawner for ReaperSpawner {
             }
         };
         let pid = child.id().unwrap_or_default();
+        let mut timed_out = false;
         let wait = async {
-            while let Some(ev) = sub.rx.recv().await {
-                if let Subject::Pid(p) = ev.subject {
-                    if p as u32 == pid {
-                        return ev.exit_code;
+            let exit = async {
+                while let Some(ev) = sub.rx.recv().await {
+                    if let Subject::Pid(p) = ev.subject {
+                        if p as u32 == pid {
+                            return ev.exit_code;
+                        }
                     }
                 }
+                -1
+            };
+            tokio::pin!(exit);
+            if let Some(limit) = limit {
+                if let Ok(code) = tokio::time::timeout(limit, &mut exit).await {
+                    return code;
+                }
+                timed_out = true;
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
-            -1
+            exit.await
         };
         let (stdout, stderr, code) = tokio::join!(
             read_all(child.stdout.take()),
@@ -372,6 +435,12 @@ impl Spawner for ReaperSpawner {
             wait
         );
         monitor_unsubscribe(sub.id).await.unwrap_or_default();
+        if timed_out {
+            return Err(runc::error::Error::Other(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("runc {TIMED_OUT} after {:?}", limit.unwrap_or_default()),
+            ))));
+        }
         // The reaper reports an exit code; ExitStatus wants a wait(2) status.
         Ok((ExitStatus::from_raw(code << 8), pid, stdout, stderr))
     }

@@ -154,7 +154,22 @@ impl TaskService {
             execs: HashMap::new(),
             shared_pid_ns: shares_pid_namespace(&spec),
             rootfs_mounted,
+            rootfs: req.rootfs.to_vec(),
             policy,
+            cgroups_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.cgroups_path().as_ref())
+                .map(|p| p.display().to_string()),
+            netns_path: spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.namespaces().as_ref())
+                .and_then(|nss| {
+                    nss.iter()
+                        .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                        .and_then(|ns| ns.path().clone())
+                }),
         };
         let pid = match source {
             // As containerd's runc shim does: the restore itself happens at
@@ -194,6 +209,7 @@ impl TaskService {
                     Ok(()) => {}
                     Err(e) if c.policy.fallback == Fallback::Cold => {
                         warn!(reason = %e, source = %source, "restore failed; falling back to a cold start as the container's annotation asks");
+                        remount_rootfs(c).await?;
                         cold_create(c, &self.namespace).await?;
                         if let Err(e) = c.runc.start(&c.id).await {
                             return Err(runtime_error(&c.bundle, e, "runc start").await);
@@ -707,6 +723,24 @@ async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
     }
 }
 
+/// Makes `bundle/rootfs` again from containerd's mounts.
+async fn remount_rootfs(c: &Container) -> Result<()> {
+    if !c.rootfs_mounted {
+        return Ok(());
+    }
+    let rootfs = c.bundle.join("rootfs");
+    unmount(&rootfs);
+    for m in &c.rootfs {
+        mount_rootfs(m, &rootfs).await.map_err(|e| {
+            Error::FailedPrecondition(format!(
+                "mount rootfs again after the failed restore ({} {}): {e}",
+                m.type_, m.source
+            ))
+        })?;
+    }
+    Ok(())
+}
+
 fn owner(c: &Container, namespace: &str) -> Owner {
     Owner {
         container_id: c.id.clone(),
@@ -796,6 +830,28 @@ async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec)
         Err(e) => {
             p.io.abort().await;
             p.io = Default::default();
+            if e.to_string().contains(crate::runc::TIMED_OUT) {
+                // runc and CRIU were killed before runc wrote its state: what
+                // CRIU had restored is only findable through the cgroups, and
+                // the mounts they made (runc's criu-root, CRIU's cgroup yard
+                // in the work dir) are left to us. This must come before
+                // `runc delete`, which removes runc's directory recursively —
+                // through criu-root, a bind of the container's rootfs.
+                if let Some(path) = &c.cgroups_path {
+                    crate::cgroups::kill_and_remove(path).await;
+                }
+                if let Some(netns) = &c.netns_path {
+                    crate::cgroups::unlock_criu_network(netns).await;
+                }
+                // Never remove a directory with anything still mounted under it.
+                for dir in [spec.work_path.clone(), c.cli.root.join(&c.id)] {
+                    if crate::cgroups::detach_mounts_under(&dir) {
+                        let _ = tokio::fs::remove_dir_all(&dir).await;
+                    } else {
+                        warn!(dir = %dir.display(), "mounts left under a failed restore's directory; not removing it");
+                    }
+                }
+            }
             let _ = c
                 .runc
                 .delete(&c.id, Some(&DeleteOpts { force: true }))
@@ -849,9 +905,8 @@ async fn criu_error(
         "dump.log"
     };
     let kept = bundle.join(format!("criu-{log_name}"));
-    let log = tokio::fs::read_to_string(spec.work_path.join(log_name))
-        .await
-        .unwrap_or_default();
+    // A CRIU stuck in a loop can write gigabytes of log: keep and read the tail.
+    let log = read_tail(&spec.work_path.join(log_name), CRIU_LOG_TAIL).await;
     let copied = !log.is_empty() && tokio::fs::write(&kept, &log).await.is_ok();
     let criu_says = criu_errors(&log);
     match runtime_error(bundle, err, action).await {
@@ -869,11 +924,34 @@ async fn criu_error(
     }
 }
 
+/// How much of a CRIU log the shim keeps and reads.
+const CRIU_LOG_TAIL: u64 = 1 << 20;
+
+/// The last `max` bytes of a file (empty when it cannot be read).
+async fn read_tail(path: &Path, max: u64) -> String {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    let Ok(mut f) = tokio::fs::File::open(path).await else {
+        return String::new();
+    };
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    if len > max && f.seek(std::io::SeekFrom::Start(len - max)).await.is_err() {
+        return String::new();
+    }
+    let mut buf = Vec::new();
+    let _ = f.take(max).read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// CRIU errors that do not explain a failure: CRIU logs this one on every
+/// restore where it may not raise its own fd limit, and goes on.
+const HARMLESS_CRIU_ERRORS: &[&str] = &["Can't setup RLIMIT_NOFILE"];
+
 /// The last few `Error` lines of a CRIU log, bounded in size.
 pub(crate) fn criu_errors(log: &str) -> String {
     let lines: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("Error (") || l.contains("Error:"))
+        .filter(|l| !HARMLESS_CRIU_ERRORS.iter().any(|h| l.contains(h)))
         .collect();
     let tail = &lines[lines.len().saturating_sub(3)..];
     let mut s = tail
@@ -1110,6 +1188,10 @@ mod tests {
             "(00.20) Error (criu/sk-inet.c:199): inet: Connected TCP socket, consider using --tcp-established option."
         );
         assert_eq!(criu_errors("all good\n"), "");
+        assert_eq!(
+            criu_errors("(00.0008) Error (criu/util.c:1534): rlimit: Can't setup RLIMIT_NOFILE for self: Operation not permitted\n"),
+            ""
+        );
         let noisy = "Error (x): ".to_string() + &"y".repeat(2000);
         assert!(criu_errors(&noisy).len() <= 604);
     }

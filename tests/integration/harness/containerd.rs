@@ -164,6 +164,13 @@ impl PrivateContainerd {
             .arg("--log-level")
             .arg(std::env::var("REKINDLE_IT_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
             .env("PATH", search_path(&paths))
+            // The shims inherit containerd's environment: bound a CRIU restore
+            // below the stories' 10 s bound on Start, so a restore that hangs
+            // is the shim's error to report, not the harness's.
+            .env(
+                "REKINDLE_RESTORE_TIMEOUT_MS",
+                std::env::var("REKINDLE_RESTORE_TIMEOUT_MS").unwrap_or_else(|_| "5000".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
