@@ -75,6 +75,8 @@ cleanup() {
   if [ -n "$CONTAINERD_PID" ]; then kill "$CONTAINERD_PID" 2>/dev/null; wait "$CONTAINERD_PID" 2>/dev/null; fi
   if [ -n "$RESTORED_PID" ]; then kill "$RESTORED_PID" 2>/dev/null; wait "$RESTORED_PID" 2>/dev/null; fi
   grep -q " $TMP/" /proc/self/mountinfo && awk -v t="$TMP/" '$5 ~ "^"t {print $5}' /proc/self/mountinfo | sort -r | xargs -r umount -l
+  # runc's state root for the namespace (ctr passes no runc options to other runtimes).
+  rmdir "/run/containerd/runc/$NS" 2>/dev/null
   if [ "${REKINDLE_KEEP:-0}" = 1 ]; then echo "kept $TMP"; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT
