@@ -677,31 +677,14 @@ async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
         .no_new_keyring(c.options.no_new_keyring)
         .detach(false);
     let p = &mut c.init;
-    let console = if p.stdio.terminal {
-        let s = ConsoleSocket::new()?;
-        opts.console_socket = Some(s.path.clone());
-        Some(s)
-    } else {
-        match p.io.attach(&owner, &p.stdio).await {
-            Ok(io) => opts.io = Some(io),
-            Err(e) => {
-                p.io.abort().await;
-                p.io = Default::default();
-                return Err(e);
-            }
-        }
-        None
-    };
+    let (console, io) = prepare_stdio(p, &owner).await?;
+    opts.console_socket = console.as_ref().map(|s| s.path.clone());
+    opts.io = io;
     let result = async {
         if let Err(e) = c.runc.create(&c.id, &c.bundle, Some(&opts)).await {
             return Err(runtime_error(&c.bundle, e, "runc create").await);
         }
-        if let Some(s) = &console {
-            let pty = s.receive().await?;
-            p.io.attach_console(&p.stdio, pty.clone())?;
-            p.console = Some(pty);
-        }
-        read_pid(&pid_file).await
+        finish_start(p, console.as_ref(), &pid_file).await
     }
     .await;
     match result {
@@ -721,6 +704,40 @@ async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
             Err(e)
         }
     }
+}
+
+/// What runc hands a new process as its stdio: a console socket for a
+/// terminal, else pipes already copying to containerd's destinations (all
+/// opened first, so a bad destination fails before any process exists).
+async fn prepare_stdio(
+    p: &mut Process,
+    owner: &Owner,
+) -> Result<(Option<ConsoleSocket>, Option<Arc<dyn runc::io::Io>>)> {
+    if p.stdio.terminal {
+        return Ok((Some(ConsoleSocket::new()?), None));
+    }
+    match p.io.attach(owner, &p.stdio).await {
+        Ok(io) => Ok((None, Some(io))),
+        Err(e) => {
+            p.io.abort().await;
+            p.io = Default::default();
+            Err(e)
+        }
+    }
+}
+
+/// Once runc has started a process: take its terminal, if it has one, and its pid.
+async fn finish_start(
+    p: &mut Process,
+    console: Option<&ConsoleSocket>,
+    pid_file: &Path,
+) -> Result<i32> {
+    if let Some(s) = console {
+        let pty = s.receive().await?;
+        p.io.attach_console(&p.stdio, pty.clone())?;
+        p.console = Some(pty);
+    }
+    read_pid(pid_file).await
 }
 
 /// Makes `bundle/rootfs` again from containerd's mounts.
@@ -789,15 +806,7 @@ async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec)
     let owner = owner(c, namespace);
     let pid_file = c.bundle.join(INIT_PID_FILE);
     let p = &mut c.init;
-    let console = if p.stdio.terminal {
-        Some(ConsoleSocket::new()?)
-    } else {
-        None
-    };
-    let io = match &console {
-        Some(_) => None,
-        None => Some(p.io.attach(&owner, &p.stdio).await?),
-    };
+    let (console, io) = prepare_stdio(p, &owner).await?;
     let result = async {
         if let Err(e) = c
             .cli
@@ -814,12 +823,7 @@ async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec)
         {
             return Err(criu_error(&c.bundle, spec, e, "runc restore").await);
         }
-        if let Some(s) = &console {
-            let pty = s.receive().await?;
-            p.io.attach_console(&p.stdio, pty.clone())?;
-            p.console = Some(pty);
-        }
-        read_pid(&pid_file).await
+        finish_start(p, console.as_ref(), &pid_file).await
     }
     .await;
     match result {
@@ -988,24 +992,14 @@ async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result
         console_socket: None,
         detach: true,
     };
-    let console = if p.stdio.terminal {
-        let s = ConsoleSocket::new()?;
-        opts.console_socket = Some(s.path.clone());
-        Some(s)
-    } else {
-        opts.io = Some(p.io.attach(&owner, &p.stdio).await?);
-        None
-    };
+    let (console, io) = prepare_stdio(p, &owner).await?;
+    opts.console_socket = console.as_ref().map(|s| s.path.clone());
+    opts.io = io;
     let result = async {
         if let Err(e) = runc.exec(&container_id, &spec, Some(&opts)).await {
             return Err(runtime_error(&bundle, e, "runc exec").await);
         }
-        if let Some(s) = &console {
-            let pty = s.receive().await?;
-            p.io.attach_console(&p.stdio, pty.clone())?;
-            p.console = Some(pty);
-        }
-        read_pid(&pid_file).await
+        finish_start(p, console.as_ref(), &pid_file).await
     }
     .await;
     match result {
