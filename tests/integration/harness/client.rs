@@ -289,7 +289,8 @@ impl Ctx {
         })
     }
 
-    async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
+    /// A blob of containerd's content store.
+    pub async fn read_blob(&self, digest: &str) -> Result<Vec<u8>> {
         let mut content = ContentClient::new(self.inner.channel.clone());
         let mut stream = bounded(
             "Content.Read",
@@ -729,26 +730,12 @@ pub struct Instance {
 }
 
 impl Instance {
-    fn ids(&self, exec_id: &str) -> (String, String) {
-        (self.id.clone(), exec_id.to_string())
-    }
-
     pub fn port(&self) -> u16 {
         self.port.expect("not a function instance")
     }
 
     pub async fn start(&self) -> Result<u32> {
-        let (container_id, exec_id) = self.ids("");
-        let r = bounded(
-            "Tasks.Start",
-            RPC_TIMEOUT,
-            self.ctx.tasks().start(self.ctx.req(StartRequest {
-                container_id,
-                exec_id,
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().pid)
+        task_start(&self.ctx, &self.id, "", "Tasks.Start", RPC_TIMEOUT).await
     }
 
     /// Tasks.Wait on the init process: its exit status.
@@ -758,93 +745,37 @@ impl Instance {
 
     /// Tasks.Wait issued now, answered later: for a kill that should end the task.
     pub fn wait_in_background(&self, timeout: Duration) -> tokio::task::JoinHandle<Result<u32>> {
-        let (ctx, id) = (self.ctx.clone(), self.id.clone());
-        tokio::spawn(async move { wait(&ctx, &id, "", timeout).await })
+        wait_in_background(&self.ctx, &self.id, timeout)
     }
 
     pub async fn kill(&self, signal: i32, all: bool) -> Result<()> {
-        bounded(
-            "Tasks.Kill",
-            RPC_TIMEOUT,
-            self.ctx.tasks().kill(self.ctx.req(KillRequest {
-                container_id: self.id.clone(),
-                exec_id: String::new(),
-                signal: signal as u32,
-                all,
-            })),
-        )
-        .await?;
-        Ok(())
+        task_kill(&self.ctx, &self.id, signal, all).await
     }
 
     /// Tasks.Get of the init process.
     pub async fn state(&self) -> Result<Process> {
-        let r = bounded(
-            "Tasks.Get",
-            RPC_TIMEOUT,
-            self.ctx.tasks().get(self.ctx.req(GetRequest {
-                container_id: self.id.clone(),
-                exec_id: String::new(),
-            })),
-        )
-        .await?;
-        r.into_inner().process.context("Tasks.Get without process")
+        task_state(&self.ctx, &self.id).await
     }
 
     pub async fn pids(&self) -> Result<Vec<ProcessInfo>> {
-        let r = bounded(
-            "Tasks.ListPids",
-            RPC_TIMEOUT,
-            self.ctx.tasks().list_pids(self.ctx.req(ListPidsRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().processes)
+        task_pids(&self.ctx, &self.id).await
     }
 
     pub async fn metrics(&self) -> Result<Vec<Metric>> {
-        let r = bounded(
-            "Tasks.Metrics",
-            RPC_TIMEOUT,
-            self.ctx.tasks().metrics(self.ctx.req(MetricsRequest {
-                filters: vec![format!("id=={}", self.id)],
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().metrics)
+        task_metrics(&self.ctx, &self.id).await
     }
 
     pub async fn pause(&self) -> Result<()> {
-        bounded(
-            "Tasks.Pause",
-            RPC_TIMEOUT,
-            self.ctx.tasks().pause(self.ctx.req(PauseTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(())
+        task_pause(&self.ctx, &self.id).await
     }
 
     pub async fn resume(&self) -> Result<()> {
-        bounded(
-            "Tasks.Resume",
-            RPC_TIMEOUT,
-            self.ctx.tasks().resume(self.ctx.req(ResumeTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(())
+        task_resume(&self.ctx, &self.id).await
     }
 
     /// Adds a process (not started) running `args`, with the container's process
     /// settings. With `terminal`, its output arrives through a pty on stdout alone.
     pub async fn exec(&self, exec_id: &str, args: &[&str], terminal: bool) -> Result<Exec> {
-        let mut process = self.process.clone();
-        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-        process.set_terminal(Some(terminal));
         let io_dir = self.ctx.inner.paths.io.join(&self.id);
         let stdout = Capture::fifo(&io_dir.join(format!("{exec_id}.stdout")))?;
         self.ctx
@@ -857,21 +788,16 @@ impl Instance {
                 .track_capture(&self.id, format!("exec {exec_id} stderr"), &c);
             Some(c)
         };
-        bounded(
-            "Tasks.Exec",
-            RPC_TIMEOUT,
-            self.ctx.tasks().exec(self.ctx.req(ExecProcessRequest {
-                container_id: self.id.clone(),
-                stdin: String::new(),
-                stdout: stdout.path(),
-                stderr: stderr.as_ref().map(Capture::path).unwrap_or_default(),
-                terminal,
-                spec: Some(Any {
-                    type_url: PROCESS_TYPE.to_string(),
-                    value: serde_json::to_vec(&process)?,
-                }),
-                exec_id: exec_id.to_string(),
-            })),
+        let stderr_path = stderr.as_ref().map(Capture::path).unwrap_or_default();
+        let io = (stdout.path(), stderr_path);
+        task_exec(
+            &self.ctx,
+            &self.id,
+            &self.process,
+            exec_id,
+            args,
+            terminal,
+            io,
         )
         .await?;
         Ok(Exec {
@@ -886,21 +812,186 @@ impl Instance {
     /// Tasks.Delete, then the snapshot and the container. Returns the exit status
     /// containerd reports for the deleted task.
     pub async fn delete(self) -> Result<u32> {
-        let r = bounded(
-            "Tasks.Delete",
-            RPC_TIMEOUT,
-            self.ctx.tasks().delete(self.ctx.req(DeleteTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?
-        .into_inner();
+        let status = task_delete(&self.ctx, &self.id).await?;
         self.ctx.delete_container(&self.id).await?;
-        Ok(r.exit_status)
+        Ok(status)
     }
 }
 
-async fn wait(ctx: &Ctx, id: &str, exec_id: &str, timeout: Duration) -> Result<u32> {
+// The task calls on a container (or one of its processes) by id: shared by
+// [`Instance`], [`Exec`] and the restored functions of `restore::Function`.
+
+/// Tasks.Start of `exec_id` ("" for the init), answering within `limit`: its pid.
+pub async fn task_start(
+    ctx: &Ctx,
+    id: &str,
+    exec_id: &str,
+    what: &str,
+    limit: Duration,
+) -> Result<u32> {
+    let r = bounded(
+        what,
+        limit,
+        ctx.tasks().start(ctx.req(StartRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(r.into_inner().pid)
+}
+
+/// Tasks.Kill of the init process (with `all`, of every process in the container).
+pub async fn task_kill(ctx: &Ctx, id: &str, signal: i32, all: bool) -> Result<()> {
+    bounded(
+        "Tasks.Kill",
+        RPC_TIMEOUT,
+        ctx.tasks().kill(ctx.req(KillRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+            signal: signal as u32,
+            all,
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Tasks.Get of the init process.
+pub async fn task_state(ctx: &Ctx, id: &str) -> Result<Process> {
+    let r = bounded(
+        "Tasks.Get",
+        RPC_TIMEOUT,
+        ctx.tasks().get(ctx.req(GetRequest {
+            container_id: id.to_string(),
+            exec_id: String::new(),
+        })),
+    )
+    .await?;
+    r.into_inner().process.context("Tasks.Get without process")
+}
+
+pub async fn task_pids(ctx: &Ctx, id: &str) -> Result<Vec<ProcessInfo>> {
+    let r = bounded(
+        "Tasks.ListPids",
+        RPC_TIMEOUT,
+        ctx.tasks().list_pids(ctx.req(ListPidsRequest {
+            container_id: id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(r.into_inner().processes)
+}
+
+pub async fn task_metrics(ctx: &Ctx, id: &str) -> Result<Vec<Metric>> {
+    let r = bounded(
+        "Tasks.Metrics",
+        RPC_TIMEOUT,
+        ctx.tasks().metrics(ctx.req(MetricsRequest {
+            filters: vec![format!("id=={id}")],
+        })),
+    )
+    .await?;
+    Ok(r.into_inner().metrics)
+}
+
+pub async fn task_pause(ctx: &Ctx, id: &str) -> Result<()> {
+    bounded(
+        "Tasks.Pause",
+        RPC_TIMEOUT,
+        ctx.tasks().pause(ctx.req(PauseTaskRequest {
+            container_id: id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn task_resume(ctx: &Ctx, id: &str) -> Result<()> {
+    bounded(
+        "Tasks.Resume",
+        RPC_TIMEOUT,
+        ctx.tasks().resume(ctx.req(ResumeTaskRequest {
+            container_id: id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Tasks.Exec (not started) of `args` with the container's `process` settings, its
+/// stdout and stderr on the FIFOs at `io` ("" for none).
+pub async fn task_exec(
+    ctx: &Ctx,
+    id: &str,
+    process: &oci_spec::runtime::Process,
+    exec_id: &str,
+    args: &[&str],
+    terminal: bool,
+    io: (String, String),
+) -> Result<()> {
+    let mut process = process.clone();
+    process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
+    process.set_terminal(Some(terminal));
+    bounded(
+        "Tasks.Exec",
+        RPC_TIMEOUT,
+        ctx.tasks().exec(ctx.req(ExecProcessRequest {
+            container_id: id.to_string(),
+            stdin: String::new(),
+            stdout: io.0,
+            stderr: io.1,
+            terminal,
+            spec: Some(Any {
+                type_url: PROCESS_TYPE.to_string(),
+                value: serde_json::to_vec(&process)?,
+            }),
+            exec_id: exec_id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Tasks.DeleteProcess of an exec'd process: its exit status.
+pub async fn task_delete_process(ctx: &Ctx, id: &str, exec_id: &str) -> Result<u32> {
+    let r = bounded(
+        "Tasks.DeleteProcess",
+        RPC_TIMEOUT,
+        ctx.tasks().delete_process(ctx.req(DeleteProcessRequest {
+            container_id: id.to_string(),
+            exec_id: exec_id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(r.into_inner().exit_status)
+}
+
+/// Tasks.Delete (the task only, not the container): its exit status.
+pub async fn task_delete(ctx: &Ctx, id: &str) -> Result<u32> {
+    let r = bounded(
+        "Tasks.Delete",
+        RPC_TIMEOUT,
+        ctx.tasks().delete(ctx.req(DeleteTaskRequest {
+            container_id: id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(r.into_inner().exit_status)
+}
+
+/// Tasks.Wait on the init, issued now and answered later.
+pub fn wait_in_background(
+    ctx: &Ctx,
+    id: &str,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<u32>> {
+    let (ctx, id) = (ctx.clone(), id.to_string());
+    tokio::spawn(async move { wait(&ctx, &id, "", timeout).await })
+}
+
+/// Tasks.Wait on `exec_id` ("" for the init): its exit status.
+pub async fn wait(ctx: &Ctx, id: &str, exec_id: &str, timeout: Duration) -> Result<u32> {
     let r = bounded(
         &format!(
             "Tasks.Wait({id}{}{exec_id})",
@@ -927,16 +1018,8 @@ pub struct Exec {
 
 impl Exec {
     pub async fn start(&self) -> Result<u32> {
-        let r = bounded(
-            "Tasks.Start (exec)",
-            RPC_TIMEOUT,
-            self.ctx.tasks().start(self.ctx.req(StartRequest {
-                container_id: self.container_id.clone(),
-                exec_id: self.exec_id.clone(),
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().pid)
+        let (id, exec_id) = (&self.container_id, &self.exec_id);
+        task_start(&self.ctx, id, exec_id, "Tasks.Start (exec)", RPC_TIMEOUT).await
     }
 
     pub async fn wait(&self, timeout: Duration) -> Result<u32> {
@@ -945,18 +1028,7 @@ impl Exec {
 
     /// Tasks.DeleteProcess.
     pub async fn delete(self) -> Result<u32> {
-        let r = bounded(
-            "Tasks.DeleteProcess",
-            RPC_TIMEOUT,
-            self.ctx
-                .tasks()
-                .delete_process(self.ctx.req(DeleteProcessRequest {
-                    container_id: self.container_id.clone(),
-                    exec_id: self.exec_id.clone(),
-                })),
-        )
-        .await?;
-        Ok(r.into_inner().exit_status)
+        task_delete_process(&self.ctx, &self.container_id, &self.exec_id).await
     }
 }
 

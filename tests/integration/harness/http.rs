@@ -29,9 +29,14 @@ pub async fn get(port: u16, path: &str, timeout: Duration) -> Result<(u16, Strin
         .with_context(|| {
             format!("GET {path} on 127.0.0.1:{port}: no answer within {timeout:?}")
         })??;
-    let text = String::from_utf8_lossy(&raw).into_owned();
+    parse_response(&raw, path, &format!("127.0.0.1:{port}"))
+}
+
+/// The status code and the body of the HTTP response `raw` to `GET path` on `addr`.
+pub fn parse_response(raw: &[u8], path: &str, addr: &str) -> Result<(u16, String)> {
+    let text = String::from_utf8_lossy(raw).into_owned();
     let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("GET {path} on 127.0.0.1:{port}: not an HTTP response: {text:?}");
+        bail!("GET {path} on {addr}: not an HTTP response: {text:?}");
     };
     let status = head
         .split_whitespace()

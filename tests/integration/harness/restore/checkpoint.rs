@@ -10,8 +10,8 @@ use anyhow::{bail, Context as _, Result};
 use containerd_client::services::v1::content_client::ContentClient;
 use containerd_client::services::v1::leases_client::LeasesClient;
 use containerd_client::services::v1::{
-    CheckpointTaskRequest, GetRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest,
-    WriteAction, WriteContentRequest,
+    CheckpointTaskRequest, GetRequest, PauseTaskRequest, ResumeTaskRequest, WriteAction,
+    WriteContentRequest,
 };
 use containerd_client::tonic::Request;
 use containerd_client::types::v1::Status;
@@ -198,22 +198,7 @@ async fn delete_lease(ctx: &Ctx, lease: &str) -> Result<()> {
 
 /// A blob of containerd's content store.
 pub async fn read_content(ctx: &Ctx, digest: &str) -> Result<Vec<u8>> {
-    let mut stream = bounded(
-        "Content.Read",
-        RPC_TIMEOUT,
-        ContentClient::new(ctx.channel()).read(ctx.req(ReadContentRequest {
-            digest: digest.to_string(),
-            offset: 0,
-            size: 0,
-        })),
-    )
-    .await?
-    .into_inner();
-    let mut data = Vec::new();
-    while let Some(chunk) = bounded("Content.Read stream", RPC_TIMEOUT, stream.message()).await? {
-        data.extend_from_slice(&chunk.data);
-    }
-    Ok(data)
+    ctx.read_blob(digest).await
 }
 
 /// Writes `data` into containerd's content store (held by a new lease, returned with

@@ -14,9 +14,7 @@ use containerd_client::services::v1::snapshots::{
 };
 use containerd_client::services::v1::{
     container::Runtime, Container, CreateContainerRequest, CreateTaskRequest,
-    DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest, ExecProcessRequest,
-    GetRequest, KillRequest, ListPidsRequest, MetricsRequest, PauseTaskRequest, ResumeTaskRequest,
-    StartRequest, WaitRequest,
+    DeleteContainerRequest,
 };
 use containerd_client::types::v1::{Process, ProcessInfo, Status};
 use containerd_client::types::{Descriptor, Metric};
@@ -24,12 +22,15 @@ use oci_spec::runtime::{LinuxNamespaceBuilder, LinuxNamespaceType, Spec};
 use prost::Message as _;
 use prost_types::Any;
 
-use super::super::client::bounded;
+use super::super::client::{
+    bounded, task_delete, task_delete_process, task_exec, task_kill, task_metrics, task_pause,
+    task_pids, task_resume, task_start, task_state, wait, wait_in_background,
+};
 use super::super::stdio::Capture;
 use super::super::{http, secs, Ctx, IMAGE, NAMESPACE, RPC_TIMEOUT, SNAPSHOTTER};
 use super::{
     checkpoint, get_in_netns, ns_inode, Checkpoint, CheckpointOptions, NetNs, NETNS_PORT,
-    PROCESS_TYPE, RUNC_OPTIONS_TYPE, SPEC_TYPE,
+    RUNC_OPTIONS_TYPE, SPEC_TYPE,
 };
 
 /// `containerd.runc.v1.Options`, reduced to the runc root (as the harness sets it).
@@ -403,17 +404,9 @@ impl Function {
     /// story's clean-up can go on) and the error says so.
     pub async fn start_within(&self, limit: Duration) -> Result<u32> {
         let started = Instant::now();
-        let r = bounded(
-            "Tasks.Start",
-            limit,
-            self.ctx.tasks().start(self.ctx.req(StartRequest {
-                container_id: self.id.clone(),
-                exec_id: String::new(),
-            })),
-        )
-        .await;
-        let r = match r {
-            Ok(r) => r,
+        let r = task_start(&self.ctx, &self.id, "", "Tasks.Start", limit).await;
+        let pid = match r {
+            Ok(pid) => pid,
             Err(e) if started.elapsed() >= limit => {
                 let killed = kill_restoring_criu(&self.id);
                 return Err(e.context(format!(
@@ -424,7 +417,6 @@ impl Function {
             }
             Err(e) => return Err(e),
         };
-        let pid = r.into_inner().pid;
         self.pid.store(pid, Ordering::SeqCst);
         Ok(pid)
     }
@@ -477,16 +469,7 @@ impl Function {
     }
 
     pub async fn state(&self) -> Result<Process> {
-        let r = bounded(
-            "Tasks.Get",
-            RPC_TIMEOUT,
-            self.ctx.tasks().get(self.ctx.req(GetRequest {
-                container_id: self.id.clone(),
-                exec_id: String::new(),
-            })),
-        )
-        .await?;
-        r.into_inner().process.context("Tasks.Get without process")
+        task_state(&self.ctx, &self.id).await
     }
 
     pub async fn status(&self) -> Result<Status> {
@@ -494,105 +477,38 @@ impl Function {
     }
 
     pub async fn pids(&self) -> Result<Vec<ProcessInfo>> {
-        let r = bounded(
-            "Tasks.ListPids",
-            RPC_TIMEOUT,
-            self.ctx.tasks().list_pids(self.ctx.req(ListPidsRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().processes)
+        task_pids(&self.ctx, &self.id).await
     }
 
     pub async fn pause(&self) -> Result<()> {
-        bounded(
-            "Tasks.Pause",
-            RPC_TIMEOUT,
-            self.ctx.tasks().pause(self.ctx.req(PauseTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(())
+        task_pause(&self.ctx, &self.id).await
     }
 
     pub async fn resume(&self) -> Result<()> {
-        bounded(
-            "Tasks.Resume",
-            RPC_TIMEOUT,
-            self.ctx.tasks().resume(self.ctx.req(ResumeTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?;
-        Ok(())
+        task_resume(&self.ctx, &self.id).await
     }
 
     pub async fn metrics(&self) -> Result<Vec<Metric>> {
-        let r = bounded(
-            "Tasks.Metrics",
-            RPC_TIMEOUT,
-            self.ctx.tasks().metrics(self.ctx.req(MetricsRequest {
-                filters: vec![format!("id=={}", self.id)],
-            })),
-        )
-        .await?;
-        Ok(r.into_inner().metrics)
+        task_metrics(&self.ctx, &self.id).await
     }
 
     /// Runs `args` in the container (Tasks.Exec, Start, Wait, DeleteProcess): its exit
     /// status and its stdout.
     pub async fn exec(&self, exec_id: &str, args: &[&str]) -> Result<(u32, String)> {
-        let mut process = self.process.clone();
-        process.set_args(Some(args.iter().map(|s| s.to_string()).collect()));
-        process.set_terminal(Some(false));
         let io_dir = self.ctx.paths().io.join(&self.id);
         let stdout = Capture::fifo(&io_dir.join(format!("{exec_id}.stdout")))?;
         let result = async {
-            bounded(
-                "Tasks.Exec",
-                RPC_TIMEOUT,
-                self.ctx.tasks().exec(self.ctx.req(ExecProcessRequest {
-                    container_id: self.id.clone(),
-                    stdin: String::new(),
-                    stdout: stdout.path(),
-                    stderr: String::new(),
-                    terminal: false,
-                    spec: Some(Any {
-                        type_url: PROCESS_TYPE.to_string(),
-                        value: serde_json::to_vec(&process)?,
-                    }),
-                    exec_id: exec_id.to_string(),
-                })),
-            )
-            .await?;
+            let (ctx, id) = (&self.ctx, &self.id);
+            let io = (stdout.path(), String::new());
+            task_exec(ctx, id, &self.process, exec_id, args, false, io).await?;
             let waiting = {
-                let (ctx, id, exec_id) = (self.ctx.clone(), self.id.clone(), exec_id.to_string());
+                let (ctx, id, exec_id) = (ctx.clone(), id.clone(), exec_id.to_string());
                 tokio::spawn(async move { wait(&ctx, &id, &exec_id, secs(30)).await })
             };
-            bounded(
-                "Tasks.Start (exec)",
-                RPC_TIMEOUT,
-                self.ctx.tasks().start(self.ctx.req(StartRequest {
-                    container_id: self.id.clone(),
-                    exec_id: exec_id.to_string(),
-                })),
-            )
-            .await?;
+            task_start(ctx, id, exec_id, "Tasks.Start (exec)", RPC_TIMEOUT).await?;
             let status = waiting.await??;
             let out = stdout.wait_eof(secs(10)).await?;
-            bounded(
-                "Tasks.DeleteProcess",
-                RPC_TIMEOUT,
-                self.ctx
-                    .tasks()
-                    .delete_process(self.ctx.req(DeleteProcessRequest {
-                        container_id: self.id.clone(),
-                        exec_id: exec_id.to_string(),
-                    })),
-            )
-            .await?;
+            task_delete_process(ctx, id, exec_id).await?;
             Ok((status, out))
         }
         .await;
@@ -601,38 +517,18 @@ impl Function {
     }
 
     pub async fn kill(&self, signal: i32) -> Result<()> {
-        bounded(
-            "Tasks.Kill",
-            RPC_TIMEOUT,
-            self.ctx.tasks().kill(self.ctx.req(KillRequest {
-                container_id: self.id.clone(),
-                exec_id: String::new(),
-                signal: signal as u32,
-                all: false,
-            })),
-        )
-        .await?;
-        Ok(())
+        task_kill(&self.ctx, &self.id, signal, false).await
     }
 
     /// Tasks.Wait issued now, answered when the init exits.
     pub fn wait_in_background(&self, timeout: Duration) -> tokio::task::JoinHandle<Result<u32>> {
-        let (ctx, id) = (self.ctx.clone(), self.id.clone());
-        tokio::spawn(async move { wait(&ctx, &id, "", timeout).await })
+        wait_in_background(&self.ctx, &self.id, timeout)
     }
 
     /// Tasks.Delete, then the snapshot and the container (see [`remove_container`]):
     /// the task's exit status.
     pub async fn delete(self) -> Result<u32> {
-        let r = bounded(
-            "Tasks.Delete",
-            RPC_TIMEOUT,
-            self.ctx.tasks().delete(self.ctx.req(DeleteTaskRequest {
-                container_id: self.id.clone(),
-            })),
-        )
-        .await?
-        .into_inner();
+        let status = task_delete(&self.ctx, &self.id).await?;
         bounded(
             "Snapshots.Remove",
             RPC_TIMEOUT,
@@ -652,7 +548,7 @@ impl Function {
                 })),
         )
         .await?;
-        Ok(r.exit_status)
+        Ok(status)
     }
 
     /// SIGKILL, wait for the exit, delete everything: the end of an instance whose end
@@ -721,17 +617,4 @@ fn kill_restoring_criu(id: &str) -> Vec<String> {
         }
     }
     killed
-}
-
-async fn wait(ctx: &Ctx, id: &str, exec_id: &str, timeout: Duration) -> Result<u32> {
-    let r = bounded(
-        &format!("Tasks.Wait({id} {exec_id})"),
-        timeout,
-        ctx.tasks().wait(ctx.req(WaitRequest {
-            container_id: id.to_string(),
-            exec_id: exec_id.to_string(),
-        })),
-    )
-    .await?;
-    Ok(r.into_inner().exit_status)
 }

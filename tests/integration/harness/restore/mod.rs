@@ -69,7 +69,6 @@ pub const CHECKPOINT_CONFIG_MEDIA_TYPE: &str =
     "application/vnd.containerd.container.checkpoint.config.v1+proto";
 
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
-const PROCESS_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
 /// The options type containerd 2 accepts in `Tasks.Checkpoint` for every runtime
 /// (`getCheckpointPath` refuses any other); containerd 1.6 passes whatever it gets to a

@@ -6,7 +6,7 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use super::unmount;
 
@@ -150,14 +150,5 @@ fn blocking_get_in_netns(
     let mut raw = Vec::new();
     s.read_to_end(&mut raw)
         .with_context(|| format!("GET {path} on {addr} (netns {})", netns.display()))?;
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let Some((head, body)) = text.split_once("\r\n\r\n") else {
-        bail!("GET {path} on {addr}: not an HTTP response: {text:?}");
-    };
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .with_context(|| format!("no status code in {head:?}"))?;
-    Ok((status, body.to_string()))
+    super::super::http::parse_response(&raw, path, &addr.to_string())
 }
