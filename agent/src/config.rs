@@ -18,9 +18,6 @@ pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 /// The namespace the CRI plugin (and so Kubernetes) uses.
 pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "k8s.io";
 
-/// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
-const MAX_SOCKET_PATH: usize = 107;
-
 pub use rekindle_daemon_kit::LogFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -98,19 +95,7 @@ impl Config {
             ("restored_socket", &self.restored_socket),
             ("containerd_address", &self.containerd_address),
         ] {
-            if !path.is_absolute() {
-                return Err(Error::Invalid(format!(
-                    "{name} must be an absolute path, not {}",
-                    path.display()
-                )));
-            }
-            let len = path.as_os_str().len();
-            if len > MAX_SOCKET_PATH {
-                return Err(Error::Invalid(format!(
-                    "{name} {} is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}",
-                    path.display()
-                )));
-            }
+            rekindle_daemon_kit::config::check_socket_path(name, path)?;
         }
         if self.containerd_namespace.is_empty() {
             return Err(Error::Invalid("containerd_namespace is empty".into()));

@@ -57,8 +57,49 @@ pub fn load<T: DeserializeOwned + Default>(path: &Path, explicit: bool) -> Resul
     }
 }
 
+/// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
+pub const MAX_SOCKET_PATH: usize = 107;
+
+/// A configured path must be absolute: relative ones would depend on the daemon's cwd.
+pub fn check_absolute(name: &str, path: &Path) -> Result<(), ConfigError> {
+    if !path.is_absolute() {
+        return Err(ConfigError::Invalid(format!(
+            "{name} must be an absolute path, not {}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// An absolute path short enough to bind or connect a unix socket at.
+pub fn check_socket_path(name: &str, path: &Path) -> Result<(), ConfigError> {
+    check_absolute(name, path)?;
+    let len = path.as_os_str().len();
+    if len > MAX_SOCKET_PATH {
+        return Err(ConfigError::Invalid(format!(
+            "{name} {} is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn socket_paths_must_be_absolute_and_fit_sun_path() {
+        use std::path::Path;
+        super::check_socket_path("socket", Path::new("/run/x.sock")).unwrap();
+        let e = super::check_socket_path("socket", Path::new("x.sock")).unwrap_err();
+        assert!(
+            e.to_string().contains("socket must be an absolute path"),
+            "{e}"
+        );
+        let long = format!("/{}", "a".repeat(120));
+        let e = super::check_socket_path("socket", Path::new(&long)).unwrap_err();
+        assert!(e.to_string().contains("holds at most 107"), "{e}");
+    }
+
     use super::*;
 
     #[derive(Debug, Default, PartialEq, serde::Deserialize)]

@@ -22,8 +22,6 @@ pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 16 << 30;
 pub const DEFAULT_LEASE_TTL_SECS: u64 = 900;
 
 /// Longest path a unix socket address holds (`sun_path` is 108 bytes, NUL included).
-const MAX_SOCKET_PATH: usize = 107;
-
 pub use rekindle_daemon_kit::LogFormat;
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -112,12 +110,7 @@ impl Config {
             ("stage_dir", &self.stage_dir),
             ("criu_binary", &self.criu_binary),
         ] {
-            if !path.is_absolute() {
-                return Err(Error::Invalid(format!(
-                    "{name} must be an absolute path, not {}",
-                    path.display()
-                )));
-            }
+            rekindle_daemon_kit::config::check_absolute(name, path)?;
         }
         if self.max_files == 0 || self.max_total_bytes == 0 || self.lease_ttl_secs == 0 {
             return Err(Error::Invalid(
@@ -142,13 +135,7 @@ impl Config {
                 self.store.display()
             )));
         }
-        let len = self.socket.as_os_str().len();
-        if len > MAX_SOCKET_PATH {
-            return Err(Error::Invalid(format!(
-                "socket path {} is {len} bytes; a unix socket path holds at most {MAX_SOCKET_PATH}",
-                self.socket.display()
-            )));
-        }
+        rekindle_daemon_kit::config::check_socket_path("socket", &self.socket)?;
         Ok(())
     }
 }
