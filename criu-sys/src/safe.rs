@@ -562,6 +562,155 @@ impl Criu {
         Ok(())
     }
 
+    /// Hands the descriptor already open as `fd` *in the CRIU process that serves the
+    /// request* to the restored tree in place of `key`. For a pre-spawned `criu swrk`
+    /// ([`Criu::set_service_fd`]) that inherited its descriptors at spawn, e.g. the
+    /// container's stdio as swrk's own fds 0, 1 and 2, the way runc hands them over.
+    pub fn add_inherit_fd_number(&mut self, fd: i32, key: &str) -> Result<()> {
+        if fd < 0 {
+            return Err(Error::InvalidArgument {
+                what: "inherited descriptor",
+                reason: format!("{fd} is not a descriptor number"),
+            });
+        }
+        let c = cstring("inherit-fd key", key.as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the string.
+        let rc = unsafe { ffi::criu_local_add_inherit_fd(self.opts(), fd, c.as_ptr()) };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "an inherited descriptor",
+            });
+        }
+        Ok(())
+    }
+
+    /// Sends the next request to an already running `criu swrk` over `socket` (a
+    /// SOCK_SEQPACKET end whose peer is swrk's service fd) instead of forking a CRIU.
+    /// libcriu closes the socket after the answer; swrk then exits.
+    pub fn set_service_fd(&mut self, socket: OwnedFd) {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: valid handle; ownership of the descriptor passes to libcriu.
+        unsafe { ffi::criu_local_set_service_fd(self.opts(), socket.into_raw_fd()) }
+    }
+
+    /// Maps an external mount (`--ext-mount-map key:value`): at dump, `key` is the mount
+    /// point and `value` the name recorded in the image; at restore, `key` is that name
+    /// and `value` the host path to bind in its place.
+    pub fn add_ext_mount(&mut self, key: &str, value: &str) -> Result<()> {
+        let k = cstring("ext-mount key", key.as_bytes())?;
+        let v = cstring("ext-mount value", value.as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the strings.
+        let rc = unsafe { ffi::criu_local_add_ext_mount(self.opts(), k.as_ptr(), v.as_ptr()) };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "an external mount",
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether and how CRIU dumps and restores the tree's cgroups (`--manage-cgroups`).
+    pub fn set_manage_cgroups(&mut self, mode: CgroupMode) {
+        // SAFETY: valid handle; plain options.
+        unsafe {
+            ffi::criu_local_set_manage_cgroups(self.opts(), !matches!(mode, CgroupMode::Ignore));
+            ffi::criu_local_set_manage_cgroups_mode(self.opts(), mode.raw());
+        }
+    }
+
+    /// Rewrites the tree's cgroup root (`--cgroup-root [ctrl:]path`); `None` for every
+    /// controller.
+    pub fn add_cg_root(&mut self, controller: Option<&str>, path: &str) -> Result<()> {
+        let ctrl = controller
+            .map(|c| cstring("cgroup controller", c.as_bytes()))
+            .transpose()?;
+        let p = cstring("cgroup root", path.as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the strings; NULL means every controller.
+        let rc = unsafe {
+            ffi::criu_local_add_cg_root(
+                self.opts(),
+                ctrl.as_ref().map_or(ptr::null(), |c| c.as_ptr()),
+                p.as_ptr(),
+            )
+        };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "a cgroup root",
+            });
+        }
+        Ok(())
+    }
+
+    /// A directory holding every hierarchy, named as CRIU names them (`--cgroup-yard`),
+    /// so CRIU does not mount its own on each request.
+    pub fn set_cgroup_yard(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let c = cstring("cgroup yard", path.as_ref().as_os_str().as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the string.
+        let rc = unsafe { ffi::criu_local_add_cg_yard(self.opts(), c.as_ptr()) };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "the cgroup yard",
+            });
+        }
+        Ok(())
+    }
+
+    /// Freezes the tree through this freezer cgroup for the dump (`--freeze-cgroup`).
+    pub fn set_freeze_cgroup(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let c = cstring("freeze cgroup", path.as_ref().as_os_str().as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the string.
+        let rc = unsafe { ffi::criu_local_set_freeze_cgroup(self.opts(), c.as_ptr()) };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "the freeze cgroup",
+            });
+        }
+        Ok(())
+    }
+
+    /// Devices whose path changed are looked up by their numbers (`--evasive-devices`).
+    pub fn set_evasive_devices(&mut self, yes: bool) {
+        // SAFETY: valid handle; plain option.
+        unsafe { ffi::criu_local_set_evasive_devices(self.opts(), yes) }
+    }
+
+    /// Hands the tree's terminal master to the caller (`--orphan-pts-master`).
+    pub fn set_orphan_pts_master(&mut self, yes: bool) {
+        // SAFETY: valid handle; plain option.
+        unsafe { ffi::criu_local_set_orphan_pts_master(self.opts(), yes) }
+    }
+
+    /// Restores into an existing namespace (`--join-ns ns:file`), e.g. `ipc` and a path
+    /// under /proc/<pid>/ns or /run/netns.
+    pub fn join_ns(&mut self, ns: &str, file: impl AsRef<Path>) -> Result<()> {
+        let n = cstring("namespace type", ns.as_bytes())?;
+        let f = cstring("namespace file", file.as_ref().as_os_str().as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the strings; no extra options.
+        let rc = unsafe {
+            ffi::criu_local_join_ns_add(self.opts(), n.as_ptr(), f.as_ptr(), ptr::null())
+        };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "a namespace to join",
+            });
+        }
+        Ok(())
+    }
+
+    /// A CRIU config file applied over the request's options (`--config`): the way to set
+    /// what libcriu has no setter for, e.g. `lazy-pages` and `restore-sibling`.
+    pub fn set_config_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let c = cstring("config file", path.as_ref().as_os_str().as_bytes())?;
+        // SAFETY: valid handle; libcriu copies the string.
+        let rc = unsafe { ffi::criu_local_set_config_file(self.opts(), c.as_ptr()) };
+        if rc < 0 {
+            return Err(Error::OutOfMemory {
+                what: "the config file path",
+            });
+        }
+        Ok(())
+    }
+
     /// Runs one request under the process-wide request lock and turns libcriu's return
     /// value and errno into a `Result`.
     fn request(
@@ -640,6 +789,34 @@ impl Criu {
         self.require_images_dir(Request::RestoreChild)?;
         self.request(Request::RestoreChild, ffi::criu_local_restore_child)
             .map(|pid| pid as u32)
+    }
+}
+
+/// How CRIU treats cgroups (`--manage-cgroups=<mode>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CgroupMode {
+    /// Pretend there are none: a restored tree stays in the cgroups of the CRIU that
+    /// restores it.
+    Ignore,
+    /// Restore the tree into its cgroups, create missing ones, set no properties.
+    None,
+    /// Create missing cgroups and set their properties; leave existing ones alone.
+    Soft,
+    /// Set properties on existing cgroups too.
+    Full,
+    /// Require every cgroup to be as dumped.
+    Strict,
+}
+
+impl CgroupMode {
+    fn raw(self) -> ffi::criu_cg_mode::Type {
+        match self {
+            CgroupMode::Ignore => ffi::criu_cg_mode::CRIU_CG_MODE_IGNORE,
+            CgroupMode::None => ffi::criu_cg_mode::CRIU_CG_MODE_NONE,
+            CgroupMode::Soft => ffi::criu_cg_mode::CRIU_CG_MODE_SOFT,
+            CgroupMode::Full => ffi::criu_cg_mode::CRIU_CG_MODE_FULL,
+            CgroupMode::Strict => ffi::criu_cg_mode::CRIU_CG_MODE_STRICT,
+        }
     }
 }
 
