@@ -6,6 +6,8 @@
 //! - [`task`]: the Task API over ttrpc, a thin adapter over typed methods;
 //! - [`container`]: container and process state, free of I/O;
 //! - [`runc`]: the runc engine (OCI lifecycle through the runc CLI);
+//! - [`direct`]: the direct engine (restores through libcriu, no runc process);
+//! - [`nsexec`]: exec into a container the direct engine runs;
 //! - [`stdio`] and [`console`]: a process's stdio and terminal;
 //! - [`annotations`]: what a container's annotations ask of restores;
 //! - [`error`]: the error type and its one mapping to ttrpc codes.
@@ -15,7 +17,9 @@ pub mod bootstrap;
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod direct;
 pub mod error;
+pub mod nsexec;
 pub mod runc;
 pub mod service;
 pub mod stdio;

@@ -1,0 +1,1 @@
+//! Checkpoints of containers the direct engine restored.

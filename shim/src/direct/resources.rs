@@ -1,0 +1,1 @@
+//! The spec's cgroup limits and device rules, written by the shim.
