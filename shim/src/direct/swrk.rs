@@ -1,0 +1,242 @@
+//! CRIU processes the shim starts itself: `criu swrk` (the RPC server libcriu
+//! talks to) and `criu lazy-pages`.
+//!
+//! The shim is a subreaper whose reaper loop collects every child, so the exit
+//! of a helper is learnt from the reaper's monitor, never from `wait(2)`.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    path::Path,
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use containerd_shim::{
+    asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe, Subscription},
+    monitor::{Subject, Topic},
+};
+use tokio::process::{Child, Command};
+
+use crate::error::{Error, Result};
+
+/// A child of the shim whose exit comes from the reaper's monitor.
+pub struct Watched {
+    pub pid: i32,
+    /// Held, never waited on: tokio reaps a dropped, unwaited child on its own
+    /// (its orphan queue), which could race the shim's reaper; once the reaper
+    /// has reported the exit, dropping it is harmless.
+    _child: Child,
+    sub: Option<Subscription>,
+    exit: Option<i32>,
+}
+
+impl Watched {
+    /// Spawns `cmd`, subscribed to exits first (a fast child can exit before
+    /// `spawn` returns).
+    pub async fn spawn(cmd: &mut Command, what: &str) -> Result<Watched> {
+        let sub = monitor_subscribe(Topic::Pid)
+            .await
+            .map_err(|e| Error::Runtime {
+                action: format!("start {what}"),
+                message: format!("subscribe to the reaper's exits: {e}"),
+            })?;
+        match cmd.spawn() {
+            Ok(child) => Ok(Watched {
+                pid: child.id().unwrap_or_default() as i32,
+                _child: child,
+                sub: Some(sub),
+                exit: None,
+            }),
+            Err(e) => {
+                monitor_unsubscribe(sub.id).await.unwrap_or_default();
+                Err(Error::io(format!("start {what}"))(e))
+            }
+        }
+    }
+
+    /// Waits up to `limit` for the exit, then kills the child (SIGKILL) and
+    /// waits for that. Returns the exit code, or `None` when it had to be killed.
+    pub async fn wait(&mut self, limit: Duration) -> Option<i32> {
+        if let Some(code) = self.exit {
+            return Some(code);
+        }
+        let mut sub = self.sub.take()?;
+        let pid = self.pid;
+        let wait = async {
+            while let Some(ev) = sub.rx.recv().await {
+                if matches!(ev.subject, Subject::Pid(p) if p == pid) {
+                    return ev.exit_code;
+                }
+            }
+            -1
+        };
+        tokio::pin!(wait);
+        let code = match tokio::time::timeout(limit, &mut wait).await {
+            Ok(code) => Some(code),
+            Err(_) => {
+                self.kill();
+                let _ = tokio::time::timeout(Duration::from_secs(5), &mut wait).await;
+                None
+            }
+        };
+        monitor_unsubscribe(sub.id).await.unwrap_or_default();
+        self.exit = code;
+        code
+    }
+
+    /// SIGKILL to the child (best effort).
+    pub fn kill(&self) {
+        if self.exit.is_none() && self.pid > 0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        if let Some(sub) = self.sub.take() {
+            self.kill();
+            // Unsubscribing needs the runtime; without one the process is exiting.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    monitor_unsubscribe(sub.id).await.unwrap_or_default();
+                });
+            }
+        }
+    }
+}
+
+/// A started `criu swrk`: the peer of `socket` serves one request.
+pub struct Swrk {
+    pub process: Watched,
+    pub socket: Option<OwnedFd>,
+    /// The numbers under which `inherit` fds are open in swrk, in order.
+    pub fds: Vec<RawFd>,
+}
+
+/// Starts `criu swrk` with the container's stdio as its fds 0, 1 and 2 (how
+/// runc hands stdio to a restored tree: `--inherit-fd fd[i]:pipe:[N]`) and
+/// each of `inherit` open in it under the number in [`Swrk::fds`].
+pub async fn spawn_swrk(
+    criu: &Path,
+    io: Option<&Arc<dyn runc::io::Io>>,
+    inherit: &[&OwnedFd],
+) -> Result<Swrk> {
+    let mut sv = [0 as RawFd; 2];
+    // SAFETY: valid out-array of two descriptors.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(Error::io("socketpair for criu swrk")(
+            io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: fresh descriptors nothing else owns.
+    let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
+    // Targets above every source, so no dup2 clobbers a source still to be moved.
+    let sources: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
+        .chain(inherit.iter().map(|f| f.as_raw_fd()))
+        .collect();
+    let base = sources.iter().copied().max().unwrap_or(2).max(2) + 1;
+    let moves: Vec<(RawFd, RawFd)> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (*s, base + i as RawFd))
+        .collect();
+    let mut cmd = Command::new(criu);
+    cmd.arg("swrk")
+        .arg(base.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    if let Some(io) = io {
+        io.set(&mut cmd)
+            .await
+            .map_err(Error::io("hand the container's stdio to criu swrk"))?;
+    }
+    let pre = moves.clone();
+    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (src, dst) in &pre {
+                if libc::dup2(*src, *dst) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let process = Watched::spawn(&mut cmd, &format!("{} swrk", criu.display())).await?;
+    if let Some(io) = io {
+        io.close_after_start().await;
+    }
+    drop(theirs);
+    Ok(Swrk {
+        process,
+        socket: Some(ours),
+        fds: moves[1..].iter().map(|(_, d)| *d).collect(),
+    })
+}
+
+/// Starts `criu lazy-pages` serving `images` to the restore that runs with
+/// `work` as its work dir (CRIU finds the daemon through `lazy-pages.socket`
+/// there), and waits until it says it is ready.
+pub async fn spawn_lazy_pages(criu: &Path, images: &Path, work: &Path) -> Result<Watched> {
+    let (r, w) = nix::unistd::pipe().map_err(|e| Error::io("pipe for criu lazy-pages")(e.into()))?;
+    let status_fd = w.as_raw_fd();
+    let mut cmd = Command::new(criu);
+    cmd.arg("lazy-pages")
+        .arg("--images-dir")
+        .arg(images)
+        .arg("--work-dir")
+        .arg(work)
+        .args(["--log-file", "lazy-pages.log", "-v1"])
+        .arg("--status-fd")
+        .arg(status_fd.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0);
+    // SAFETY: only fcntl between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // The daemon keeps the write end: clear close-on-exec in the child only.
+            if libc::fcntl(status_fd, libc::F_SETFD, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut daemon = Watched::spawn(&mut cmd, "criu lazy-pages").await?;
+    drop(w);
+    let ready = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut b = [0u8; 1];
+        std::fs::File::from(r).read(&mut b)
+    })
+    .await;
+    if !matches!(ready, Ok(Ok(1))) {
+        daemon.kill();
+        daemon.wait(Duration::from_secs(2)).await;
+        return Err(Error::Runtime {
+            action: "criu lazy-pages".into(),
+            message: format!(
+                "did not get ready (see {})",
+                work.join("lazy-pages.log").display()
+            ),
+        });
+    }
+    Ok(daemon)
+}
