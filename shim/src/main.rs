@@ -19,11 +19,18 @@ Flags containerd passes: -namespace, -id, -address, -publish-binary, -socket,
 -bundle, -debug, and the action `start` | `delete`.
   -v, --version   print the version and exit
   -h, --help      print this help and exit
+
+Internal: `nsexec REQUEST.json` is the helper the shim runs itself to exec into
+a container of the direct engine; do not run it by hand.
 ";
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // The exec helper must stay single-threaded (setns into a mount or user
+    // namespace refuses multi-threaded callers): dispatch it before tokio.
+    if args.first().map(String::as_str) == Some(rekindle_shim::nsexec::SUBCOMMAND) {
+        std::process::exit(rekindle_shim::nsexec::main(&args[1..]));
+    }
     if args
         .iter()
         .any(|a| a == "-v" || a == "--version" || a == "-version")
@@ -41,7 +48,17 @@ async fn main() {
         print!("{HELP}");
         return;
     }
-    if let Err(e) = rekindle_shim::bootstrap::run().await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("containerd-shim-rekindle-v2: start the tokio runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(rekindle_shim::bootstrap::run()) {
         eprintln!("containerd-shim-rekindle-v2: {e}");
         std::process::exit(1);
     }
