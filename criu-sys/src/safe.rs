@@ -680,6 +680,14 @@ impl Criu {
         unsafe { ffi::criu_local_set_orphan_pts_master(self.opts(), yes) }
     }
 
+    /// Namespaces whose contents CRIU does not dump, so restore creates them empty
+    /// (`--empty-ns`): a mask of `CLONE_NEW*` flags. runc always passes `CLONE_NEWNET`
+    /// (it does not manage network devices).
+    pub fn set_empty_ns(&mut self, namespaces: i32) {
+        // SAFETY: valid handle; plain integer option.
+        unsafe { ffi::criu_local_set_empty_ns(self.opts(), namespaces) }
+    }
+
     /// Restores into an existing namespace (`--join-ns ns:file`), e.g. `ipc` and a path
     /// under /proc/<pid>/ns or /run/netns.
     pub fn join_ns(&mut self, ns: &str, file: impl AsRef<Path>) -> Result<()> {
