@@ -151,6 +151,15 @@ pub struct Container {
     pub cgroups_path: Option<String>,
     /// The network namespace the spec joins (a path), likewise.
     pub netns_path: Option<PathBuf>,
+    /// Set when the direct engine (not runc) restores and runs this container.
+    pub direct: Option<Direct>,
+}
+
+/// The direct engine's part of a container: prepared at Create, running after
+/// Start. runc knows nothing of such a container.
+pub enum Direct {
+    Prepared(Box<crate::direct::Prepared>),
+    Running(crate::direct::Running),
 }
 
 /// Where a restore's CRIU image comes from.
@@ -178,6 +187,14 @@ impl std::fmt::Display for RestoreSource {
 }
 
 impl Container {
+    /// The direct engine's running state, when it runs this container.
+    pub fn direct_running(&self) -> Option<&crate::direct::Running> {
+        match &self.direct {
+            Some(Direct::Running(r)) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn bundle_str(&self) -> String {
         self.bundle.to_string_lossy().into_owned()
     }

@@ -37,7 +37,7 @@ use tracing::{debug, info, instrument, warn};
 use crate::{
     annotations::{Fallback, RestorePolicy},
     console::{self, ConsoleSocket},
-    container::{shares_pid_namespace, Container, Process, RestoreSource},
+    container::{shares_pid_namespace, Container, Direct, Process, RestoreSource},
     error::{Error, Result},
     runc::{
         decode_checkpoint_options, decode_options, kill_error, new_engine, runtime_error,
@@ -170,12 +170,14 @@ impl TaskService {
                         .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
                         .and_then(|ns| ns.path().clone())
                 }),
+            direct: None,
         };
         let pid = match source {
             // As containerd's runc shim does: the restore itself happens at
             // Start, which is when containerd expects the process to run.
             Some(source) => {
-                info!(source = %source, "container created from a checkpoint; restored at start");
+                prepare_direct(&mut c, &spec, &source, &self.namespace).await;
+                info!(source = %source, engine = if c.direct.is_some() { "direct" } else { "runc" }, "container created from a checkpoint; restored at start");
                 c.init.restore_from = Some(source);
                 0
             }
@@ -274,16 +276,24 @@ impl TaskService {
                 c.id, running.id
             )));
         }
-        if let Err(e) = c
-            .runc
-            .delete(&c.id, Some(&DeleteOpts { force: true }))
-            .await
-        {
-            if !e.to_string().to_lowercase().contains("does not exist") {
-                return Err(runtime_error(&c.bundle, e, "runc delete").await);
+        if c.direct.is_none() {
+            if let Err(e) = c
+                .runc
+                .delete(&c.id, Some(&DeleteOpts { force: true }))
+                .await
+            {
+                if !e.to_string().to_lowercase().contains("does not exist") {
+                    return Err(runtime_error(&c.bundle, e, "runc delete").await);
+                }
             }
         }
-        let c = containers.remove(&req.id).expect("looked up above");
+        let mut c = containers.remove(&req.id).expect("looked up above");
+        let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
+        match c.direct.take() {
+            Some(Direct::Prepared(p)) => p.abandon(&cgroups_path).await,
+            Some(Direct::Running(r)) => r.remove(&cgroups_path).await,
+            None => {}
+        }
         if let Some(RestoreSource::Stored { lease, .. }) = &c.init.restore_from {
             release_lease(lease).await;
         }
@@ -345,6 +355,20 @@ impl TaskService {
                     c.id
                 )));
             }
+            if let Some(d) = c.direct_running() {
+                let sig = signal(req.signal)?;
+                if req.all {
+                    d.signal_all(sig);
+                    return Ok(());
+                }
+                return send_signal(c.init.pid, sig);
+            }
+            if matches!(c.direct, Some(Direct::Prepared(_))) {
+                return Err(Error::NotFound(format!(
+                    "container {} has no process yet: it is restored at start",
+                    c.id
+                )));
+            }
             return c
                 .runc
                 .kill(&c.id, req.signal, Some(&KillOpts { all: req.all }))
@@ -361,12 +385,7 @@ impl TaskService {
         if p.exit().is_some() {
             return Err(Error::NotFound("process already finished".into()));
         }
-        let sig = nix::sys::signal::Signal::try_from(req.signal as i32)
-            .map_err(|_| Error::InvalidArgument(format!("invalid signal {}", req.signal)))?;
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid), sig).map_err(|e| match e {
-            nix::errno::Errno::ESRCH => Error::NotFound("process already finished".into()),
-            e => Error::io(format!("kill {}", p.pid))(e.into()),
-        })
+        send_signal(p.pid, signal(req.signal)?)
     }
 
     #[instrument(skip_all, fields(id = %req.id, exec_id = %req.exec_id))]
@@ -438,7 +457,9 @@ impl TaskService {
                 c.id, c.init.status
             )));
         }
-        if let Err(e) = c.runc.pause(&c.id).await {
+        if let Some(d) = c.direct_running() {
+            d.freeze(true)?;
+        } else if let Err(e) = c.runc.pause(&c.id).await {
             return Err(runtime_error(&c.bundle, e, "runc pause").await);
         }
         c.init.status = Status::PAUSED;
@@ -460,7 +481,9 @@ impl TaskService {
                 c.id, c.init.status
             )));
         }
-        if let Err(e) = c.runc.resume(&c.id).await {
+        if let Some(d) = c.direct_running() {
+            d.freeze(false)?;
+        } else if let Err(e) = c.runc.resume(&c.id).await {
             return Err(runtime_error(&c.bundle, e, "runc resume").await);
         }
         c.init.status = Status::RUNNING;
@@ -475,10 +498,13 @@ impl TaskService {
     pub async fn pids(&self, req: PidsRequest) -> Result<PidsResponse> {
         let containers = self.containers.lock().await;
         let c = get(&containers, &req.id)?;
-        let pids = c.runc.ps(&c.id).await.map_err(|e| Error::Runtime {
-            action: "runc ps".into(),
-            message: e.to_string(),
-        })?;
+        let pids = match c.direct_running() {
+            Some(d) => d.pids().into_iter().map(|p| p as usize).collect(),
+            None => c.runc.ps(&c.id).await.map_err(|e| Error::Runtime {
+                action: "runc ps".into(),
+                message: e.to_string(),
+            })?,
+        };
         Ok(PidsResponse {
             processes: pids
                 .into_iter()
@@ -526,6 +552,12 @@ impl TaskService {
             .ok_or_else(|| Error::InvalidArgument("update carries no resources".into()))?;
         let resources: oci_spec::runtime::LinuxResources = serde_json::from_slice(&any.value)
             .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")))?;
+        if let Some(d) = c.direct_running() {
+            let hierarchies = crate::direct::resources::hierarchies()
+                .map_err(Error::io("read cgroup hierarchies"))?;
+            return crate::direct::resources::apply(&hierarchies, &d.cgroup_dirs, Some(&resources))
+                .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")));
+        }
         c.runc
             .update(&c.id, &resources)
             .await
@@ -573,10 +605,28 @@ impl TaskService {
             cgroups_mode: opts.cgroups_mode.clone(),
         };
         let started = std::time::Instant::now();
-        let result = c.cli.checkpoint(&c.id, &spec).await;
-        let result = match result {
-            Ok(()) => Ok(()),
-            Err(e) => Err(criu_error(&c.bundle, &spec, e, "runc checkpoint").await),
+        let result = match c.direct_running() {
+            Some(d) => {
+                d.pages_settled().await;
+                let oci = read_spec(&c.bundle).await.map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "read the OCI spec {}: {e}",
+                        c.bundle.join("config.json").display()
+                    ))
+                })?;
+                let target = crate::direct::dump::DumpTarget {
+                    pid: c.init.pid,
+                    rootfs: &d.rootfs,
+                    spec: &oci,
+                    cgroup_dirs: &d.cgroup_dirs,
+                    descriptors: &d.descriptors,
+                };
+                crate::direct::dump::checkpoint(&target, &spec).await
+            }
+            None => match c.cli.checkpoint(&c.id, &spec).await {
+                Ok(()) => Ok(()),
+                Err(e) => Err(criu_error(&c.bundle, &spec, e, "runc checkpoint").await),
+            },
         };
         if own_work {
             let _ = tokio::fs::remove_dir_all(&spec.work_path).await;
@@ -643,7 +693,9 @@ impl TaskService {
             let is_init = c.init.pid == pid;
             if is_init && c.shared_pid_ns {
                 // Nobody else kills the rest of a shared pid namespace.
-                if let Err(e) = c.runc.kill(&c.id, 9, Some(&KillOpts { all: true })).await {
+                if let Some(d) = c.direct_running() {
+                    d.signal_all(nix::sys::signal::Signal::SIGKILL);
+                } else if let Err(e) = c.runc.kill(&c.id, 9, Some(&KillOpts { all: true })).await {
                     debug!(error = %e, "kill --all after init exit");
                 }
             }
@@ -786,6 +838,49 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         },
         ..Default::default()
     };
+    if let Some(Direct::Prepared(prepared)) = c.direct.take() {
+        // The image stays leased while a lazy-pages daemon still reads it.
+        let pages_lease = lease.map(str::to_string);
+        let on_pages_done = move || {
+            if let Some(l) = pages_lease {
+                tokio::spawn(async move { release_lease(&l).await });
+            }
+        };
+        match crate::direct::restore(*prepared, on_pages_done).await {
+            Ok((pid, running)) => {
+                c.init.pid = pid;
+                c.direct = Some(Direct::Running(running));
+                info!(
+                    pid,
+                    source = %source,
+                    engine = "direct",
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "container restored"
+                );
+                return Ok(());
+            }
+            Err((e, prepared)) => {
+                prepared
+                    .abandon(c.cgroups_path.as_deref().unwrap_or_default())
+                    .await;
+                c.init.io.abort().await;
+                c.init.io = Default::default();
+                if e.to_string().contains(crate::runc::TIMED_OUT) {
+                    // A CRIU that hangs waits on something the image promises:
+                    // runc's CRIU would hang on it as long. Fail now (or cold
+                    // start, if asked) instead of paying the time limit twice.
+                    warn!(reason = %e, source = %source, "direct restore timed out; not retrying through runc");
+                    if let Some(lease) = lease {
+                        release_lease(lease).await;
+                    }
+                    return Err(e);
+                }
+                // The next path: the same image through runc.
+                warn!(reason = %e, source = %source, "direct restore failed; trying runc restore");
+                remount_rootfs(c).await?;
+            }
+        }
+    }
     let result = runc_restore(c, namespace, &spec).await;
     if let Some(lease) = lease {
         release_lease(lease).await;
@@ -800,6 +895,58 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         Err(e) => warn!(reason = %e, source = %source, "restore failed"),
     }
     result
+}
+
+/// Prepares the direct engine's restore at Create, when the container allows
+/// it; otherwise (or if preparing fails) Start restores through runc.
+async fn prepare_direct(
+    c: &mut Container,
+    spec: &oci_spec::runtime::Spec,
+    source: &RestoreSource,
+    namespace: &str,
+) {
+    if !crate::direct::enabled() {
+        return;
+    }
+    let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
+    if let Err(reason) = crate::direct::check_eligible(
+        spec,
+        c.options.systemd_cgroup,
+        c.init.stdio.terminal,
+        c.cgroups_path.as_deref(),
+    ) {
+        info!(%reason, "restore by runc: the direct engine does not cover this container");
+        return;
+    }
+    let (image_dir, lazy) = match source {
+        // containerd removes its extracted checkpoint once the task is
+        // running: no daemon may read it later.
+        RestoreSource::Checkpoint(dir) => (dir.clone(), false),
+        RestoreSource::Stored { image_dir, .. } => (image_dir.clone(), crate::direct::lazy_pages()),
+    };
+    let owner = owner(c, namespace);
+    let io = match c.init.io.attach(&owner, &c.init.stdio).await {
+        Ok(io) => io,
+        Err(e) => {
+            warn!(error = %e, "stdio for the direct engine; restore by runc");
+            c.init.io.abort().await;
+            c.init.io = Default::default();
+            return;
+        }
+    };
+    match crate::direct::prepare(&c.bundle, spec, &cgroups_path, &image_dir, Some(&io), lazy).await
+    {
+        Ok(Ok(p)) => {
+            c.direct = Some(Direct::Prepared(Box::new(p)));
+            return;
+        }
+        Ok(Err(reason)) => {
+            info!(%reason, "restore by runc: the direct engine does not cover this image")
+        }
+        Err(e) => warn!(error = %e, "the direct engine could not prepare; restore by runc"),
+    }
+    c.init.io.abort().await;
+    c.init.io = Default::default();
 }
 
 async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec) -> Result<()> {
@@ -979,6 +1126,9 @@ async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result
     let bundle = c.bundle.clone();
     let container_id = c.id.clone();
     let runc = c.runc.clone();
+    let direct = c
+        .direct_running()
+        .map(|d| (c.init.pid, d.cgroup_dirs.clone()));
     let p = c.process_mut(exec_id)?;
     p.check_startable()?;
     let spec = p
@@ -996,6 +1146,17 @@ async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result
     opts.console_socket = console.as_ref().map(|s| s.path.clone());
     opts.io = io;
     let result = async {
+        if let Some((init_pid, cgroup_dirs)) = &direct {
+            // runc has no state for this container: enter it ourselves.
+            return crate::nsexec::spawn(&crate::nsexec::ExecRequest {
+                init_pid: *init_pid,
+                cgroup_dirs,
+                process: &spec,
+                io: opts.io.clone(),
+                pid_file: &pid_file,
+            })
+            .await;
+        }
         if let Err(e) = runc.exec(&container_id, &spec, Some(&opts)).await {
             return Err(runtime_error(&bundle, e, "runc exec").await);
         }
@@ -1024,6 +1185,23 @@ async fn read_pid(path: &Path) -> Result<i32> {
     s.trim().parse::<i32>().map_err(|e| Error::Runtime {
         action: "read pid".into(),
         message: format!("{}: {e}", path.display()),
+    })
+}
+
+fn signal(n: u32) -> Result<nix::sys::signal::Signal> {
+    nix::sys::signal::Signal::try_from(n as i32)
+        .map_err(|_| Error::InvalidArgument(format!("invalid signal {n}")))
+}
+
+fn send_signal(pid: i32, sig: nix::sys::signal::Signal) -> Result<()> {
+    if pid <= 0 {
+        return Err(Error::FailedPrecondition(
+            "process has not been started".into(),
+        ));
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|e| match e {
+        nix::errno::Errno::ESRCH => Error::NotFound("process already finished".into()),
+        e => Error::io(format!("kill {pid}"))(e.into()),
     })
 }
 

@@ -20,10 +20,22 @@ use crate::harness::restore::{
     CHECKPOINT_MEDIA_TYPE, FALLBACK_ANNOTATION, FIXTURE_COUNT, FIXTURE_STATE_MB, IMAGE_ANNOTATION,
     STORE_AS_ANNOTATION,
 };
-use crate::harness::{grpc_code, http, metrics, millis, secs, story, Ctx};
+use crate::harness::{grpc_code, http, metrics, millis, secs, story, Ctx, NAMESPACE};
 
 /// The name the stories store the fixture under.
 const FN_IMAGE: &str = "python-fn";
+
+/// Which engine restored a task: runc keeps a state dir for the containers it
+/// runs; the shim's direct engine restores through libcriu and runc knows
+/// nothing of them.
+fn restored_by_runc(ctx: &Ctx, id: &str) -> bool {
+    ctx.paths()
+        .runc_root
+        .join(NAMESPACE)
+        .join(id)
+        .join("state.json")
+        .exists()
+}
 
 #[test]
 fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
@@ -69,6 +81,10 @@ fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
             .await?;
         let pid = r.start().await?;
         assert!(pid > 0, "Tasks.Start of a restore reports the restored pid");
+        assert!(
+            !restored_by_runc(&ctx, &r.id),
+            "containerd's own checkpoint is restored by the direct engine, not runc"
+        );
         let after = r.call().await?;
         assert_eq!(
             after["count"], 4,
@@ -144,7 +160,16 @@ fn one_stored_image_is_restored_twice_at_the_same_time() {
             "the instances count apart"
         );
 
-        let stats = restored.client().stats().await?;
+        // Leases are released once CRIU no longer reads the image: with lazy
+        // pages, when the daemon has sent the last page, shortly after the restore.
+        let mut stats = restored.client().stats().await?;
+        for _ in 0..100 {
+            if stats.leases == 0 {
+                break;
+            }
+            tokio::time::sleep(millis(100)).await;
+            stats = restored.client().stats().await?;
+        }
         assert_eq!(
             stats.leases, 0,
             "both restores released their leases: {stats:?}"
@@ -176,6 +201,10 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
             .await?;
         assert_eq!(f.status().await?, Status::Created);
         let pid = f.start().await?;
+        assert!(
+            !restored_by_runc(&ctx, &f.id),
+            "a stored image is restored by the direct engine"
+        );
         let state = f.state().await?;
         assert_eq!(state.status(), Status::Running);
         assert_eq!(state.pid, pid, "Tasks.Get and Tasks.Start agree on the pid");
@@ -278,6 +307,69 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
         restored.client().unstage_image("python-fn-2").await?;
         Ok(())
     });
+}
+
+#[test]
+fn when_the_direct_engine_fails_runc_restores_the_same_image() {
+    restore_story("direct-fails", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "direct-fails") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let f = FunctionSpec::new("direct-fails")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .create(&ctx)
+            .await?;
+        // The direct engine prepared a `criu swrk` in the instance's cgroups at
+        // Create; it dies (as under memory pressure) before Start.
+        let swrk = criu_swrk_in_cgroup_of(&f.id)?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(swrk),
+            nix::sys::signal::Signal::SIGKILL,
+        )?;
+        f.start().await?;
+        assert!(
+            restored_by_runc(&ctx, &f.id),
+            "after the direct engine failed, runc restored the container"
+        );
+        assert_eq!(
+            f.count().await?,
+            FIXTURE_COUNT + 1,
+            "from the image's state"
+        );
+        let said = ctx
+            .paths()
+            .log_lines_mentioning(&["direct restore failed".to_string()], 5);
+        assert!(
+            said.contains("trying runc restore"),
+            "the shim logs the fast path's failure and the next path: {said:?}"
+        );
+        f.destroy().await?;
+        Ok(())
+    });
+}
+
+/// The pid of the `criu swrk` placed in the container's cgroups.
+fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        if cmdline.split(|b| *b == 0).nth(1) == Some(b"swrk".as_slice())
+            && cgroup.contains(&format!("/{NAMESPACE}/{id}\n"))
+        {
+            return Ok(pid);
+        }
+    }
+    anyhow::bail!("no criu swrk in the cgroups of {id}: did the direct engine prepare it?")
 }
 
 /// Seconds a failing restore may take to fail at Start (a good one of the fixture takes
@@ -495,7 +587,7 @@ fn a_truncated_checkpoint_fails_the_restore_with_criu_s_reason() {
                 .restore_from(&truncated)
         };
         let message =
-            refused_then_cold_start(&ctx, instance, FailsAt::Start, &["runc restore", "CRIU"])
+            refused_then_cold_start(&ctx, instance, FailsAt::Start, &["criu restore", "CRIU"])
                 .await;
         release_lease(&ctx, &lease).await?;
         eprintln!(

@@ -1,10 +1,550 @@
 //! The direct engine: containers restored by driving CRIU through libcriu from
 //! the shim itself, without a runc process, and then run by the shim.
 //!
-//! - [`resources`]: the spec's cgroup limits and device rules, written by the shim;
+//! Why: `runc restore` costs a Go process start, runc's own checks, a fresh
+//! `criu swrk`, cgroup migrations and a mount namespace built on the critical
+//! path (DESIGN.md: ~40 ms of runc around ~60 ms of CRIU here). The direct
+//! engine pays what it can at Create — the instance's cgroups (with the spec's
+//! limits), its stdio, a `criu swrk` already placed in those cgroups and
+//! holding the fds to hand over, and a `criu lazy-pages` daemon — so that
+//! Start is one RESTORE request to that swrk.
+//!
+//! - [`plan`]: what the restore asks of CRIU, from the spec and the image (pure);
+//! - [`resources`]: the instance's cgroups, the spec's limits and device rules;
 //! - [`swrk`]: the CRIU processes the shim starts (`criu swrk`, `criu lazy-pages`);
 //! - [`dump`]: checkpointing a container this engine restored (runc knows nothing of it).
+//!
+//! The restored tree is born a child of the shim (`restore-sibling` from a
+//! swrk the shim started), so the shim's reaper learns its exit as for runc's
+//! containers. Kill, pause, pids and stats go to the cgroups; exec goes
+//! through [`crate::nsexec`]; checkpoint through [`dump`].
 
 pub mod dump;
+pub mod plan;
 pub mod resources;
 pub mod swrk;
+
+use std::{
+    os::fd::OwnedFd,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use criu_sys::safe::{CgroupMode, Criu, LogLevel};
+use oci_spec::runtime::Spec;
+use tracing::{debug, info, warn};
+
+use crate::error::{Error, Result};
+use plan::{NotDirect, RestorePlan};
+use swrk::{Swrk, Watched};
+
+/// Which engine restores: `REKINDLE_RESTORE_ENGINE=runc` turns the direct
+/// engine off (every restore is `runc restore`), `direct` (the default) uses
+/// it wherever the container allows.
+pub fn enabled() -> bool {
+    !matches!(
+        std::env::var("REKINDLE_RESTORE_ENGINE").as_deref(),
+        Ok("runc")
+    )
+}
+
+/// Whether to serve pages lazily (`criu lazy-pages`): `REKINDLE_LAZY_PAGES=0`
+/// restores every page before the process runs.
+pub fn lazy_pages() -> bool {
+    !matches!(std::env::var("REKINDLE_LAZY_PAGES").as_deref(), Ok("0"))
+}
+
+/// What a container asks that the direct engine does not do (then `runc
+/// restore` does it). Checked at Create, before anything is prepared.
+pub fn check_eligible(
+    spec: &Spec,
+    systemd_cgroup: bool,
+    terminal: bool,
+    cgroups_path: Option<&str>,
+) -> std::result::Result<(), NotDirect> {
+    if terminal {
+        return Err(NotDirect("a terminal needs runc's console socket".into()));
+    }
+    if systemd_cgroup {
+        return Err(NotDirect("the systemd cgroup driver needs runc".into()));
+    }
+    match cgroups_path {
+        Some(p) if p.starts_with('/') => {}
+        _ => {
+            return Err(NotDirect(
+                "the spec has no cgroupfs-style linux.cgroupsPath".into(),
+            ))
+        }
+    }
+    if let Some(h) = spec.hooks() {
+        let any =
+            |v: &Option<Vec<oci_spec::runtime::Hook>>| v.as_ref().is_some_and(|v| !v.is_empty());
+        #[allow(deprecated)]
+        if any(h.prestart())
+            || any(h.create_runtime())
+            || any(h.create_container())
+            || any(h.start_container())
+            || any(h.poststart())
+        {
+            return Err(NotDirect("OCI hooks are run by runc".into()));
+        }
+    }
+    Ok(())
+}
+
+/// An instance prepared at Create: cgroups made, swrk waiting in them.
+pub struct Prepared {
+    pub image_dir: PathBuf,
+    pub work: PathBuf,
+    pub criu_root: PathBuf,
+    pub rootfs: PathBuf,
+    pub cgroup_dirs: Vec<PathBuf>,
+    plan: RestorePlan,
+    swrk: Swrk,
+    lazy: Option<Watched>,
+    /// The pod netns, open in swrk as `swrk.fds[0]`; kept open until the restore.
+    _netns: Option<OwnedFd>,
+}
+
+/// A container the direct engine restored and now runs.
+pub struct Running {
+    pub cgroup_dirs: Vec<PathBuf>,
+    /// The container's rootfs on the host (what CRIU dumps as its root).
+    pub rootfs: PathBuf,
+    /// fds 0, 1, 2 of init right after the restore, for a later checkpoint's
+    /// descriptors.json (runc records them at start the same way).
+    pub descriptors: Vec<String>,
+    pub work: PathBuf,
+    /// Pages still being served; a checkpoint waits for it.
+    pub lazy: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Prepares a direct restore of `image_dir` into the container described by
+/// `spec`. `io` is the container's stdio (swrk holds it as fds 0-2).
+pub async fn prepare(
+    bundle: &Path,
+    spec: &Spec,
+    cgroups_path: &str,
+    image_dir: &Path,
+    io: Option<&Arc<dyn runc::io::Io>>,
+    lazy: bool,
+) -> Result<std::result::Result<Prepared, NotDirect>> {
+    let descriptors = match tokio::fs::read_to_string(image_dir.join("descriptors.json")).await {
+        Ok(t) => match plan::parse_descriptors(&t) {
+            Ok(d) => d,
+            Err(e) => return Ok(Err(e)),
+        },
+        Err(e) => {
+            return Ok(Err(NotDirect(format!(
+                "the image has no readable descriptors.json ({e})"
+            ))))
+        }
+    };
+    let hierarchies = resources::hierarchies().map_err(Error::io("read cgroup hierarchies"))?;
+    if !hierarchies.iter().any(|h| !h.v2) {
+        return Ok(Err(NotDirect(
+            "a cgroup v2-only host needs runc's device eBPF program".into(),
+        )));
+    }
+    let v1: Vec<PathBuf> = hierarchies
+        .iter()
+        .filter(|h| !h.v2)
+        .map(|h| h.mount_point.clone())
+        .collect();
+    let plan = match plan::plan(spec, &descriptors, &v1, cgroups_path) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e)),
+    };
+    let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
+        Some(p) if p.is_absolute() => p,
+        Some(p) => bundle.join(p),
+        None => bundle.join("rootfs"),
+    };
+    let work = bundle.join("direct-work");
+    let criu_root = bundle.join("criu-root");
+    for d in [&work, &criu_root] {
+        tokio::fs::create_dir_all(d)
+            .await
+            .map_err(Error::io(format!("create {}", d.display())))?;
+    }
+
+    // The instance's cgroups with the spec's limits: checkpoint images are
+    // untrusted, so CRIU is told to ignore cgroups and the tree is born in
+    // the cgroups of the swrk that restores it.
+    let cgroup_dirs = resources::create(&hierarchies, cgroups_path)
+        .map_err(|e| Error::FailedPrecondition(format!("create the container's cgroups: {e}")))?;
+    let undo = |dirs: &[PathBuf]| resources::remove(dirs);
+    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+    if let Err(e) = resources::apply(&hierarchies, &cgroup_dirs, res) {
+        undo(&cgroup_dirs);
+        return Err(Error::InvalidArgument(format!(
+            "apply the spec's resources: {e}"
+        )));
+    }
+
+    let netns = match &plan.netns {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                undo(&cgroup_dirs);
+                return Err(Error::FailedPrecondition(format!(
+                    "open the container's network namespace {}: {e}",
+                    p.display()
+                )));
+            }
+        },
+        None => None,
+    };
+    let criu = PathBuf::from(crate::runc::criu_binary());
+    let inherit: Vec<&OwnedFd> = netns.iter().collect();
+    let swrk = match swrk::spawn_swrk(&criu, io, &inherit).await {
+        Ok(s) => s,
+        Err(e) => {
+            undo(&cgroup_dirs);
+            return Err(e);
+        }
+    };
+    // Move swrk into the instance's cgroups now: the migration waits for an
+    // RCU grace period (5-15 ms) that Start would otherwise pay.
+    for d in &cgroup_dirs {
+        let procs = d.join("cgroup.procs");
+        if let Err(e) = std::fs::write(&procs, swrk.process.pid.to_string()) {
+            swrk.process.kill();
+            undo(&cgroup_dirs);
+            return Err(Error::io(format!(
+                "move criu swrk into {}",
+                procs.display()
+            ))(e));
+        }
+    }
+    let lazy = if lazy {
+        match swrk::spawn_lazy_pages(&criu, image_dir, &work).await {
+            Ok(d) => Some(d),
+            Err(e) => {
+                // Eager restore still works: note it and go on.
+                warn!(error = %e, "lazy pages unavailable; restoring every page first");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Ok(Prepared {
+        image_dir: image_dir.to_path_buf(),
+        work,
+        criu_root,
+        rootfs,
+        cgroup_dirs,
+        plan,
+        swrk,
+        lazy,
+        _netns: netns,
+    }))
+}
+
+/// How long the RESTORE request may take (`REKINDLE_RESTORE_TIMEOUT_MS`).
+fn time_limit() -> Duration {
+    crate::runc::criu_time_limit(true)
+}
+
+/// Restores a prepared instance. Returns init's pid (a child of the shim) and
+/// the running state; `on_pages_done` runs once CRIU no longer reads the
+/// image (at once for an eager restore, when the lazy-pages daemon exits
+/// otherwise). On failure everything the attempt made is undone.
+pub async fn restore(
+    mut p: Prepared,
+    on_pages_done: impl FnOnce() + Send + 'static,
+) -> std::result::Result<(i32, Running), (Error, Prepared)> {
+    let started = Instant::now();
+    if let Err(e) = mount_criu_root(&p) {
+        return Err((e, p));
+    }
+    let request = match request(&mut p) {
+        Ok(c) => c,
+        Err(e) => return Err((e, p)),
+    };
+    let criu = tokio::task::spawn_blocking(move || {
+        let mut criu = request;
+        criu.restore()
+    });
+    let result = tokio::time::timeout(time_limit(), criu).await;
+    let swrk_exit = p.swrk.process.wait(Duration::from_secs(2)).await;
+    let pid = match result {
+        Ok(Ok(Ok(pid))) => pid as i32,
+        Ok(Ok(Err(e))) => {
+            let log = p.work.join("restore.log");
+            let text = read_tail(&log).await;
+            let says = crate::task::criu_errors(&text);
+            return Err((
+                Error::Runtime {
+                    action: "criu restore".into(),
+                    message: format!("{e}; CRIU: {says} (CRIU log: {})", log.display()),
+                },
+                p,
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err((
+                Error::Runtime {
+                    action: "criu restore".into(),
+                    message: format!("the restore thread failed: {e}"),
+                },
+                p,
+            ))
+        }
+        Err(_) => {
+            p.swrk.process.kill();
+            return Err((
+                Error::Runtime {
+                    action: "criu restore".into(),
+                    message: format!("{} after {:?}", crate::runc::TIMED_OUT, time_limit()),
+                },
+                p,
+            ));
+        }
+    };
+    debug!(?swrk_exit, "criu swrk done");
+    // The container's mount namespace holds its own copy (runc does the same).
+    let _ = nix::mount::umount2(&p.criu_root, nix::mount::MntFlags::MNT_DETACH);
+    let descriptors = (0..3)
+        .map(|fd| {
+            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                .map(|l| l.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "/dev/null".into())
+        })
+        .collect();
+    let lazy = match p.lazy.take() {
+        Some(mut daemon) => Some(tokio::spawn(async move {
+            // It exits once every page is sent or the tree is gone.
+            if daemon.wait(Duration::from_secs(120)).await.is_none() {
+                warn!("criu lazy-pages still serving after 120 s; killed it");
+            }
+            on_pages_done();
+        })),
+        None => {
+            on_pages_done();
+            None
+        }
+    };
+    info!(
+        pid,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        lazy = lazy.is_some(),
+        "restored by the direct engine"
+    );
+    Ok((
+        pid,
+        Running {
+            cgroup_dirs: std::mem::take(&mut p.cgroup_dirs),
+            rootfs: p.rootfs.clone(),
+            descriptors,
+            work: p.work.clone(),
+            lazy,
+        },
+    ))
+}
+
+fn mount_criu_root(p: &Prepared) -> Result<()> {
+    // CRIU's root must be a mount point whose parent is not overmounted.
+    nix::mount::mount(
+        Some(&p.rootfs),
+        &p.criu_root,
+        None::<&str>,
+        nix::mount::MsFlags::MS_BIND | nix::mount::MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error::io(format!(
+            "bind {} on {}",
+            p.rootfs.display(),
+            p.criu_root.display()
+        ))(e.into())
+    })?;
+    for (rel, file) in &p.plan.mountpoints {
+        let path = p.criu_root.join(rel);
+        if std::fs::symlink_metadata(&path).is_ok() {
+            continue;
+        }
+        let made = if *file {
+            path.parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .and_then(|_| std::fs::File::create(&path).map(drop))
+        } else {
+            std::fs::create_dir_all(&path)
+        };
+        made.map_err(Error::io(format!("create mount point {}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// The RESTORE request, as runc's libcontainer `Restore` sends it, minus
+/// what needs runc (see criu-sys/examples/direct_restore.rs for the recipe).
+fn request(p: &mut Prepared) -> Result<Criu> {
+    let criu_err = |e: criu_sys::safe::Error| Error::Runtime {
+        action: "criu restore".into(),
+        message: e.to_string(),
+    };
+    let mut c = Criu::new().map_err(criu_err)?;
+    c.set_service_binary(crate::runc::criu_binary())
+        .map_err(criu_err)?;
+    c.set_images_dir(&p.image_dir).map_err(criu_err)?;
+    c.set_work_dir(&p.work).map_err(criu_err)?;
+    c.set_log_file("restore.log").map_err(criu_err)?;
+    c.set_log_level(LogLevel::Warn);
+    c.set_root(&p.criu_root).map_err(criu_err)?;
+    c.set_evasive_devices(true);
+    c.set_manage_cgroups(CgroupMode::Ignore);
+    for (k, v) in &p.plan.ext_mounts {
+        c.add_ext_mount(k, v).map_err(criu_err)?;
+    }
+    for (ns, path) in &p.plan.join_ns {
+        c.join_ns(ns, path).map_err(criu_err)?;
+    }
+    for (fd, key) in &p.plan.stdio {
+        c.add_inherit_fd_number(*fd, key).map_err(criu_err)?;
+    }
+    if p.plan.netns.is_some() {
+        c.add_inherit_fd_number(p.swrk.fds[0], "extRootNetNS")
+            .map_err(criu_err)?;
+    }
+    // libcriu 4.2 has no setter for these two; CRIU applies the config file
+    // over the request. restore-sibling makes the tree swrk's sibling: the
+    // shim's child.
+    let mut conf = String::from("restore-sibling\n");
+    if p.lazy.is_some() {
+        conf.push_str("lazy-pages\n");
+    }
+    let conf_path = p.work.join("restore.conf");
+    std::fs::write(&conf_path, conf)
+        .map_err(Error::io(format!("write {}", conf_path.display())))?;
+    c.set_config_file(&conf_path).map_err(criu_err)?;
+    let socket = p.swrk.socket.take().ok_or_else(|| {
+        Error::FailedPrecondition("this instance's criu swrk was already used".into())
+    })?;
+    c.set_service_fd(socket);
+    Ok(c)
+}
+
+async fn read_tail(path: &Path) -> String {
+    let text = tokio::fs::read(path).await.unwrap_or_default();
+    let start = text.len().saturating_sub(1 << 20);
+    String::from_utf8_lossy(&text[start..]).into_owned()
+}
+
+impl Prepared {
+    /// Undoes a preparation that will not be restored (or whose restore
+    /// failed): CRIU's helpers, whatever CRIU had restored, the cgroups, the
+    /// criu-root bind, the network lock CRIU may have left in the pod netns.
+    pub async fn abandon(mut self, cgroups_path: &str) {
+        self.swrk.process.kill();
+        if let Some(l) = self.lazy.as_mut() {
+            l.kill();
+            l.wait(Duration::from_secs(2)).await;
+        }
+        self.swrk.process.wait(Duration::from_secs(2)).await;
+        crate::cgroups::kill_and_remove(cgroups_path).await;
+        if let Some(netns) = &self.plan.netns {
+            crate::cgroups::unlock_criu_network(netns).await;
+        }
+        let _ = nix::mount::umount2(&self.criu_root, nix::mount::MntFlags::MNT_DETACH);
+        if crate::cgroups::detach_mounts_under(&self.work) {
+            let _ = tokio::fs::remove_dir_all(&self.work).await;
+        }
+        let _ = tokio::fs::remove_dir(&self.criu_root).await;
+    }
+}
+
+impl Running {
+    /// Every pid in the container's cgroups.
+    pub fn pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> = Vec::new();
+        for d in &self.cgroup_dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse().ok())
+            {
+                if !pids.contains(&pid) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Sends `signal` to every process of the container (`kill --all`). A
+    /// frozen v1 task takes SIGKILL only once thawed.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        for pid in self.pids() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+        if signal == nix::sys::signal::Signal::SIGKILL {
+            let _ = self.freeze(false);
+        }
+    }
+
+    fn freezer(&self) -> Option<(PathBuf, bool)> {
+        self.cgroup_dirs.iter().find_map(|d| {
+            if d.join("freezer.state").exists() {
+                Some((d.join("freezer.state"), true))
+            } else if d.join("cgroup.freeze").exists() {
+                Some((d.join("cgroup.freeze"), false))
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Freezes (pause) or thaws (resume) the container through its freezer
+    /// cgroup, waiting until the kernel says it is done.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        let (file, v1) = self.freezer().ok_or_else(|| {
+            Error::FailedPrecondition("the container has no freezer cgroup".into())
+        })?;
+        let value = match (v1, frozen) {
+            (true, true) => "FROZEN",
+            (true, false) => "THAWED",
+            (false, true) => "1",
+            (false, false) => "0",
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            std::fs::write(&file, value)
+                .map_err(Error::io(format!("write {value} to {}", file.display())))?;
+            let now = std::fs::read_to_string(&file).unwrap_or_default();
+            if now.trim() == value || !v1 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Runtime {
+                    action: if frozen { "pause" } else { "resume" }.into(),
+                    message: format!("{} still says {}", file.display(), now.trim()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits (bounded) until the lazy-pages daemon has sent every page: a
+    /// checkpoint must not race it.
+    pub async fn pages_settled(&self) {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.lazy.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// After the container is gone: its cgroups and work dir.
+    pub async fn remove(self, cgroups_path: &str) {
+        // The lazy-pages task ends on its own once the tree is gone, and then
+        // releases the image: detach it, do not abort it.
+        drop(self.lazy);
+        crate::cgroups::kill_and_remove(cgroups_path).await;
+        if crate::cgroups::detach_mounts_under(&self.work) {
+            let _ = tokio::fs::remove_dir_all(&self.work).await;
+        }
+    }
+}

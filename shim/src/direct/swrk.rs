@@ -36,6 +36,15 @@ impl Watched {
     /// Spawns `cmd`, subscribed to exits first (a fast child can exit before
     /// `spawn` returns).
     pub async fn spawn(cmd: &mut Command, what: &str) -> Result<Watched> {
+        // A failed exec makes std wait for the child itself, which the shim's
+        // reaper may have collected already (std then panics): check first.
+        let program = Path::new(cmd.as_std().get_program());
+        if !is_executable(program) {
+            return Err(Error::FailedPrecondition(format!(
+                "start {what}: {} is not an executable file (set REKINDLE_CRIU, or run hack/setup.sh to install CRIU)",
+                program.display()
+            )));
+        }
         let sub = monitor_subscribe(Topic::Pid)
             .await
             .map_err(|e| Error::Runtime {
@@ -109,6 +118,11 @@ impl Drop for Watched {
             }
         }
     }
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// A started `criu swrk`: the peer of `socket` serves one request.
@@ -194,7 +208,8 @@ pub async fn spawn_swrk(
 /// `work` as its work dir (CRIU finds the daemon through `lazy-pages.socket`
 /// there), and waits until it says it is ready.
 pub async fn spawn_lazy_pages(criu: &Path, images: &Path, work: &Path) -> Result<Watched> {
-    let (r, w) = nix::unistd::pipe().map_err(|e| Error::io("pipe for criu lazy-pages")(e.into()))?;
+    let (r, w) =
+        nix::unistd::pipe().map_err(|e| Error::io("pipe for criu lazy-pages")(e.into()))?;
     let status_fd = w.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.arg("lazy-pages")
