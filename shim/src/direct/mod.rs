@@ -33,7 +33,7 @@ use std::{
 
 use criu_sys::safe::{CgroupMode, Criu, LogLevel};
 use oci_spec::runtime::Spec;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::error::{Error, Result};
 use plan::{NotDirect, RestorePlan};
@@ -47,6 +47,19 @@ pub fn enabled() -> bool {
         std::env::var("REKINDLE_RESTORE_ENGINE").as_deref(),
         Ok("runc")
     )
+}
+
+/// CRIU's log level for restores: `REKINDLE_CRIU_LOG_LEVEL` (0-4), default 2
+/// (errors and warnings). 4 logs every step with timestamps (restore.log in
+/// the bundle's direct-work dir), for finding where a restore spends its time.
+fn criu_log_level() -> LogLevel {
+    match std::env::var("REKINDLE_CRIU_LOG_LEVEL").as_deref() {
+        Ok("0") => LogLevel::Msg,
+        Ok("1") => LogLevel::Error,
+        Ok("3") => LogLevel::Info,
+        Ok("4") => LogLevel::Debug,
+        _ => LogLevel::Warn,
+    }
 }
 
 /// Whether to serve pages lazily (`criu lazy-pages`): `REKINDLE_LAZY_PAGES=0`
@@ -172,6 +185,7 @@ pub async fn prepare(
     // The instance's cgroups with the spec's limits: checkpoint images are
     // untrusted, so CRIU is told to ignore cgroups and the tree is born in
     // the cgroups of the swrk that restores it.
+    let t0 = Instant::now();
     let cgroup_dirs = resources::create(&hierarchies, cgroups_path)
         .map_err(|e| Error::FailedPrecondition(format!("create the container's cgroups: {e}")))?;
     let undo = |dirs: &[PathBuf]| resources::remove(dirs);
@@ -198,6 +212,7 @@ pub async fn prepare(
     };
     let criu = PathBuf::from(crate::runc::criu_binary());
     let inherit: Vec<&OwnedFd> = netns.iter().collect();
+    let t_cgroups = t0.elapsed();
     let swrk = match swrk::spawn_swrk(&criu, io, &inherit).await {
         Ok(s) => s,
         Err(e) => {
@@ -218,6 +233,7 @@ pub async fn prepare(
             ))(e));
         }
     }
+    let t_swrk = t0.elapsed();
     let lazy = if lazy {
         match swrk::spawn_lazy_pages(&criu, image_dir, &work).await {
             Ok(d) => Some(d),
@@ -230,6 +246,13 @@ pub async fn prepare(
     } else {
         None
     };
+    info!(
+        cgroups_ms = ms(t_cgroups),
+        swrk_ms = ms(t_swrk - t_cgroups),
+        lazy_pages_ms = ms(t0.elapsed() - t_swrk),
+        lazy = lazy.is_some(),
+        "prepared for a direct restore"
+    );
     Ok(Ok(Prepared {
         image_dir: image_dir.to_path_buf(),
         work,
@@ -269,7 +292,6 @@ pub async fn restore(
         criu.restore()
     });
     let result = tokio::time::timeout(time_limit(), criu).await;
-    let swrk_exit = p.swrk.process.wait(Duration::from_secs(2)).await;
     let pid = match result {
         Ok(Ok(Ok(pid))) => pid as i32,
         Ok(Ok(Err(e))) => {
@@ -304,9 +326,22 @@ pub async fn restore(
             ));
         }
     };
-    debug!(?swrk_exit, "criu swrk done");
+    let t_criu = started.elapsed();
+    let Prepared {
+        work,
+        criu_root,
+        rootfs,
+        cgroup_dirs,
+        swrk,
+        lazy,
+        ..
+    } = p;
+    // swrk exits once libcriu has closed its socket; let the reaper collect
+    // it off the critical path.
+    let mut swrk = swrk.process;
+    tokio::spawn(async move { swrk.wait(Duration::from_secs(5)).await });
     // The container's mount namespace holds its own copy (runc does the same).
-    let _ = nix::mount::umount2(&p.criu_root, nix::mount::MntFlags::MNT_DETACH);
+    let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
     let descriptors = (0..3)
         .map(|fd| {
             std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
@@ -314,7 +349,7 @@ pub async fn restore(
                 .unwrap_or_else(|_| "/dev/null".into())
         })
         .collect();
-    let lazy = match p.lazy.take() {
+    let lazy = match lazy {
         Some(mut daemon) => Some(tokio::spawn(async move {
             // It exits once every page is sent or the tree is gone.
             if daemon.wait(Duration::from_secs(120)).await.is_none() {
@@ -329,17 +364,18 @@ pub async fn restore(
     };
     info!(
         pid,
-        elapsed_ms = started.elapsed().as_millis() as u64,
+        criu_ms = ms(t_criu),
+        elapsed_ms = ms(started.elapsed()),
         lazy = lazy.is_some(),
         "restored by the direct engine"
     );
     Ok((
         pid,
         Running {
-            cgroup_dirs: std::mem::take(&mut p.cgroup_dirs),
-            rootfs: p.rootfs.clone(),
+            cgroup_dirs,
+            rootfs,
             descriptors,
-            work: p.work.clone(),
+            work,
             lazy,
         },
     ))
@@ -392,7 +428,7 @@ fn request(p: &mut Prepared) -> Result<Criu> {
     c.set_images_dir(&p.image_dir).map_err(criu_err)?;
     c.set_work_dir(&p.work).map_err(criu_err)?;
     c.set_log_file("restore.log").map_err(criu_err)?;
-    c.set_log_level(LogLevel::Warn);
+    c.set_log_level(criu_log_level());
     c.set_root(&p.criu_root).map_err(criu_err)?;
     c.set_evasive_devices(true);
     c.set_manage_cgroups(CgroupMode::Ignore);
@@ -425,6 +461,10 @@ fn request(p: &mut Prepared) -> Result<Criu> {
     })?;
     c.set_service_fd(socket);
     Ok(c)
+}
+
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e4).round() / 10.0
 }
 
 async fn read_tail(path: &Path) -> String {
@@ -539,10 +579,17 @@ impl Running {
 
     /// After the container is gone: its cgroups and work dir.
     pub async fn remove(self, cgroups_path: &str) {
-        // The lazy-pages task ends on its own once the tree is gone, and then
-        // releases the image: detach it, do not abort it.
-        drop(self.lazy);
         crate::cgroups::kill_and_remove(cgroups_path).await;
+        // The lazy-pages daemon exits once the tree is gone, and its task then
+        // releases the image: wait for that, or the shim may exit first.
+        if let Some(task) = self.lazy {
+            if tokio::time::timeout(Duration::from_secs(5), task)
+                .await
+                .is_err()
+            {
+                warn!("criu lazy-pages outlived its container by 5 s");
+            }
+        }
         if crate::cgroups::detach_mounts_under(&self.work) {
             let _ = tokio::fs::remove_dir_all(&self.work).await;
         }
