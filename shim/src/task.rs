@@ -555,7 +555,7 @@ impl TaskService {
         if let Some(d) = c.direct_running() {
             let hierarchies = crate::direct::resources::hierarchies()
                 .map_err(Error::io("read cgroup hierarchies"))?;
-            return crate::direct::resources::apply(&hierarchies, &d.cgroup_dirs, Some(&resources))
+            return crate::direct::resources::update(&hierarchies, &d.cgroup_dirs, &resources)
                 .map_err(|e| Error::InvalidArgument(format!("update resources: {e}")));
         }
         c.runc

@@ -233,6 +233,28 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
              {summary:?}"
         );
 
+        // update: new limits reach the container's cgroups; its device rules stay
+        let cgroup = |controller: &str, file: &str| {
+            std::fs::read_to_string(format!(
+                "/sys/fs/cgroup/{controller}/{NAMESPACE}/{}/{file}",
+                f.id
+            ))
+            .unwrap_or_default()
+        };
+        let devices = cgroup("devices", "devices.list");
+        f.update(serde_json::json!({"memory": {"limit": 512u64 << 20}, "pids": {"limit": 100}}))
+            .await?;
+        assert_eq!(
+            cgroup("memory", "memory.limit_in_bytes").trim(),
+            "536870912"
+        );
+        assert_eq!(cgroup("pids", "pids.max").trim(), "100");
+        assert_eq!(
+            cgroup("devices", "devices.list"),
+            devices,
+            "Tasks.Update leaves the device rules alone"
+        );
+
         // pause / resume: a request waits for the resume, then is answered in order
         f.pause().await?;
         assert_eq!(f.status().await?, Status::Paused);

@@ -1056,6 +1056,28 @@ pub fn apply(
     dirs: &[PathBuf],
     res: Option<&LinuxResources>,
 ) -> Result<(), Error> {
+    write_all(hierarchies, dirs, res, true)
+}
+
+/// Task.Update: the limits in `res`, leaving the device rules as they are —
+/// as `runc update` does (an update carries no device list, and applying an
+/// empty one would take away the devices the spec allowed).
+pub fn update(
+    hierarchies: &[Hierarchy],
+    dirs: &[PathBuf],
+    res: &LinuxResources,
+) -> Result<(), Error> {
+    let mut res = res.clone();
+    res.set_devices(None);
+    write_all(hierarchies, dirs, Some(&res), false)
+}
+
+fn write_all(
+    hierarchies: &[Hierarchy],
+    dirs: &[PathBuf],
+    res: Option<&LinuxResources>,
+    devices: bool,
+) -> Result<(), Error> {
     if dirs.len() != hierarchies.len() {
         return Err(Error::Mismatch {
             dirs: dirs.len(),
@@ -1073,20 +1095,22 @@ pub fn apply(
     // First: it validates the device rules too.
     let writes = writes(res.unwrap_or(&default), layout)?;
 
-    let Some(devices) = dir_for(hierarchies, dirs, "devices") else {
-        return Err(Error::NotMounted {
-            controller: "devices".to_string(),
-            file: "devices.deny".to_string(),
-            value: "a".to_string(),
-        });
-    };
-    for (allow, rule) in device_rules(res) {
-        let path = devices.join(if allow {
-            "devices.allow"
-        } else {
-            "devices.deny"
-        });
-        write_file(&path, &rule).map_err(|e| write_err(&path, &rule, e))?;
+    if devices {
+        let Some(devices) = dir_for(hierarchies, dirs, "devices") else {
+            return Err(Error::NotMounted {
+                controller: "devices".to_string(),
+                file: "devices.deny".to_string(),
+                value: "a".to_string(),
+            });
+        };
+        for (allow, rule) in device_rules(res) {
+            let path = devices.join(if allow {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            });
+            write_file(&path, &rule).map_err(|e| write_err(&path, &rule, e))?;
+        }
     }
 
     let mut i = 0;

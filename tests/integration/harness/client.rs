@@ -19,7 +19,7 @@ use containerd_client::services::v1::{
     CreateTaskRequest, DeleteContainerRequest, DeleteProcessRequest, DeleteTaskRequest,
     ExecProcessRequest, GetContainerRequest, GetImageRequest, GetRequest, KillRequest,
     ListPidsRequest, MetricsRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest,
-    StartRequest, WaitRequest,
+    StartRequest, UpdateTaskRequest, WaitRequest,
 };
 use containerd_client::tonic::{transport::Channel, Code, Request};
 use containerd_client::types::v1::{Process, ProcessInfo, Status};
@@ -901,6 +901,24 @@ pub async fn task_pause(ctx: &Ctx, id: &str) -> Result<()> {
         RPC_TIMEOUT,
         ctx.tasks().pause(ctx.req(PauseTaskRequest {
             container_id: id.to_string(),
+        })),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Tasks.Update with OCI `LinuxResources` (as JSON, the way containerd carries them).
+pub async fn task_update(ctx: &Ctx, id: &str, resources: &serde_json::Value) -> Result<()> {
+    bounded(
+        "Tasks.Update",
+        RPC_TIMEOUT,
+        ctx.tasks().update(ctx.req(UpdateTaskRequest {
+            container_id: id.to_string(),
+            resources: Some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: serde_json::to_vec(resources)?,
+            }),
+            annotations: Default::default(),
         })),
     )
     .await?;

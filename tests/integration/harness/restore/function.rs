@@ -23,7 +23,7 @@ use prost::Message as _;
 use prost_types::Any;
 
 use super::super::client::{
-    bounded, task_delete, task_delete_process, task_exec, task_kill, task_metrics, task_pause,
+    bounded, task_delete, task_delete_process, task_exec, task_kill, task_metrics, task_pause, task_update,
     task_pids, task_resume, task_start, task_state, wait, wait_in_background,
 };
 use super::super::stdio::Capture;
@@ -486,6 +486,11 @@ impl Function {
 
     pub async fn resume(&self) -> Result<()> {
         task_resume(&self.ctx, &self.id).await
+    }
+
+    /// Tasks.Update with these OCI `LinuxResources`.
+    pub async fn update(&self, resources: serde_json::Value) -> Result<()> {
+        task_update(&self.ctx, &self.id, &resources).await
     }
 
     pub async fn metrics(&self) -> Result<Vec<Metric>> {
