@@ -23,8 +23,8 @@ use prost::Message as _;
 use prost_types::Any;
 
 use super::super::client::{
-    bounded, task_delete, task_delete_process, task_exec, task_kill, task_metrics, task_pause, task_update,
-    task_pids, task_resume, task_start, task_state, wait, wait_in_background,
+    bounded, task_delete, task_delete_process, task_exec, task_kill, task_metrics, task_pause,
+    task_pids, task_resume, task_start, task_state, task_update, wait, wait_in_background,
 };
 use super::super::stdio::Capture;
 use super::super::{http, secs, Ctx, IMAGE, NAMESPACE, RPC_TIMEOUT, SNAPSHOTTER};
