@@ -15,6 +15,7 @@ mod checkpoint_restore;
 mod errors;
 mod events;
 mod exec;
+mod foreign_image;
 mod function;
 mod leak_check;
 mod observe;
