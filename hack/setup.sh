@@ -42,6 +42,8 @@ version_ge() { dpkg --compare-versions "$1" ge "$2"; }
 PKGS=(
   # runtime pieces
   runc iptables debootstrap python3 util-linux procps xz-utils ca-certificates
+  # tests: tar and zstd (a foreign image is re-packed the way another node would ship it)
+  tar zstd
   # CRIU build dependencies
   build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev libbsd-dev python3-protobuf
