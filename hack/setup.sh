@@ -9,8 +9,10 @@
 # It installs:
 #   - Debian packages (runc, iptables, debootstrap, CRIU build deps, clang, ...) with
 #     --no-install-recommends (Debian's runc recommends criu 3.17, which is broken here);
-#   - CRIU >= 4.2 built from Debian sid's orig tarball: /usr/local/sbin/criu,
-#     /usr/local/lib/libcriu.so*, /usr/local/include/criu/;
+#   - CRIU >= 4.2 built from Debian sid's orig tarball with hack/criu-patches/*.patch
+#     applied: /usr/local/sbin/criu, /usr/local/lib/libcriu.so*, /usr/local/include/criu/
+#     (the patch set's sha256 in /usr/local/share/rekindle/criu.patches.sha256: a changed
+#     patch set is rebuilt);
 #   - containerd binaries, NOT installed system-wide, only unpacked into the cache:
 #     $REKINDLE_CACHE/containerd-2/usr/bin/{containerd,ctr,containerd-shim-runc-v2} (sid, 2.x)
 #     $REKINDLE_CACHE/containerd-1.6/usr/bin/...                                     (bookworm)
@@ -44,8 +46,8 @@ PKGS=(
   runc iptables debootstrap python3 util-linux procps xz-utils ca-certificates
   # tests: tar and zstd (a foreign image is re-packed the way another node would ship it)
   tar zstd
-  # CRIU build dependencies
-  build-essential pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
+  # CRIU build dependencies (and patch, for hack/criu-patches)
+  build-essential patch pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev libbsd-dev python3-protobuf
   libgnutls28-dev libnftables-dev uuid-dev libdrm-dev
   # what the Rust crates need to build (containerd-client protos, libbpf-sys, BPF, bindgen)
@@ -119,6 +121,18 @@ EOF
 # ---------------------------------------------------------------------------------------
 # 3. CRIU >= 4.2 from Debian sid's orig tarball
 # ---------------------------------------------------------------------------------------
+# Rekindle's CRIU patches, applied in name order; "none" when there are none.
+CRIU_PATCHES=()
+for p in "$REPO"/hack/criu-patches/*.patch; do
+  [ -f "$p" ] && CRIU_PATCHES+=("$p")
+done
+if [ "${#CRIU_PATCHES[@]}" -gt 0 ]; then
+  CRIU_PATCHES_SUM=$(cat "${CRIU_PATCHES[@]}" | sha256sum | awk '{print $1}')
+else
+  CRIU_PATCHES_SUM=none
+fi
+CRIU_PATCHES_STAMP=/usr/local/share/rekindle/criu.patches.sha256
+
 criu_installed_version() {
   # "Version: 4.2.1" -> 4.2.1
   /usr/local/sbin/criu --version 2>/dev/null | awk '/^Version:/ {print $2; exit}'
@@ -132,6 +146,8 @@ criu_ok() {
   grep -qa "$CRIU_RUNDIR/criu.kdat" /usr/local/sbin/criu || return 1
   [ -e /usr/local/include/criu/criu.h ] || return 1
   ls /usr/local/lib/libcriu.so.* >/dev/null 2>&1 || return 1
+  # built with the current patch set (an install from before patches counts as none)
+  [ "$(cat "$CRIU_PATCHES_STAMP" 2>/dev/null || echo none)" = "$CRIU_PATCHES_SUM" ] || return 1
   return 0
 }
 
@@ -158,9 +174,18 @@ build_criu() {
   echo "$ver" > "$CACHE/criu.version"
 
   dir=$src/criu-$ver
-  if [ ! -f "$dir/Makefile" ]; then
+  # The tree holds the patch set it was patched with (an older tree: none); another
+  # patch set starts from a fresh tree.
+  if [ ! -f "$dir/Makefile" ] ||
+     [ "$(cat "$dir/.rekindle-patches" 2>/dev/null || echo none)" != "$CRIU_PATCHES_SUM" ]; then
     rm -rf "$dir" "$dir.tmp"; mkdir -p "$dir.tmp"
     tar -xf "$tarball" -C "$dir.tmp" --strip-components=1
+    local p
+    for p in "${CRIU_PATCHES[@]}"; do
+      log "patching CRIU: $(basename "$p")"
+      patch -d "$dir.tmp" -p1 --quiet --forward < "$p" || die "$p does not apply to CRIU $ver"
+    done
+    echo "$CRIU_PATCHES_SUM" > "$dir.tmp/.rekindle-patches"
     mv "$dir.tmp" "$dir"
   fi
   log "building CRIU $ver (make -j2 criu lib RUNDIR=$CRIU_RUNDIR) in $dir"
@@ -204,6 +229,8 @@ Libs: -L\${libdir} -lcriu
 Cflags: -I\${includedir}
 Requires.private: libprotobuf-c
 EOF
+  install -d /usr/local/share/rekindle
+  echo "$CRIU_PATCHES_SUM" > "$CRIU_PATCHES_STAMP"
 }
 
 if criu_ok; then

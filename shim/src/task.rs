@@ -918,11 +918,17 @@ async fn prepare_direct(
         info!(%reason, "restore by runc: the direct engine does not cover this container");
         return;
     }
-    let (image_dir, lazy) = match source {
+    let (image_dir, lazy, image) = match source {
         // containerd removes its extracted checkpoint once the task is
         // running: no daemon may read it later.
-        RestoreSource::Checkpoint(dir) => (dir.clone(), false),
-        RestoreSource::Stored { image_dir, .. } => (image_dir.clone(), crate::direct::lazy_pages()),
+        RestoreSource::Checkpoint(dir) => (dir.clone(), false, None),
+        RestoreSource::Stored {
+            name, image_dir, ..
+        } => (
+            image_dir.clone(),
+            crate::direct::lazy_pages(),
+            Some(name.as_str()),
+        ),
     };
     let owner = owner(c, namespace);
     let io = match c.init.io.attach(&owner, &c.init.stdio).await {
@@ -934,7 +940,16 @@ async fn prepare_direct(
             return;
         }
     };
-    match crate::direct::prepare(&c.bundle, spec, &cgroups_path, &image_dir, Some(&io), lazy).await
+    match crate::direct::prepare(
+        &c.bundle,
+        spec,
+        &cgroups_path,
+        &image_dir,
+        Some(&io),
+        lazy,
+        image,
+    )
+    .await
     {
         Ok(Ok(p)) => {
             c.direct = Some(Direct::Prepared(Box::new(p)));

@@ -21,3 +21,4 @@ mod leak_check;
 mod observe;
 mod run_to_completion;
 mod shim_crash;
+mod working_set;

@@ -116,6 +116,7 @@ pub struct Prepared {
     plan: RestorePlan,
     swrk: Swrk,
     lazy: Option<Watched>,
+    working_set: Option<WorkingSet>,
     /// The pod netns, open in swrk as `swrk.fds[0]`; kept open until the restore.
     _netns: Option<OwnedFd>,
 }
@@ -135,6 +136,8 @@ pub struct Running {
 
 /// Prepares a direct restore of `image_dir` into the container described by
 /// `spec`. `io` is the container's stdio (swrk holds it as fds 0-2).
+/// `image` names a stored image: a lazy restore of it records or prefetches
+/// its working set.
 pub async fn prepare(
     bundle: &Path,
     spec: &Spec,
@@ -142,6 +145,7 @@ pub async fn prepare(
     image_dir: &Path,
     io: Option<&Arc<dyn runc::io::Io>>,
     lazy: bool,
+    image: Option<&str>,
 ) -> Result<std::result::Result<Prepared, NotDirect>> {
     let descriptors = match tokio::fs::read_to_string(image_dir.join("descriptors.json")).await {
         Ok(t) => match plan::parse_descriptors(&t) {
@@ -213,13 +217,19 @@ pub async fn prepare(
     let criu = PathBuf::from(crate::runc::criu_binary());
     let inherit: Vec<&OwnedFd> = netns.iter().collect();
     let t_cgroups = t0.elapsed();
+    let working_set = if lazy {
+        image.and_then(|name| WorkingSet::of(name, image_dir, &work))
+    } else {
+        None
+    };
     // The lazy-pages daemon starts (CRIU start-up, detection cache, image
     // parsing: ~4 ms) while swrk is spawned and moved.
     let lazy_daemon = async {
         if !lazy {
             return None;
         }
-        match swrk::spawn_lazy_pages(&criu, image_dir, &work).await {
+        let env = working_set.as_ref().map(WorkingSet::env);
+        match swrk::spawn_lazy_pages(&criu, image_dir, &work, env).await {
             Ok(d) => Some(d),
             Err(e) => {
                 // Eager restore still works: note it and go on.
@@ -273,9 +283,108 @@ pub async fn prepare(
         cgroup_dirs,
         plan,
         swrk,
+        working_set: working_set.filter(|_| lazy.is_some()),
         lazy,
         _netns: netns,
     }))
+}
+
+/// The pages a stored image's restores touch first, one file per image in
+/// [`working_sets_dir`]: CRIU's lazy-pages daemon (patched, see
+/// hack/criu-patches) records the root task's page faults in a restore
+/// that has none, and copies them in before the next one resumes, instead
+/// of serving each on its fault. The file's first line names the image's
+/// dump (a hash of its inventory.img), so an image stored again under the
+/// same name is recorded anew. `REKINDLE_WORKING_SET=0` turns this off.
+enum WorkingSet {
+    Prefetch(PathBuf),
+    Record {
+        rec: PathBuf,
+        dest: PathBuf,
+        header: String,
+    },
+}
+
+/// `REKINDLE_WORKING_SETS`, default /var/lib/rekindle/working-sets.
+fn working_sets_dir() -> PathBuf {
+    std::env::var_os("REKINDLE_WORKING_SETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rekindle/working-sets"))
+}
+
+impl WorkingSet {
+    fn of(name: &str, image_dir: &Path, work: &Path) -> Option<WorkingSet> {
+        use std::{hash::Hasher, io::BufRead, os::unix::fs::DirBuilderExt};
+        if matches!(std::env::var("REKINDLE_WORKING_SET").as_deref(), Ok("0")) {
+            return None;
+        }
+        // The name comes from an annotation: a plain file name or nothing.
+        let plain = |b: u8| b.is_ascii_alphanumeric() || b"._-".contains(&b);
+        if name.is_empty() || name.starts_with('.') || !name.bytes().all(plain) {
+            return None;
+        }
+        let inventory = std::fs::read(image_dir.join("inventory.img")).ok()?;
+        let mut h = std::hash::DefaultHasher::new();
+        h.write(&inventory);
+        let header = format!("# image {:016x}", h.finish());
+        let dir = working_sets_dir();
+        if let Err(e) = std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+        {
+            warn!(error = %e, dir = %dir.display(), "working sets unavailable");
+            return None;
+        }
+        let dest = dir.join(name);
+        let first = std::fs::File::open(&dest).ok().and_then(|f| {
+            std::io::BufReader::new(f)
+                .lines()
+                .next()
+                .and_then(|l| l.ok())
+        });
+        if first.as_deref() == Some(header.as_str()) {
+            info!(file = %dest.display(), "prefetching working set");
+            return Some(WorkingSet::Prefetch(dest));
+        }
+        let rec = work.join("working-set.rec");
+        let _ = std::fs::remove_file(&rec);
+        Some(WorkingSet::Record { rec, dest, header })
+    }
+
+    /// What the lazy-pages daemon is told.
+    fn env(&self) -> (&str, &Path) {
+        match self {
+            WorkingSet::Prefetch(f) => ("CRIU_LAZY_PAGES_PREFETCH", f),
+            WorkingSet::Record { rec, .. } => ("CRIU_LAZY_PAGES_RECORD", rec),
+        }
+    }
+
+    /// Once the daemon has exited: a non-empty record becomes the image's
+    /// working set (written aside, then renamed into place).
+    fn install(self) {
+        let WorkingSet::Record { rec, dest, header } = self else {
+            return;
+        };
+        let Ok(text) = std::fs::read_to_string(&rec) else {
+            return;
+        };
+        let pages = text.lines().filter(|l| !l.is_empty()).count();
+        if pages == 0 {
+            return;
+        }
+        let name = dest.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = dest.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+        let written = std::fs::write(&tmp, format!("{header}\n{text}"))
+            .and_then(|_| std::fs::rename(&tmp, &dest));
+        match written {
+            Ok(()) => info!(pages, file = %dest.display(), "working set: recorded {pages} pages"),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                warn!(error = %e, file = %dest.display(), "working set not saved");
+            }
+        }
+    }
 }
 
 /// How long the RESTORE request may take (`REKINDLE_RESTORE_TIMEOUT_MS`).
@@ -346,6 +455,7 @@ pub async fn restore(
         cgroup_dirs,
         swrk,
         lazy,
+        working_set,
         ..
     } = p;
     // swrk exits once libcriu has closed its socket; let the reaper collect
@@ -366,6 +476,8 @@ pub async fn restore(
             // It exits once every page is sent or the tree is gone.
             if daemon.wait(Duration::from_secs(120)).await.is_none() {
                 warn!("criu lazy-pages still serving after 120 s; killed it");
+            } else if let Some(ws) = working_set {
+                ws.install();
             }
             on_pages_done();
         })),

@@ -319,8 +319,14 @@ pub async fn spawn_swrk(
 
 /// Starts `criu lazy-pages` serving `images` to the restore that runs with
 /// `work` as its work dir (CRIU finds the daemon through `lazy-pages.socket`
-/// there), and waits until it says it is ready.
-pub async fn spawn_lazy_pages(criu: &Path, images: &Path, work: &Path) -> Result<Watched> {
+/// there), and waits until it says it is ready. `env` is handed to the
+/// daemon (the working set it records or prefetches, see `super::WorkingSet`).
+pub async fn spawn_lazy_pages(
+    criu: &Path,
+    images: &Path,
+    work: &Path,
+    env: Option<(&str, &Path)>,
+) -> Result<Watched> {
     let (r, w) =
         nix::unistd::pipe().map_err(|e| Error::io("pipe for criu lazy-pages")(e.into()))?;
     let status_fd = w.as_raw_fd();
@@ -337,6 +343,9 @@ pub async fn spawn_lazy_pages(criu: &Path, images: &Path, work: &Path) -> Result
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .process_group(0);
+    if let Some((k, v)) = env {
+        cmd.env(k, v);
+    }
     // SAFETY: only fcntl between fork and exec.
     unsafe {
         cmd.pre_exec(move || {

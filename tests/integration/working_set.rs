@@ -1,0 +1,116 @@
+//! A stored image's restores get faster once one has run: the first restore of an
+//! image records the pages its function touches first (its working set, one file per
+//! image in the shim's working-sets dir), and the next restore has CRIU's lazy-pages
+//! daemon copy them in before the function resumes, instead of one page fault at a
+//! time. The function answers from its checkpoint's state either way.
+//!
+//! The shims inherit containerd's environment, shared by every story: this one uses
+//! the default working-sets dir (or `REKINDLE_WORKING_SETS` when the run sets it) with
+//! an image name of its own, and removes its working set at the end.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+use crate::harness::restore::{
+    fixture_image, needs_rekindle, restore_story, FunctionSpec, FIXTURE_COUNT, IMAGE_ANNOTATION,
+};
+
+/// The shim's working-sets dir, as it finds it.
+fn working_sets_dir() -> PathBuf {
+    std::env::var_os("REKINDLE_WORKING_SETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/lib/rekindle/working-sets"))
+}
+
+/// The story's working set goes, whatever the story's outcome.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
+    restore_story("working-set", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "working-set") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        let off = |var: &str, value: &str| std::env::var(var).is_ok_and(|v| v == value);
+        if off("REKINDLE_RESTORE_ENGINE", "runc")
+            || off("REKINDLE_LAZY_PAGES", "0")
+            || off("REKINDLE_WORKING_SET", "0")
+        {
+            eprintln!("[rekindle-it] working-set: skipped, working sets are off in this run");
+            return Ok(());
+        }
+        let name = format!("python-fn-ws-{}", std::process::id());
+        let file = working_sets_dir().join(&name);
+        let _ = std::fs::remove_file(&file);
+        let _gone = RemoveOnDrop(file.clone());
+        fixture_image(&ctx, &restored, &name).await?;
+
+        // First restore: nothing to prefetch, its page faults are recorded.
+        let f = FunctionSpec::new("ws-first")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, &name)
+            .create(&ctx)
+            .await?;
+        f.start().await?;
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        // Saved once the lazy-pages daemon has sent the last page.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !file.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        f.destroy().await?;
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("the first restore's working set {}", file.display()))?;
+        let mut lines = text.lines();
+        let header = lines.next().unwrap_or_default();
+        assert!(
+            header.starts_with("# image "),
+            "{} begins with the image's dump: {header:?}",
+            file.display()
+        );
+        let pages = lines
+            .filter(|l| u64::from_str_radix(l, 16).is_ok_and(|a| a % 4096 == 0))
+            .count();
+        assert!(pages > 0, "{} lists no pages: {text:?}", file.display());
+        let recorded = ctx
+            .paths()
+            .log_lines_mentioning(&["working set: recorded".to_string()], 50);
+        assert!(
+            recorded.contains(&name),
+            "the shim says it recorded the working set of {name}: {recorded}"
+        );
+
+        // Second restore: the working set is copied in before the function resumes.
+        let g = FunctionSpec::new("ws-second")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, &name)
+            .create(&ctx)
+            .await?;
+        g.start().await?;
+        assert_eq!(
+            g.count().await?,
+            FIXTURE_COUNT + 1,
+            "the prefetched restore answers from the checkpoint's state"
+        );
+        g.destroy().await?;
+        let said = ctx
+            .paths()
+            .log_lines_mentioning(&["prefetching working set".to_string()], 50);
+        if !said.contains(&file.display().to_string()) {
+            bail!(
+                "the shim does not say it prefetched {}: {said}",
+                file.display()
+            );
+        }
+        Ok(())
+    });
+}
