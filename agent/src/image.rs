@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::Subcommand;
-use rekindle_restore_api::{Client, GcReport, ImageInfo};
+use rekindle_restore_api::{Client, GcReport, ImageInfo, Stats};
 use serde::Serialize;
 
 use crate::ctl::Output;
@@ -70,6 +70,9 @@ pub enum ImageCommand {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Show rekindle-restored's counters: store and staging usage, requests and failures
+    /// by op, and the restore outcomes the shim reported (by engine: direct, runc, cold).
+    Stats,
 }
 
 impl ImageCommand {
@@ -83,6 +86,7 @@ impl ImageCommand {
             ImageCommand::Stage { .. } => "image stage",
             ImageCommand::Unstage { .. } => "image unstage",
             ImageCommand::Gc { .. } => "image gc",
+            ImageCommand::Stats => "image stats",
         }
     }
 }
@@ -319,6 +323,102 @@ pub fn gc_text(r: &GcReport) -> String {
     out
 }
 
+/// `45s`, `12m`, `3h 5m`, `2d 4h`.
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        0..=59 => format!("{secs}s"),
+        60..=3599 => format!("{}m", secs / 60),
+        3600..=86_399 => format!("{}h {}m", secs / 3600, secs % 3600 / 60),
+        _ => format!("{}d {}h", secs / 86_400, secs % 86_400 / 3600),
+    }
+}
+
+/// The restore outcomes the shim reported, as a table (ENGINE, OUTCOME, COUNT,
+/// LAST SEEN, LAST REASON).
+pub fn restores_table(st: &Stats, now: u64) -> String {
+    if st.restores.is_empty() {
+        return "no restores reported\n".into();
+    }
+    let rows: Vec<Vec<String>> = st
+        .restores
+        .iter()
+        .map(|r| {
+            vec![
+                r.engine.clone(),
+                r.outcome.clone(),
+                r.count.to_string(),
+                r.last_unix
+                    .map(|t| human_age(t, now))
+                    .unwrap_or_else(|| "-".into()),
+                r.last_reason.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["ENGINE", "OUTCOME", "COUNT", "LAST SEEN", "LAST REASON"],
+        &rows,
+    )
+}
+
+pub fn stats_text(st: &Stats, now: u64) -> String {
+    let mut out = String::new();
+    let mut kv = |k: &str, v: String| out.push_str(&format!("{k:<15} {v}\n"));
+    kv(
+        "Daemon:",
+        format!(
+            "rekindle-restored {} (protocol v{}), up {}",
+            st.version,
+            st.protocol,
+            human_duration(st.uptime_secs)
+        ),
+    );
+    kv(
+        "CRIU:",
+        st.criu_version.clone().unwrap_or_else(|| "unknown".into()),
+    );
+    kv("Kernel:", st.kernel_release.clone());
+    kv(
+        "Images:",
+        format!("{} ({} on disk)", st.images, human_bytes(st.store_bytes)),
+    );
+    kv(
+        "Staged:",
+        format!(
+            "{} ({} in memory)",
+            st.staged_images,
+            human_bytes(st.staged_bytes)
+        ),
+    );
+    kv("Leases:", st.leases.to_string());
+    out.push('\n');
+    if st.requests.is_empty() {
+        out.push_str("no requests\n");
+    } else {
+        let rows: Vec<Vec<String>> = st
+            .requests
+            .iter()
+            .map(|(op, n)| {
+                let by = st.failures_by_op.get(op);
+                let failed: u64 = by.map(|m| m.values().sum()).unwrap_or(0);
+                let reasons = by
+                    .filter(|m| !m.is_empty())
+                    .map(|m| {
+                        m.iter()
+                            .map(|(code, n)| format!("{code}={n}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    })
+                    .unwrap_or_else(|| "-".into());
+                vec![op.clone(), n.to_string(), failed.to_string(), reasons]
+            })
+            .collect();
+        out.push_str(&table(&["OP", "REQUESTS", "FAILED", "REASONS"], &rows));
+    }
+    out.push('\n');
+    out.push_str(&restores_table(st, now));
+    out
+}
+
 /// The daemon needs absolute paths; a relative one is the caller's.
 fn absolute(p: &Path) -> Result<PathBuf, Error> {
     std::path::absolute(p).map_err(|e| Error::Usage(format!("{}: {e}", p.display())))
@@ -449,6 +549,10 @@ pub async fn run(cmd: &ImageCommand, socket: &Path, output: Output) -> Result<()
             let r = client.gc(*max_bytes, *max_age, *dry_run).await?;
             print(output, &r, || gc_text(&r))
         }
+        ImageCommand::Stats => {
+            let st = client.stats().await?;
+            print(output, &st, || stats_text(&st, now))
+        }
     }
 }
 
@@ -456,7 +560,8 @@ pub async fn run(cmd: &ImageCommand, socket: &Path, output: Output) -> Result<()
 mod tests {
     use std::collections::BTreeMap;
 
-    use rekindle_restore_api::{FileEntry, Manifest, MANIFEST_FORMAT};
+    use clap::Parser;
+    use rekindle_restore_api::{FileEntry, Manifest, RestoreCount, MANIFEST_FORMAT};
 
     use super::*;
 
@@ -536,5 +641,83 @@ mod tests {
         ] {
             assert!(t.contains(needle), "{needle}: {t}");
         }
+    }
+
+    fn stats() -> Stats {
+        Stats {
+            version: "0.1.0".into(),
+            protocol: 1,
+            uptime_secs: 2 * 3600 + 5 * 60,
+            criu_version: Some("4.2.1".into()),
+            kernel_release: "6.18.0".into(),
+            images: 3,
+            store_bytes: 120 << 20,
+            staged_images: 1,
+            staged_bytes: 300 << 20,
+            leases: 0,
+            requests: BTreeMap::from([
+                ("prepare_restore".into(), 12),
+                ("report_restore".into(), 14),
+            ]),
+            failures: BTreeMap::from([("corrupt".into(), 1)]),
+            failures_by_op: BTreeMap::from([(
+                "prepare_restore".into(),
+                BTreeMap::from([("corrupt".into(), 1)]),
+            )]),
+            restores: vec![
+                RestoreCount {
+                    engine: "direct".into(),
+                    outcome: "ok".into(),
+                    count: 11,
+                    last_reason: None,
+                    last_unix: Some(10_000 - 180),
+                },
+                RestoreCount {
+                    engine: "direct".into(),
+                    outcome: "failed".into(),
+                    count: 2,
+                    last_reason: Some("criu: restore failed (see restore.log)".into()),
+                    last_unix: Some(10_000 - 7200),
+                },
+                RestoreCount {
+                    engine: "runc".into(),
+                    outcome: "ok".into(),
+                    count: 2,
+                    last_reason: None,
+                    last_unix: Some(10_000 - 7200),
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn stats_show_counters_and_restores_by_engine() {
+        let t = stats_text(&stats(), 10_000);
+        for needle in [
+            "rekindle-restored 0.1.0 (protocol v1), up 2h 5m",
+            "3 (120.0 MiB on disk)",
+            "1 (300.0 MiB in memory)",
+            "prepare_restore  12        1       corrupt=1",
+            "report_restore   14        0       -",
+            "ENGINE  OUTCOME  COUNT  LAST SEEN  LAST REASON",
+            "direct  ok       11     3m ago     -",
+            "direct  failed   2      2h ago     criu: restore failed (see restore.log)",
+            "runc    ok       2      2h ago     -",
+        ] {
+            assert!(t.contains(needle), "{needle}:\n{t}");
+        }
+        let mut empty = stats();
+        empty.restores.clear();
+        assert!(stats_text(&empty, 10_000).ends_with("no restores reported\n"));
+    }
+
+    #[test]
+    fn image_stats_parses() {
+        let cli = crate::ctl::Cli::try_parse_from(["rekindle", "image", "stats"]).unwrap();
+        assert_eq!(cli.command.name(), "image stats");
+        let cli =
+            crate::ctl::Cli::try_parse_from(["rekindle", "image", "stats", "--output", "json"])
+                .unwrap();
+        assert_eq!(cli.output, Output::Json);
     }
 }

@@ -129,3 +129,71 @@ fn each_cli_subcommand_says_it_is_not_implemented_and_why() {
         assert!(err.contains(why), "{args:?}: {err}");
     }
 }
+
+/// Answers one request on `socket` with `reply`; returns the request line.
+fn answer_once(socket: &std::path::Path, reply: &'static str) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).unwrap();
+        (&stream).write_all(reply.as_bytes()).unwrap();
+        line
+    })
+}
+
+const STATS: &str = concat!(
+    r#"{"ok":{"version":"0.1.0","protocol":1,"uptime_secs":7500,"criu_version":"4.2.1","#,
+    r#""kernel_release":"6.18.0","images":2,"store_bytes":1048576,"staged_images":0,"#,
+    r#""staged_bytes":0,"leases":0,"requests":{"report_restore":3},"failures":{},"#,
+    r#""failures_by_op":{},"restores":[{"engine":"direct","outcome":"ok","count":2,"#,
+    r#""last_unix":1},{"engine":"direct","outcome":"failed","count":1,"#,
+    r#""last_reason":"criu: restore failed","last_unix":1}]}}"#,
+    "\n"
+);
+
+#[test]
+fn image_stats_shows_the_restores_the_shim_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("restored.sock");
+    let server = answer_once(&socket, STATS);
+    let out = rekindle(&[
+        "image",
+        "stats",
+        "--restored-socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(server.join().unwrap(), "{\"v\":1,\"op\":\"stats\"}\n");
+    let text = stdout(&out);
+    for needle in [
+        "rekindle-restored 0.1.0 (protocol v1), up 2h 5m",
+        "report_restore  3",
+        "ENGINE  OUTCOME  COUNT  LAST SEEN",
+        "direct  ok       2",
+        "direct  failed   1",
+        "criu: restore failed",
+    ] {
+        assert!(text.contains(needle), "{needle}:\n{text}");
+    }
+
+    // --output json: the daemon's body as is.
+    std::fs::remove_file(&socket).unwrap();
+    let server = answer_once(&socket, STATS);
+    let out = rekindle(&[
+        "image",
+        "stats",
+        "--output",
+        "json",
+        "--restored-socket",
+        socket.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    server.join().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["restores"][1]["engine"], "direct");
+    assert_eq!(v["restores"][1]["outcome"], "failed");
+    assert_eq!(v["restores"][1]["count"], 1);
+    assert_eq!(v["restores"][1]["last_reason"], "criu: restore failed");
+}

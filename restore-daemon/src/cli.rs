@@ -25,7 +25,9 @@ What it does (one daemon per node, next to containerd and rekindle-agent):
     refusing images made by another CRIU version or kernel unless told otherwise; the
     shim runs CRIU itself (runc restore, or libcriu), so that it stays the parent of the
     restored container;
-  - garbage-collects images by age and size, never a staged or leased one.
+  - garbage-collects images by age and size, never a staged or leased one;
+  - counts the restore outcomes the shim reports (by engine: direct, runc, cold; with
+    the latest failure's reason), shown by `rekindle image stats`.
 
 Protocol: newline-delimited JSON on the unix socket --socket (root-only), one request
 per connection; see the rekindle-restore-api crate. `rekindle image ...` is its CLI.";

@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rekindle_restore_api::{
-    ApiError, Deleted, ErrorCode, Exported, GcDeleted, GcReport, GcSkipped, ImageInfo, ImageList,
-    Manifest, Op, Prepared, Released, Staged, Stats, Unstaged, PROTOCOL_VERSION,
+    clip_reason, ApiError, Deleted, ErrorCode, Exported, GcDeleted, GcReport, GcSkipped, ImageInfo,
+    ImageList, Manifest, Op, Prepared, Released, Reported, RestoreCount, Staged, Stats, Unstaged,
+    PROTOCOL_VERSION, RESTORE_ENGINES, RESTORE_OUTCOMES,
 };
 use serde::Serialize;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
@@ -119,12 +120,36 @@ impl State {
     }
 }
 
-/// Requests and failures, by op and by reason, since the daemon started.
+/// Requests and failures, by op and by reason, and the restore outcomes the shim
+/// reported, since the daemon started.
 #[derive(Debug, Default)]
 struct Counters {
     requests: BTreeMap<String, u64>,
     failures: BTreeMap<String, u64>,
     failures_by_op: BTreeMap<String, BTreeMap<String, u64>>,
+    /// By (index in `RESTORE_ENGINES`, index in `RESTORE_OUTCOMES`): fallback order.
+    restores: BTreeMap<(usize, usize), RestoreTally>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct RestoreTally {
+    count: u64,
+    /// Of the latest failure that gave a reason.
+    last_reason: Option<String>,
+    last_unix: u64,
+}
+
+/// The index of `value` in `allowed`, or `invalid_argument` naming the allowed values.
+fn one_of(what: &str, value: &str, allowed: &[&str]) -> Result<usize, ApiError> {
+    allowed.iter().position(|a| *a == value).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidArgument,
+            format!(
+                "invalid {what} {value:?}: expected one of {}",
+                allowed.join(", ")
+            ),
+        )
+    })
 }
 
 /// What the daemon is configured with, besides its store and staging area.
@@ -315,7 +340,60 @@ impl Service {
                 dry_run,
             } => self.gc(max_bytes, max_age_secs, dry_run).await,
             Op::Stats {} => self.stats().await,
+            Op::ReportRestore {
+                image,
+                engine,
+                outcome,
+                reason,
+            } => self.report_restore(image, &engine, &outcome, reason.as_deref()),
         }
+    }
+
+    /// Counts a restore outcome the shim reports (the image name, if any, was checked by
+    /// `handle`; it need not exist) and logs it, failures at warn.
+    fn report_restore(
+        &self,
+        image: Option<String>,
+        engine: &str,
+        result: &str,
+        reason: Option<&str>,
+    ) -> OpResult {
+        let e = one_of("engine", engine, &RESTORE_ENGINES)?;
+        let o = one_of("outcome", result, &RESTORE_OUTCOMES)?;
+        let reason = reason.and_then(clip_reason);
+        let failed = RESTORE_OUTCOMES[o] == "failed";
+        let count = {
+            let mut c = self.counters.lock().unwrap_or_else(|p| p.into_inner());
+            let t = c.restores.entry((e, o)).or_default();
+            t.count += 1;
+            t.last_unix = store::now_unix();
+            if failed && reason.is_some() {
+                t.last_reason = reason.clone();
+            }
+            t.count
+        };
+        let image = image.as_deref().unwrap_or("");
+        let reason = reason.as_deref().unwrap_or("");
+        if failed {
+            tracing::warn!(
+                image,
+                engine,
+                outcome = result,
+                reason,
+                count,
+                "restore reported"
+            );
+        } else {
+            tracing::info!(
+                image,
+                engine,
+                outcome = result,
+                reason,
+                count,
+                "restore reported"
+            );
+        }
+        outcome(Reported {}, 0)
     }
 
     async fn list(&self) -> Result<Vec<(Manifest, u64)>, ApiError> {
@@ -665,6 +743,17 @@ impl Service {
                 requests: counters.requests.clone(),
                 failures: counters.failures.clone(),
                 failures_by_op: counters.failures_by_op.clone(),
+                restores: counters
+                    .restores
+                    .iter()
+                    .map(|(&(e, o), t)| RestoreCount {
+                        engine: RESTORE_ENGINES[e].into(),
+                        outcome: RESTORE_OUTCOMES[o].into(),
+                        count: t.count,
+                        last_reason: t.last_reason.clone(),
+                        last_unix: Some(t.last_unix),
+                    })
+                    .collect(),
             },
             0,
         )
@@ -857,5 +946,107 @@ mod tests {
         assert_eq!(r.skipped.len(), 1);
         assert_eq!(r.skipped[0].reason, "staged");
         assert_eq!(r.kept, 1);
+    }
+
+    fn report(image: Option<&str>, engine: &str, outcome: &str, reason: Option<&str>) -> Op {
+        Op::ReportRestore {
+            image: image.map(str::to_string),
+            engine: engine.into(),
+            outcome: outcome.into(),
+            reason: reason.map(str::to_string),
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_reports_are_counted_by_engine_and_outcome() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let st: Stats = call(&f.service, Op::Stats {}).await.unwrap();
+        assert!(st.restores.is_empty());
+        // The image need not exist (deleted since, or never stored).
+        for op in [
+            report(Some("gone"), "runc", "ok", None),
+            report(Some("gone"), "direct", "failed", Some("first")),
+            report(None, "cold", "ok", Some("no checkpoint")),
+            report(
+                Some("gone"),
+                "direct",
+                "failed",
+                Some("criu:\nrestore failed"),
+            ),
+            report(Some("gone"), "direct", "failed", None),
+            report(None, "direct", "ok", None),
+            report(None, "direct", "ok", None),
+        ] {
+            let _: Reported = call(&f.service, op).await.unwrap();
+        }
+        let st: Stats = call(&f.service, Op::Stats {}).await.unwrap();
+        let rows: Vec<(&str, &str, u64, Option<&str>)> = st
+            .restores
+            .iter()
+            .map(|r| {
+                (
+                    r.engine.as_str(),
+                    r.outcome.as_str(),
+                    r.count,
+                    r.last_reason.as_deref(),
+                )
+            })
+            .collect();
+        // Fallback order; the latest reason kept (a report without one keeps it), on
+        // one line; reasons of successes are logged, not kept.
+        assert_eq!(
+            rows,
+            [
+                ("direct", "ok", 2, None),
+                ("direct", "failed", 3, Some("criu: restore failed")),
+                ("runc", "ok", 1, None),
+                ("cold", "ok", 1, None),
+            ]
+        );
+        let now = store::now_unix();
+        for r in &st.restores {
+            let t = r.last_unix.unwrap();
+            assert!(t <= now && t + 60 > now, "{r:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn restore_reports_are_validated() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let e = call::<Reported>(&f.service, report(None, "criu", "ok", None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("\"criu\""), "{}", e.message);
+        assert!(e.message.contains("direct, runc, cold"), "{}", e.message);
+        let e = call::<Reported>(&f.service, report(None, "runc", "meh", None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("ok, failed"), "{}", e.message);
+        let e = call::<Reported>(&f.service, report(Some("../etc"), "runc", "ok", None))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidArgument);
+        assert!(e.message.contains("invalid image name"), "{}", e.message);
+        let st: Stats = call(&f.service, Op::Stats {}).await.unwrap();
+        assert!(st.restores.is_empty(), "refused reports are not counted");
+    }
+
+    #[tokio::test]
+    async fn restore_reasons_are_bounded() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let long = "ß".repeat(1000);
+        let _: Reported = call(
+            &f.service,
+            report(None, "runc", "failed", Some(&format!("x{long}"))),
+        )
+        .await
+        .unwrap();
+        let st: Stats = call(&f.service, Op::Stats {}).await.unwrap();
+        let kept = st.restores[0].last_reason.as_deref().unwrap();
+        assert!(kept.len() <= rekindle_restore_api::MAX_RESTORE_REASON_BYTES);
+        assert!(kept.len() >= rekindle_restore_api::MAX_RESTORE_REASON_BYTES - 1);
+        assert!(kept.starts_with("xß"));
     }
 }

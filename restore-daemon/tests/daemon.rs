@@ -445,3 +445,127 @@ async fn ops_on_different_images_run_concurrently() {
     assert_eq!(gc.deleted.len(), 3, "{gc:?}");
     assert!(daemon.stop().success());
 }
+
+#[tokio::test]
+async fn restore_outcomes_the_shim_reports_are_counted_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = fs::canonicalize(dir.path()).map(|p| (dir, p)).unwrap();
+    let (_keep, dir) = dir;
+    let mut daemon = Daemon::start(&dir);
+    let client = Client::new(&daemon.socket);
+    assert!(client.stats().await.unwrap().restores.is_empty());
+
+    // The fallback chain of three restores: direct fails and runc restores; direct
+    // restores; both fail and the container cold-starts. The images do not exist here
+    // (as when one is deleted after its restore): reports are still counted.
+    let long = format!("runc restore: exit status 1\n{}", "criu says ".repeat(100));
+    let reports: [(Option<&str>, &str, &str, Option<&str>); 6] = [
+        (
+            Some("fn-a"),
+            "direct",
+            "failed",
+            Some("criu: page server refused"),
+        ),
+        (Some("fn-a"), "runc", "ok", None),
+        (Some("fn-b"), "direct", "ok", None),
+        (
+            None,
+            "direct",
+            "failed",
+            Some("no CRIU image in the checkpoint"),
+        ),
+        (None, "runc", "failed", Some(&long)),
+        (None, "cold", "ok", Some("fast path failed")),
+    ];
+    for (image, engine, outcome, reason) in reports {
+        client
+            .report_restore(image, engine, outcome, reason)
+            .await
+            .unwrap();
+    }
+    let stats = client.stats().await.unwrap();
+    let rows: Vec<(&str, &str, u64)> = stats
+        .restores
+        .iter()
+        .map(|r| (r.engine.as_str(), r.outcome.as_str(), r.count))
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("direct", "ok", 1),
+            ("direct", "failed", 2),
+            ("runc", "ok", 1),
+            ("runc", "failed", 1),
+            ("cold", "ok", 1),
+        ]
+    );
+    assert_eq!(
+        stats.restores[1].last_reason.as_deref(),
+        Some("no CRIU image in the checkpoint")
+    );
+    let runc_reason = stats.restores[3].last_reason.as_deref().unwrap();
+    assert!(
+        runc_reason.starts_with("runc restore: exit status 1 criu says"),
+        "{runc_reason}"
+    );
+    assert!(runc_reason.len() <= 512, "{}", runc_reason.len());
+    assert_eq!(stats.restores[4].last_reason, None);
+    assert_eq!(stats.requests["report_restore"], 6);
+
+    // Refused: an unknown engine or outcome (named with the allowed values), a bad
+    // image name; an old-style unknown op is still malformed.
+    let e = client
+        .report_restore(None, "criu", "ok", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("direct, runc, cold"), "{e}");
+    let e = client
+        .report_restore(None, "runc", "maybe", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("ok, failed"), "{e}");
+    let e = client
+        .report_restore(Some("../etc"), "runc", "ok", None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    let v = raw(
+        &daemon.socket,
+        r#"{"v":1,"op":"report_restore","engine":"runc","outcome":"ok","extra":1}"#,
+    );
+    assert_eq!(v["error"]["code"], "invalid_argument", "{v}");
+    let v = raw(
+        &daemon.socket,
+        r#"{"v":1,"op":"report_restore","engine":"cold","outcome":"failed"}"#,
+    );
+    assert_eq!(v, serde_json::json!({"ok": {}}));
+    let v = raw(&daemon.socket, r#"{"v":1,"op":"launch_missiles"}"#);
+    assert_eq!(v["error"]["code"], "invalid_argument", "{v}");
+    let stats = client.stats().await.unwrap();
+    assert_eq!(stats.restores.iter().map(|r| r.count).sum::<u64>(), 7);
+    assert_eq!(
+        stats.failures_by_op["report_restore"]["invalid_argument"], 3,
+        "{stats:?}"
+    );
+
+    assert!(daemon.stop().success());
+    let log = fs::read_to_string(dir.join("restored.log")).unwrap();
+    let line = log
+        .lines()
+        .find(|l| l.contains("restore reported") && l.contains("page server refused"))
+        .unwrap_or_else(|| panic!("no log line for the report:\n{log}"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["level"], "WARN", "{line}");
+    assert_eq!(v["image"], "fn-a", "{line}");
+    assert_eq!(v["engine"], "direct", "{line}");
+    assert_eq!(v["outcome"], "failed", "{line}");
+    assert_eq!(v["reason"], "criu: page server refused", "{line}");
+    assert!(
+        log.lines().any(|l| l.contains("restore reported")
+            && l.contains("\"level\":\"INFO\"")
+            && l.contains("\"engine\":\"cold\"")),
+        "{log}"
+    );
+}

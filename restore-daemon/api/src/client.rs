@@ -243,6 +243,32 @@ impl Client {
     pub async fn stats(&self) -> Result<Stats> {
         self.call(Op::Stats {}).await
     }
+
+    /// Reports how a restore went, to be counted (see [`Op::ReportRestore`]): `image`
+    /// the stored image when the restore came from the store (`None` for containerd's
+    /// own checkpoints), `engine` one of [`RESTORE_ENGINES`], `outcome` one of
+    /// [`RESTORE_OUTCOMES`], `reason` a few words (clipped here as the daemon would, see
+    /// [`clip_reason`], so that a long error never makes the request too big).
+    ///
+    /// Like every call it has no deadline of its own: a caller on a latency-sensitive
+    /// path should run it in the background or under a timeout.
+    pub async fn report_restore(
+        &self,
+        image: Option<&str>,
+        engine: &str,
+        outcome: &str,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        let _: Reported = self
+            .call(Op::ReportRestore {
+                image: image.map(str::to_string),
+                engine: engine.into(),
+                outcome: outcome.into(),
+                reason: reason.and_then(clip_reason),
+            })
+            .await?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -313,6 +339,39 @@ mod tests {
         server.await.unwrap();
         assert_eq!(e.code(), Some(ErrorCode::Corrupt));
         assert!(e.to_string().contains("pages-1.img"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn restore_reports_are_one_line_with_a_clipped_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("restored.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = tokio::spawn(serve_once(listener, "{\"ok\":{}}\n"));
+        let long = format!("criu failed:\n{}", "x".repeat(2000));
+        Client::new(&socket)
+            .report_restore(Some("hello-fn"), "direct", "failed", Some(&long))
+            .await
+            .unwrap();
+        let line = server.await.unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["op"], "report_restore");
+        assert_eq!(v["image"], "hello-fn");
+        assert_eq!(v["engine"], "direct");
+        assert_eq!(v["outcome"], "failed");
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.starts_with("criu failed: xxx"), "{reason}");
+        assert_eq!(reason.len(), MAX_RESTORE_REASON_BYTES);
+
+        let listener = UnixListener::bind(dir.path().join("2.sock")).unwrap();
+        let server = tokio::spawn(serve_once(listener, "{\"ok\":{}}\n"));
+        Client::new(dir.path().join("2.sock"))
+            .report_restore(None, "cold", "ok", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            server.await.unwrap(),
+            "{\"v\":1,\"op\":\"report_restore\",\"engine\":\"cold\",\"outcome\":\"ok\"}\n"
+        );
     }
 
     #[tokio::test]

@@ -156,6 +156,59 @@ pub enum Op {
     },
     /// → [`Stats`].
     Stats {},
+    /// How a restore went, as the shim saw it: one report per engine tried, so that
+    /// every failure on the fast path is counted with its reason (shown by `stats` in
+    /// [`Stats::restores`]). Counted and logged only; nothing else changes. → [`Reported`].
+    ///
+    /// ```text
+    /// → {"v":1,"op":"report_restore","image":"hello-fn","engine":"direct","outcome":"failed","reason":"criu: restore failed: ..."}
+    /// ← {"ok":{}}
+    /// ```
+    ReportRestore {
+        /// The stored image restored from, when the restore came from this daemon's
+        /// store; `None` for containerd's own checkpoints. Must be a valid image name,
+        /// but need not exist (it may have been deleted since).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        image: Option<String>,
+        /// The engine: one of [`RESTORE_ENGINES`] — `direct` (libcriu), `runc`
+        /// (`runc restore`) or `cold` (a cold start, the last fallback).
+        engine: String,
+        /// One of [`RESTORE_OUTCOMES`]: `ok` or `failed`.
+        outcome: String,
+        /// Why, in a few words (mostly for `failed`). The daemon keeps at most
+        /// [`MAX_RESTORE_REASON_BYTES`] of it, control characters turned into spaces
+        /// (see [`clip_reason`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+}
+
+/// The engines a restore report may name, in fallback order: libcriu in the shim, then
+/// `runc restore`, then a cold start.
+pub const RESTORE_ENGINES: [&str; 3] = ["direct", "runc", "cold"];
+
+/// The outcomes a restore report may name.
+pub const RESTORE_OUTCOMES: [&str; 2] = ["ok", "failed"];
+
+/// Longest restore reason the daemon keeps, in bytes (longer ones are cut at a character
+/// boundary).
+pub const MAX_RESTORE_REASON_BYTES: usize = 512;
+
+/// A restore reason as the daemon keeps it: control characters (newlines included)
+/// turned into spaces, trimmed, cut to at most [`MAX_RESTORE_REASON_BYTES`] bytes at a
+/// character boundary; `None` when nothing is left.
+pub fn clip_reason(reason: &str) -> Option<String> {
+    let cleaned: String = reason
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.trim();
+    let mut end = cleaned.len().min(MAX_RESTORE_REASON_BYTES);
+    while !cleaned.is_char_boundary(end) {
+        end -= 1;
+    }
+    let clipped = cleaned[..end].trim_end();
+    (!clipped.is_empty()).then(|| clipped.to_string())
 }
 
 impl Op {
@@ -174,6 +227,7 @@ impl Op {
             Op::ImportImage { .. } => "import_image",
             Op::Gc { .. } => "gc",
             Op::Stats {} => "stats",
+            Op::ReportRestore { .. } => "report_restore",
         }
     }
 
@@ -187,7 +241,7 @@ impl Op {
             | Op::UnstageImage { name }
             | Op::PrepareRestore { name, .. }
             | Op::ExportImage { name, .. } => Some(name),
-            Op::ImportImage { name, .. } => name.as_deref(),
+            Op::ImportImage { name, .. } | Op::ReportRestore { image: name, .. } => name.as_deref(),
             _ => None,
         }
     }
@@ -437,7 +491,34 @@ pub struct Stats {
     pub failures: BTreeMap<String, u64>,
     /// Failed requests by op, then by reason.
     pub failures_by_op: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Restore outcomes the shim reported (`report_restore`) since the daemon started,
+    /// one entry per (engine, outcome) reported at least once, in the order of
+    /// [`RESTORE_ENGINES`] then [`RESTORE_OUTCOMES`]. Empty from a daemon that predates
+    /// `report_restore`.
+    #[serde(default)]
+    pub restores: Vec<RestoreCount>,
 }
+
+/// How many restores an engine reported with one outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreCount {
+    /// `direct`, `runc` or `cold`.
+    pub engine: String,
+    /// `ok` or `failed`.
+    pub outcome: String,
+    pub count: u64,
+    /// The reason of the latest `failed` report that gave one (always `None` for `ok`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reason: Option<String>,
+    /// When the latest report of this engine and outcome came, seconds since the Unix
+    /// epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_unix: Option<u64>,
+}
+
+/// The answer to `report_restore`: counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reported {}
 
 #[cfg(test)]
 mod tests {
@@ -551,10 +632,81 @@ mod tests {
                 path: "/a".into(),
                 name: None,
             },
+            Op::ReportRestore {
+                image: None,
+                engine: "runc".into(),
+                outcome: "ok".into(),
+                reason: None,
+            },
         ];
         for op in ops {
             let v = serde_json::to_value(Request::new(op.clone())).unwrap();
             assert_eq!(v["op"], op.name());
         }
+    }
+
+    #[test]
+    fn restore_reports_are_flat_and_optional_fields_may_be_left_out() {
+        let op = Op::ReportRestore {
+            image: Some("hello-fn".into()),
+            engine: "direct".into(),
+            outcome: "failed".into(),
+            reason: Some("criu: restore failed".into()),
+        };
+        let line = serde_json::to_string(&Request::new(op.clone())).unwrap();
+        assert_eq!(
+            line,
+            r#"{"v":1,"op":"report_restore","image":"hello-fn","engine":"direct","outcome":"failed","reason":"criu: restore failed"}"#
+        );
+        assert_eq!(parse_request(&line).unwrap().op, op);
+        let r = parse_request(r#"{"v":1,"op":"report_restore","engine":"runc","outcome":"ok"}"#)
+            .unwrap();
+        assert_eq!(
+            r.op,
+            Op::ReportRestore {
+                image: None,
+                engine: "runc".into(),
+                outcome: "ok".into(),
+                reason: None
+            }
+        );
+        assert_eq!(r.op.image_name(), None);
+        assert_eq!(op.image_name(), Some("hello-fn"));
+        // Engine and outcome are required; unknown fields are refused as for every op.
+        for line in [
+            r#"{"v":1,"op":"report_restore","outcome":"ok"}"#,
+            r#"{"v":1,"op":"report_restore","engine":"runc"}"#,
+            r#"{"v":1,"op":"report_restore","engine":"runc","outcome":"ok","why":"x"}"#,
+        ] {
+            assert!(
+                matches!(parse_request(line), Err(RequestParseError::Malformed(_))),
+                "{line}"
+            );
+        }
+        assert_eq!(serde_json::to_string(&Reported {}).unwrap(), "{}");
+    }
+
+    #[test]
+    fn stats_from_an_older_daemon_have_no_restores() {
+        let old = r#"{"version":"0.1.0","protocol":1,"uptime_secs":5,"criu_version":null,
+            "kernel_release":"6.18.0","images":0,"store_bytes":0,"staged_images":0,
+            "staged_bytes":0,"leases":0,"requests":{},"failures":{},"failures_by_op":{}}"#;
+        let st: Stats = serde_json::from_str(old).unwrap();
+        assert!(st.restores.is_empty());
+    }
+
+    #[test]
+    fn reasons_are_clipped_to_one_bounded_line() {
+        assert_eq!(clip_reason("  a\nb\tc \n"), Some("a b c".into()));
+        assert_eq!(clip_reason(" \n "), None);
+        assert_eq!(clip_reason("\u{1}x\u{7f}"), Some("x".into()));
+        let long = "é".repeat(MAX_RESTORE_REASON_BYTES);
+        let c = clip_reason(&long).unwrap();
+        assert!(c.len() <= MAX_RESTORE_REASON_BYTES);
+        assert_eq!(c.len(), MAX_RESTORE_REASON_BYTES);
+        let odd = format!("x{long}");
+        let c = clip_reason(&odd).unwrap();
+        assert_eq!(c.len(), MAX_RESTORE_REASON_BYTES - 1);
+        assert!(c.starts_with("xé"));
     }
 }
