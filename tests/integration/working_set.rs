@@ -4,9 +4,10 @@
 //! daemon copy them in before the function resumes, instead of one page fault at a
 //! time. The function answers from its checkpoint's state either way.
 //!
-//! The shims inherit containerd's environment, shared by every story: this one uses
-//! the default working-sets dir (or `REKINDLE_WORKING_SETS` when the run sets it) with
-//! an image name of its own, and removes its working set at the end.
+//! The shims inherit containerd's environment: the harness points
+//! `REKINDLE_WORKING_SETS` into the private containerd's temp dir, shared by the
+//! stories of one run, so this one uses an image name of its own and removes its
+//! working set at the end.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,11 +18,9 @@ use crate::harness::restore::{
     fixture_image, needs_rekindle, restore_story, FunctionSpec, FIXTURE_COUNT, IMAGE_ANNOTATION,
 };
 
-/// The shim's working-sets dir, as it finds it.
-fn working_sets_dir() -> PathBuf {
-    std::env::var_os("REKINDLE_WORKING_SETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/var/lib/rekindle/working-sets"))
+/// The shims' working-sets dir: the harness gives containerd one in its temp dir.
+fn working_sets_dir(ctx: &crate::harness::Ctx) -> PathBuf {
+    ctx.paths().dir.join("working-sets")
 }
 
 /// The story's working set goes, whatever the story's outcome.
@@ -49,7 +48,7 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
             return Ok(());
         }
         let name = format!("python-fn-ws-{}", std::process::id());
-        let file = working_sets_dir().join(&name);
+        let file = working_sets_dir(&ctx).join(&name);
         let _ = std::fs::remove_file(&file);
         let _gone = RemoveOnDrop(file.clone());
         fixture_image(&ctx, &restored, &name).await?;

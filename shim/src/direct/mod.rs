@@ -294,7 +294,7 @@ pub async fn prepare(
 /// hack/criu-patches) records the root task's page faults in a restore
 /// that has none, and copies them in before the next one resumes, instead
 /// of serving each on its fault. The file's first line names the image's
-/// dump (a hash of its inventory.img), so an image stored again under the
+/// dump (the sha256 of its inventory.img), so an image stored again under the
 /// same name is recorded anew. `REKINDLE_WORKING_SET=0` turns this off.
 enum WorkingSet {
     Prefetch(PathBuf),
@@ -314,7 +314,8 @@ fn working_sets_dir() -> PathBuf {
 
 impl WorkingSet {
     fn of(name: &str, image_dir: &Path, work: &Path) -> Option<WorkingSet> {
-        use std::{hash::Hasher, io::BufRead, os::unix::fs::DirBuilderExt};
+        use sha2::Digest;
+        use std::{io::BufRead, os::unix::fs::DirBuilderExt};
         if matches!(std::env::var("REKINDLE_WORKING_SET").as_deref(), Ok("0")) {
             return None;
         }
@@ -324,9 +325,9 @@ impl WorkingSet {
             return None;
         }
         let inventory = std::fs::read(image_dir.join("inventory.img")).ok()?;
-        let mut h = std::hash::DefaultHasher::new();
-        h.write(&inventory);
-        let header = format!("# image {:016x}", h.finish());
+        let digest = sha2::Sha256::digest(&inventory);
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        let header = format!("# image sha256:{hex}");
         let dir = working_sets_dir();
         if let Err(e) = std::fs::DirBuilder::new()
             .recursive(true)

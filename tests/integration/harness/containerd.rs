@@ -171,6 +171,9 @@ impl PrivateContainerd {
                 "REKINDLE_RESTORE_TIMEOUT_MS",
                 std::env::var("REKINDLE_RESTORE_TIMEOUT_MS").unwrap_or_else(|_| "5000".into()),
             )
+            // The shims' recorded working sets stay in this run's dir, not the
+            // host's /var/lib/rekindle.
+            .env("REKINDLE_WORKING_SETS", paths.dir.join("working-sets"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
