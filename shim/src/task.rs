@@ -211,11 +211,17 @@ impl TaskService {
                     Ok(()) => {}
                     Err(e) if c.policy.fallback == Fallback::Cold => {
                         warn!(reason = %e, source = %source, "restore failed; falling back to a cold start as the container's annotation asks");
-                        remount_rootfs(c).await?;
-                        cold_create(c, &self.namespace).await?;
-                        if let Err(e) = c.runc.start(&c.id).await {
-                            return Err(runtime_error(&c.bundle, e, "runc start").await);
+                        let cold = async {
+                            remount_rootfs(c).await?;
+                            cold_create(c, &self.namespace).await?;
+                            if let Err(e) = c.runc.start(&c.id).await {
+                                return Err(runtime_error(&c.bundle, e, "runc start").await);
+                            }
+                            Ok(())
                         }
+                        .await;
+                        report_restore(&source, "cold", cold.as_ref().err());
+                        cold?;
                     }
                     // The image's lease is gone: this container cannot be
                     // started again, only deleted.
@@ -848,6 +854,7 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         };
         match crate::direct::restore(*prepared, on_pages_done).await {
             Ok((pid, running)) => {
+                report_restore(source, "direct", None);
                 c.init.pid = pid;
                 c.direct = Some(Direct::Running(running));
                 info!(
@@ -860,6 +867,7 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
                 return Ok(());
             }
             Err((e, prepared)) => {
+                report_restore(source, "direct", Some(&e));
                 prepared
                     .abandon(c.cgroups_path.as_deref().unwrap_or_default())
                     .await;
@@ -882,6 +890,7 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         }
     }
     let result = runc_restore(c, namespace, &spec).await;
+    report_restore(source, "runc", result.as_ref().err());
     if let Some(lease) = lease {
         release_lease(lease).await;
     }
@@ -1025,6 +1034,33 @@ async fn runc_restore(c: &mut Container, namespace: &str, spec: &CheckpointSpec)
             Err(e)
         }
     }
+}
+
+/// Tells rekindle-restored how a restore attempt went, so that every engine's
+/// successes and failures (with the last reason) are counted in one place on
+/// the node (`rekindle image stats`). In the background: the request must not
+/// wait for the count, nor fail for want of it.
+fn report_restore(source: &RestoreSource, engine: &'static str, error: Option<&Error>) {
+    let image = match source {
+        RestoreSource::Stored { name, .. } => Some(name.clone()),
+        RestoreSource::Checkpoint(_) => None,
+    };
+    let (outcome, reason) = match error {
+        None => ("ok", None),
+        Some(e) => ("failed", Some(e.to_string())),
+    };
+    tokio::spawn(async move {
+        let client = restored_client();
+        let report = client.report_restore(image.as_deref(), engine, outcome, reason.as_deref());
+        match tokio::time::timeout(std::time::Duration::from_secs(2), report).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(error = %e, engine, outcome, "restore outcome not counted"),
+            Err(_) => debug!(
+                engine,
+                outcome, "restore outcome not counted: rekindle-restored did not answer"
+            ),
+        }
+    });
 }
 
 /// Tells rekindle-restored that CRIU is done with a prepared image. Best

@@ -368,6 +368,38 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
             said.contains("trying runc restore"),
             "the shim logs the fast path's failure and the next path: {said:?}"
         );
+        // ... and rekindle-restored counts both attempts (the shim reports in the
+        // background, so give it a moment).
+        let count = |stats: &rekindle_restore_api::Stats, engine: &str, outcome: &str| {
+            stats
+                .restores
+                .iter()
+                .find(|r| r.engine == engine && r.outcome == outcome)
+                .map(|r| (r.count, r.last_reason.clone()))
+        };
+        let mut stats = restored.client().stats().await?;
+        for _ in 0..50 {
+            if count(&stats, "runc", "ok").is_some() && count(&stats, "direct", "failed").is_some()
+            {
+                break;
+            }
+            tokio::time::sleep(millis(100)).await;
+            stats = restored.client().stats().await?;
+        }
+        let (failed, reason) = count(&stats, "direct", "failed")
+            .ok_or_else(|| anyhow::anyhow!("no direct failure counted: {:?}", stats.restores))?;
+        assert_eq!(failed, 1, "{:?}", stats.restores);
+        let reason = reason.unwrap_or_default();
+        assert!(
+            reason.contains("criu restore"),
+            "the counted reason: {reason:?}"
+        );
+        assert_eq!(
+            count(&stats, "runc", "ok").map(|(n, _)| n),
+            Some(1),
+            "{:?}",
+            stats.restores
+        );
         f.destroy().await?;
         Ok(())
     });
