@@ -611,6 +611,13 @@ impl TaskService {
             cgroups_mode: opts.cgroups_mode.clone(),
         };
         let started = std::time::Instant::now();
+        // Which CRIU caller: a container runc runs is dumped by `runc
+        // checkpoint`, which knows its libcontainer state (namespaces, mounts,
+        // devices) and writes the descriptors.json its restore needs. A
+        // container the direct engine restored has no runc state, so the shim
+        // dumps it through libcriu itself, with the options runc would use
+        // (direct::dump): either engine, and containerd's runc shim, can
+        // restore the result.
         let result = match c.direct_running() {
             Some(d) => {
                 d.pages_settled().await;
