@@ -1,9 +1,11 @@
 //! Restores a container that `runc checkpoint` dumped by driving CRIU directly through
 //! libcriu: no runc process at restore time. It times each restore to the function's first
 //! HTTP response, checks the instance, kills it and cleans up. `--modes runc` runs the
-//! `runc restore` baseline on the same image, interleaved with the other modes. This is a
-//! prototype and a recipe for the shim (`shim/src/task.rs` `restore` now calls
-//! `runc restore`); the measurements are at the end.
+//! `runc restore` baseline on the same image, interleaved with the other modes. It was the
+//! prototype and recipe for the shim's direct engine, which now implements it
+//! (`shim/src/direct/`, with the differences noted there: CRIU ignores cgroups and the
+//! shim writes the spec's limits, lazy pages with a recorded working set); the
+//! measurements are at the end.
 //!
 //! ```text
 //! cargo build -p criu-sys --example direct_restore
