@@ -14,6 +14,7 @@
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod driver;
 pub mod image;
 pub mod logging;
 

@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod agent_driver;
 mod checkpoint_restore;
 mod errors;
 mod events;
