@@ -1,7 +1,8 @@
 //! LZ4 (the store's frame format) compress and decompress throughput against a plain
 //! memory copy of the same bytes, and the compression ratio; plus decompression with
-//! the SHA-256 check (what staging and prepare_restore really do), and zstd's ratio on
-//! raw pages vs on LZ4 frames (why exports carry raw files).
+//! the SHA-256 check, the store's whole extraction of an image to tmpfs (what staging and
+//! prepare_restore really do), and zstd's ratio on raw pages vs on LZ4 frames (why
+//! exports carry raw files).
 //!
 //! Data: a real CRIU pages file — `REKINDLE_BENCH_PAGES=/path/pages-1.img`, or else one
 //! made here by checkpointing a Python process holding ~100 MB of objects with CRIU
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use lz4_flex::frame::FrameDecoder;
 use rekindle_restore_daemon::store::codec::{self, VerifyingReader};
+use rekindle_restore_daemon::store::{Limits, NewImage, Store};
 
 /// A Python process with interpreter state and ~100 MB of mixed objects, like a
 /// function that loaded its data at start-up.
@@ -118,6 +120,65 @@ fn synthetic(n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A store on disk holding one image, "bench": `data` as its pages file and a tiny
+/// inventory.img.
+fn bench_store(data: &[u8]) -> (tempfile::TempDir, Store) {
+    let disk = tempfile::tempdir().unwrap();
+    let src = disk.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("inventory.img"), b"inventory").unwrap();
+    fs::write(src.join("pages-1.img"), data).unwrap();
+    let (store, _) = Store::open(&disk.path().join("store"), Limits::default()).unwrap();
+    let meta = NewImage {
+        kernel_release: "bench".into(),
+        ..NewImage::default()
+    };
+    store.store_dir("bench", &src, meta, None).unwrap();
+    (disk, store)
+}
+
+/// Best of `runs` (after one warm-up) of `Store::extract` of "bench", as prepare_restore
+/// does: from the store on disk (in the page cache) into a new directory in `dir`.
+fn extract_time(store: &Store, dir: &Path, runs: usize) -> f64 {
+    let mut best = Duration::MAX;
+    for i in 0..=runs {
+        let dest = dir.join(format!("rekindle-bench-lease-{}-{i}", std::process::id()));
+        let t = Instant::now();
+        store.extract("bench", &dest).unwrap();
+        let took = t.elapsed();
+        fs::remove_dir_all(&dest).unwrap();
+        if i > 0 {
+            best = best.min(took);
+        }
+    }
+    best.as_secs_f64()
+}
+
+/// A tmpfs mounted huge=within_size like the stage area the daemon mounts, if we may
+/// mount; unmounted when dropped.
+struct HugeTmpfs(tempfile::TempDir);
+
+impl HugeTmpfs {
+    fn mount() -> Option<HugeTmpfs> {
+        let dir = tempfile::tempdir().ok()?;
+        nix::mount::mount(
+            Some("rekindle-bench"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some("mode=0700,huge=within_size"),
+        )
+        .ok()?;
+        Some(HugeTmpfs(dir))
+    }
+}
+
+impl Drop for HugeTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount(self.0.path());
+    }
+}
+
 /// Best of `runs` (after one warm-up): seconds per run.
 fn time(runs: usize, mut f: impl FnMut()) -> f64 {
     f();
@@ -177,6 +238,15 @@ fn main() {
         assert!(r.verified());
     });
 
+    let (_disk, store) = bench_store(&data);
+    let shm = Path::new("/dev/shm");
+    let t_extract_shm = shm.is_dir().then(|| extract_time(&store, shm, runs));
+    let huge = HugeTmpfs::mount();
+    let t_extract_huge = huge
+        .as_ref()
+        .map(|h| extract_time(&store, h.0.path(), runs));
+    drop(huge);
+
     let zstd_raw = zstd::bulk::compress(&data, 3).unwrap().len();
     let zstd_lz4 = zstd::bulk::compress(&frame, 3).unwrap().len();
     let zstd_long = {
@@ -196,9 +266,20 @@ fn main() {
         ("memory copy (copy_from_slice)", t_copy),
         ("LZ4 frame compress (+ SHA-256, as stored)", t_comp),
         ("LZ4 frame decompress", t_decomp),
-        ("LZ4 decompress + SHA-256 verify (staging)", t_verify),
+        ("LZ4 decompress + SHA-256 verify", t_verify),
     ] {
         println!("{name:<44} {:>9.2} {:>10.1}", gbs(t), t * 1e3);
+    }
+    // What prepare_restore does for an image not staged: Store::extract into a new
+    // directory on the stage tmpfs (the image: this pages file and a tiny inventory).
+    for (name, t) in [
+        ("extract to tmpfs, 4 KiB pages (/dev/shm)", t_extract_shm),
+        ("extract to tmpfs, huge=within_size (stage)", t_extract_huge),
+    ] {
+        match t {
+            Some(t) => println!("{name:<44} {:>9.2} {:>10.1}", gbs(t), t * 1e3),
+            None => println!("{name:<44} {:>9} {:>10}", "-", "-"),
+        }
     }
     println!();
     println!(

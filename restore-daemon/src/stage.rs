@@ -71,14 +71,26 @@ impl StageArea {
             if let Some(size) = tmpfs_size {
                 data.push_str(&format!(",size={size}"));
             }
-            match nix::mount::mount(
-                Some(MOUNT_SOURCE),
-                &dir,
-                Some("tmpfs"),
-                nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-                Some(data.as_str()),
-            ) {
-                Ok(()) => {
+            let mount = |data: &str| {
+                nix::mount::mount(
+                    Some(MOUNT_SOURCE),
+                    &dir,
+                    Some("tmpfs"),
+                    nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+                    Some(data),
+                )
+            };
+            // Huge pages for the files that fill them (pages files): writing an extracted
+            // image costs about a fifth of what it does with 4 KiB pages (71 MiB: 5 ms
+            // instead of 26). A kernel without transparent huge pages refuses the option.
+            let huge = format!("{data},huge=within_size");
+            let mounted_with = match mount(&huge) {
+                Ok(()) => Ok(huge),
+                Err(nix::errno::Errno::EINVAL) => mount(&data).map(|()| data),
+                Err(e) => Err(e),
+            };
+            match mounted_with {
+                Ok(data) => {
                     mounted = true;
                     tracing::info!(dir = %dir.display(), options = %data, "mounted a tmpfs for staged images");
                 }

@@ -5,6 +5,9 @@
 //! to gigabytes (a decompression bomb) costs at most one block.
 
 use std::io::{self, Read, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use lz4_flex::frame::{BlockMode, BlockSize, FrameDecoder, FrameEncoder, FrameInfo};
 use sha2::{Digest, Sha256};
@@ -165,49 +168,59 @@ impl<R: Read> Read for VerifyingReader<R> {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
             Err(e) => {
-                // lz4_flex reports bad headers and checksum mismatches as InvalidData,
-                // bad block contents as Other wrapping its own error type, and a frame
-                // cut short as UnexpectedEof. Anything else is the underlying reader's.
-                let is_lz4 = e
-                    .get_ref()
-                    .is_some_and(|inner| inner.is::<lz4_flex::frame::Error>());
-                return Err(match e.kind() {
-                    _ if is_lz4 => self.fail(format!("invalid LZ4 data: {e}")),
-                    io::ErrorKind::InvalidData => self.fail(format!("invalid LZ4 data: {e}")),
-                    io::ErrorKind::UnexpectedEof => {
-                        self.fail(format!("LZ4 frame cut short (truncated?): {e}"))
-                    }
-                    _ => e,
-                });
+                return Err(match lz4_failure(e) {
+                    Ok(reason) => self.fail(reason),
+                    Err(e) => e,
+                })
             }
         };
         if n == 0 {
             if self.count != self.expected_size {
-                return Err(self.fail(format!(
-                    "decompresses to {} bytes, the manifest says {} (truncated?)",
-                    self.count, self.expected_size
-                )));
+                return Err(self.fail(wrong_size(self.count, self.expected_size)));
             }
             let sha = hex(&std::mem::take(&mut self.hasher).finalize());
             if sha != self.expected_sha256 {
-                return Err(self.fail(format!(
-                    "SHA-256 mismatch: content hashes to {sha}, the manifest says {}",
-                    self.expected_sha256
-                )));
+                return Err(self.fail(sha_mismatch(&sha, &self.expected_sha256)));
             }
             self.done = true;
             return Ok(0);
         }
         self.count += n as u64;
         if self.count > self.expected_size {
-            return Err(self.fail(format!(
-                "decompresses to more than the manifest's {} bytes (decompression bomb?)",
-                self.expected_size
-            )));
+            return Err(self.fail(too_large(self.expected_size)));
         }
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// What a read error of a `FrameDecoder` means: `Ok(reason)` when the data is corrupt,
+/// `Err` (the error itself) when reading failed.
+fn lz4_failure(e: io::Error) -> Result<String, io::Error> {
+    // lz4_flex reports bad headers and checksum mismatches as InvalidData, bad block
+    // contents as Other wrapping its own error type, and a frame cut short as
+    // UnexpectedEof. Anything else is the underlying reader's.
+    let is_lz4 = e
+        .get_ref()
+        .is_some_and(|inner| inner.is::<lz4_flex::frame::Error>());
+    match e.kind() {
+        _ if is_lz4 => Ok(format!("invalid LZ4 data: {e}")),
+        io::ErrorKind::InvalidData => Ok(format!("invalid LZ4 data: {e}")),
+        io::ErrorKind::UnexpectedEof => Ok(format!("LZ4 frame cut short (truncated?): {e}")),
+        _ => Err(e),
+    }
+}
+
+fn wrong_size(count: u64, expected: u64) -> String {
+    format!("decompresses to {count} bytes, the manifest says {expected} (truncated?)")
+}
+
+fn too_large(expected: u64) -> String {
+    format!("decompresses to more than the manifest's {expected} bytes (decompression bomb?)")
+}
+
+fn sha_mismatch(sha: &str, expected: &str) -> String {
+    format!("SHA-256 mismatch: content hashes to {sha}, the manifest says {expected}")
 }
 
 /// Copies everything `src` yields to `dst` in large chunks; returns the byte count.
@@ -223,6 +236,219 @@ pub fn copy<R: Read, W: Write>(src: &mut R, dst: &mut W) -> io::Result<u64> {
         };
         dst.write_all(&buf[..n])?;
         total += n as u64;
+    }
+}
+
+/// Decompressed bytes per chunk handed from the decompressing thread to the hashing one:
+/// large enough that the hand-over costs nothing, small enough to stay in cache between
+/// the two.
+pub const PIPE_CHUNK: usize = 1 << 20;
+
+/// Chunks in flight between the two threads (the memory the pipeline holds on top of
+/// the decoder's own block buffers).
+const PIPE_DEPTH: usize = 4;
+
+/// Files smaller than this are verified on the calling thread alone: for them a round
+/// trip to the hashing thread costs more than it saves.
+pub const PIPE_MIN_SIZE: u64 = 1 << 20;
+
+/// Why verified decompression failed: the data is corrupt (the reason), or I/O failed.
+#[derive(Debug)]
+pub enum VerifyError {
+    Corrupt(String),
+    Io(io::Error),
+}
+
+enum ToHasher {
+    Chunk(Arc<Vec<u8>>, usize),
+    /// End of the file: send back the digest and start over.
+    Finish,
+}
+
+enum FromHasher {
+    Chunk(Arc<Vec<u8>>),
+    Digest(String),
+}
+
+/// A thread that computes SHA-256 over the chunks it is sent, so that decompressing
+/// and writing (on the caller's thread) and hashing (on this one) use two cores: alone,
+/// SHA-256 costs about as much as decompressing and writing together. Chunks come back
+/// for reuse, so the memory stays at `PIPE_DEPTH` chunks.
+pub struct Sha256Thread {
+    to: Option<SyncSender<ToHasher>>,
+    from: Receiver<FromHasher>,
+    free: Vec<Vec<u8>>,
+    in_flight: usize,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Sha256Thread {
+    pub fn spawn() -> io::Result<Self> {
+        // Never more than PIPE_DEPTH chunks plus a Finish are queued: sends never block.
+        let (to, rx) = mpsc::sync_channel::<ToHasher>(PIPE_DEPTH + 1);
+        let (tx, from) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("rekindle-sha256".into())
+            .spawn(move || {
+                let mut hasher = Sha256::new();
+                for msg in rx {
+                    let reply = match msg {
+                        ToHasher::Chunk(buf, n) => {
+                            hasher.update(&buf[..n]);
+                            FromHasher::Chunk(buf)
+                        }
+                        ToHasher::Finish => {
+                            FromHasher::Digest(hex(&std::mem::take(&mut hasher).finalize()))
+                        }
+                    };
+                    if tx.send(reply).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Sha256Thread {
+            to: Some(to),
+            from,
+            free: Vec::new(),
+            in_flight: 0,
+            thread: Some(thread),
+        })
+    }
+
+    fn send(&self, msg: ToHasher) -> io::Result<()> {
+        self.to
+            .as_ref()
+            .and_then(|to| to.send(msg).ok())
+            .ok_or_else(|| io::Error::other("the SHA-256 thread is gone"))
+    }
+
+    /// Waits for the hasher's next reply: a chunk it is done with (kept for reuse;
+    /// `None`) or the digest of a file.
+    fn recv(&mut self) -> io::Result<Option<String>> {
+        let msg = self
+            .from
+            .recv()
+            .map_err(|_| io::Error::other("the SHA-256 thread is gone"))?;
+        Ok(match msg {
+            FromHasher::Chunk(buf) => {
+                self.in_flight -= 1;
+                // The caller dropped its own reference once it wrote the chunk out;
+                // should it not have, the buffer is simply not reused.
+                if let Some(buf) = Arc::into_inner(buf) {
+                    self.free.push(buf);
+                }
+                None
+            }
+            FromHasher::Digest(d) => Some(d),
+        })
+    }
+
+    /// A chunk buffer: a free one, or a new one while fewer than `PIPE_DEPTH` are in
+    /// flight, or else the next one the hasher is done with.
+    fn buffer(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            if let Some(buf) = self.free.pop() {
+                return Ok(buf);
+            }
+            if self.in_flight < PIPE_DEPTH {
+                return Ok(vec![0; PIPE_CHUNK]);
+            }
+            self.recv()?;
+        }
+    }
+
+    /// Hashes `buf[..n]` as the next bytes of the current file.
+    fn hash(&mut self, buf: Arc<Vec<u8>>, n: usize) -> io::Result<()> {
+        self.send(ToHasher::Chunk(buf, n))?;
+        self.in_flight += 1;
+        Ok(())
+    }
+
+    /// The SHA-256 (lowercase hex) of everything sent since the last `finish`; the next
+    /// chunk starts a new file.
+    fn finish(&mut self) -> io::Result<String> {
+        self.send(ToHasher::Finish)?;
+        loop {
+            if let Some(d) = self.recv()? {
+                return Ok(d);
+            }
+        }
+    }
+}
+
+impl Drop for Sha256Thread {
+    fn drop(&mut self) {
+        // Closing the channel ends the thread's loop.
+        drop(self.to.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Decompresses one stored frame from `compressed` into `dst`, checking it against the
+/// manifest exactly as [`VerifyingReader`] does — the frame's checksum (by the decoder),
+/// the size (never writing past it: a bomb stops within one block) and the SHA-256 —
+/// with the hashing done on `hasher`'s thread while this one decompresses and writes the
+/// next chunk. `dst` holds unverified bytes until this returns `Ok`: the caller must
+/// discard it on error. Returns the bytes written.
+pub fn decompress_verified<R: Read, W: Write>(
+    compressed: R,
+    expected_size: u64,
+    expected_sha256: &str,
+    dst: &mut W,
+    hasher: &mut Sha256Thread,
+) -> Result<u64, VerifyError> {
+    let written = pipe_chunks(compressed, expected_size, dst, hasher);
+    // Always end the file on the hasher, even after a failure, so that it starts the
+    // next file afresh.
+    let sha = hasher.finish();
+    let count = written?;
+    let sha = sha.map_err(VerifyError::Io)?;
+    if count != expected_size {
+        return Err(VerifyError::Corrupt(wrong_size(count, expected_size)));
+    }
+    if sha != expected_sha256 {
+        return Err(VerifyError::Corrupt(sha_mismatch(&sha, expected_sha256)));
+    }
+    Ok(count)
+}
+
+fn pipe_chunks<R: Read, W: Write>(
+    compressed: R,
+    expected_size: u64,
+    dst: &mut W,
+    hasher: &mut Sha256Thread,
+) -> Result<u64, VerifyError> {
+    let mut dec = FrameDecoder::new(compressed);
+    let mut count = 0u64;
+    loop {
+        let mut buf = hasher.buffer().map_err(VerifyError::Io)?;
+        // The decoder hands out what is left of its current block (up to 4 MiB), so
+        // one read fills the chunk but at a block's end.
+        let n = loop {
+            match dec.read(&mut buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(match lz4_failure(e) {
+                        Ok(reason) => VerifyError::Corrupt(reason),
+                        Err(e) => VerifyError::Io(e),
+                    })
+                }
+            }
+        };
+        if n == 0 {
+            return Ok(count);
+        }
+        count += n as u64;
+        if count > expected_size {
+            return Err(VerifyError::Corrupt(too_large(expected_size)));
+        }
+        // Shared, so that the hasher starts on the chunk while it is written.
+        let buf = Arc::new(buf);
+        hasher.hash(Arc::clone(&buf), n).map_err(VerifyError::Io)?;
+        dst.write_all(&buf[..n]).map_err(VerifyError::Io)?;
     }
 }
 
@@ -353,5 +579,72 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         assert!(r.failure().unwrap().contains("decompression bomb"));
         assert!(r.count <= 4096 + (8 << 20), "read {} bytes", r.count);
+    }
+
+    /// [`decompress_verified`] on one shared hashing thread, as `Store::extract` runs it.
+    fn unpack_piped(
+        hasher: &mut Sha256Thread,
+        frame: &[u8],
+        size: u64,
+        sha: &str,
+    ) -> Result<Vec<u8>, VerifyError> {
+        let mut out = Vec::new();
+        decompress_verified(frame, size, sha, &mut out, hasher).map(|n| {
+            assert_eq!(n, out.len() as u64);
+            out
+        })
+    }
+
+    #[test]
+    fn the_pipeline_restores_every_byte() {
+        let mut hasher = Sha256Thread::spawn().unwrap();
+        // Around the chunk and block sizes, and more chunks than are in flight.
+        for n in [0, 1, PIPE_CHUNK - 1, PIPE_CHUNK, (4 << 20) + 17, 9 << 20] {
+            let data = sample(n);
+            let (c, frame) = pack(&data);
+            let out = unpack_piped(&mut hasher, &frame, c.size, &c.sha256).unwrap();
+            assert!(out == data, "n = {n}");
+        }
+    }
+
+    #[test]
+    fn the_pipeline_refuses_what_the_reader_refuses() {
+        let mut hasher = Sha256Thread::spawn().unwrap();
+        let data = sample(3 << 20);
+        let (c, frame) = pack(&data);
+        let corrupt = |r: Result<Vec<u8>, VerifyError>| match r {
+            Err(VerifyError::Corrupt(reason)) => reason,
+            other => panic!("expected corrupt data, got {:?}", other.map(|v| v.len())),
+        };
+        let step = (frame.len() / 50).max(1);
+        for pos in (0..frame.len()).step_by(step).chain([frame.len() - 2]) {
+            let mut bad = frame.clone();
+            bad[pos] ^= 0x40;
+            corrupt(unpack_piped(&mut hasher, &bad, c.size, &c.sha256));
+        }
+        for len in [0, 3, frame.len() / 2, frame.len() - 1] {
+            corrupt(unpack_piped(&mut hasher, &frame[..len], c.size, &c.sha256));
+        }
+        let other = "0".repeat(64);
+        let reason = corrupt(unpack_piped(&mut hasher, &frame, c.size, &other));
+        assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+        let reason = corrupt(unpack_piped(&mut hasher, &frame, c.size + 1, &c.sha256));
+        assert!(reason.contains("truncated"), "{reason}");
+        let reason = corrupt(unpack_piped(&mut hasher, &frame, c.size - 1, &c.sha256));
+        assert!(reason.contains("decompression bomb"), "{reason}");
+        // Failures mid-file leave the thread ready for the next file.
+        let out = unpack_piped(&mut hasher, &frame, c.size, &c.sha256).unwrap();
+        assert!(out == data);
+    }
+
+    #[test]
+    fn the_pipeline_never_writes_past_the_manifest_size() {
+        let zeros = vec![0u8; 64 << 20];
+        let (c, frame) = pack(&zeros);
+        let mut hasher = Sha256Thread::spawn().unwrap();
+        let mut out = Vec::new();
+        let e = decompress_verified(&frame[..], 4096, &c.sha256, &mut out, &mut hasher);
+        assert!(matches!(e, Err(VerifyError::Corrupt(r)) if r.contains("decompression bomb")));
+        assert!(out.len() <= 4096, "wrote {} bytes", out.len());
     }
 }

@@ -533,6 +533,8 @@ impl Store {
             "cannot create a directory in {}",
             parent.display()
         )))?;
+        // Started with the first large file: small images do without the thread.
+        let mut hasher: Option<codec::Sha256Thread> = None;
         let mut total = 0;
         for f in &m.files {
             let out_path = tmp.path().join(&f.path);
@@ -542,12 +544,37 @@ impl Store {
             }
             let mut out = fsutil::create_new_private(&out_path)
                 .map_err(Error::io(format!("cannot create {}", out_path.display())))?;
-            let mut reader = self.open_verified(&m, f)?;
-            let copied = codec::copy(&mut reader, &mut out);
-            if let Some(reason) = reader.failure() {
-                return Err(Error::corrupt_image(name, &stored_name(f), reason));
+            if f.size < codec::PIPE_MIN_SIZE {
+                let mut reader = self.open_verified(&m, f)?;
+                let copied = codec::copy(&mut reader, &mut out);
+                if let Some(reason) = reader.failure() {
+                    return Err(Error::corrupt_image(name, &stored_name(f), reason));
+                }
+                copied.map_err(Error::io(format!("cannot decompress {}", stored_name(f))))?;
+            } else {
+                let compressed = self.open_stored(&m, f)?;
+                // Sized up front so that a tmpfs mounted huge=within_size (the stage area
+                // the daemon mounts) backs the whole file with huge pages.
+                out.set_len(f.size)
+                    .map_err(Error::io(format!("cannot size {}", out_path.display())))?;
+                let hasher = match &mut hasher {
+                    Some(h) => h,
+                    None => hasher.insert(
+                        codec::Sha256Thread::spawn()
+                            .map_err(Error::io("cannot start a SHA-256 thread"))?,
+                    ),
+                };
+                // A failed file is left half-written in `tmp`, which goes with the error.
+                codec::decompress_verified(compressed, f.size, &f.sha256, &mut out, hasher)
+                    .map_err(|e| match e {
+                        codec::VerifyError::Corrupt(reason) => {
+                            Error::corrupt_image(name, &stored_name(f), reason)
+                        }
+                        codec::VerifyError::Io(e) => {
+                            Error::io(format!("cannot decompress {}", stored_name(f)))(e)
+                        }
+                    })?;
             }
-            copied.map_err(Error::io(format!("cannot decompress {}", stored_name(f))))?;
             total += f.size;
         }
         match fsutil::rename_noreplace(tmp.path(), dest) {
@@ -571,6 +598,16 @@ impl Store {
         m: &Manifest,
         f: &FileEntry,
     ) -> Result<VerifyingReader<BufReader<File>>> {
+        Ok(VerifyingReader::new(
+            self.open_stored(m, f)?,
+            f.size,
+            &f.sha256,
+        ))
+    }
+
+    /// Opens one stored file, buffered, after checking that it is a regular file of the
+    /// size the manifest records.
+    fn open_stored(&self, m: &Manifest, f: &FileEntry) -> Result<BufReader<File>> {
         let stored = stored_name(f);
         let path = self.image_dir(&m.name).join(&stored);
         let file = fsutil::open_nofollow(&path)
@@ -592,11 +629,7 @@ impl Store {
                 ),
             ));
         }
-        Ok(VerifyingReader::new(
-            BufReader::with_capacity(codec::COPY_BUF, file),
-            f.size,
-            &f.sha256,
-        ))
+        Ok(BufReader::with_capacity(codec::COPY_BUF, file))
     }
 
     /// Verifies every stored file of an image without writing anything.
