@@ -8,6 +8,7 @@ use clap::ArgMatches;
 use serde::Deserialize;
 
 use crate::daemon::Cli;
+use crate::driver::{FunctionSpec, NetMode};
 
 pub const DEFAULT_CONFIG: &str = "/etc/rekindle/agent.toml";
 /// Loopback only by default: expose it to Prometheus deliberately.
@@ -20,7 +21,187 @@ pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "k8s.io";
 
 pub use rekindle_daemon_kit::LogFormat;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// Which pool policy drives the agent (the same code the simulator replays).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyName {
+    /// Fixed 10-minute keep-alive.
+    Fixed,
+    /// Shahrad et al.'s hybrid histogram policy.
+    Hybrid,
+    /// Rekindle's tiered, forecast-driven policy.
+    #[default]
+    Rekindle,
+}
+
+impl PolicyName {
+    pub fn kind(self) -> crate::policy::PolicyKind {
+        use crate::policy::PolicyKind;
+        match self {
+            PolicyName::Fixed => PolicyKind::Fixed,
+            PolicyName::Hybrid => PolicyKind::Hybrid,
+            PolicyName::Rekindle => PolicyKind::Rekindle,
+        }
+    }
+}
+
+fn default_fn_memory_mb() -> u64 {
+    256
+}
+fn default_max_instances() -> u32 {
+    10
+}
+fn default_keep_alive_max() -> f64 {
+    600.0
+}
+fn default_invoke_timeout() -> f64 {
+    30.0
+}
+fn default_ready_path() -> String {
+    "/healthz".to_string()
+}
+
+/// One function the agent serves (`[[function]]` in the file).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// Its name: the gateway's `/invoke/<name>/...` and its instances' id prefix.
+    pub name: String,
+    /// containerd image (imported and unpacked for the snapshotter).
+    pub image_ref: String,
+    /// Added to the image's environment (`KEY=value`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The port the function listens on (`$PORT`).
+    pub port: u16,
+    /// Memory of one instance, MB: its cgroup limit and what the pool and the memory
+    /// budget count for it.
+    #[serde(default = "default_fn_memory_mb")]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub cpu_shares: Option<u64>,
+    /// Name of its checkpoint image in rekindle-restored (default: the function's name).
+    #[serde(default)]
+    pub store_as: Option<String>,
+    #[serde(default)]
+    pub netns: NetMode,
+    #[serde(default = "default_ready_path")]
+    pub ready_path: String,
+    /// Hot instances kept whatever the policy says.
+    #[serde(default)]
+    pub min_instances: u32,
+    /// Instances (hot + warm, busy included) never exceeded.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Bounds on the policy's keep-alive window (hot + warm + staged), seconds.
+    #[serde(default)]
+    pub keep_alive_min_secs: f64,
+    #[serde(default = "default_keep_alive_max")]
+    pub keep_alive_max_secs: f64,
+    /// Bound on one forwarded request, seconds.
+    #[serde(default = "default_invoke_timeout")]
+    pub invoke_timeout_secs: f64,
+}
+
+impl FunctionConfig {
+    /// A function with the defaults for everything optional.
+    pub fn new(name: &str, image_ref: &str, port: u16) -> Self {
+        FunctionConfig {
+            name: name.to_string(),
+            image_ref: image_ref.to_string(),
+            env: Vec::new(),
+            port,
+            memory_mb: default_fn_memory_mb(),
+            cpu_shares: None,
+            store_as: None,
+            netns: NetMode::Own,
+            ready_path: default_ready_path(),
+            min_instances: 0,
+            max_instances: default_max_instances(),
+            keep_alive_min_secs: 0.0,
+            keep_alive_max_secs: default_keep_alive_max(),
+            invoke_timeout_secs: default_invoke_timeout(),
+        }
+    }
+
+    /// The image name its checkpoints are stored under.
+    pub fn store_as(&self) -> &str {
+        self.store_as.as_deref().unwrap_or(&self.name)
+    }
+
+    /// What the driver needs to make its instances.
+    pub fn spec(&self) -> FunctionSpec {
+        FunctionSpec {
+            name: self.name.clone(),
+            image_ref: self.image_ref.clone(),
+            env: self.env.clone(),
+            port: self.port,
+            memory_limit_bytes: self.memory_mb << 20,
+            cpu_shares: self.cpu_shares,
+            store_as: self.store_as().to_string(),
+            netns: self.netns,
+            ready_path: self.ready_path.clone(),
+        }
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let bad = |why: String| Err(Error::Invalid(format!("function {:?}: {why}", self.name)));
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 48
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        };
+        if !name_ok(&self.name) {
+            return bad("name must be 1-48 characters of [A-Za-z0-9._-]".into());
+        }
+        if !name_ok(self.store_as()) {
+            return bad("store_as must be 1-48 characters of [A-Za-z0-9._-]".into());
+        }
+        if self.image_ref.is_empty() {
+            return bad("image_ref is empty".into());
+        }
+        if self.port == 0 {
+            return bad("port is 0".into());
+        }
+        if self.memory_mb == 0 {
+            return bad("memory_mb is 0".into());
+        }
+        if !self.ready_path.starts_with('/') {
+            return bad(format!(
+                "ready_path {:?} must start with /",
+                self.ready_path
+            ));
+        }
+        if self.max_instances == 0 || self.min_instances > self.max_instances {
+            return bad(format!(
+                "need 0 <= min_instances ({}) <= max_instances ({}) and max_instances >= 1",
+                self.min_instances, self.max_instances
+            ));
+        }
+        if self.netns == NetMode::Host && self.max_instances > 1 {
+            return bad(
+                "netns = \"host\" allows one instance at a time: set max_instances = 1".into(),
+            );
+        }
+        let finite = |x: f64| x.is_finite() && x >= 0.0;
+        if !finite(self.keep_alive_min_secs)
+            || !finite(self.keep_alive_max_secs)
+            || self.keep_alive_min_secs > self.keep_alive_max_secs
+        {
+            return bad(format!(
+                "need 0 <= keep_alive_min_secs ({}) <= keep_alive_max_secs ({})",
+                self.keep_alive_min_secs, self.keep_alive_max_secs
+            ));
+        }
+        if !(self.invoke_timeout_secs.is_finite() && self.invoke_timeout_secs > 0.0) {
+            return bad("invoke_timeout_secs must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where Prometheus scrapes `/metrics`.
@@ -37,6 +218,28 @@ pub struct Config {
     pub gateway_addr: Option<SocketAddr>,
     /// Log format on stderr.
     pub log_format: LogFormat,
+    /// The pool policy.
+    pub policy: PolicyName,
+    /// Milliseconds between two reconciles of the pools.
+    pub reconcile_interval_ms: u64,
+    /// Policy seconds per real second: the policies plan in one-minute intervals; 60
+    /// makes a real second a policy minute (for tests and demos). Default 1.
+    pub time_scale: f64,
+    /// Node memory budget for the pools (instances and staged images), MB; unset: none.
+    pub memory_budget_mb: Option<u64>,
+    /// Instance starts (restores, cold starts) in flight at once, at most.
+    pub max_parallel_starts: u32,
+    /// containerd snapshotter of the function images.
+    pub snapshotter: String,
+    /// runc's `--root` for the instances' tasks; unset: the runtime's default.
+    pub runc_root: Option<PathBuf>,
+    /// Where the instances' network namespaces are bind-mounted.
+    pub netns_dir: PathBuf,
+    /// Where the instances' stdout and stderr go (one file per instance).
+    pub instance_log_dir: PathBuf,
+    /// The functions served (`[[function]]` tables).
+    #[serde(rename = "function")]
+    pub functions: Vec<FunctionConfig>,
 }
 
 impl Default for Config {
@@ -49,6 +252,16 @@ impl Default for Config {
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.into(),
             gateway_addr: None,
             log_format: LogFormat::Text,
+            policy: PolicyName::default(),
+            reconcile_interval_ms: 1000,
+            time_scale: 1.0,
+            memory_budget_mb: None,
+            max_parallel_starts: 2,
+            snapshotter: "overlayfs".into(),
+            runc_root: None,
+            netns_dir: "/run/netns".into(),
+            instance_log_dir: "/var/log/rekindle/instances".into(),
+            functions: Vec::new(),
         }
     }
 }
@@ -105,6 +318,56 @@ impl Config {
                 "metrics_addr and gateway_addr are both {}",
                 self.metrics_addr
             )));
+        }
+        if self.reconcile_interval_ms < 10 {
+            return Err(Error::Invalid(format!(
+                "reconcile_interval_ms is {}: at least 10",
+                self.reconcile_interval_ms
+            )));
+        }
+        if !(self.time_scale.is_finite() && self.time_scale > 0.0) {
+            return Err(Error::Invalid(format!(
+                "time_scale is {}: must be positive",
+                self.time_scale
+            )));
+        }
+        if self.max_parallel_starts == 0 {
+            return Err(Error::Invalid("max_parallel_starts is 0".into()));
+        }
+        for (name, path) in [
+            ("netns_dir", &self.netns_dir),
+            ("instance_log_dir", &self.instance_log_dir),
+        ] {
+            rekindle_daemon_kit::config::check_absolute(name, path)?;
+        }
+        if let Some(root) = &self.runc_root {
+            rekindle_daemon_kit::config::check_absolute("runc_root", root)?;
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut images = std::collections::HashSet::new();
+        for f in &self.functions {
+            f.validate()?;
+            if !names.insert(f.name.as_str()) {
+                return Err(Error::Invalid(format!(
+                    "function {:?} is registered twice",
+                    f.name
+                )));
+            }
+            if !images.insert(f.store_as()) {
+                return Err(Error::Invalid(format!(
+                    "function {:?}: store_as {:?} is another function's too",
+                    f.name,
+                    f.store_as()
+                )));
+            }
+            if let Some(b) = self.memory_budget_mb {
+                if f.memory_mb > b {
+                    return Err(Error::Invalid(format!(
+                        "function {:?}: memory_mb {} exceeds memory_budget_mb {b}: it could never run",
+                        f.name, f.memory_mb
+                    )));
+                }
+            }
         }
         Ok(())
     }
@@ -190,6 +453,59 @@ mod tests {
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:2222");
         assert_eq!(c.hook_socket, Path::new("/run/file.sock"));
         assert_eq!(c.restored_socket, Path::new(DEFAULT_RESTORED_SOCKET));
+    }
+
+    const FN: &str = "[[function]]\nname = \"hello\"\nimage_ref = \"docker.io/rekindle/python-fn:latest\"\nport = 8080\n";
+
+    #[test]
+    fn functions_are_registered_with_defaults() {
+        let p = Path::new("agent.toml");
+        let c =
+            Config::from_toml(&format!("policy = \"hybrid\"\ntime_scale = 60.0\n{FN}"), p).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.policy, PolicyName::Hybrid);
+        assert_eq!(c.functions.len(), 1);
+        let f = &c.functions[0];
+        assert_eq!(f.store_as(), "hello");
+        assert_eq!((f.min_instances, f.max_instances), (0, 10));
+        let spec = f.spec();
+        assert_eq!(spec.memory_limit_bytes, 256 << 20);
+        assert_eq!(spec.netns, NetMode::Own);
+        assert_eq!(spec.store_as, "hello");
+    }
+
+    #[test]
+    fn bad_functions_are_rejected_with_the_reason() {
+        let p = Path::new("agent.toml");
+        let check = |extra: &str, want: &str| {
+            let c = Config::from_toml(&format!("{extra}{FN}"), p);
+            let e = match c {
+                Ok(c) => c.validate().unwrap_err(),
+                Err(e) => e,
+            };
+            assert!(e.to_string().contains(want), "{e} (wanted {want:?})");
+        };
+        check(FN, "registered twice");
+        check("memory_budget_mb = 100\n", "exceeds memory_budget_mb");
+        check("time_scale = 0.0\n", "time_scale");
+        let bad_fn = |line: &str, want: &str| {
+            let e = Config::from_toml(&format!("{FN}{line}\n"), p)
+                .and_then(|c| c.validate())
+                .unwrap_err();
+            assert!(e.to_string().contains(want), "{e} (wanted {want:?})");
+        };
+        bad_fn("min_instances = 3\nmax_instances = 2", "min_instances (3)");
+        bad_fn("netns = \"host\"", "one instance at a time");
+        bad_fn("keep_alive_max_secs = -1.0", "keep_alive_min_secs");
+        bad_fn("port2 = 1", "port2");
+        let e = Config::from_toml(
+            "[[function]]\nname = \"a b\"\nimage_ref = \"i\"\nport = 1\n",
+            p,
+        )
+        .unwrap()
+        .validate()
+        .unwrap_err();
+        assert!(e.to_string().contains("[A-Za-z0-9._-]"), "{e}");
     }
 
     #[test]

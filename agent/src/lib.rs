@@ -65,6 +65,7 @@ impl Error {
 // the trace-driven simulator (no I/O beyond reading a trace file the caller names).
 pub mod forecast;
 pub mod policy;
+pub mod pool;
 pub mod rng;
 pub mod sim;
 pub mod sizing;
