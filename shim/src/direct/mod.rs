@@ -556,6 +556,11 @@ fn request(p: &mut Prepared) -> Result<Criu> {
     c.set_log_level(criu_log_level());
     c.set_root(&p.criu_root).map_err(criu_err)?;
     c.set_evasive_devices(true);
+    // What the checkpoint may hold if its caller asked for it (established TCP
+    // connections, file locks): CRIU refuses such an image unless the restore
+    // allows it too, and allowing it changes nothing for an image without them.
+    c.set_tcp_established(true);
+    c.set_file_locks(true);
     c.set_manage_cgroups(CgroupMode::Ignore);
     for (k, v) in &p.plan.ext_mounts {
         c.add_ext_mount(k, v).map_err(criu_err)?;
