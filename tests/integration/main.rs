@@ -22,4 +22,5 @@ mod leak_check;
 mod observe;
 mod run_to_completion;
 mod shim_crash;
+mod tcp_established;
 mod working_set;
