@@ -4,9 +4,18 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::{CommandFactory, FromArgMatches, Parser};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{self, Config, LogFormat};
+use crate::driver::{ContainerdConfig, ContainerdDriver, InstanceDriver};
+use crate::metrics::Metrics;
+use crate::pool::manager::{PoolManager, PoolOptions};
+use crate::sim::RunOptions;
 use crate::{logging, Error};
 
 const ABOUT: &str = "Rekindle's per-node agent: keeps function instances hot, warm, staged or \
@@ -15,39 +24,71 @@ const ABOUT: &str = "Rekindle's per-node agent: keeps function instances hot, wa
 const LONG_ABOUT: &str = "\
 Rekindle's per-node agent. It turns the cold start of a function container into a restore
 of an already-initialised checkpoint by keeping the right number of instances of each
-function in the right tier, and tells the cluster where a function starts fastest.
+function in the right tier.
 
-What it does (one agent per node, next to containerd and rekindle-restored):
-  - pools: per function, instances hot (running), warm (restored and frozen in the
-    cgroup freezer), staged (checkpoint decompressed in memory by rekindle-restored) or
-    cold (LZ4 checkpoint on disk); cold-started instances are checkpointed after init;
-  - forecaster: a local forecast of each function's arrivals sets the pool targets;
-  - eBPF metrics: sched, exec/exit and page-fault tracepoints for node load and
-    per-instance working sets;
-  - Prometheus /metrics on --metrics-addr (starts by tier, restore latency, pool sizes);
-  - scheduler hook: gRPC on --hook-socket (plus a scheduler-extender HTTP adapter)
-    telling which node holds a hot or warm instance or a staged checkpoint;
-  - invoke gateway for edge boxes without Kubernetes (--gateway-addr): hot, then warm
-    (thaw), then restore, then cold start; any failure falls back to the next path.
+What it does now (one agent per node, next to containerd and rekindle-restored):
+  - pools: per function registered in the configuration ([[function]]), instances hot
+    (running), warm (frozen in the cgroup freezer), staged (checkpoint decompressed in
+    memory by rekindle-restored) or cold (checkpoint on disk, or no image yet); a cold-
+    started instance is checkpointed into the store so the next start is a restore;
+  - forecaster and policy: every reconcile interval the pool policy (the same code
+    rekindle-sim replays: rekindle, hybrid or fixed) plans each function's keep-alive ladder and
+    targets from the arrivals it saw, and the agent moves the pools there, within the
+    node's memory budget (least recently invoked function released first);
+  - Prometheus /metrics on --metrics-addr: rekindle_starts_total{function,tier},
+    rekindle_start_failures_total{function,tier,reason},
+    rekindle_start_latency_seconds{tier}, rekindle_pool_instances{function,tier},
+    rekindle_pool_target{function,tier}, rekindle_pool_actions_total;
+  - invoke gateway (--gateway-addr; edge boxes without Kubernetes):
+    GET /invoke/<function>/<path> is served by an idle hot instance, else a warm one
+    (thawed), else a restore (staged image, then disk), else a cold start; any failure
+    falls back to the next path and is counted with its reason.
 
-Status: not implemented yet. Running it checks the command line and the configuration
-file, then exits with status 69 (EX_UNAVAILABLE) saying so.";
+Not yet: the eBPF node metrics and the scheduler hook (--hook-socket is accepted and
+checked, nothing listens on it). SIGTERM or SIGINT stops every instance the agent
+started, then it exits 0.";
 
 const AFTER_LONG_HELP: &str = "\
 Configuration file (TOML; every key optional, command-line options win over it):
   metrics_addr = \"127.0.0.1:9464\"
-  hook_socket = \"/run/rekindle/agent.sock\"
+  hook_socket = \"/run/rekindle/agent.sock\"       # not served yet
   restored_socket = \"/run/rekindle/restored.sock\"
   containerd_address = \"/run/containerd/containerd.sock\"
   containerd_namespace = \"k8s.io\"
   gateway_addr = \"127.0.0.1:8080\"      # unset: no invoke gateway
   log_format = \"text\"                  # or \"json\"
+  policy = \"rekindle\"                  # or \"hybrid\", \"fixed\"
+  reconcile_interval_ms = 1000
+  time_scale = 1.0                     # policy seconds per real second
+  memory_budget_mb = 4096              # unset: no budget
+  max_parallel_starts = 2
+  snapshotter = \"overlayfs\"
+  runc_root = \"/run/containerd/runc/k8s.io\"   # unset: the runtime's default
+  netns_dir = \"/run/netns\"
+  instance_log_dir = \"/var/log/rekindle/instances\"
+
+  [[function]]                         # one per function
+  name = \"hello\"                       # GET /invoke/hello/... on the gateway
+  image_ref = \"docker.io/rekindle/python-fn:latest\"
+  port = 8080                          # given to it as $PORT
+  env = [\"STATE_MB=64\"]
+  memory_mb = 256                      # cgroup limit; what the budget counts
+  cpu_shares = 512
+  store_as = \"hello\"                   # its checkpoint image's name (default: name)
+  netns = \"own\"                        # or \"host\" (then max_instances = 1)
+  ready_path = \"/healthz\"
+  min_instances = 0                    # hot, whatever the policy says
+  max_instances = 10
+  keep_alive_min_secs = 0              # bounds on the policy's keep-alive window
+  keep_alive_max_secs = 600
+  invoke_timeout_secs = 30
 
 Environment:
   RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default \"info\"
 
 Exit status:
-  0 success, 2 bad command line, 69 not implemented yet, 78 bad configuration";
+  0 stopped by SIGTERM/SIGINT, 2 bad command line, 69 containerd or a listen address
+  unavailable, 78 bad configuration";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -102,27 +143,154 @@ where
     run(&config)
 }
 
-/// Runs the agent with a resolved configuration. Not implemented yet: refuses.
+/// Runs the agent with a resolved configuration until SIGTERM or SIGINT, then stops
+/// every instance it started.
 pub fn run(config: &Config) -> Result<(), Error> {
-    tracing::debug!(
-        metrics_addr = %config.metrics_addr,
-        hook_socket = %config.hook_socket.display(),
-        restored_socket = %config.restored_socket.display(),
-        containerd_address = %config.containerd_address.display(),
-        containerd_namespace = %config.containerd_namespace,
-        gateway_addr = ?config.gateway_addr,
-        "configuration loaded"
-    );
-    Err(Error::NotImplemented {
-        what: "rekindle-agent".into(),
-        reason: format!(
-            "the pool manager, forecaster, eBPF metrics, /metrics on {}, the scheduler hook \
-             on {} and the invoke gateway are still to be written; refusing to start rather \
-             than pretend to manage pools",
-            config.metrics_addr,
-            config.hook_socket.display()
-        ),
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Io {
+            what: "starting the tokio runtime".into(),
+            source: e,
+        })?;
+    rt.block_on(async {
+        let agent = Agent::start(config).await?;
+        wait_for_signal().await?;
+        tracing::info!("stopping: SIGTERM or SIGINT");
+        agent.shutdown().await;
+        Ok(())
     })
+}
+
+async fn wait_for_signal() -> Result<(), Error> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let io = |e| Error::Io {
+        what: "installing the signal handlers".into(),
+        source: e,
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(io)?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// A running agent: its pools, its HTTP endpoints and its reconcile loop.
+pub struct Agent {
+    pub pool: PoolManager,
+    /// Where /metrics and the gateway actually listen (port 0 in the configuration: the
+    /// port the system chose).
+    pub metrics_addr: SocketAddr,
+    pub gateway_addr: Option<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Agent {
+    /// Connects to containerd, listens, and starts reconciling.
+    pub async fn start(config: &Config) -> Result<Agent, Error> {
+        let mut dc =
+            ContainerdConfig::new(&config.containerd_address, &config.containerd_namespace);
+        dc.restored_socket = config.restored_socket.clone();
+        dc.snapshotter = config.snapshotter.clone();
+        dc.runc_root = config.runc_root.clone();
+        dc.netns_dir = config.netns_dir.clone();
+        dc.log_dir = config.instance_log_dir.clone();
+        let driver = ContainerdDriver::connect(dc).await.map_err(Box::new)?;
+        Self::start_with(config, Arc::new(driver)).await
+    }
+
+    /// [`Agent::start`] with a driver of the caller's.
+    pub async fn start_with(
+        config: &Config,
+        driver: Arc<dyn InstanceDriver>,
+    ) -> Result<Agent, Error> {
+        let listen = |addr: SocketAddr, what: &'static str| async move {
+            TcpListener::bind(addr).await.map_err(|e| Error::Listen {
+                what,
+                addr,
+                source: e,
+            })
+        };
+        let metrics_listener = listen(config.metrics_addr, "metrics_addr").await?;
+        let gateway_listener = match config.gateway_addr {
+            Some(a) => Some(listen(a, "gateway_addr").await?),
+            None => None,
+        };
+        let mut opts = RunOptions::new(1);
+        opts.memory_budget_mb = config.memory_budget_mb.map(|m| m as f64);
+        let policy = opts.policy(config.policy.kind());
+        let metrics = Arc::new(Metrics::new());
+        let pool = PoolManager::new(
+            driver.clone(),
+            &config.functions,
+            PoolOptions {
+                time_scale: config.time_scale,
+                memory_budget_mb: config.memory_budget_mb.map(|m| m as f64),
+                max_parallel_starts: config.max_parallel_starts as usize,
+                policy,
+            },
+            metrics.clone(),
+        );
+        // Images already in the store: the next start is a restore.
+        let restored = rekindle_restore_api::Client::new(&config.restored_socket);
+        for f in &config.functions {
+            match restored.get_image(f.store_as()).await {
+                Ok(info) => pool.set_image(&f.name, info.staged),
+                Err(e) => tracing::debug!(function = %f.name, error = %e, "no stored image yet"),
+            }
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let metrics_addr = metrics_listener.local_addr().map_err(|e| Error::Listen {
+            what: "metrics_addr",
+            addr: config.metrics_addr,
+            source: e,
+        })?;
+        let mut tasks = vec![tokio::spawn(crate::gateway::serve_metrics(
+            metrics_listener,
+            metrics,
+            stop_rx.clone(),
+        ))];
+        let mut gateway_addr = None;
+        if let Some(l) = gateway_listener {
+            gateway_addr = l.local_addr().ok();
+            tasks.push(tokio::spawn(crate::gateway::serve_gateway(
+                l,
+                pool.clone(),
+                stop_rx.clone(),
+            )));
+        }
+        let interval = Duration::from_millis(config.reconcile_interval_ms);
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move { p.run(interval, stop_rx).await }));
+        tracing::info!(
+            %metrics_addr,
+            gateway_addr = ?gateway_addr,
+            functions = config.functions.len(),
+            policy = ?config.policy,
+            "rekindle-agent running"
+        );
+        Ok(Agent {
+            pool,
+            metrics_addr,
+            gateway_addr,
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops listening and reconciling, waits for the requests and actions in flight
+    /// (up to a minute), then stops every instance the agent started.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let n = self.pool.shutdown(Duration::from_secs(60)).await;
+        tracing::info!(instances = n, "stopped every instance");
+    }
 }
 
 #[cfg(test)]
@@ -144,14 +312,13 @@ mod tests {
     }
 
     #[test]
-    fn running_refuses_with_the_reason() {
-        let e = run(&Config::default()).unwrap_err();
-        assert_eq!(e.exit_code(), crate::EXIT_UNAVAILABLE);
-        let msg = e.to_string();
-        assert!(
-            msg.starts_with("rekindle-agent is not implemented yet"),
-            "{msg}"
-        );
-        assert!(msg.contains("127.0.0.1:9464"), "{msg}");
+    fn running_without_containerd_says_so() {
+        let c = Config {
+            containerd_address: "/nonexistent/containerd.sock".into(),
+            metrics_addr: "127.0.0.1:0".parse().unwrap(),
+            ..Config::default()
+        };
+        let e = run(&c).unwrap_err();
+        assert_eq!(e.exit_code(), crate::EXIT_UNAVAILABLE, "{e}");
     }
 }

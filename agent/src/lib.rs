@@ -7,16 +7,21 @@
 //! tells the cluster scheduler which node can start a function fastest, and on edge boxes
 //! without Kubernetes serves invocations itself (hot → warm → restore → cold).
 //!
-//! For now the daemon and most CLI subcommands refuse with the reason (see
-//! [`Error::NotImplemented`]) rather than pretend to work; `rekindle image ...` ([`image`])
-//! manages the checkpoint images through rekindle-restored.
+//! The daemon ([`daemon::Agent`]) runs the pools ([`pool`]) of the functions in its
+//! configuration through containerd ([`driver`]), the invoke gateway and `/metrics`
+//! ([`gateway`], [`metrics`]); the eBPF metrics and the scheduler hook are not written
+//! yet, and CLI subcommands that need them refuse with the reason (see
+//! [`Error::NotImplemented`]). `rekindle image ...` ([`image`]) manages the checkpoint
+//! images through rekindle-restored.
 
 pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod driver;
+pub mod gateway;
 pub mod image;
 pub mod logging;
+pub mod metrics;
 
 pub use config::Config;
 
@@ -42,6 +47,26 @@ pub enum Error {
     #[error(transparent)]
     Restored(#[from] rekindle_restore_api::Error),
 
+    /// containerd could not be reached (or the driver could not start).
+    #[error(transparent)]
+    Driver(#[from] Box<driver::DriverError>),
+
+    /// An address to listen on could not be bound.
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Listen {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A command line that parsed but cannot be carried out as given.
     #[error("{0}")]
     Usage(String),
@@ -57,6 +82,8 @@ impl Error {
             Error::Restored(e) if e.is_unreachable() => EXIT_UNAVAILABLE,
             Error::Restored(_) => 1,
             Error::Usage(_) => 2,
+            Error::Driver(_) | Error::Listen { .. } => EXIT_UNAVAILABLE,
+            Error::Io { .. } => 1,
         }
     }
 }

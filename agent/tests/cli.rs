@@ -45,7 +45,8 @@ fn agent_help_explains_the_daemon_and_its_defaults() {
         "[default: 127.0.0.1:9464]",
         "[default: /run/rekindle/agent.sock]",
         "--log-format <FORMAT>",
-        "not implemented yet",
+        "SIGTERM",
+        "[[function]]",
     ] {
         assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
     }
@@ -63,14 +64,16 @@ fn both_binaries_print_their_version() {
 }
 
 #[test]
-fn the_agent_refuses_to_pretend_to_run() {
-    let out = agent(&[]);
+fn the_agent_without_containerd_exits_unavailable() {
+    let out = agent(&[
+        "--containerd-address",
+        "/nonexistent/containerd.sock",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(out.status.code(), Some(69), "{out:?}");
     let err = stderr(&out);
-    assert!(
-        err.contains("rekindle-agent is not implemented yet"),
-        "{err}"
-    );
+    assert!(err.contains("containerd"), "{err}");
 }
 
 #[test]

@@ -39,6 +39,8 @@
 //!    released, and a request's own start is admitted only if [`make_room`] finds room.
 //! 6. One action at a time per instance (busy instances are left alone) and per image.
 
+pub mod manager;
+
 use std::collections::HashSet;
 
 use crate::policy::{KeepAlive, Plan, Tier, TierTargets};

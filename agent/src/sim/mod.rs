@@ -539,8 +539,8 @@ impl RunOptions {
         }
     }
 
-    /// The policy of a variant, with these options.
-    pub fn policy(&self, kind: crate::policy::PolicyKind) -> Box<dyn Policy> {
+    /// The policy of a variant, with these options (the live agent's too).
+    pub fn policy(&self, kind: crate::policy::PolicyKind) -> Box<dyn Policy + Send> {
         use crate::policy::{fixed, hybrid, rekindle, PolicyKind};
         match kind {
             PolicyKind::Fixed => Box::new(fixed::FixedKeepAlive::ten_minutes()),

@@ -1,0 +1,904 @@
+//! The pool manager's I/O: the policy fed with what the node sees, [`super::decide`]
+//! every reconcile interval, its actions carried out through the instance driver, and the
+//! instances handed to the invoke gateway (hot → warm → restore → cold).
+//!
+//! Clocks: the agent's clock is real seconds since the manager started; the policy's is
+//! that times `time_scale` (policies plan per one-minute interval, so a scale of 60 makes
+//! a real second a policy minute — for tests and demos; 1 in production).
+//!
+//! Concurrency: the state is one mutex, never held across an await. An instance under an
+//! action or serving a request is marked busy, so it gets one action at a time; instance
+//! starts (the pool's and the requests') share a semaphore of `max_parallel_starts`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::{
+    decide, make_room, real_plan, Action, FunctionView, ImageState, InstanceView, Loaded,
+    PlanBounds, StartWhy,
+};
+use crate::config::FunctionConfig;
+use crate::driver::{FunctionSpec, Instance, InstanceDriver, Response};
+use crate::metrics::{self, Metrics, StartTier};
+use crate::policy::{FunctionId, FunctionInfo, Plan, Policy, Trigger, INTERVAL};
+
+/// How the manager runs.
+pub struct PoolOptions {
+    /// Policy seconds per real second.
+    pub time_scale: f64,
+    /// Node memory budget, MB.
+    pub memory_budget_mb: Option<f64>,
+    pub max_parallel_starts: usize,
+    /// The policy (the same code the simulator replays).
+    pub policy: Box<dyn Policy + Send>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    inst: Instance,
+    loaded: Loaded,
+    busy: bool,
+    idle_since: f64,
+    prewarmed: bool,
+}
+
+#[derive(Debug)]
+struct FnRt {
+    cfg: FunctionConfig,
+    spec: FunctionSpec,
+    image: ImageState,
+    image_busy: bool,
+    slots: Vec<Slot>,
+    starting_hot: u32,
+    starting_warm: u32,
+    last_invoked: Option<f64>,
+    last_end: Option<f64>,
+    pending_load: Option<f64>,
+    plan: Plan,
+    rr: usize,
+}
+
+impl FnRt {
+    fn view(&self) -> FunctionView {
+        FunctionView {
+            name: self.cfg.name.clone(),
+            memory_mb: self.cfg.memory_mb as f64,
+            image: self.image,
+            image_busy: self.image_busy,
+            instances: self
+                .slots
+                .iter()
+                .map(|s| InstanceView {
+                    id: s.inst.id.clone(),
+                    loaded: s.loaded,
+                    busy: s.busy,
+                    idle_since: s.idle_since,
+                    prewarmed: s.prewarmed,
+                })
+                .collect(),
+            starting_hot: self.starting_hot,
+            starting_warm: self.starting_warm,
+            last_invoked: self.last_invoked,
+            last_end: self.last_end,
+            pending_load: self.pending_load,
+            plan: self.plan,
+            max_instances: self.cfg.max_instances,
+        }
+    }
+
+    fn bounds(&self) -> PlanBounds {
+        PlanBounds {
+            min_instances: self.cfg.min_instances,
+            max_instances: self.cfg.max_instances,
+            keep_alive_min: self.cfg.keep_alive_min_secs,
+            keep_alive_max: self.cfg.keep_alive_max_secs,
+        }
+    }
+
+    fn slot(&mut self, id: &str) -> Option<&mut Slot> {
+        self.slots.iter_mut().find(|s| s.inst.id == id)
+    }
+
+    fn take_slot(&mut self, id: &str) -> Option<Slot> {
+        let k = self.slots.iter().position(|s| s.inst.id == id)?;
+        Some(self.slots.remove(k))
+    }
+}
+
+struct State {
+    fns: Vec<FnRt>,
+    by_name: HashMap<String, usize>,
+    /// Policy time of the next policy tick.
+    next_tick: f64,
+}
+
+struct Shared {
+    driver: Arc<dyn InstanceDriver>,
+    policy: Mutex<Box<dyn Policy + Send>>,
+    state: Mutex<State>,
+    metrics: Arc<Metrics>,
+    starts: Semaphore,
+    epoch: Instant,
+    time_scale: f64,
+    budget_mb: Option<f64>,
+    closing: AtomicBool,
+    ops: AtomicUsize,
+    ops_done: Notify,
+    made: Mutex<Vec<String>>,
+}
+
+/// Counts an operation in flight (a request, an action) until dropped.
+struct OpGuard(Arc<Shared>);
+
+impl OpGuard {
+    fn new(s: &Arc<Shared>) -> Self {
+        s.ops.fetch_add(1, Ordering::SeqCst);
+        OpGuard(s.clone())
+    }
+}
+
+impl Drop for OpGuard {
+    fn drop(&mut self) {
+        if self.0.ops.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.ops_done.notify_waiters();
+        }
+    }
+}
+
+/// One function's pool, for observers (tests, logs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolSnapshot {
+    pub function: String,
+    /// Running instances (busy ones included), frozen ones, busy ones.
+    pub hot: u32,
+    pub warm: u32,
+    pub busy: u32,
+    pub starting: u32,
+    pub image: ImageState,
+    /// The plan in force, real seconds.
+    pub plan: Plan,
+}
+
+/// A request served by the gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Served {
+    pub response: Response,
+    pub tier: StartTier,
+    pub instance: String,
+}
+
+/// Why the gateway could not serve a request.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("no function {0:?} is registered")]
+    UnknownFunction(String),
+    #[error("no instance of {function:?} could serve the request: {last}")]
+    Failed { function: String, last: String },
+    #[error("the node's memory budget has no room for another instance of {0:?}")]
+    Budget(String),
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// The pool manager. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct PoolManager {
+    s: Arc<Shared>,
+}
+
+enum Acquired {
+    Got(Instance, StartTier, f64),
+    Wait,
+}
+
+impl PoolManager {
+    pub fn new(
+        driver: Arc<dyn InstanceDriver>,
+        functions: &[FunctionConfig],
+        opts: PoolOptions,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let mut policy = opts.policy;
+        let mut fns = Vec::new();
+        let mut by_name = HashMap::new();
+        for (i, cfg) in functions.iter().enumerate() {
+            let id = i as FunctionId;
+            policy.register(
+                id,
+                &FunctionInfo {
+                    app: id,
+                    memory_mb: cfg.memory_mb as f64,
+                    trigger: Some(Trigger::Http),
+                },
+            );
+            let mut rt = FnRt {
+                cfg: cfg.clone(),
+                spec: cfg.spec(),
+                image: ImageState::None,
+                image_busy: false,
+                slots: Vec::new(),
+                starting_hot: 0,
+                starting_warm: 0,
+                last_invoked: None,
+                last_end: None,
+                pending_load: None,
+                plan: Plan::default(),
+                rr: 0,
+            };
+            rt.plan = real_plan(&policy.plan(id, 0.0), opts.time_scale, &rt.bounds());
+            by_name.insert(cfg.name.clone(), i);
+            fns.push(rt);
+        }
+        PoolManager {
+            s: Arc::new(Shared {
+                driver,
+                policy: Mutex::new(policy),
+                state: Mutex::new(State {
+                    fns,
+                    by_name,
+                    next_tick: INTERVAL,
+                }),
+                metrics,
+                starts: Semaphore::new(opts.max_parallel_starts.max(1)),
+                epoch: Instant::now(),
+                time_scale: opts.time_scale,
+                budget_mb: opts.memory_budget_mb,
+                closing: AtomicBool::new(false),
+                ops: AtomicUsize::new(0),
+                ops_done: Notify::new(),
+                made: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Marks functions whose image already is in the store (e.g. after a restart of
+    /// the agent), so their next start is a restore. `staged`: decompressed in memory.
+    pub fn set_image(&self, function: &str, staged: bool) {
+        let mut st = self.s.state.lock().unwrap();
+        if let Some(&i) = st.by_name.get(function) {
+            st.fns[i].image = if staged {
+                ImageState::Staged
+            } else {
+                ImageState::Disk
+            };
+        }
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.s.metrics
+    }
+
+    /// Real seconds since the manager started.
+    fn now(&self) -> f64 {
+        self.s.epoch.elapsed().as_secs_f64()
+    }
+
+    fn policy_time(&self, real: f64) -> f64 {
+        real * self.s.time_scale
+    }
+
+    /// Every instance id the manager has made so far (for leak checks).
+    pub fn instances_made(&self) -> Vec<String> {
+        self.s.made.lock().unwrap().clone()
+    }
+
+    pub fn snapshot(&self) -> Vec<PoolSnapshot> {
+        let st = self.s.state.lock().unwrap();
+        st.fns
+            .iter()
+            .map(|f| PoolSnapshot {
+                function: f.cfg.name.clone(),
+                hot: f.slots.iter().filter(|s| s.loaded == Loaded::Hot).count() as u32,
+                warm: f.slots.iter().filter(|s| s.loaded == Loaded::Warm).count() as u32,
+                busy: f.slots.iter().filter(|s| s.busy).count() as u32,
+                starting: f.starting_hot + f.starting_warm,
+                image: f.image,
+                plan: f.plan,
+            })
+            .collect()
+    }
+
+    /// One reconcile: the policy's plans (ticking it when an interval has passed), the
+    /// decisions, the actions spawned. Returns the actions.
+    pub fn reconcile(&self) -> Vec<Action> {
+        if self.s.closing.load(Ordering::SeqCst) {
+            return Vec::new();
+        }
+        let now = self.now();
+        let pnow = self.policy_time(now);
+        let mut st = self.s.state.lock().unwrap();
+        {
+            let mut policy = self.s.policy.lock().unwrap();
+            if pnow >= st.next_tick {
+                policy.tick(pnow);
+                while st.next_tick <= pnow {
+                    st.next_tick += INTERVAL;
+                }
+            }
+            for (i, f) in st.fns.iter_mut().enumerate() {
+                let p = policy.plan(i as FunctionId, pnow);
+                f.plan = real_plan(&p, self.s.time_scale, &f.bounds());
+            }
+        }
+        let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
+        let actions = decide(now, &views, self.s.budget_mb);
+        for a in &actions {
+            self.claim(&mut st, a);
+        }
+        self.publish(&st);
+        drop(st);
+        for a in &actions {
+            let me = self.clone();
+            let guard = OpGuard::new(&self.s);
+            let a = a.clone();
+            tokio::spawn(async move {
+                me.act(a).await;
+                drop(guard);
+            });
+        }
+        actions
+    }
+
+    /// Marks what an action works on, before it is spawned.
+    fn claim(&self, st: &mut State, a: &Action) {
+        let f = &mut st.fns[a.function()];
+        match a {
+            Action::Checkpoint { instance, .. } => {
+                f.image_busy = true;
+                if let Some(s) = f.slot(instance) {
+                    s.busy = true;
+                }
+            }
+            Action::Freeze { instance, .. } | Action::Thaw { instance, .. } => {
+                if let Some(s) = f.slot(instance) {
+                    s.busy = true;
+                }
+            }
+            Action::Stop { .. } => {}
+            Action::Start { into, why, .. } => {
+                match into {
+                    Loaded::Hot => f.starting_hot += 1,
+                    Loaded::Warm => f.starting_warm += 1,
+                }
+                if *why == StartWhy::PreWarm {
+                    f.pending_load = None;
+                }
+            }
+            Action::Stage { .. } | Action::Unstage { .. } => f.image_busy = true,
+        }
+    }
+
+    fn publish(&self, st: &State) {
+        let m = &self.s.metrics;
+        for f in &st.fns {
+            let n = &f.cfg.name;
+            let hot = f.slots.iter().filter(|s| s.loaded == Loaded::Hot).count();
+            let warm = f.slots.len() - hot;
+            m.set_pool(n, "hot", hot as i64);
+            m.set_pool(n, "warm", warm as i64);
+            m.set_pool(n, "staged", (f.image == ImageState::Staged) as i64);
+            m.set_pool(n, "disk", (f.image != ImageState::None) as i64);
+            m.set_target(n, "hot", f.plan.targets.hot as i64);
+            m.set_target(n, "warm", f.plan.targets.warm as i64);
+            m.set_target(n, "staged", f.plan.targets.staged as i64);
+        }
+    }
+
+    async fn act(&self, a: Action) {
+        let fi = a.function();
+        let (name, spec, store_as) = {
+            let st = self.s.state.lock().unwrap();
+            let f = &st.fns[fi];
+            (f.cfg.name.clone(), f.spec.clone(), f.spec.store_as.clone())
+        };
+        let d = &self.s.driver;
+        let ok = match &a {
+            Action::Checkpoint { instance, .. } => {
+                let inst = self.instance(fi, instance);
+                let r = match &inst {
+                    Some(i) => d.checkpoint(i, &store_as).await.map_err(|e| e.to_string()),
+                    None => Err("instance gone".into()),
+                };
+                let mut st = self.s.state.lock().unwrap();
+                let f = &mut st.fns[fi];
+                f.image_busy = false;
+                if r.is_ok() {
+                    f.image = ImageState::Disk;
+                }
+                if let Some(s) = f.slot(instance) {
+                    s.busy = false;
+                }
+                log_result(&name, &a, &r);
+                r.is_ok()
+            }
+            Action::Freeze { instance, .. } | Action::Thaw { instance, .. } => {
+                let freeze = matches!(a, Action::Freeze { .. });
+                let Some(inst) = self.instance(fi, instance) else {
+                    return;
+                };
+                let r = if freeze {
+                    d.freeze(&inst).await
+                } else {
+                    d.thaw(&inst).await
+                }
+                .map_err(|e| e.to_string());
+                let failed = {
+                    let mut st = self.s.state.lock().unwrap();
+                    let f = &mut st.fns[fi];
+                    match &r {
+                        Ok(()) => {
+                            if let Some(s) = f.slot(instance) {
+                                s.busy = false;
+                                s.loaded = if freeze { Loaded::Warm } else { Loaded::Hot };
+                            }
+                            None
+                        }
+                        // In doubt about its state: it goes.
+                        Err(_) => f.take_slot(instance),
+                    }
+                };
+                if let Some(s) = failed {
+                    self.stop_instance(&name, s.inst).await;
+                }
+                log_result(&name, &a, &r);
+                r.is_ok()
+            }
+            Action::Stop { instance, .. } => {
+                let slot = {
+                    let mut st = self.s.state.lock().unwrap();
+                    let f = &mut st.fns[fi];
+                    match f.slot(instance) {
+                        Some(s) if !s.busy => f.take_slot(instance),
+                        _ => None, // taken by a request meanwhile
+                    }
+                };
+                match slot {
+                    Some(s) => self.stop_instance(&name, s.inst).await,
+                    None => return,
+                }
+            }
+            Action::Start { into, why, .. } => {
+                let r = self.start_for_pool(fi, &spec, *into).await;
+                let (ok, leftover) = {
+                    let mut st = self.s.state.lock().unwrap();
+                    let f = &mut st.fns[fi];
+                    match into {
+                        Loaded::Hot => f.starting_hot -= 1,
+                        Loaded::Warm => f.starting_warm -= 1,
+                    }
+                    match r {
+                        Ok(inst) if self.s.closing.load(Ordering::SeqCst) => (true, Some(inst)),
+                        Ok(inst) => {
+                            f.slots.push(Slot {
+                                inst,
+                                loaded: *into,
+                                busy: false,
+                                idle_since: self.now(),
+                                prewarmed: *why == StartWhy::PreWarm,
+                            });
+                            (true, None)
+                        }
+                        Err(e) => {
+                            tracing::warn!(function = %name, error = %e, "pool start failed");
+                            (false, None)
+                        }
+                    }
+                };
+                if let Some(inst) = leftover {
+                    self.stop_instance(&name, inst).await;
+                }
+                ok
+            }
+            Action::Stage { .. } | Action::Unstage { .. } => {
+                let stage = matches!(a, Action::Stage { .. });
+                let r = if stage {
+                    d.stage(&store_as).await.map(|_| ())
+                } else {
+                    d.unstage(&store_as).await
+                }
+                .map_err(|e| e.to_string());
+                let mut st = self.s.state.lock().unwrap();
+                let f = &mut st.fns[fi];
+                f.image_busy = false;
+                if r.is_ok() {
+                    f.image = if stage {
+                        ImageState::Staged
+                    } else {
+                        ImageState::Disk
+                    };
+                }
+                log_result(&name, &a, &r);
+                r.is_ok()
+            }
+        };
+        self.s.metrics.action(&name, a.name(), ok);
+    }
+
+    fn instance(&self, fi: usize, id: &str) -> Option<Instance> {
+        let mut st = self.s.state.lock().unwrap();
+        st.fns[fi].slot(id).map(|s| s.inst.clone())
+    }
+
+    /// A background start: restore when there is an image, else cold start; frozen
+    /// after when it is for the warm tier.
+    async fn start_for_pool(
+        &self,
+        fi: usize,
+        spec: &FunctionSpec,
+        into: Loaded,
+    ) -> Result<Instance, String> {
+        let _permit = self.s.starts.acquire().await.map_err(|e| e.to_string())?;
+        let image = self.s.state.lock().unwrap().fns[fi].image;
+        let d = &self.s.driver;
+        let r = match image {
+            ImageState::None => d.cold_start(spec).await,
+            _ => d.restore(spec, &spec.store_as).await,
+        };
+        let inst = r.map_err(|e| e.to_string())?;
+        self.s.made.lock().unwrap().push(inst.id.clone());
+        if into == Loaded::Warm {
+            if let Err(e) = d.freeze(&inst).await {
+                self.stop_instance(&spec.name, inst).await;
+                return Err(e.to_string());
+            }
+        }
+        Ok(inst)
+    }
+
+    async fn stop_instance(&self, function: &str, inst: Instance) -> bool {
+        let id = inst.id.clone();
+        match self.s.driver.stop(inst).await {
+            Ok(()) => {
+                tracing::debug!(function, instance = %id, "stopped");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(function, instance = %id, error = %e, "stop failed");
+                false
+            }
+        }
+    }
+
+    /// Serves one request through the gateway: an instance from the fastest path
+    /// (hot → warm → restore from the staged image or from disk → cold start), `GET path`
+    /// on it, its answer. Any failure falls back to the next path and is counted.
+    pub async fn invoke(&self, function: &str, path: &str) -> Result<Served, InvokeError> {
+        if self.s.closing.load(Ordering::SeqCst) {
+            return Err(InvokeError::ShuttingDown);
+        }
+        let _guard = OpGuard::new(&self.s);
+        let arrival = Instant::now();
+        let now = self.now();
+        let (fi, timeout) = {
+            let mut st = self.s.state.lock().unwrap();
+            let Some(&fi) = st.by_name.get(function) else {
+                return Err(InvokeError::UnknownFunction(function.to_string()));
+            };
+            st.fns[fi].last_invoked = Some(now);
+            let t = Duration::from_secs_f64(st.fns[fi].cfg.invoke_timeout_secs);
+            (fi, t)
+        };
+        self.s
+            .policy
+            .lock()
+            .unwrap()
+            .on_arrival(fi as FunctionId, self.policy_time(now));
+        let deadline = arrival + timeout;
+        let mut last = String::from("no instance");
+        let mut skip_loaded = false;
+        let result = loop {
+            if Instant::now() >= deadline {
+                break Err(InvokeError::Failed {
+                    function: function.into(),
+                    last: format!("{last} (gave up after {timeout:?})"),
+                });
+            }
+            let (inst, tier, latency) = match self.acquire(fi, function, skip_loaded).await {
+                Ok(Acquired::Got(i, t, l)) => (i, t, l),
+                Ok(Acquired::Wait) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+                Err(e) => break Err(e),
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let began = Instant::now();
+            match self.s.driver.invoke(&inst, path, left).await {
+                Ok(response) => {
+                    self.s.metrics.start(function, tier, latency);
+                    self.release(fi, &inst.id, began.elapsed().as_secs_f64());
+                    break Ok(Served {
+                        response,
+                        tier,
+                        instance: inst.id,
+                    });
+                }
+                Err(e) => {
+                    self.s.metrics.failure(function, tier, "invoke");
+                    last = e.to_string();
+                    tracing::warn!(function, tier = tier.name(), error = %e, "invoke failed; falling back");
+                    let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&inst.id);
+                    if let Some(s) = slot {
+                        self.stop_instance(function, s.inst).await;
+                    }
+                    // The next attempt starts a new instance rather than trying another
+                    // loaded one.
+                    skip_loaded = true;
+                }
+            }
+        };
+        if result.is_err() {
+            // The request ended without an answer; the policy still sees its end.
+            self.s.policy.lock().unwrap().on_end(
+                fi as FunctionId,
+                self.policy_time(self.now()),
+                0.0,
+            );
+        }
+        result
+    }
+
+    /// The request's instance is free again.
+    fn release(&self, fi: usize, id: &str, exec_secs: f64) {
+        let now = self.now();
+        let mut st = self.s.state.lock().unwrap();
+        let f = &mut st.fns[fi];
+        if let Some(s) = f.slot(id) {
+            s.busy = false;
+            s.idle_since = now;
+            s.prewarmed = false;
+        }
+        f.last_end = Some(now);
+        if f.plan.pre_warm > 0.0 {
+            f.pending_load = Some(now + f.plan.pre_warm);
+        }
+        drop(st);
+        self.s.policy.lock().unwrap().on_end(
+            fi as FunctionId,
+            self.policy_time(now),
+            exec_secs * self.s.time_scale,
+        );
+    }
+
+    /// An instance for a request, by the fastest path that works.
+    async fn acquire(
+        &self,
+        fi: usize,
+        function: &str,
+        skip_loaded: bool,
+    ) -> Result<Acquired, InvokeError> {
+        let arrival = Instant::now();
+        // Hot: an idle running instance, round robin.
+        let warm = {
+            let mut st = self.s.state.lock().unwrap();
+            let f = &mut st.fns[fi];
+            let n = f.slots.len();
+            if !skip_loaded && n > 0 {
+                let start = f.rr % n;
+                for k in 0..n {
+                    let j = (start + k) % n;
+                    let s = &mut f.slots[j];
+                    if !s.busy && s.loaded == Loaded::Hot {
+                        s.busy = true;
+                        f.rr = j + 1;
+                        let inst = s.inst.clone();
+                        return Ok(Acquired::Got(inst, StartTier::Hot, secs(arrival)));
+                    }
+                }
+            }
+            if skip_loaded {
+                None
+            } else {
+                f.slots
+                    .iter_mut()
+                    .find(|s| !s.busy && s.loaded == Loaded::Warm)
+                    .map(|s| {
+                        s.busy = true;
+                        s.inst.clone()
+                    })
+            }
+        };
+        // Warm: thaw a frozen one.
+        if let Some(inst) = warm {
+            match self.s.driver.thaw(&inst).await {
+                Ok(()) => {
+                    let mut st = self.s.state.lock().unwrap();
+                    if let Some(s) = st.fns[fi].slot(&inst.id) {
+                        s.loaded = Loaded::Hot;
+                    }
+                    return Ok(Acquired::Got(inst, StartTier::Warm, secs(arrival)));
+                }
+                Err(e) => {
+                    self.s
+                        .metrics
+                        .failure(function, StartTier::Warm, metrics::reason(&e));
+                    tracing::warn!(function, error = %e, "thaw failed; falling back");
+                    let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&inst.id);
+                    if let Some(s) = slot {
+                        self.stop_instance(function, s.inst).await;
+                    }
+                }
+            }
+        }
+        // A new instance: room (max_instances, memory budget) first.
+        let (spec, image) = {
+            let mut st = self.s.state.lock().unwrap();
+            let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
+            let f = &st.fns[fi];
+            if f.slots.len() as u32 + f.starting_hot + f.starting_warm >= f.cfg.max_instances {
+                return Ok(Acquired::Wait);
+            }
+            let mut evict = Vec::new();
+            if let Some(budget) = self.s.budget_mb {
+                if !make_room(&views, budget, f.cfg.memory_mb as f64, &mut evict) {
+                    let busy_elsewhere = views.iter().any(|v| v.instances.iter().any(|i| i.busy));
+                    if busy_elsewhere {
+                        // Room may come when a request ends.
+                        return Ok(Acquired::Wait);
+                    }
+                    self.s.metrics.failure(function, StartTier::Cold, "budget");
+                    return Err(InvokeError::Budget(function.into()));
+                }
+            }
+            for a in &evict {
+                self.claim(&mut st, a);
+            }
+            let f = &mut st.fns[fi];
+            f.starting_hot += 1;
+            let out = (f.spec.clone(), f.image);
+            drop(st);
+            for a in evict {
+                let me = self.clone();
+                let guard = OpGuard::new(&self.s);
+                tokio::spawn(async move {
+                    me.act(a).await;
+                    drop(guard);
+                });
+            }
+            out
+        };
+        let r = self.start_for_request(fi, function, &spec, image).await;
+        let closing = self.s.closing.load(Ordering::SeqCst);
+        {
+            let mut st = self.s.state.lock().unwrap();
+            let f = &mut st.fns[fi];
+            f.starting_hot -= 1;
+            if let (Ok((inst, _)), false) = (&r, closing) {
+                f.slots.push(Slot {
+                    inst: inst.clone(),
+                    loaded: Loaded::Hot,
+                    busy: true,
+                    idle_since: self.now(),
+                    prewarmed: false,
+                });
+            }
+        }
+        match r {
+            Ok((inst, _)) if closing => {
+                self.stop_instance(function, inst).await;
+                Err(InvokeError::ShuttingDown)
+            }
+            Ok((inst, tier)) => Ok(Acquired::Got(inst, tier, secs(arrival))),
+            Err(last) => Err(InvokeError::Failed {
+                function: function.into(),
+                last,
+            }),
+        }
+    }
+
+    /// Restore (staged, then disk), falling back to a cold start.
+    async fn start_for_request(
+        &self,
+        _fi: usize,
+        function: &str,
+        spec: &FunctionSpec,
+        image: ImageState,
+    ) -> Result<(Instance, StartTier), String> {
+        let _permit = self.s.starts.acquire().await.map_err(|e| e.to_string())?;
+        let d = &self.s.driver;
+        let restore_tier = match image {
+            ImageState::Staged => Some(StartTier::RestoreStaged),
+            ImageState::Disk => Some(StartTier::RestoreDisk),
+            ImageState::None => None,
+        };
+        if let Some(tier) = restore_tier {
+            match d.restore(spec, &spec.store_as).await {
+                Ok(i) => {
+                    self.s.made.lock().unwrap().push(i.id.clone());
+                    return Ok((i, tier));
+                }
+                Err(e) => {
+                    self.s.metrics.failure(function, tier, metrics::reason(&e));
+                    tracing::warn!(function, error = %e, "restore failed; cold start instead");
+                }
+            }
+        }
+        match d.cold_start(spec).await {
+            Ok(i) => {
+                self.s.made.lock().unwrap().push(i.id.clone());
+                Ok((i, StartTier::Cold))
+            }
+            Err(e) => {
+                self.s
+                    .metrics
+                    .failure(function, StartTier::Cold, metrics::reason(&e));
+                Err(e.to_string())
+            }
+        }
+    }
+
+    /// Reconciles every `interval` until `stop` says so.
+    pub async fn run(&self, interval: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let actions = self.reconcile();
+                    if !actions.is_empty() {
+                        tracing::debug!(?actions, "reconcile");
+                    }
+                }
+                _ = stop.changed() => break,
+            }
+            if *stop.borrow() {
+                break;
+            }
+        }
+    }
+
+    /// Refuses new requests, waits (up to `grace`) for the requests and actions in
+    /// flight, then stops every instance and unstages the images it staged. Returns the
+    /// number of instances stopped.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.s.closing.store(true, Ordering::SeqCst);
+        let until = Instant::now() + grace;
+        while self.s.ops.load(Ordering::SeqCst) > 0 && Instant::now() < until {
+            let wait = self.s.ops_done.notified();
+            if self.s.ops.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), wait).await;
+        }
+        let (slots, staged) = {
+            let mut st = self.s.state.lock().unwrap();
+            let mut all = Vec::new();
+            let mut staged = Vec::new();
+            for f in &mut st.fns {
+                for s in f.slots.drain(..) {
+                    all.push((f.cfg.name.clone(), s.inst));
+                }
+                if f.image == ImageState::Staged {
+                    staged.push(f.spec.store_as.clone());
+                    f.image = ImageState::Disk;
+                }
+            }
+            (all, staged)
+        };
+        let n = slots.len();
+        for (name, inst) in slots {
+            self.stop_instance(&name, inst).await;
+        }
+        for image in staged {
+            if let Err(e) = self.s.driver.unstage(&image).await {
+                tracing::warn!(image, error = %e, "unstage at shutdown failed");
+            }
+        }
+        n
+    }
+}
+
+fn secs(since: Instant) -> f64 {
+    since.elapsed().as_secs_f64()
+}
+
+fn log_result(function: &str, a: &Action, r: &Result<(), String>) {
+    match r {
+        Ok(()) => tracing::info!(function, action = a.name(), "pool action done"),
+        Err(e) => tracing::warn!(function, action = a.name(), error = %e, "pool action failed"),
+    }
+}
