@@ -313,7 +313,8 @@ impl Config {
         if self.containerd_namespace.is_empty() {
             return Err(Error::Invalid("containerd_namespace is empty".into()));
         }
-        if Some(self.metrics_addr) == self.gateway_addr {
+        // Port 0 on both is fine: the system picks two ports.
+        if Some(self.metrics_addr) == self.gateway_addr && self.metrics_addr.port() != 0 {
             return Err(Error::Invalid(format!(
                 "metrics_addr and gateway_addr are both {}",
                 self.metrics_addr

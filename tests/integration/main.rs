@@ -12,6 +12,7 @@
 mod harness;
 
 mod agent_driver;
+mod agent_live;
 mod checkpoint_restore;
 mod errors;
 mod events;

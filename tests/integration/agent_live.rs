@@ -1,0 +1,293 @@
+//! The live agent (issue #4's live check): `rekindle_agent::daemon::Agent` runs in-process
+//! against the private containerd and a rekindle-restored of the story's own, with the
+//! reference function registered (own network namespace), Rekindle's policy, a policy
+//! clock 60× faster than real time (a real second is a policy minute) and a 3 s cap on
+//! the keep-alive window. A bursty pattern goes through its invoke gateway: one request
+//! (a cold start, after which the agent checkpoints the function into the store), a burst
+//! of concurrent requests (served hot or by restores: the pool scales up), an idle spell
+//! longer than the keep-alive (the pool demotes to the policy's targets), a second burst (no cold start). Every
+//! request is answered 200 with the function's counter; `/metrics` counts the starts by
+//! tier exactly as the gateway reported them; shutdown stops every instance, and the
+//! harness' leak check runs on each instance the agent made.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
+use rekindle_agent::daemon::Agent;
+use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use rekindle_agent::pool::manager::PoolSnapshot;
+use rekindle_agent::pool::ImageState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
+use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+
+const FUNCTION: &str = "live-fn";
+const BURST: usize = 4;
+
+/// One HTTP/1.1 GET (connection closed after): status, headers (lowercase names), body.
+async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, String>, String)> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
+        .await
+        .context("no answer within 60 s")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok((status, headers, body.to_string()))
+}
+
+/// A request through the gateway: its tier and instance, after checking the answer.
+async fn invoke(gw: SocketAddr) -> Result<(String, String)> {
+    let (status, headers, body) = get(gw, &format!("/invoke/{FUNCTION}/")).await?;
+    ensure!(status == 200, "gateway answered {status}: {body}");
+    let json: serde_json::Value =
+        serde_json::from_str(&body).with_context(|| format!("not JSON: {body:?}"))?;
+    let count = json
+        .get("count")
+        .and_then(serde_json::Value::as_u64)
+        .with_context(|| format!("no count in {json}"))?;
+    ensure!((1..1000).contains(&count), "count {count}");
+    let tier = headers
+        .get("x-rekindle-tier")
+        .cloned()
+        .context("no x-rekindle-tier header")?;
+    let instance = headers
+        .get("x-rekindle-instance")
+        .cloned()
+        .context("no x-rekindle-instance header")?;
+    Ok((tier, instance))
+}
+
+async fn burst(gw: SocketAddr, n: usize) -> Result<Vec<(String, String)>> {
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        set.spawn(invoke(gw));
+    }
+    let mut tiers = Vec::new();
+    while let Some(r) = set.join_next().await {
+        tiers.push(r??);
+    }
+    Ok(tiers)
+}
+
+fn pool(agent: &Agent) -> PoolSnapshot {
+    agent.pool.snapshot().remove(0)
+}
+
+fn show(t0: Instant, what: &str, p: &PoolSnapshot) {
+    eprintln!(
+        "[agent-live] {:>5.1}s {what}: hot {} (busy {}) warm {} starting {} image {:?}; plan \
+         pre-warm {:.1}s ladder hot {:.1}s warm {:.1}s staged {:.1}s targets {:?}",
+        t0.elapsed().as_secs_f64(),
+        p.hot,
+        p.busy,
+        p.warm,
+        p.starting,
+        p.image,
+        p.plan.pre_warm,
+        p.plan.keep_alive.hot,
+        p.plan.keep_alive.warm,
+        p.plan.keep_alive.staged,
+        p.plan.targets
+    );
+}
+
+/// Puts every instance the agent made under the harness' clean-up and leak check.
+fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
+    for id in agent.pool.instances_made() {
+        if !adopted.contains(&id) {
+            ctx.adopt(&id, &driver.cgroups_path(&id));
+            adopted.push(id);
+        }
+    }
+}
+
+/// `rekindle_starts_total{function="live-fn",tier=...}` from the exposition.
+fn starts_by_tier(metrics: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("rekindle_starts_total{{function=\"{FUNCTION}\",tier=\"");
+    metrics
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (tier, value) = rest.split_once("\"} ")?;
+            Some((tier.to_string(), value.trim().parse::<f64>().ok()? as u64))
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}
+
+#[test]
+fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
+    restore_story("agent-live", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "agent-live") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        let store_as = ctx.new_id("live-fn");
+        let mut f = FunctionConfig::new(FUNCTION, IMAGE, 8080);
+        f.env = vec![format!("STATE_MB={FIXTURE_STATE_MB}")];
+        f.memory_mb = 512;
+        f.cpu_shares = Some(512);
+        f.store_as = Some(store_as.clone());
+        f.netns = NetMode::Own;
+        f.max_instances = BURST as u32;
+        f.keep_alive_max_secs = 3.0;
+        let config = Config {
+            metrics_addr: "127.0.0.1:0".parse()?,
+            gateway_addr: Some("127.0.0.1:0".parse()?),
+            restored_socket: restored.socket.clone(),
+            containerd_address: ctx.paths().grpc.clone(),
+            containerd_namespace: NAMESPACE.to_string(),
+            policy: PolicyName::Rekindle,
+            reconcile_interval_ms: 200,
+            time_scale: 60.0,
+            memory_budget_mb: Some(4096),
+            max_parallel_starts: 2,
+            snapshotter: SNAPSHOTTER.to_string(),
+            runc_root: Some(ctx.paths().runc_root.clone()),
+            instance_log_dir: ctx.paths().dir.join("agent-live-logs"),
+            functions: vec![f],
+            ..Config::default()
+        };
+        config.validate()?;
+        // The same driver settings, for the instances' cgroups paths (leak check).
+        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
+        dc.runc_root = Some(ctx.paths().runc_root.clone());
+        let paths_driver = ContainerdDriver::connect(dc).await?;
+        let mut adopted = Vec::new();
+
+        let agent = Agent::start(&config).await?;
+        let gw = agent.gateway_addr.context("the gateway listens")?;
+        let t0 = Instant::now();
+        let outcome = async {
+            let mut seen: Vec<String> = Vec::new();
+            show(t0, "registered", &pool(&agent));
+
+            // 1. The first request: a cold start; then the agent checkpoints the function.
+            let (first, _) = invoke(gw).await?;
+            seen.push(first.clone());
+            ensure!(first == "cold", "the first request was served {first}");
+            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            let until = Instant::now() + Duration::from_secs(40);
+            while pool(&agent).image == ImageState::None {
+                ensure!(Instant::now() < until, "no checkpoint image within 40 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            show(t0, "checkpointed", &pool(&agent));
+
+            // 2. A burst: served hot or by restores, never cold; the pool scales up (the
+            // concurrent requests are served by several instances at once).
+            let served = burst(gw, BURST).await?;
+            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            let tiers: Vec<String> = served.iter().map(|(t, _)| t.clone()).collect();
+            let instances: std::collections::BTreeSet<&String> =
+                served.iter().map(|(_, i)| i).collect();
+            show(
+                t0,
+                &format!("burst 1 served {tiers:?} by {} instances", instances.len()),
+                &pool(&agent),
+            );
+            ensure!(
+                !tiers.iter().any(|t| t == "cold"),
+                "a cold start in burst 1: {tiers:?}"
+            );
+            let peak = instances.len() as u32;
+            ensure!(peak >= 2, "the pool did not scale up: {served:?}");
+            seen.extend(tiers);
+
+            // 3. Idle past the keep-alive (3 s cap; Rekindle's plan may unload sooner, by a
+            // pre-warm delay): by then the pool has demoted to its targets.
+            let idle_from = Instant::now();
+            let mut lowest = peak;
+            while idle_from.elapsed() < Duration::from_secs(5) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+                let p = pool(&agent);
+                lowest = lowest.min(p.hot + p.warm);
+            }
+            let demoted = pool(&agent);
+            show(
+                t0,
+                &format!("after 5 s idle (fewest loaded {lowest})"),
+                &demoted,
+            );
+            ensure!(
+                demoted.hot + demoted.warm < peak
+                    && demoted.hot + demoted.warm
+                        <= demoted.plan.targets.hot + demoted.plan.targets.warm
+                    && demoted.starting == 0,
+                "no demotion to the targets after 5 s of idle: {demoted:?}"
+            );
+            ensure!(demoted.image != ImageState::None, "{demoted:?}");
+
+            // 4. A second burst: no cold start (the image is there).
+            let served = burst(gw, BURST).await?;
+            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            let tiers: Vec<String> = served.into_iter().map(|(t, _)| t).collect();
+            show(t0, &format!("burst 2 served {tiers:?}"), &pool(&agent));
+            ensure!(
+                !tiers.iter().any(|t| t == "cold"),
+                "a cold start in burst 2: {tiers:?}"
+            );
+            seen.extend(tiers);
+
+            // 5. /metrics counts the starts by tier as the gateway reported them.
+            let (status, _, text) = get(agent.metrics_addr, "/metrics").await?;
+            ensure!(status == 200, "/metrics answered {status}");
+            let mut want: BTreeMap<String, u64> = BTreeMap::new();
+            for t in &seen {
+                *want.entry(t.clone()).or_default() += 1;
+            }
+            let got = starts_by_tier(&text);
+            eprintln!("[agent-live] starts seen {want:?}; /metrics {got:?}");
+            ensure!(got == want, "/metrics {got:?} != seen {want:?}\n{text}");
+            for name in [
+                "rekindle_pool_instances{",
+                "rekindle_pool_target{",
+                "rekindle_start_latency_seconds_bucket{",
+                "rekindle_pool_actions_total{",
+            ] {
+                ensure!(text.contains(name), "/metrics lacks {name}\n{text}");
+            }
+            ensure!(
+                text.contains("action=\"checkpoint\",outcome=\"ok\"} 1"),
+                "one checkpoint:\n{text}"
+            );
+            Ok(())
+        }
+        .await;
+        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        let pool_handle = agent.pool.clone();
+        agent.shutdown().await;
+        let end = pool_handle.snapshot().remove(0);
+        show(t0, "after shutdown", &end);
+        outcome?;
+        if end.hot + end.warm + end.busy + end.starting != 0 {
+            bail!("instances left after shutdown: {end:?}");
+        }
+        eprintln!(
+            "[agent-live] {} instances made and stopped in {:.1}s",
+            adopted.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    });
+}
