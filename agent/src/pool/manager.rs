@@ -902,3 +902,160 @@ fn log_result(function: &str, a: &Action, r: &Result<(), String>) {
         Err(e) => tracing::warn!(function, action = a.name(), error = %e, "pool action failed"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU32;
+
+    use super::*;
+    use crate::driver::{Cause, DriverError, Op, StageOutcome, TaskState};
+    use crate::policy::fixed::FixedKeepAlive;
+
+    /// A driver without containers: restores fail when told to.
+    #[derive(Default)]
+    struct Fake {
+        fail_restore: AtomicBool,
+        next: AtomicU32,
+        stopped: AtomicU32,
+    }
+
+    impl Fake {
+        fn instance(&self, f: &FunctionSpec, from: Option<&str>) -> Instance {
+            Instance {
+                id: format!("{}-{}", f.name, self.next.fetch_add(1, Ordering::SeqCst)),
+                function: f.name.clone(),
+                pid: 1,
+                port: f.port,
+                netns: None,
+                restored_from: from.map(str::to_string),
+                store_as: f.store_as.clone(),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl InstanceDriver for Fake {
+        async fn cold_start(&self, f: &FunctionSpec) -> Result<Instance, DriverError> {
+            Ok(self.instance(f, None))
+        }
+        async fn restore(&self, f: &FunctionSpec, image: &str) -> Result<Instance, DriverError> {
+            if self.fail_restore.load(Ordering::SeqCst) {
+                return Err(DriverError {
+                    op: Op::Restore,
+                    function: f.name.clone(),
+                    instance: None,
+                    image: Some(image.into()),
+                    cause: Cause::Invalid("no such image".into()),
+                });
+            }
+            Ok(self.instance(f, Some(image)))
+        }
+        async fn checkpoint(&self, _: &Instance, _: &str) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn freeze(&self, _: &Instance) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn thaw(&self, _: &Instance) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn state(&self, _: &Instance) -> Result<TaskState, DriverError> {
+            Ok(TaskState::Running)
+        }
+        async fn stop(&self, _: Instance) -> Result<(), DriverError> {
+            self.stopped.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        async fn stage(&self, _: &str) -> Result<StageOutcome, DriverError> {
+            Ok(StageOutcome {
+                bytes: 1,
+                already_staged: false,
+            })
+        }
+        async fn unstage(&self, _: &str) -> Result<(), DriverError> {
+            Ok(())
+        }
+        async fn invoke(
+            &self,
+            i: &Instance,
+            path: &str,
+            _: Duration,
+        ) -> Result<Response, DriverError> {
+            // Long enough for concurrent requests to overlap.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            Ok(Response {
+                status: 200,
+                body: format!("{} {path}", i.id),
+            })
+        }
+    }
+
+    fn manager(fake: Arc<Fake>) -> PoolManager {
+        PoolManager::new(
+            fake,
+            &[FunctionConfig::new("f", "img", 8080)],
+            PoolOptions {
+                time_scale: 1.0,
+                memory_budget_mb: None,
+                max_parallel_starts: 2,
+                policy: Box::new(FixedKeepAlive::ten_minutes()),
+            },
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_restore_falls_back_to_a_cold_start_and_is_counted() {
+        let fake = Arc::new(Fake::default());
+        fake.fail_restore.store(true, Ordering::SeqCst);
+        let pool = manager(fake.clone());
+        pool.set_image("f", false);
+        let s = pool.invoke("f", "/x").await.unwrap();
+        assert_eq!(s.tier, StartTier::Cold);
+        assert_eq!(s.response.body, "f-0 /x");
+        let s = pool.invoke("f", "/").await.unwrap();
+        assert_eq!((s.tier, s.instance.as_str()), (StartTier::Hot, "f-0"));
+        let text = pool.metrics().encode();
+        assert!(
+            text.contains("rekindle_start_failures_total{function=\"f\",tier=\"restore_disk\",reason=\"invalid\"} 1"),
+            "{text}"
+        );
+        assert!(matches!(
+            pool.invoke("g", "/").await,
+            Err(InvokeError::UnknownFunction(_))
+        ));
+        assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 1);
+        assert_eq!(fake.stopped.load(Ordering::SeqCst), 1);
+        assert!(matches!(
+            pool.invoke("f", "/").await,
+            Err(InvokeError::ShuttingDown)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_first_cold_start_is_checkpointed_and_the_next_start_restores() {
+        let fake = Arc::new(Fake::default());
+        let pool = manager(fake.clone());
+        let s = pool.invoke("f", "/").await.unwrap();
+        assert_eq!(s.tier, StartTier::Cold);
+        let actions = pool.reconcile();
+        assert!(
+            matches!(actions.as_slice(), [Action::Checkpoint { .. }]),
+            "{actions:?}"
+        );
+        // The checkpoint runs in a task of its own; the instance is busy meanwhile.
+        for _ in 0..100 {
+            if pool.snapshot()[0].image != ImageState::None && pool.snapshot()[0].busy == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(pool.snapshot()[0].image, ImageState::Disk);
+        // Two at once: one hot, one restored from disk.
+        let (a, b) = tokio::join!(pool.invoke("f", "/"), pool.invoke("f", "/"));
+        let mut tiers = [a.unwrap().tier, b.unwrap().tier];
+        tiers.sort_by_key(|t| t.name());
+        assert_eq!(tiers, [StartTier::Hot, StartTier::RestoreDisk]);
+        assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 2);
+    }
+}
