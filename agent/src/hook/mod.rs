@@ -1,0 +1,396 @@
+//! The scheduler hook: the gRPC service `rekindle.v1.SchedulerHook`
+//! (`agent/proto/rekindle/v1/hook.proto`) a cluster scheduler consults per placement, with
+//! `grpc.health.v1.Health` and server reflection (v1 and v1alpha), so `grpcurl` works
+//! without the .proto.
+//!
+//! It listens on the agent's `hook_socket` (a unix socket, mode 0600: a stale socket left
+//! by a dead agent is removed, one a live process answers on is an error) or on a TCP
+//! address ([`Listen::Tcp`]; mutual TLS is not implemented yet). The answers are pure
+//! functions of a [`NodeSnapshot`] ([`placement`]); the agent's snapshots come from its
+//! pool manager ([`PoolSource`]), tests give their own ([`SnapshotSource`]).
+
+pub mod placement;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
+use tonic::{Request, Response, Status};
+
+use crate::config::Config;
+use crate::pool::manager::PoolManager;
+use crate::sim::LatencyTable;
+use crate::Error;
+
+pub use placement::{FunctionSnapshot, NodeSnapshot};
+
+/// The generated types and service of `rekindle.v1`.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("rekindle.v1");
+
+    /// The encoded file descriptor set of `rekindle.v1` (for reflection).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("rekindle_v1_descriptor");
+}
+
+/// The gRPC service name, as health checks name it.
+pub const SERVICE_NAME: &str = "rekindle.v1.SchedulerHook";
+
+/// Where the node's state comes from.
+pub trait SnapshotSource: Send + Sync + 'static {
+    fn snapshot(&self) -> NodeSnapshot;
+}
+
+/// A fixed snapshot (tests, tools), changeable through the sender.
+impl SnapshotSource for watch::Receiver<NodeSnapshot> {
+    fn snapshot(&self) -> NodeSnapshot {
+        self.borrow().clone()
+    }
+}
+
+/// The agent's pools, with each function's memory from the configuration, the budget, and
+/// (without a budget) the kernel's MemAvailable.
+pub struct PoolSource {
+    pool: PoolManager,
+    memory_mb: HashMap<String, f64>,
+    budget_bytes: Option<u64>,
+    cpu_millis: Option<u64>,
+}
+
+impl PoolSource {
+    pub fn new(pool: PoolManager, config: &Config) -> Self {
+        PoolSource {
+            pool,
+            memory_mb: config
+                .functions
+                .iter()
+                .map(|f| (f.name.clone(), f.memory_mb as f64))
+                .collect(),
+            budget_bytes: config.memory_budget_mb.map(|m| m * 1024 * 1024),
+            cpu_millis: std::thread::available_parallelism()
+                .ok()
+                .map(|n| n.get() as u64 * 1000),
+        }
+    }
+}
+
+impl SnapshotSource for PoolSource {
+    fn snapshot(&self) -> NodeSnapshot {
+        NodeSnapshot {
+            functions: self
+                .pool
+                .snapshot()
+                .into_iter()
+                .map(|p| FunctionSnapshot {
+                    memory_mb: self.memory_mb.get(&p.function).copied().unwrap_or(0.0),
+                    function: p.function,
+                    hot: p.hot,
+                    warm: p.warm,
+                    busy: p.busy,
+                    starting: p.starting,
+                    image: p.image,
+                })
+                .collect(),
+            memory_budget_bytes: self.budget_bytes,
+            available_bytes: match self.budget_bytes {
+                Some(_) => None,
+                None => mem_available(),
+            },
+            cpu_capacity_millis: self.cpu_millis,
+        }
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo, bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// How the service runs.
+#[derive(Clone)]
+pub struct HookOptions {
+    /// `WatchNode` sends at least this often, even without a change.
+    pub watch_interval: Duration,
+    /// How often `WatchNode` looks for a change.
+    pub watch_poll: Duration,
+}
+
+impl Default for HookOptions {
+    fn default() -> Self {
+        HookOptions {
+            watch_interval: Duration::from_secs(5),
+            watch_poll: Duration::from_millis(250),
+        }
+    }
+}
+
+/// The `SchedulerHook` service.
+#[derive(Clone)]
+pub struct Hook {
+    source: Arc<dyn SnapshotSource>,
+    latencies: Arc<LatencyTable>,
+    opts: HookOptions,
+}
+
+impl Hook {
+    pub fn new(
+        source: Arc<dyn SnapshotSource>,
+        latencies: LatencyTable,
+        opts: HookOptions,
+    ) -> Self {
+        Hook {
+            source,
+            latencies: Arc::new(latencies),
+            opts,
+        }
+    }
+
+    fn state(&self) -> pb::NodeState {
+        placement::node_state(&self.source.snapshot(), &self.latencies)
+    }
+}
+
+type StateStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::NodeState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::scheduler_hook_server::SchedulerHook for Hook {
+    async fn placement(
+        &self,
+        request: Request<pb::PlacementRequest>,
+    ) -> Result<Response<pb::PlacementResponse>, Status> {
+        let req = request.into_inner();
+        if req.function.is_empty() {
+            return Err(Status::invalid_argument("function is empty"));
+        }
+        let r = placement::placement(&self.source.snapshot(), &self.latencies, &req);
+        tracing::debug!(function = %req.function, tier = r.tier, score = r.score, "placement");
+        Ok(Response::new(r))
+    }
+
+    type WatchNodeStream = StateStream;
+
+    async fn watch_node(
+        &self,
+        _request: Request<pb::WatchRequest>,
+    ) -> Result<Response<StateStream>, Status> {
+        let (tx, rx) = mpsc::channel(4);
+        let hook = self.clone();
+        tokio::spawn(async move {
+            let mut last: Option<pb::NodeState> = None;
+            let mut sent_at = tokio::time::Instant::now();
+            loop {
+                let state = hook.state();
+                let due = sent_at.elapsed() >= hook.opts.watch_interval;
+                if last.as_ref() != Some(&state) || due {
+                    let mut out = state.clone();
+                    out.generated_at = Some(prost_types::Timestamp::from(SystemTime::now()));
+                    if tx.send(Ok(out)).await.is_err() {
+                        return; // the client went away
+                    }
+                    last = Some(state);
+                    sent_at = tokio::time::Instant::now();
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(hook.opts.watch_poll) => {}
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Where the hook listens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Listen {
+    /// A unix socket, mode 0600.
+    Unix(PathBuf),
+    /// A TCP address (plaintext: mutual TLS is not implemented yet).
+    Tcp(SocketAddr),
+}
+
+/// A bound listener, ready for [`serve`].
+pub enum Bound {
+    Unix(UnixListener, PathBuf),
+    Tcp(TcpListener),
+}
+
+impl Bound {
+    /// Binds `at` (see [`bind_unix`] for the unix socket's rules).
+    pub async fn bind(at: &Listen) -> Result<Bound, Error> {
+        match at {
+            Listen::Unix(p) => Ok(Bound::Unix(bind_unix(p)?, p.clone())),
+            Listen::Tcp(a) => {
+                TcpListener::bind(a)
+                    .await
+                    .map(Bound::Tcp)
+                    .map_err(|e| Error::Listen {
+                        what: "hook_addr",
+                        addr: *a,
+                        source: e,
+                    })
+            }
+        }
+    }
+
+    /// The TCP address actually bound (port 0: the system's choice).
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Bound::Tcp(l) => l.local_addr().ok(),
+            Bound::Unix(..) => None,
+        }
+    }
+}
+
+/// Binds a unix socket at `path`, mode 0600, creating its directory (0755) if missing. A
+/// socket file that nobody answers on (left by a dead agent) is removed first; one a live
+/// process accepts on is an error that says so, as is any other file there.
+pub fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
+    let io = |what: String| move |source| Error::Io { what, source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::Io {
+                what: format!("hook socket {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                ),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Io {
+                what: format!("hook socket {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "a live process listens on it (another rekindle-agent?)",
+                ),
+            });
+        }
+        std::fs::remove_file(path).map_err(io(format!(
+            "removing the stale hook socket {}",
+            path.display()
+        )))?;
+        tracing::info!(path = %path.display(), "removed a stale hook socket");
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(io(format!("creating the directory of {}", path.display())))?;
+        }
+    }
+    let l = UnixListener::bind(path)
+        .map_err(io(format!("binding the hook socket {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("chmod 0600 {}", path.display())))?;
+    Ok(l)
+}
+
+/// Serves the hook, health (`SchedulerHook` and the server, "", SERVING; NOT_SERVING once
+/// `stop` turns true) and reflection on `bound` until `stop` turns true; then removes the
+/// unix socket.
+pub async fn serve(bound: Bound, hook: Hook, mut stop: watch::Receiver<bool>) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<pb::scheduler_hook_server::SchedulerHookServer<Hook>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    fn reflection() -> tonic_reflection::server::Builder<'static> {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    }
+    let (v1, v1alpha) = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "the hook's reflection service cannot be built");
+            return;
+        }
+    };
+    let router = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(v1)
+        .add_service(v1alpha)
+        .add_service(pb::scheduler_hook_server::SchedulerHookServer::new(hook));
+    let shutdown = {
+        let health = health.clone();
+        async move {
+            while !*stop.borrow_and_update() {
+                if stop.changed().await.is_err() {
+                    break;
+                }
+            }
+            health
+                .set_service_status("", tonic_health::ServingStatus::NotServing)
+                .await;
+            health
+                .set_not_serving::<pb::scheduler_hook_server::SchedulerHookServer<Hook>>()
+                .await;
+        }
+    };
+    let r = match bound {
+        Bound::Unix(l, path) => {
+            let r = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown)
+                .await;
+            let _ = std::fs::remove_file(&path);
+            r
+        }
+        Bound::Tcp(l) => {
+            router
+                .serve_with_incoming_shutdown(TcpListenerStream::new(l), shutdown)
+                .await
+        }
+    };
+    if let Err(e) = r {
+        tracing::error!(error = %e, "the scheduler hook stopped");
+    }
+}
+
+/// The agent's hook: binds `config.hook_socket` and serves the pools' state, with the
+/// tier latencies the pool policy plans with. Returns the serving task.
+pub async fn start(
+    config: &Config,
+    pool: &PoolManager,
+    latencies: &LatencyTable,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let bound = Bound::bind(&Listen::Unix(config.hook_socket.clone())).await?;
+    let source = Arc::new(PoolSource::new(pool.clone(), config));
+    let hook = Hook::new(source, latencies.clone(), HookOptions::default());
+    tracing::info!(
+        socket = %config.hook_socket.display(),
+        latencies = %latencies.source,
+        "scheduler hook listening"
+    );
+    Ok(tokio::spawn(serve(bound, hook, stop)))
+}
+
+/// A channel to a hook (or any gRPC server) on a unix socket.
+pub async fn connect_unix(
+    path: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    tonic::transport::Endpoint::from_static("http://[::]:50051")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await
+}
