@@ -18,6 +18,7 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod driver;
+pub mod ebpf;
 pub mod gateway;
 pub mod image;
 pub mod logging;

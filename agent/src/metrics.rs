@@ -9,8 +9,25 @@
 //! | `rekindle_pool_instances` | `function`, `tier` | instances now: `hot` (running, busy included), `warm` (frozen); the image: `staged`, `disk` (0 or 1) |
 //! | `rekindle_pool_target` | `function`, `tier` | the policy's targets now: `hot`, `warm`, `staged` (0 or 1) |
 //! | `rekindle_pool_actions_total` | `function`, `action`, `outcome` | the pool's own actions (`start`, `checkpoint`, `freeze`, `thaw`, `stop`, `stage`, `unstage`; `ok` or `failed`) |
+//! | `rekindle_bpf_loaded` | | 1 when the eBPF probes are loaded and read, 0 when the agent goes on with cgroup statistics alone (the reason is in its log) |
+//! | `rekindle_function_cpu_seconds_total` | `function` | CPU time of the function's instances (eBPF, `sched_switch`; accounted when a task leaves a CPU) |
+//! | `rekindle_function_runqueue_latency_seconds` | `function` | histogram of the waits of its instances' tasks from runnable to running (eBPF; log2 buckets from 2 µs) |
+//! | `rekindle_function_page_faults_total` | `function`, `kind` | page faults of its instances' tasks, `kind` `minor` or `major` (eBPF, the tasks' own `min_flt`/`maj_flt`) |
+//! | `rekindle_function_processes_exec_total` | `function` | successful `execve`s in its instances (eBPF) |
+//! | `rekindle_function_processes_exit_total` | `function` | processes (thread-group leaders) that exited in its instances (eBPF) |
+//! | `rekindle_function_memory_bytes` | `function` | memory charged to its instances' cgroups now, summed (`memory.usage_in_bytes` on cgroup v1, `memory.current` on v2; with or without eBPF) |
+//!
+//! The `rekindle_function_*` metrics are sampled by the node collector ([`crate::ebpf`])
+//! every few seconds; the eBPF ones are absent while `rekindle_bpf_loaded` is 0. They count
+//! from when the collector first saw an instance's cgroup, and keep counting across
+//! instances (an instance's last counts are added when its cgroup goes away).
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -116,6 +133,8 @@ pub struct Metrics {
     pub pool_instances: Family<FnTier, Gauge>,
     pub pool_target: Family<FnTier, Gauge>,
     pub pool_actions: Family<FnAction, Counter>,
+    /// Per-function node statistics (eBPF and cgroups), written by [`crate::ebpf`].
+    pub node: Arc<NodeMetrics>,
 }
 
 impl Default for Metrics {
@@ -163,6 +182,8 @@ impl Metrics {
             "The pool manager's own actions, by outcome",
             pool_actions.clone(),
         );
+        let node = Arc::new(NodeMetrics::default());
+        registry.register_collector(Box::new(node.clone()));
         Metrics {
             registry,
             starts,
@@ -171,6 +192,7 @@ impl Metrics {
             pool_instances,
             pool_target,
             pool_actions,
+            node,
         }
     }
 
@@ -236,6 +258,204 @@ impl Metrics {
     }
 }
 
+/// One function's node statistics: eBPF counters summed over its instances since the
+/// collector first saw them, and its instances' memory now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FunctionNodeStats {
+    pub cpu_ns: u64,
+    pub runq_count: u64,
+    pub runq_total_ns: u64,
+    /// Per bucket (not cumulative); bucket `i` ends at
+    /// [`rekindle::bpf::runq_bucket_upper_us`]`(i)`.
+    pub runq_hist: [u64; rekindle::bpf::RUNQ_BUCKETS],
+    pub faults_minor: u64,
+    pub faults_major: u64,
+    pub execs: u64,
+    pub exits: u64,
+    pub memory_bytes: u64,
+}
+
+/// The node collector's latest view, encoded at each scrape (a prometheus-client
+/// [`Collector`]): `rekindle_bpf_loaded` and the `rekindle_function_*` metrics.
+#[derive(Debug, Default)]
+pub struct NodeMetrics {
+    state: Mutex<NodeState>,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    /// `None` until the collector has started: nothing is exported.
+    bpf_loaded: Option<bool>,
+    functions: BTreeMap<String, FunctionNodeStats>,
+}
+
+impl NodeMetrics {
+    /// Whether the eBPF probes are loaded (what `rekindle_bpf_loaded` says).
+    pub fn set_bpf_loaded(&self, loaded: bool) {
+        self.state.lock().unwrap().bpf_loaded = Some(loaded);
+    }
+
+    /// Replaces the per-function statistics.
+    pub fn set_functions(&self, functions: BTreeMap<String, FunctionNodeStats>) {
+        self.state.lock().unwrap().functions = functions;
+    }
+
+    pub fn function(&self, name: &str) -> Option<FunctionNodeStats> {
+        self.state.lock().unwrap().functions.get(name).cloned()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FnLabel {
+    function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FnKind {
+    function: String,
+    kind: &'static str,
+}
+
+/// Encodes one family: a descriptor, then one sample per label set.
+fn encode_family<L: EncodeLabelSet, M: EncodeMetric>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (L, M)>,
+    metric_type: prometheus_client::metrics::MetricType,
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, metric) in samples {
+        metric.encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// A histogram already bucketed (the eBPF log2 run-queue histogram).
+struct ConstHistogram {
+    sum: f64,
+    count: u64,
+    buckets: Vec<(f64, u64)>,
+}
+
+impl EncodeMetric for ConstHistogram {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        encoder.encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+            self.sum,
+            self.count,
+            &self.buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+fn runq_histogram(s: &FunctionNodeStats) -> ConstHistogram {
+    let buckets = s
+        .runq_hist
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let upper =
+                rekindle::bpf::runq_bucket_upper_us(i).map_or(f64::INFINITY, |us| us as f64 / 1e6);
+            (upper, n)
+        })
+        .collect();
+    ConstHistogram {
+        sum: s.runq_total_ns as f64 / 1e9,
+        count: s.runq_count,
+        buckets,
+    }
+}
+
+impl Collector for NodeMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let st = self.state.lock().unwrap();
+        let Some(bpf_loaded) = st.bpf_loaded else {
+            return Ok(());
+        };
+        let fns = &st.functions;
+        let label = |f: &String| FnLabel {
+            function: f.clone(),
+        };
+        let loaded = ConstGauge::new(i64::from(bpf_loaded));
+        loaded.encode(encoder.encode_descriptor(
+            "rekindle_bpf_loaded",
+            "1 when the eBPF probes are loaded, 0 when the agent goes on with cgroup statistics alone",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_memory_bytes",
+            "Memory charged to the function's instances' cgroups now, summed",
+            fns.iter()
+                .map(|(f, s)| (label(f), ConstGauge::new(s.memory_bytes as i64))),
+            MetricType::Gauge,
+        )?;
+        if !bpf_loaded {
+            return Ok(());
+        }
+        encode_family(
+            &mut encoder,
+            "rekindle_function_cpu_seconds",
+            "CPU time of the function's instances (eBPF)",
+            fns.iter()
+                .map(|(f, s)| (label(f), ConstCounter::new(s.cpu_ns as f64 / 1e9))),
+            MetricType::Counter,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_runqueue_latency_seconds",
+            "Waits of the function's instances' tasks from runnable to running (eBPF)",
+            fns.iter().map(|(f, s)| (label(f), runq_histogram(s))),
+            MetricType::Histogram,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_page_faults",
+            "Page faults of the function's instances' tasks, minor or major (eBPF)",
+            fns.iter().flat_map(|(f, s)| {
+                [("minor", s.faults_minor), ("major", s.faults_major)].map(|(kind, n)| {
+                    (
+                        FnKind {
+                            function: f.clone(),
+                            kind,
+                        },
+                        ConstCounter::new(n),
+                    )
+                })
+            }),
+            MetricType::Counter,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_processes_exec",
+            "Successful execve()s in the function's instances (eBPF)",
+            fns.iter()
+                .map(|(f, s)| (label(f), ConstCounter::new(s.execs))),
+            MetricType::Counter,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_processes_exit",
+            "Processes that exited in the function's instances (eBPF)",
+            fns.iter()
+                .map(|(f, s)| (label(f), ConstCounter::new(s.exits))),
+            MetricType::Counter,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +481,50 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} missing in:\n{t}");
         }
+    }
+
+    #[test]
+    fn node_metrics_are_exported_once_the_collector_runs() {
+        let m = Metrics::new();
+        assert!(!m.encode().contains("rekindle_bpf_loaded"));
+        let mut s = FunctionNodeStats {
+            cpu_ns: 1_500_000_000,
+            runq_count: 3,
+            runq_total_ns: 7_000,
+            faults_minor: 10,
+            faults_major: 2,
+            execs: 4,
+            exits: 1,
+            memory_bytes: 4096,
+            ..Default::default()
+        };
+        s.runq_hist[0] = 1;
+        s.runq_hist[1] = 2;
+        m.node.set_bpf_loaded(true);
+        m.node.set_functions([("hello".to_string(), s)].into());
+        let t = m.encode();
+        for want in [
+            "rekindle_bpf_loaded 1\n",
+            "rekindle_function_memory_bytes{function=\"hello\"} 4096",
+            "rekindle_function_cpu_seconds_total{function=\"hello\"} 1.5",
+            "rekindle_function_runqueue_latency_seconds_count{function=\"hello\"} 3",
+            "rekindle_function_runqueue_latency_seconds_bucket{le=\"0.000002\",function=\"hello\"} 1",
+            "rekindle_function_runqueue_latency_seconds_bucket{le=\"0.000004\",function=\"hello\"} 3",
+            "rekindle_function_runqueue_latency_seconds_bucket{le=\"+Inf\",function=\"hello\"} 3",
+            "rekindle_function_page_faults_total{function=\"hello\",kind=\"minor\"} 10",
+            "rekindle_function_page_faults_total{function=\"hello\",kind=\"major\"} 2",
+            "rekindle_function_processes_exec_total{function=\"hello\"} 4",
+            "rekindle_function_processes_exit_total{function=\"hello\"} 1",
+        ] {
+            assert!(t.contains(want), "{want} missing in:\n{t}");
+        }
+        m.node.set_bpf_loaded(false);
+        let t = m.encode();
+        assert!(t.contains("rekindle_bpf_loaded 0\n"), "{t}");
+        assert!(
+            t.contains("rekindle_function_memory_bytes{function=\"hello\"} 4096"),
+            "{t}"
+        );
+        assert!(!t.contains("rekindle_function_cpu_seconds"), "{t}");
     }
 }
