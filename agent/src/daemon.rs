@@ -262,6 +262,13 @@ impl Agent {
                 stop_rx.clone(),
             )));
         }
+        let node = crate::ebpf::NodeCollector::start(
+            &config.containerd_namespace,
+            config.functions.iter().map(|f| f.name.as_str()),
+            pool.metrics().node.clone(),
+        );
+        let node_every = Duration::from_millis(config.reconcile_interval_ms.clamp(1000, 5000));
+        tasks.push(tokio::spawn(node.run(node_every, stop_rx.clone())));
         let interval = Duration::from_millis(config.reconcile_interval_ms);
         let p = pool.clone();
         tasks.push(tokio::spawn(async move { p.run(interval, stop_rx).await }));
