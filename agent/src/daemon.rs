@@ -44,14 +44,14 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     (thawed), else a restore (staged image, then disk), else a cold start; any failure
     falls back to the next path and is counted with its reason.
 
-Not yet: the eBPF node metrics and the scheduler hook (--hook-socket is accepted and
-checked, nothing listens on it). SIGTERM or SIGINT stops every instance the agent
-started, then it exits 0.";
+Scheduler hook (gRPC rekindle.v1.SchedulerHook, grpc.health.v1, reflection) on
+--hook-socket. Not yet: the eBPF node metrics. SIGTERM or SIGINT stops every instance
+the agent started, then it exits 0.";
 
 const AFTER_LONG_HELP: &str = "\
 Configuration file (TOML; every key optional, command-line options win over it):
   metrics_addr = \"127.0.0.1:9464\"
-  hook_socket = \"/run/rekindle/agent.sock\"       # not served yet
+  hook_socket = \"/run/rekindle/agent.sock\"       # the scheduler hook (gRPC)
   restored_socket = \"/run/rekindle/restored.sock\"
   containerd_address = \"/run/containerd/containerd.sock\"
   containerd_namespace = \"k8s.io\"
@@ -253,6 +253,7 @@ impl Agent {
             metrics,
             stop_rx.clone(),
         ))];
+        tasks.push(crate::hook::start(config, &pool, &opts.latencies, stop_rx.clone()).await?);
         let mut gateway_addr = None;
         if let Some(l) = gateway_listener {
             gateway_addr = l.local_addr().ok();

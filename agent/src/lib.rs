@@ -20,6 +20,7 @@ pub mod daemon;
 pub mod driver;
 pub mod ebpf;
 pub mod gateway;
+pub mod hook;
 pub mod image;
 pub mod logging;
 pub mod metrics;
