@@ -1,0 +1,227 @@
+//! The node collector for real: the eBPF probes loaded, a cgroup laid out as the driver
+//! lays out an instance's (`/<namespace>/<function>-<16 hex>`, in the cgroup2 hierarchy
+//! and, on a v1 host, the memory controller's), a process in it that burns CPU, touches
+//! pages and runs `/bin/true`, and the `/metrics` text checked against that work.
+//!
+//! Needs root and kernel BTF (CI runs as root). The workload is this test binary re-run
+//! as `child_workload` with `REKINDLE_EBPF_CHILD` set.
+
+use std::collections::HashMap;
+use std::env;
+use std::fs;
+use std::hint::black_box;
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::Duration;
+
+use rekindle::bpf::Probes;
+use rekindle_agent::ebpf::{CgroupLayout, NodeCollector};
+use rekindle_agent::metrics::Metrics;
+
+const CHILD_ENV: &str = "REKINDLE_EBPF_CHILD";
+const BURN: Duration = Duration::from_millis(200);
+/// 4 KiB pages the workload touches (32 MiB).
+const PAGES: usize = 8192;
+const TRUES: usize = 3;
+const FUNCTION: &str = "burn";
+const INSTANCE: &str = "burn-0123456789abcdef";
+
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write to.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// What the test runs inside the instance's cgroup; does nothing in a normal test run.
+#[test]
+#[ignore = "the workload the node collector test runs in a cgroup (with REKINDLE_EBPF_CHILD=1)"]
+fn child_workload() {
+    if env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    // Small pages: every touched 4 KiB page is one fault.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let until = cpu_time() + BURN;
+    let mut x = 1u64;
+    while cpu_time() < until {
+        for _ in 0..10_000 {
+            x = black_box(
+                x.wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407),
+            );
+        }
+    }
+    let mut mem = vec![0u8; PAGES * 4096];
+    for p in mem.chunks_mut(4096) {
+        p[0] = black_box(1);
+    }
+    for _ in 0..TRUES {
+        assert!(Command::new("/bin/true").status().unwrap().success());
+    }
+    // Alive (memory charged) until the test closes stdin.
+    println!("workload ready {x}");
+    std::io::stdout().flush().unwrap();
+    let mut line = String::new();
+    let _ = std::io::stdin().read_line(&mut line);
+    black_box(&mem);
+}
+
+/// The instance's cgroup directories, removed on drop.
+struct Instance {
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        for d in self.dirs.iter().rev() {
+            for _ in 0..50 {
+                if fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// `name value` lines of the exposition, for samples of `function="burn"`.
+fn samples(text: &str) -> HashMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && (!l.contains('{') || l.contains(FUNCTION)))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+fn get(s: &HashMap<String, f64>, key: &str) -> f64 {
+    *s.get(key)
+        .unwrap_or_else(|| panic!("{key} missing in {s:#?}"))
+}
+
+#[test]
+fn the_collector_counts_an_instances_work() {
+    assert!(
+        nix_is_root(),
+        "the eBPF tests load BPF programs and make cgroups: run them as root (CI does)"
+    );
+    let probes = Probes::load().expect("load the eBPF probes");
+    let layout = CgroupLayout::detect();
+    let namespace = format!("rekindle-ebpf-test-{}", std::process::id());
+    let mut inst = Instance { dirs: Vec::new() };
+    let mut procs = Vec::new();
+    for root in [&layout.v2_root, &layout.v1_memory_root]
+        .into_iter()
+        .flatten()
+    {
+        let ns = root.join(&namespace);
+        fs::create_dir_all(ns.join(INSTANCE)).unwrap();
+        inst.dirs.push(ns.clone());
+        inst.dirs.push(ns.join(INSTANCE));
+        procs.push(ns.join(INSTANCE).join("cgroup.procs"));
+    }
+    assert!(layout.v2_root.is_some(), "a cgroup2 mount");
+
+    let m = Metrics::new();
+    let mut c = NodeCollector::new(
+        Some(probes),
+        layout.clone(),
+        &namespace,
+        [FUNCTION],
+        m.node.clone(),
+    );
+    // Sees the (empty) instance and watches it before it runs.
+    c.collect();
+
+    let script = procs
+        .iter()
+        .map(|p| format!("echo $$ > '{}' && ", p.display()))
+        .collect::<String>()
+        + r#"exec "$@""#;
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(script)
+        .arg("sh")
+        .arg(env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_workload",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("workload ready") {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the workload ended early"
+        );
+    }
+
+    // Alive and blocked on stdin: switched out, so its CPU time is accounted.
+    c.collect();
+    let s = samples(&m.encode());
+    eprintln!("while running: {s:#?}");
+    let f = format!("{{function=\"{FUNCTION}\"}}");
+    assert_eq!(get(&s, "rekindle_bpf_loaded"), 1.0);
+    let cpu = get(&s, &format!("rekindle_function_cpu_seconds_total{f}"));
+    assert!((0.15..5.0).contains(&cpu), "cpu {cpu}");
+    let minor = get(
+        &s,
+        &format!("rekindle_function_page_faults_total{{function=\"{FUNCTION}\",kind=\"minor\"}}"),
+    );
+    assert!(
+        minor >= PAGES as f64 && minor < 20.0 * PAGES as f64,
+        "minor faults {minor}"
+    );
+    let mem = get(&s, &format!("rekindle_function_memory_bytes{f}"));
+    assert!(
+        mem >= 0.9 * (PAGES * 4096) as f64 && mem < 1e9,
+        "memory {mem}"
+    );
+    // The shell's exec of the workload, then /bin/true's.
+    let execs = get(&s, &format!("rekindle_function_processes_exec_total{f}"));
+    assert!(execs >= 1.0 + TRUES as f64, "execs {execs}");
+    let runq = get(
+        &s,
+        &format!("rekindle_function_runqueue_latency_seconds_count{f}"),
+    );
+    assert!(runq >= 1.0, "run-queue waits {runq}");
+
+    // The workload exits; its cgroup goes away: the totals keep its counts.
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+    c.collect();
+    let exits = get(
+        &samples(&m.encode()),
+        &format!("rekindle_function_processes_exit_total{f}"),
+    );
+    assert!(exits >= 1.0 + TRUES as f64, "exits {exits}");
+    drop(inst);
+    c.collect();
+    let s = samples(&m.encode());
+    eprintln!("after the instance is gone: {s:#?}");
+    assert!(get(&s, &format!("rekindle_function_cpu_seconds_total{f}")) >= cpu);
+    assert_eq!(get(&s, &format!("rekindle_function_memory_bytes{f}")), 0.0);
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
