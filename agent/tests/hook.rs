@@ -1,0 +1,326 @@
+//! The scheduler hook over a real unix socket (and TCP), called by real tonic clients:
+//! Placement, WatchNode, grpc.health.v1 and server reflection (what grpcurl uses).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rekindle_agent::hook::pb::scheduler_hook_client::SchedulerHookClient;
+use rekindle_agent::hook::{
+    self, pb, Bound, FunctionSnapshot, Hook, HookOptions, Listen, NodeSnapshot,
+};
+use rekindle_agent::pool::ImageState;
+use rekindle_agent::sim::LatencyTable;
+use tokio::sync::watch;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+const GIB: u64 = 1 << 30;
+const DEADLINE: Duration = Duration::from_secs(10);
+
+fn function(name: &str, hot: u32, warm: u32, image: ImageState) -> FunctionSnapshot {
+    FunctionSnapshot {
+        function: name.into(),
+        memory_mb: 256.0,
+        hot,
+        warm,
+        busy: 0,
+        starting: 0,
+        image,
+    }
+}
+
+fn node() -> NodeSnapshot {
+    NodeSnapshot {
+        functions: vec![
+            function("hello", 1, 0, ImageState::Disk),
+            function("resize", 0, 0, ImageState::Staged),
+        ],
+        memory_budget_bytes: Some(4 * GIB),
+        available_bytes: None,
+        cpu_capacity_millis: Some(2000),
+    }
+}
+
+struct Server {
+    snapshot: watch::Sender<NodeSnapshot>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn hook_of(rx: watch::Receiver<NodeSnapshot>) -> Hook {
+    Hook::new(
+        Arc::new(rx),
+        LatencyTable::placeholder(),
+        HookOptions {
+            watch_interval: Duration::from_millis(300),
+            watch_poll: Duration::from_millis(20),
+        },
+    )
+}
+
+async fn serve(bound: Bound) -> Server {
+    let (snapshot, rx) = watch::channel(node());
+    let (stop, stop_rx) = watch::channel(false);
+    let task = tokio::spawn(hook::serve(bound, hook_of(rx), stop_rx));
+    Server {
+        snapshot,
+        stop,
+        task,
+    }
+}
+
+async fn channel(path: &Path) -> tonic::transport::Channel {
+    // the server task may not accept yet: retry briefly
+    for _ in 0..50 {
+        if let Ok(c) = hook::connect_unix(path).await {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot connect to {}", path.display());
+}
+
+fn tier(t: i32) -> pb::Tier {
+    pb::Tier::try_from(t).unwrap()
+}
+
+#[tokio::test]
+async fn placement_watch_health_and_reflection_over_a_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("run/agent.sock");
+    let bound = Bound::bind(&Listen::Unix(sock.clone())).await.unwrap();
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "socket mode {mode:o}");
+    let server = serve(bound).await;
+    let ch = channel(&sock).await;
+
+    // Placement
+    let mut c = SchedulerHookClient::new(ch.clone());
+    let r = c
+        .placement(pb::PlacementRequest {
+            function: "hello".into(),
+            cpu_millis: 250,
+            memory_bytes: 128 << 20,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(tier(r.tier), pb::Tier::Hot, "{r:?}");
+    assert_eq!((r.expected_start_ms, r.score), (0.0, 100));
+    // 4 GiB − one 256 MB instance − a staged image (256 MB × the staged factor)
+    let used = 256.0 * (1.0 + rekindle_agent::pool::STAGED_MEMORY_FACTOR);
+    assert_eq!(
+        r.free_memory_bytes,
+        4 * GIB - (used * 1048576.0).round() as u64
+    );
+    let r = c
+        .placement(pb::PlacementRequest {
+            function: "resize".into(),
+            cpu_millis: 0,
+            memory_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (tier(r.tier), r.score),
+        (pb::Tier::RestoreStaged, 61),
+        "{r:?}"
+    );
+    let r = c
+        .placement(pb::PlacementRequest {
+            function: "nope".into(),
+            cpu_millis: 0,
+            memory_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((tier(r.tier), r.score), (pb::Tier::UnknownFunction, 0));
+    assert!(r.reason.contains("not registered"), "{}", r.reason);
+    let e = c
+        .placement(pb::PlacementRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+
+    // WatchNode: the state at once, then the change
+    let mut stream = c
+        .watch_node(pb::WatchRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.functions.len(), 2);
+    assert_eq!(first.functions[0].function, "hello");
+    assert_eq!(tier(first.functions[0].tier), pb::Tier::Hot);
+    assert_eq!(first.memory_budget_bytes, 4 * GIB);
+    assert!(first.generated_at.is_some());
+    assert!(first.latency_source.contains("PLACEHOLDER"));
+    server.snapshot.send_modify(|n| {
+        n.functions[0].hot = 0;
+        n.functions[0].warm = 1;
+    });
+    let changed = tokio::time::timeout(DEADLINE, async {
+        loop {
+            let s = stream.message().await.unwrap().unwrap();
+            if tier(s.functions[0].tier) == pb::Tier::Warm {
+                return s;
+            }
+        }
+    })
+    .await
+    .expect("the change is streamed");
+    assert_eq!(changed.functions[0].warm, 1);
+    // and again without a change, at least every watch_interval
+    let again = tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.functions, changed.functions);
+    drop(stream);
+
+    // grpc.health.v1: the server and the service are SERVING
+    let mut h = HealthClient::new(ch.clone());
+    for service in ["", hook::SERVICE_NAME] {
+        let s = h
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.status(), ServingStatus::Serving, "{service:?}");
+    }
+
+    // reflection (grpcurl list / describe)
+    let mut refl = ServerReflectionClient::new(ch.clone());
+    let reqs = vec![
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        },
+        ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(
+                "rekindle.v1.SchedulerHook".into(),
+            )),
+        },
+    ];
+    let mut resp = refl
+        .server_reflection_info(tokio_stream::iter(reqs))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("not a list of services");
+    };
+    let names: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    for want in [
+        "rekindle.v1.SchedulerHook",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+    ] {
+        assert!(names.contains(&want), "{want} not in {names:?}");
+    }
+    let Some(MessageResponse::FileDescriptorResponse(fd)) =
+        resp.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no file descriptor for rekindle.v1.SchedulerHook");
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = fd
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost::Message::decode(b.as_slice()).unwrap())
+        .collect();
+    let hook_file = files
+        .iter()
+        .find(|f| f.name() == "rekindle/v1/hook.proto")
+        .expect("hook.proto is described");
+    assert_eq!(hook_file.package(), "rekindle.v1");
+    let methods: Vec<&str> = hook_file.service[0]
+        .method
+        .iter()
+        .map(|m| m.name())
+        .collect();
+    assert_eq!(methods, ["Placement", "WatchNode"]);
+
+    // stop: the server ends and removes its socket
+    server.stop.send(true).unwrap();
+    tokio::time::timeout(DEADLINE, server.task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!sock.exists(), "the socket is removed at stop");
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    // stale: bound, then its listener gone
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
+    let bound = Bound::bind(&Listen::Unix(sock.clone())).await.unwrap();
+    let server = serve(bound).await;
+    let _ = channel(&sock).await;
+    // live: a second agent on the same path says why it cannot start
+    let e = Bound::bind(&Listen::Unix(sock.clone()))
+        .await
+        .err()
+        .expect("a live socket is refused");
+    assert!(
+        e.to_string().contains("a live process listens on it"),
+        "{e}"
+    );
+    assert!(sock.exists(), "the live socket is left alone");
+    server.stop.send(true).unwrap();
+    server.task.await.unwrap();
+    // a regular file is not removed
+    std::fs::write(&sock, "x").unwrap();
+    let e = Bound::bind(&Listen::Unix(sock.clone()))
+        .await
+        .err()
+        .expect("a file is refused");
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read_to_string(&sock).unwrap(), "x");
+}
+
+#[tokio::test]
+async fn the_hook_also_listens_on_tcp() {
+    let bound = Bound::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let addr = bound.local_addr().unwrap();
+    let server = serve(bound).await;
+    let mut c = SchedulerHookClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
+    let r = c
+        .placement(pb::PlacementRequest {
+            function: "hello".into(),
+            cpu_millis: 4000,
+            memory_bytes: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // more CPU than the node has: it does not fit
+    assert_eq!((tier(r.tier), r.score), (pb::Tier::Hot, 0), "{r:?}");
+    server.stop.send(true).unwrap();
+    server.task.await.unwrap();
+}
