@@ -9,6 +9,7 @@
 //! functions of a [`NodeSnapshot`] ([`placement`]); the agent's snapshots come from its
 //! pool manager ([`PoolSource`]), tests give their own ([`SnapshotSource`]).
 
+pub mod extender;
 pub mod placement;
 
 use std::collections::HashMap;
