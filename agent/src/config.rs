@@ -201,6 +201,15 @@ impl FunctionConfig {
     }
 }
 
+/// `[hook_tls]`: the scheduler hook's mutual TLS on `hook_addr`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HookTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -208,6 +217,12 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     /// Unix socket of the scheduler hook (gRPC) and of the operator CLI.
     pub hook_socket: PathBuf,
+    /// The scheduler hook on TCP as well (schedulers on other hosts); unset: unix socket
+    /// only. With `hook_tls`, mutual TLS; without, plaintext (a warning is logged).
+    pub hook_addr: Option<SocketAddr>,
+    /// Mutual TLS on `hook_addr` (PEM files): `cert` and `key` are the hook's, client
+    /// certificates must chain to `client_ca`.
+    pub hook_tls: Option<HookTls>,
     /// Unix socket of `rekindle-restored`.
     pub restored_socket: PathBuf,
     /// containerd's API socket.
@@ -247,6 +262,8 @@ impl Default for Config {
         Config {
             metrics_addr: DEFAULT_METRICS_ADDR.parse().expect("valid default address"),
             hook_socket: DEFAULT_HOOK_SOCKET.into(),
+            hook_addr: None,
+            hook_tls: None,
             restored_socket: DEFAULT_RESTORED_SOCKET.into(),
             containerd_address: DEFAULT_CONTAINERD_ADDRESS.into(),
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.into(),
@@ -309,6 +326,11 @@ impl Config {
             ("containerd_address", &self.containerd_address),
         ] {
             rekindle_daemon_kit::config::check_socket_path(name, path)?;
+        }
+        if self.hook_tls.is_some() && self.hook_addr.is_none() {
+            return Err(Error::Invalid(
+                "hook_tls is set but hook_addr is not: TLS is for the TCP hook".into(),
+            ));
         }
         if self.containerd_namespace.is_empty() {
             return Err(Error::Invalid("containerd_namespace is empty".into()));

@@ -240,3 +240,79 @@ async fn a_pod_that_is_not_a_function_and_bad_bodies() {
     let (status, _) = post(s.addr, "/bind", "{}").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_over_mutual_tls() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    p.distinguished_name
+        .push(DnType::CommonName, "rekindle test CA");
+    let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| {
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &ca).unwrap();
+        (
+            write(&format!("{name}.pem"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    let (srv_cert, srv_key) = leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth);
+    let (cli_cert, cli_key) = leaf("extender", ExtendedKeyUsagePurpose::ClientAuth);
+    let ca_file = write("ca.pem", ca.pem());
+
+    let tls = hook::server_tls(&rekindle_agent::config::HookTls {
+        cert: srv_cert,
+        key: srv_key,
+        client_ca: ca_file.clone(),
+    })
+    .unwrap();
+    let bound = Bound::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let port = bound.local_addr().unwrap().port();
+    let (_keep, rx) = watch::channel(NodeSnapshot {
+        functions: vec![f("python-fn", 1, 0, ImageState::Disk)],
+        memory_budget_bytes: Some(1 << 30),
+        available_bytes: None,
+        cpu_capacity_millis: None,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let h = Hook::new(
+        Arc::new(rx),
+        LatencyTable::placeholder(),
+        HookOptions::default(),
+    );
+    tokio::spawn(hook::serve_with(bound, h, Some(tls), stop_rx.clone()));
+
+    let config = ExtenderConfig::from_toml(&format!(
+        "deadline_ms = 2000\n[nodes]\nnode-hot = \"https://localhost:{port}\"\n\
+         [tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+        ca_file.display(),
+        cli_cert.display(),
+        cli_key.display()
+    ))
+    .unwrap();
+    let ext = Extender::new(&config).unwrap();
+    let args: extender::ExtenderArgs = serde_json::from_value(serde_json::json!({
+        "Pod": serde_json::from_str::<Value>(&fixture("pod.json")).unwrap(),
+        "Nodes": null,
+        "NodeNames": ["node-hot"],
+    }))
+    .unwrap();
+    let p = ext.prioritize(&args).await;
+    assert_eq!(p[0].score, 10, "{p:?}");
+    let _ = stop.send(true);
+}

@@ -324,3 +324,147 @@ async fn the_hook_also_listens_on_tcp() {
     server.stop.send(true).unwrap();
     server.task.await.unwrap();
 }
+
+mod mtls {
+    use super::*;
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    use rekindle_agent::config::HookTls;
+    use tonic::transport::Endpoint;
+
+    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        p.distinguished_name.push(DnType::CommonName, name);
+        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
+    }
+
+    /// (certificate, key) PEM, signed by `ca`.
+    fn leaf(ca: &CertifiedIssuer<'static, KeyPair>, name: &str, client: bool) -> (String, String) {
+        let mut p = CertificateParams::new(vec![name.to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.extended_key_usages = vec![if client {
+            ExtendedKeyUsagePurpose::ClientAuth
+        } else {
+            ExtendedKeyUsagePurpose::ServerAuth
+        }];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    async fn call(
+        addr: std::net::SocketAddr,
+        tls: tonic::transport::ClientTlsConfig,
+    ) -> Result<pb::PlacementResponse, String> {
+        let ch = Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .map_err(|e| e.to_string())?
+            .connect()
+            .await
+            .map_err(|e| format!("connect: {e:?}"))?;
+        SchedulerHookClient::new(ch)
+            .placement(pb::PlacementRequest {
+                function: "hello".into(),
+                cpu_millis: 0,
+                memory_bytes: 0,
+            })
+            .await
+            .map(|r| r.into_inner())
+            .map_err(|e| format!("call: {e:?}"))
+    }
+
+    #[tokio::test]
+    async fn the_tcp_hook_requires_a_client_certificate_from_its_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca1 = ca("rekindle test CA");
+        let (srv_cert, srv_key) = leaf(&ca1, "localhost", false);
+        let (cli_cert, cli_key) = leaf(&ca1, "kube-scheduler", true);
+        let other = ca("another CA");
+        let (bad_cert, bad_key) = leaf(&other, "intruder", true);
+        let w = |name: &str, text: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let files = HookTls {
+            cert: w("hook.pem", &srv_cert),
+            key: w("hook.key", &srv_key),
+            client_ca: w("ca.pem", &ca1.pem()),
+        };
+        let tls = hook::server_tls(&files).unwrap();
+        let bound = Bound::bind(&Listen::Tcp("127.0.0.1:0".parse().unwrap()))
+            .await
+            .unwrap();
+        let addr = bound.local_addr().unwrap();
+        let (_snapshot, rx) = watch::channel(node());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(hook::serve_with(bound, hook_of(rx), Some(tls), stop_rx));
+
+        let ca_pem = ca1.pem();
+        let ok = call(
+            addr,
+            hook::client_tls(
+                ca_pem.as_bytes(),
+                cli_cert.as_bytes(),
+                cli_key.as_bytes(),
+                "localhost",
+            ),
+        )
+        .await
+        .expect("a client with a certificate from the CA is served");
+        assert_eq!(tier(ok.tier), pb::Tier::Hot);
+
+        // a certificate from another CA, or none: refused
+        let bad = call(
+            addr,
+            hook::client_tls(
+                ca_pem.as_bytes(),
+                bad_cert.as_bytes(),
+                bad_key.as_bytes(),
+                "localhost",
+            ),
+        )
+        .await;
+        assert!(bad.is_err(), "{bad:?}");
+        let none = call(
+            addr,
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&ca_pem))
+                .domain_name("localhost"),
+        )
+        .await;
+        assert!(none.is_err(), "{none:?}");
+        // plaintext: refused
+        let plain = SchedulerHookClient::connect(format!("http://{addr}")).await;
+        if let Ok(mut c) = plain {
+            assert!(c.placement(pb::PlacementRequest::default()).await.is_err());
+        }
+
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn hook_addr_and_hook_tls_in_the_configuration() {
+        let c = rekindle_agent::Config::from_toml(
+            "hook_addr = \"0.0.0.0:7070\"\n[hook_tls]\ncert = \"/etc/rekindle/hook.pem\"\n\
+             key = \"/etc/rekindle/hook.key\"\nclient_ca = \"/etc/rekindle/ca.pem\"\n",
+            Path::new("agent.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.hook_addr, Some("0.0.0.0:7070".parse().unwrap()));
+        assert_eq!(
+            c.hook_tls.as_ref().unwrap().client_ca,
+            Path::new("/etc/rekindle/ca.pem")
+        );
+        c.validate().unwrap();
+        let mut c2 = c.clone();
+        c2.hook_addr = None;
+        assert!(c2.validate().unwrap_err().to_string().contains("hook_addr"));
+    }
+}

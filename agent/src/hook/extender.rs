@@ -20,7 +20,9 @@
 //! `resources.requests` (cpu, memory).
 //!
 //! The agents are called in parallel, each with the deadline (`deadline_ms`), over the
-//! address in the node map: `unix:/path` or `http://host:port`.
+//! address in the node map: `unix:/path`, `http://host:port`, or `https://host:port`
+//! (mutual TLS: `[tls]` gives the CA of the agents' certificates and the extender's
+//! client certificate and key, PEM).
 
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
@@ -62,9 +64,24 @@ pub struct ExtenderConfig {
     /// Each agent's answer is awaited this long at most.
     #[serde(default = "default_deadline_ms")]
     pub deadline_ms: u64,
-    /// Node name → the agent's hook (`unix:/path` or `http://host:port`).
+    /// Node name → the agent's hook (`unix:/path`, `http://host:port`,
+    /// `https://host:port`).
     #[serde(default)]
     pub nodes: BTreeMap<String, String>,
+    /// Mutual TLS with the agents' `https://` hooks.
+    #[serde(default)]
+    pub tls: Option<ExtenderTls>,
+}
+
+/// `[tls]`: PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtenderTls {
+    /// The CA the agents' certificates chain to.
+    pub ca: PathBuf,
+    /// The extender's client certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 fn default_listen() -> SocketAddr {
@@ -79,7 +96,10 @@ impl ExtenderConfig {
     pub fn from_toml(text: &str) -> Result<Self, String> {
         let c: ExtenderConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         for (node, addr) in &c.nodes {
-            parse_address(addr).map_err(|e| format!("node {node:?}: {e}"))?;
+            let a = parse_address(addr).map_err(|e| format!("node {node:?}: {e}"))?;
+            if matches!(a, HookAddress::Https(_)) && c.tls.is_none() {
+                return Err(format!("node {node:?}: {addr} needs [tls]"));
+            }
         }
         if c.deadline_ms == 0 {
             return Err("deadline_ms must be positive".into());
@@ -99,6 +119,7 @@ impl ExtenderConfig {
 pub enum HookAddress {
     Unix(PathBuf),
     Http(String),
+    Https(String),
 }
 
 pub fn parse_address(a: &str) -> Result<HookAddress, String> {
@@ -111,19 +132,33 @@ pub fn parse_address(a: &str) -> Result<HookAddress, String> {
         }
         return Ok(HookAddress::Unix(p.into()));
     }
-    if a.starts_with("http://") {
+    if a.starts_with("http://") || a.starts_with("https://") {
         Endpoint::from_shared(a.to_string()).map_err(|e| format!("{a:?}: {e}"))?;
-        return Ok(HookAddress::Http(a.to_string()));
+        return Ok(if a.starts_with("https://") {
+            HookAddress::Https(a.to_string())
+        } else {
+            HookAddress::Http(a.to_string())
+        });
     }
-    Err(format!("{a:?}: expected unix:/path or http://host:port"))
+    Err(format!(
+        "{a:?}: expected unix:/path, http://host:port or https://host:port"
+    ))
 }
 
 /// A channel that connects on first use (and reconnects): a node whose agent is down
 /// costs one failed call, not the extender's start.
-fn lazy_channel(a: &HookAddress) -> Channel {
-    match a {
+fn lazy_channel(
+    a: &HookAddress,
+    tls: Option<&tonic::transport::ClientTlsConfig>,
+) -> Result<Channel, String> {
+    Ok(match a {
         HookAddress::Http(u) => Endpoint::from_shared(u.clone())
-            .expect("checked by parse_address")
+            .map_err(|e| e.to_string())?
+            .connect_lazy(),
+        HookAddress::Https(u) => Endpoint::from_shared(u.clone())
+            .map_err(|e| e.to_string())?
+            .tls_config(tls.ok_or_else(|| format!("{u}: needs [tls]"))?.clone())
+            .map_err(|e| format!("{u}: {e}"))?
             .connect_lazy(),
         HookAddress::Unix(p) => {
             let p = p.clone();
@@ -138,7 +173,7 @@ fn lazy_channel(a: &HookAddress) -> Channel {
                 }),
             )
         }
-    }
+    })
 }
 
 // ---- the kube-scheduler extender API (k8s.io/kube-scheduler/extender/v1), as Go's
@@ -338,9 +373,26 @@ pub struct Extender {
 impl Extender {
     /// Must run inside a tokio runtime (the channels' workers).
     pub fn new(config: &ExtenderConfig) -> Result<Self, String> {
+        let tls = match &config.tls {
+            Some(t) => {
+                let read = |p: &Path| {
+                    std::fs::read(p).map_err(|e| format!("reading {}: {e}", p.display()))
+                };
+                Some(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(read(&t.ca)?))
+                        .identity(tonic::transport::Identity::from_pem(
+                            read(&t.cert)?,
+                            read(&t.key)?,
+                        )),
+                )
+            }
+            None => None,
+        };
         let mut channels = HashMap::new();
         for (node, addr) in &config.nodes {
-            channels.insert(node.clone(), lazy_channel(&parse_address(addr)?));
+            let ch = lazy_channel(&parse_address(addr)?, tls.as_ref())?;
+            channels.insert(node.clone(), ch);
         }
         Ok(Extender {
             channels,
@@ -616,6 +668,11 @@ mod tests {
             Ok(HookAddress::Unix("/a.sock".into()))
         );
         assert!(parse_address("http://10.0.0.2:7070").is_ok());
+        assert_eq!(
+            parse_address("https://n1:7070"),
+            Ok(HookAddress::Https("https://n1:7070".into()))
+        );
+        assert!(ExtenderConfig::from_toml("[nodes]\nn1 = \"https://n1:7070\"\n").is_err());
         assert!(parse_address("unix:rel.sock").is_err());
         assert!(parse_address("10.0.0.2:7070").is_err());
         let c = ExtenderConfig::from_toml(

@@ -4,8 +4,10 @@
 //! without the .proto.
 //!
 //! It listens on the agent's `hook_socket` (a unix socket, mode 0600: a stale socket left
-//! by a dead agent is removed, one a live process answers on is an error) or on a TCP
-//! address ([`Listen::Tcp`]; mutual TLS is not implemented yet). The answers are pure
+//! by a dead agent is removed, one a live process answers on is an error) and, when
+//! `hook_addr` is set, on that TCP address too: with mutual TLS when `[hook_tls]` gives
+//! the hook's certificate and key and the CA client certificates must chain to
+//! ([`server_tls`], [`client_tls`]), else in plaintext. The answers are pure
 //! functions of a [`NodeSnapshot`] ([`placement`]); the agent's snapshots come from its
 //! pool manager ([`PoolSource`]), tests give their own ([`SnapshotSource`]).
 
@@ -25,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::{Request, Response, Status};
 
-use crate::config::Config;
+use crate::config::{Config, HookTls};
 use crate::pool::manager::PoolManager;
 use crate::sim::LatencyTable;
 use crate::Error;
@@ -217,7 +219,7 @@ impl pb::scheduler_hook_server::SchedulerHook for Hook {
 pub enum Listen {
     /// A unix socket, mode 0600.
     Unix(PathBuf),
-    /// A TCP address (plaintext: mutual TLS is not implemented yet).
+    /// A TCP address (mutual TLS with [`serve_with`]).
     Tcp(SocketAddr),
 }
 
@@ -300,7 +302,17 @@ pub fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
 /// Serves the hook, health (`SchedulerHook` and the server, "", SERVING; NOT_SERVING once
 /// `stop` turns true) and reflection on `bound` until `stop` turns true; then removes the
 /// unix socket.
-pub async fn serve(bound: Bound, hook: Hook, mut stop: watch::Receiver<bool>) {
+pub async fn serve(bound: Bound, hook: Hook, stop: watch::Receiver<bool>) {
+    serve_with(bound, hook, None, stop).await
+}
+
+/// [`serve`], with TLS on a TCP listener (`tls` is ignored on a unix socket).
+pub async fn serve_with(
+    bound: Bound,
+    hook: Hook,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+    mut stop: watch::Receiver<bool>,
+) {
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<pb::scheduler_hook_server::SchedulerHookServer<Hook>>()
@@ -320,7 +332,17 @@ pub async fn serve(bound: Bound, hook: Hook, mut stop: watch::Receiver<bool>) {
             return;
         }
     };
-    let router = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let (Some(tls), Bound::Tcp(_)) = (tls, &bound) {
+        builder = match builder.tls_config(tls) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "the hook's TLS configuration is invalid");
+                return;
+            }
+        };
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(v1)
         .add_service(v1alpha)
@@ -360,14 +382,52 @@ pub async fn serve(bound: Bound, hook: Hook, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// The agent's hook: binds `config.hook_socket` and serves the pools' state, with the
-/// tier latencies the pool policy plans with. Returns the serving task.
+/// Reads PEM files: the hook's identity, and the CA client certificates must chain to
+/// (mutual TLS: a client without a valid certificate is refused).
+pub fn server_tls(t: &HookTls) -> Result<tonic::transport::ServerTlsConfig, Error> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| Error::Io {
+            what: format!("reading {} (hook_tls)", p.display()),
+            source: e,
+        })
+    };
+    Ok(tonic::transport::ServerTlsConfig::new()
+        .identity(tonic::transport::Identity::from_pem(
+            read(&t.cert)?,
+            read(&t.key)?,
+        ))
+        .client_ca_root(tonic::transport::Certificate::from_pem(read(&t.client_ca)?)))
+}
+
+/// A client's side of the hook's mutual TLS, from PEM: the CA the hook's certificate
+/// chains to, the client's certificate and key, and the name the hook's certificate is
+/// for.
+pub fn client_tls(
+    ca_pem: &[u8],
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    domain: &str,
+) -> tonic::transport::ClientTlsConfig {
+    tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca_pem))
+        .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem))
+        .domain_name(domain)
+}
+
+/// The agent's hook: binds `config.hook_socket` (and `config.hook_addr`, with
+/// `config.hook_tls`) and serves the pools' state, with the tier latencies the pool
+/// policy plans with. Returns the serving task.
 pub async fn start(
     config: &Config,
     pool: &PoolManager,
     latencies: &LatencyTable,
     stop: watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, Error> {
+    let tls = config.hook_tls.as_ref().map(server_tls).transpose()?;
+    let tcp = match config.hook_addr {
+        Some(a) => Some(Bound::bind(&Listen::Tcp(a)).await?),
+        None => None,
+    };
     let bound = Bound::bind(&Listen::Unix(config.hook_socket.clone())).await?;
     let source = Arc::new(PoolSource::new(pool.clone(), config));
     let hook = Hook::new(source, latencies.clone(), HookOptions::default());
@@ -376,7 +436,25 @@ pub async fn start(
         latencies = %latencies.source,
         "scheduler hook listening"
     );
-    Ok(tokio::spawn(serve(bound, hook, stop)))
+    let mut tasks = vec![tokio::spawn(serve(bound, hook.clone(), stop.clone()))];
+    if let Some(tcp) = tcp {
+        let addr = tcp.local_addr();
+        if tls.is_some() {
+            tracing::info!(addr = ?addr, "scheduler hook listening on TCP, mutual TLS");
+        } else {
+            tracing::warn!(
+                addr = ?addr,
+                "scheduler hook listening on TCP in plaintext (no [hook_tls]): anyone who \
+                 reaches it can read the node's pools"
+            );
+        }
+        tasks.push(tokio::spawn(serve_with(tcp, hook, tls, stop)));
+    }
+    Ok(tokio::spawn(async move {
+        for t in tasks {
+            let _ = t.await;
+        }
+    }))
 }
 
 /// A channel to a hook (or any gRPC server) on a unix socket.
