@@ -141,14 +141,76 @@ fn service_unit_has_required_keys() {
     }
 }
 
+/// The service units and the binary each runs (ExecStart is rewritten to cargo's build).
+const SERVICES: &[(&str, &str)] = &[
+    (SERVICE, BINARY),
+    ("rekindle-agent.service", "rekindle-agent"),
+];
+const DROP_IN: &str = "containerd.service.d/rekindle.conf";
+
+#[test]
+fn agent_unit_runs_after_containerd_and_the_restore_daemon() {
+    let name = "rekindle-agent.service";
+    let text = fs::read_to_string(units_dir().join(name)).expect("reading the agent unit");
+    let unit = parse_unit(&text);
+    let exec = single(&unit, "Service", "ExecStart", name);
+    assert_eq!(
+        exec.split_whitespace().next(),
+        Some("/usr/local/bin/rekindle-agent"),
+        "{name}: ExecStart="
+    );
+    assert_eq!(single(&unit, "Service", "Restart", name), "on-failure");
+    for dep in ["containerd.service", SERVICE] {
+        for key in ["After", "Wants"] {
+            assert!(
+                list(&unit, "Unit", key).iter().any(|u| u == dep),
+                "{name}: [Unit] {key}= should name {dep}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_example_agent_config_is_one_the_agent_accepts() {
+    let path = units_dir().join("agent.toml");
+    let text = fs::read_to_string(&path).expect("reading systemd/agent.toml");
+    let config = rekindle_agent::config::Config::from_toml(&text, &path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    config
+        .validate()
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(config.functions.len(), 1, "one example function");
+    assert!(
+        config.gateway_addr.is_some(),
+        "the example serves the gateway"
+    );
+}
+
+#[test]
+fn containerd_drop_in_puts_criu_first_and_names_the_restore_daemon() {
+    let text = fs::read_to_string(units_dir().join(DROP_IN)).expect("reading the drop-in");
+    let unit = parse_unit(&text);
+    let env = values(&unit, "Service", "Environment");
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .expect("the drop-in sets PATH");
+    assert!(
+        path.split(':').next() == Some("/usr/local/sbin"),
+        "CRIU >= 4.2 in /usr/local/sbin must come first: PATH={path}"
+    );
+    assert!(
+        env.iter()
+            .any(|e| e == "REKINDLE_RESTORED_SOCKET=/run/rekindle/restored.sock"),
+        "{env:?}"
+    );
+    for key in ["After", "Wants"] {
+        assert!(list(&unit, "Unit", key).iter().any(|u| u == MOUNT));
+    }
+}
+
 #[test]
 fn systemd_analyze_verify_passes() {
-    let binary = profile_dir().join(BINARY);
-    assert!(
-        binary.is_file(),
-        "{} is missing: run `cargo build --workspace --bins` before this test",
-        binary.display()
-    );
     let analyze = Command::new("systemd-analyze").arg("--version").output();
     if !matches!(&analyze, Ok(o) if o.status.success()) {
         panic!(
@@ -160,37 +222,56 @@ fn systemd_analyze_verify_passes() {
 
     let dir = tempfile::tempdir().expect("creating a temp dir");
     let mut files = Vec::new();
-    for name in [SERVICE, MOUNT] {
+    for (name, bin) in SERVICES {
+        let binary = profile_dir().join(bin);
+        assert!(
+            binary.is_file(),
+            "{} is missing: run `cargo build --workspace --bins` before this test",
+            binary.display()
+        );
+        let installed = format!("/usr/local/bin/{bin}");
         let text = fs::read_to_string(units_dir().join(name))
             .unwrap_or_else(|e| panic!("reading systemd/{name}: {e}"));
-        let text = if name == SERVICE {
-            let mut rewritten = 0;
-            let out: Vec<String> = text
-                .lines()
-                .map(|line| match line.strip_prefix("ExecStart=") {
-                    Some(rest) => {
-                        let rest = rest.strip_prefix(INSTALLED_BINARY).unwrap_or_else(|| {
-                            panic!("{name}: ExecStart= does not run {INSTALLED_BINARY}: {line}")
-                        });
-                        rewritten += 1;
-                        format!("ExecStart={}{rest}", binary.display())
-                    }
-                    None => line.to_string(),
-                })
-                .collect();
-            assert_eq!(rewritten, 1, "{name}: expected one ExecStart= line");
-            out.join("\n") + "\n"
-        } else {
-            text
-        };
+        let mut rewritten = 0;
+        let out: Vec<String> = text
+            .lines()
+            .map(|line| match line.strip_prefix("ExecStart=") {
+                Some(rest) => {
+                    let rest = rest.strip_prefix(installed.as_str()).unwrap_or_else(|| {
+                        panic!("{name}: ExecStart= does not run {installed}: {line}")
+                    });
+                    rewritten += 1;
+                    format!("ExecStart={}{rest}", binary.display())
+                }
+                None => line.to_string(),
+            })
+            .collect();
+        assert_eq!(rewritten, 1, "{name}: expected one ExecStart= line");
         let path = dir.path().join(name);
-        fs::write(&path, text).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+        fs::write(&path, out.join("\n") + "\n")
+            .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         files.push(path);
     }
+    let mount = dir.path().join(MOUNT);
+    fs::copy(units_dir().join(MOUNT), &mount).expect("copying the mount unit");
+    files.push(mount);
+    // The drop-in, on a stand-in containerd.service (a dev/CI machine has none), found
+    // through the unit search path.
+    let containerd = dir.path().join("containerd.service");
+    fs::write(
+        &containerd,
+        "[Unit]\nDescription=stand-in for containerd\n[Service]\nExecStart=/bin/true\n",
+    )
+    .expect("writing the stand-in containerd.service");
+    fs::create_dir(dir.path().join("containerd.service.d")).expect("drop-in dir");
+    fs::copy(units_dir().join(DROP_IN), dir.path().join(DROP_IN)).expect("copying the drop-in");
+    files.push(containerd);
 
     let out = Command::new("systemd-analyze")
         .arg("verify")
         .args(&files)
+        // Trailing ':' keeps the built-in search path after ours.
+        .env("SYSTEMD_UNIT_PATH", format!("{}:", dir.path().display()))
         .output()
         .expect("running systemd-analyze verify");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -200,7 +281,7 @@ fn systemd_analyze_verify_passes() {
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| {
-            [SERVICE, MOUNT, "rekindle", "run-criu"]
+            [SERVICE, MOUNT, "rekindle", "run-criu", "containerd.service"]
                 .iter()
                 .any(|n| l.contains(n))
         })

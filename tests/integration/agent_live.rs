@@ -164,6 +164,9 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             snapshotter: SNAPSHOTTER.to_string(),
             runc_root: Some(ctx.paths().runc_root.clone()),
             instance_log_dir: ctx.paths().dir.join("agent-live-logs"),
+            // Not the host's /run/rekindle/agent.sock: a real agent may run here.
+            hook_socket: ctx.paths().dir.join("agent-hook.sock"),
+            netns_dir: ctx.paths().dir.join("netns"),
             functions: vec![f],
             ..Config::default()
         };
