@@ -44,9 +44,14 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     (thawed), else a restore (staged image, then disk), else a cold start; any failure
     falls back to the next path and is counted with its reason.
 
-Scheduler hook (gRPC rekindle.v1.SchedulerHook, grpc.health.v1, reflection) on
---hook-socket. Not yet: the eBPF node metrics. SIGTERM or SIGINT stops every instance
-the agent started, then it exits 0.";
+  - eBPF node metrics per function (CPU, run-queue latency, page faults, exec/exit;
+    memory from the cgroups) in /metrics; if BPF cannot load, the agent says so, sets
+    rekindle_bpf_loaded 0 and goes on with cgroup statistics;
+  - scheduler hook: gRPC rekindle.v1.SchedulerHook (Placement, WatchNode),
+    grpc.health.v1 and reflection on --hook-socket, or on hook_addr (TCP) with
+    mutual TLS from [hook_tls] cert/key/client_ca.
+
+SIGTERM or SIGINT stops every instance the agent started, then it exits 0.";
 
 const AFTER_LONG_HELP: &str = "\
 Configuration file (TOML; every key optional, command-line options win over it):

@@ -9,9 +9,9 @@
 //!
 //! The daemon ([`daemon::Agent`]) runs the pools ([`pool`]) of the functions in its
 //! configuration through containerd ([`driver`]), the invoke gateway and `/metrics`
-//! ([`gateway`], [`metrics`]); the eBPF metrics and the scheduler hook are not written
-//! yet, and CLI subcommands that need them refuse with the reason (see
-//! [`Error::NotImplemented`]). `rekindle image ...` ([`image`]) manages the checkpoint
+//! ([`gateway`], [`metrics`]), the eBPF node metrics ([`ebpf`]) and the scheduler hook
+//! ([`hook`]); CLI subcommands that need what is not written yet refuse with the reason
+//! (see [`Error::NotImplemented`]). `rekindle image ...` ([`image`]) manages the checkpoint
 //! images through rekindle-restored.
 
 pub mod config;
