@@ -252,6 +252,11 @@ pub struct Config {
     pub netns_dir: PathBuf,
     /// Where the instances' stdout and stderr go (one file per instance).
     pub instance_log_dir: PathBuf,
+    /// The tier latencies the policy plans with and the scheduler hook answers with:
+    /// a file as `rekindle-sim --tier-latencies` reads it, e.g. this node's
+    /// `bench-results/restore.json` from `hack/bench.sh`. Unset: the placeholder table
+    /// (its source says so in the hook's answers).
+    pub tier_latencies: Option<PathBuf>,
     /// The functions served (`[[function]]` tables).
     #[serde(rename = "function")]
     pub functions: Vec<FunctionConfig>,
@@ -278,6 +283,7 @@ impl Default for Config {
             runc_root: None,
             netns_dir: "/run/netns".into(),
             instance_log_dir: "/var/log/rekindle/instances".into(),
+            tier_latencies: None,
             functions: Vec::new(),
         }
     }

@@ -63,6 +63,7 @@ Configuration file (TOML; every key optional, command-line options win over it):
   gateway_addr = \"127.0.0.1:8080\"      # unset: no invoke gateway
   log_format = \"text\"                  # or \"json\"
   policy = \"rekindle\"                  # or \"hybrid\", \"fixed\"
+  tier_latencies = \"/var/lib/rekindle/restore.json\"   # this node's bench-results/restore.json
   reconcile_interval_ms = 1000
   time_scale = 1.0                     # policy seconds per real second
   memory_budget_mb = 4096              # unset: no budget
@@ -226,6 +227,14 @@ impl Agent {
         };
         let mut opts = RunOptions::new(1);
         opts.memory_budget_mb = config.memory_budget_mb.map(|m| m as f64);
+        if let Some(path) = &config.tier_latencies {
+            opts.latencies = crate::sim::LatencyTable::from_file(path).map_err(|e| {
+                Error::Config(crate::config::Error::Invalid(format!(
+                    "tier_latencies: {e}"
+                )))
+            })?;
+            tracing::info!(source = %opts.latencies.source, "tier latencies");
+        }
         let policy = opts.policy(config.policy.kind());
         let metrics = Arc::new(Metrics::new());
         let pool = PoolManager::new(
