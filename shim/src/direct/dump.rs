@@ -286,33 +286,15 @@ pub fn cgroup_v1_mounts(mountinfo: &str, self_cgroup: &str) -> Vec<PathBuf> {
             }
         }
         if any {
-            out.push(PathBuf::from(unescape_mountinfo(mountpoint)));
+            out.push(PathBuf::from(crate::cgroups::unescape_mountinfo(
+                mountpoint,
+            )));
         }
         if found >= total {
             break;
         }
     }
     out
-}
-
-/// mountinfo escapes space, tab, newline and backslash as `\ooo`.
-fn unescape_mountinfo(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Go's `filepath.Clean`: lexical, `..` above the root stays at the root.

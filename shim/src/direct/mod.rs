@@ -631,11 +631,7 @@ impl Running {
     pub fn pids(&self) -> Vec<i32> {
         let mut pids: Vec<i32> = Vec::new();
         for d in &self.cgroup_dirs {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| l.trim().parse().ok())
-            {
+            for pid in crate::cgroups::procs(d) {
                 if !pids.contains(&pid) {
                     pids.push(pid);
                 }

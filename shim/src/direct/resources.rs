@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType, LinuxResources, LinuxThrottleDevice};
 use tracing::{debug, warn};
 
+use crate::cgroups::unescape_mountinfo;
+
 /// Which cgroup file layout the limits are written for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -764,26 +766,6 @@ fn writes_v2(res: &LinuxResources) -> Result<Vec<Write>, Error> {
     Ok(out.0)
 }
 
-/// Undoes mountinfo's octal escapes ("\040" for a space).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Super options of a v1 cgroup mount that are not controllers.
 const NOT_CONTROLLERS: [&str; 8] = [
     "rw",
@@ -829,8 +811,8 @@ pub fn parse_hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
                 .collect()
         };
         let h = Hierarchy {
-            mount_point: PathBuf::from(unescape(mount_point)),
-            root: PathBuf::from(unescape(root)),
+            mount_point: PathBuf::from(unescape_mountinfo(mount_point)),
+            root: PathBuf::from(unescape_mountinfo(root)),
             controllers,
             v2: unified,
         };
@@ -1514,7 +1496,7 @@ mod tests {
         );
         assert_eq!(layout(&h), Layout::V1);
         assert_eq!(layout(&h[3..]), Layout::V2);
-        assert_eq!(unescape("/a\\040b"), "/a b");
+        assert_eq!(unescape_mountinfo("/a\\040b"), "/a b");
         // A second mount of a hierarchy is used when the first is not its root.
         let h = parse_hierarchies(
             "90 80 0:31 /k /run/c rw - cgroup cgroup rw,cpuset\n91 80 0:31 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n",
