@@ -689,6 +689,22 @@ impl ContainerdDriver {
     /// Removes everything of an instance that exists: its task (killed first, thawed if
     /// frozen), its snapshot, its container, its network namespace, its log. Returns
     /// what could not be removed.
+    /// SIGKILL to every process of the task (`Tasks.Kill` with `all`).
+    async fn kill_all(&self, id: &str, limit: Duration) -> Result<(), Cause> {
+        rpc(
+            "Tasks.Kill",
+            limit,
+            self.tasks().kill(self.req(KillRequest {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                signal: libc::SIGKILL as u32,
+                all: true,
+            })),
+        )
+        .await
+        .map(drop)
+    }
+
     async fn teardown(&self, inst: &Instance) -> Vec<Cause> {
         let limit = self.config.rpc_timeout;
         let id = &inst.id;
@@ -722,17 +738,7 @@ impl ContainerdDriver {
                 if status == Status::Created {
                     // Never started (or a restore whose Start failed): its init, if
                     // any, waits to be started; a kill may find nothing to kill.
-                    let _ = rpc(
-                        "Tasks.Kill",
-                        limit,
-                        self.tasks().kill(self.req(KillRequest {
-                            container_id: id.clone(),
-                            exec_id: String::new(),
-                            signal: libc::SIGKILL as u32,
-                            all: true,
-                        })),
-                    )
-                    .await;
+                    let _ = self.kill_all(id, limit).await;
                 } else if status != Status::Stopped {
                     let waiting = {
                         let (mut tasks, req) = (
@@ -746,17 +752,7 @@ impl ContainerdDriver {
                             rpc("Tasks.Wait", limit, tasks.wait(req)).await.map(|_| ())
                         })
                     };
-                    let killed = rpc(
-                        "Tasks.Kill",
-                        limit,
-                        self.tasks().kill(self.req(KillRequest {
-                            container_id: id.clone(),
-                            exec_id: String::new(),
-                            signal: libc::SIGKILL as u32,
-                            all: true,
-                        })),
-                    )
-                    .await;
+                    let killed = self.kill_all(id, limit).await;
                     match killed {
                         Err(c) if !is_not_found(&c) => {
                             waiting.abort();
