@@ -2,7 +2,8 @@
 //! content checksum and the content size in the header). Reading back verifies three
 //! things: the frame's own checksum, the SHA-256 the manifest records, and the size —
 //! decompression stops one byte past the manifest's size, so a small frame that expands
-//! to gigabytes (a decompression bomb) costs at most one block.
+//! to gigabytes (a decompression bomb) costs at most one block. A file is exactly one
+//! whole frame: a frame without its end mark, or bytes after it, are corrupt too.
 
 use std::io::{self, Read, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -117,7 +118,7 @@ pub fn compress<R: Read, W: Write>(src: R, size: u64, dst: W) -> io::Result<(Com
 /// Errors surface as `io::Error`s from `read`; [`VerifyingReader::failure`] then says
 /// what was wrong with the data (a corrupt file) as opposed to an I/O failure.
 pub struct VerifyingReader<R: Read> {
-    inner: FrameDecoder<R>,
+    inner: FrameReader<R>,
     expected_size: u64,
     expected_sha256: String,
     count: u64,
@@ -129,7 +130,7 @@ pub struct VerifyingReader<R: Read> {
 impl<R: Read> VerifyingReader<R> {
     pub fn new(compressed: R, expected_size: u64, expected_sha256: &str) -> Self {
         VerifyingReader {
-            inner: FrameDecoder::new(compressed),
+            inner: FrameReader::new(compressed),
             expected_size,
             expected_sha256: expected_sha256.to_string(),
             count: 0,
@@ -164,15 +165,14 @@ impl<R: Read> Read for VerifyingReader<R> {
         if let Some(f) = &self.failure {
             return Err(io::Error::new(io::ErrorKind::InvalidData, f.clone()));
         }
+        // An empty buffer reads 0 bytes, which must not be taken for the end.
+        if buf.is_empty() {
+            return Ok(0);
+        }
         let n = match self.inner.read(buf) {
             Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Err(e),
-            Err(e) => {
-                return Err(match lz4_failure(e) {
-                    Ok(reason) => self.fail(reason),
-                    Err(e) => e,
-                })
-            }
+            Err(VerifyError::Corrupt(reason)) => return Err(self.fail(reason)),
+            Err(VerifyError::Io(e)) => return Err(e),
         };
         if n == 0 {
             if self.count != self.expected_size {
@@ -192,6 +192,94 @@ impl<R: Read> Read for VerifyingReader<R> {
         self.hasher.update(&buf[..n]);
         Ok(n)
     }
+}
+
+/// The compressed input of a frame decoder, noting when it ran dry.
+struct FrameSource<R> {
+    inner: R,
+    eof: bool,
+}
+
+impl<R: Read> Read for FrameSource<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.eof = true;
+        }
+        Ok(n)
+    }
+}
+
+/// Exactly one whole LZ4 frame: lz4_flex's decoder, made strict about where the frame
+/// ends. The decoder takes an end of input where a block header belongs for the end of
+/// the frame, so a frame cut at a block boundary (end mark and checksum gone) would
+/// pass for whole; and it stops at the end mark, so bytes after the frame would go
+/// unread. Here the end of the data is the end mark and checksum, and nothing after.
+struct FrameReader<R: Read> {
+    dec: FrameDecoder<FrameSource<R>>,
+}
+
+impl<R: Read> FrameReader<R> {
+    fn new(compressed: R) -> Self {
+        FrameReader {
+            dec: FrameDecoder::new(FrameSource {
+                inner: compressed,
+                eof: false,
+            }),
+        }
+    }
+
+    /// Like `Read::read` (`buf` not empty), with the reason when the data is corrupt;
+    /// 0 only at the end of a whole frame with nothing after it.
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, VerifyError> {
+        let n = loop {
+            match self.dec.read(buf) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(match lz4_failure(e) {
+                        Ok(reason) => VerifyError::Corrupt(reason),
+                        Err(e) => VerifyError::Io(e),
+                    })
+                }
+            }
+        };
+        if n > 0 {
+            return Ok(n);
+        }
+        let src = self.dec.get_mut();
+        if src.eof {
+            // The decoder met the end of the input before the frame's end mark.
+            return Err(VerifyError::Corrupt(
+                "LZ4 frame cut short (truncated?): no end mark".into(),
+            ));
+        }
+        let mut probe = [0u8; 1];
+        loop {
+            match src.inner.read(&mut probe) {
+                Ok(0) => return Ok(0),
+                Ok(_) => {
+                    return Err(VerifyError::Corrupt(
+                        "bytes after the end of the LZ4 frame (one file is one frame)".into(),
+                    ))
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(VerifyError::Io(e)),
+            }
+        }
+    }
+}
+
+/// Decompresses one frame to nowhere, checking it against the manifest's `size` and
+/// `sha256` exactly as a restore does; returns the bytes it holds. What import checks
+/// each archived file with.
+pub fn verify_frame<R: Read>(compressed: R, size: u64, sha256: &str) -> Result<u64, VerifyError> {
+    let mut reader = VerifyingReader::new(compressed, size, sha256);
+    let copied = copy(&mut reader, &mut io::sink());
+    if let Some(reason) = reader.failure() {
+        return Err(VerifyError::Corrupt(reason.to_string()));
+    }
+    copied.map_err(VerifyError::Io)
 }
 
 /// What a read error of a `FrameDecoder` means: `Ok(reason)` when the data is corrupt,
@@ -253,9 +341,11 @@ const PIPE_DEPTH: usize = 4;
 pub const PIPE_MIN_SIZE: u64 = 1 << 20;
 
 /// Why verified decompression failed: the data is corrupt (the reason), or I/O failed.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    #[error("{0}")]
     Corrupt(String),
+    #[error(transparent)]
     Io(io::Error),
 }
 
@@ -420,24 +510,13 @@ fn pipe_chunks<R: Read, W: Write>(
     dst: &mut W,
     hasher: &mut Sha256Thread,
 ) -> Result<u64, VerifyError> {
-    let mut dec = FrameDecoder::new(compressed);
+    let mut dec = FrameReader::new(compressed);
     let mut count = 0u64;
     loop {
         let mut buf = hasher.buffer().map_err(VerifyError::Io)?;
         // The decoder hands out what is left of its current block (up to 4 MiB), so
         // one read fills the chunk but at a block's end.
-        let n = loop {
-            match dec.read(&mut buf) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    return Err(match lz4_failure(e) {
-                        Ok(reason) => VerifyError::Corrupt(reason),
-                        Err(e) => VerifyError::Io(e),
-                    })
-                }
-            }
-        };
+        let n = dec.read(&mut buf)?;
         if n == 0 {
             return Ok(count);
         }
@@ -557,6 +636,51 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_cut_at_a_block_boundary_is_detected() {
+        // lz4_flex's decoder takes an end of input where a block header should be for
+        // the end of the frame: cut there, a frame still yields all its bytes, so only
+        // the missing end mark and checksum tell. (Regression: such a frame passed.)
+        for n in [0, 1000, 5 << 20] {
+            let data = sample(n);
+            let (c, frame) = pack(&data);
+            for cut in [4, 5, 7, 8, 9, 11] {
+                let (out, failure) = unpack(&frame[..frame.len() - cut], c.size, &c.sha256);
+                assert!(out.is_err(), "n = {n}, cut {cut}: passed");
+                let failure = failure.unwrap();
+                assert!(
+                    failure.contains("cut short"),
+                    "n = {n}, cut {cut}: {failure}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_input_is_not_a_frame() {
+        let empty_sha = hex(&Sha256::digest(b""));
+        let (out, failure) = unpack(b"", 0, &empty_sha);
+        assert!(out.is_err());
+        assert!(failure.unwrap().contains("cut short"));
+    }
+
+    #[test]
+    fn bytes_after_the_frame_are_refused() {
+        let data = sample(5000);
+        let (c, mut frame) = pack(&data);
+        frame.extend_from_slice(b"trailing");
+        let (out, failure) = unpack(&frame, c.size, &c.sha256);
+        assert!(out.is_err());
+        assert!(failure.unwrap().contains("after the end of the LZ4 frame"));
+        // A second, valid frame counts as trailing bytes too: one file, one frame.
+        let (_, second) = pack(&data);
+        let (c, mut frame) = pack(&data);
+        frame.extend_from_slice(&second);
+        let (out, failure) = unpack(&frame, c.size, &c.sha256);
+        assert!(out.is_err());
+        assert!(failure.is_some());
+    }
+
+    #[test]
     fn a_wrong_checksum_in_the_manifest_is_detected() {
         let data = sample(100_000);
         let (c, frame) = pack(&data);
@@ -625,6 +749,18 @@ mod tests {
         for len in [0, 3, frame.len() / 2, frame.len() - 1] {
             corrupt(unpack_piped(&mut hasher, &frame[..len], c.size, &c.sha256));
         }
+        // Cut at the block boundary before the end mark, or with bytes after the frame.
+        for len in [frame.len() - 8, frame.len() - 5] {
+            let reason = corrupt(unpack_piped(&mut hasher, &frame[..len], c.size, &c.sha256));
+            assert!(reason.contains("cut short"), "{reason}");
+        }
+        let mut longer = frame.clone();
+        longer.push(0);
+        let reason = corrupt(unpack_piped(&mut hasher, &longer, c.size, &c.sha256));
+        assert!(
+            reason.contains("after the end of the LZ4 frame"),
+            "{reason}"
+        );
         let other = "0".repeat(64);
         let reason = corrupt(unpack_piped(&mut hasher, &frame, c.size, &other));
         assert!(reason.contains("SHA-256 mismatch"), "{reason}");
