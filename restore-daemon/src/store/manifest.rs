@@ -149,8 +149,14 @@ pub fn validate(m: &Manifest, limits: &Limits) -> Result<(), String> {
         if !paths.insert(f.path.as_str()) {
             return Err(format!("lists {} twice", f.path));
         }
-        total = total.saturating_add(f.size);
-        total_compressed = total_compressed.saturating_add(f.compressed_size);
+        // Checked, not saturating: sizes that overflow must not add up to a total_size
+        // of u64::MAX (and then overflow where the totals are recomputed).
+        total = total
+            .checked_add(f.size)
+            .ok_or("the file sizes add up to more than 2^64 bytes")?;
+        total_compressed = total_compressed
+            .checked_add(f.compressed_size)
+            .ok_or("the compressed sizes add up to more than 2^64 bytes")?;
     }
     // A file may not also be a directory of another file ("a" and "a/b").
     for f in &m.files {
@@ -344,6 +350,24 @@ mod tests {
         let mut m = manifest(vec![entry("a", 10)]);
         m.labels.insert("bad key".into(), "v".into());
         assert!(reason(&m).contains("label key"));
+    }
+
+    #[test]
+    fn sizes_that_overflow_are_refused() {
+        // With no practical bound on the total (max_total_bytes = u64::MAX), two files
+        // of 2^63 bytes saturated to a total of u64::MAX that matched a forged
+        // total_size, and fill_totals then overflowed. (Regression.)
+        let unbounded = Limits {
+            max_total_bytes: u64::MAX,
+            ..limits()
+        };
+        let mut m = manifest(vec![entry("a", 1)]);
+        m.files = vec![entry("a", 1 << 63), entry("b", 1 << 63)];
+        m.file_count = 2;
+        m.total_size = u64::MAX;
+        m.total_compressed_size = 1 << 63;
+        let e = validate(&m, &unbounded).unwrap_err();
+        assert!(e.contains("more than 2^64"), "{e}");
     }
 
     #[test]
