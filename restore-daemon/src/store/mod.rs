@@ -76,6 +76,13 @@ pub enum Error {
         file: String,
         reason: String,
     },
+    /// An archive to import failed validation.
+    #[error("archive {archive}: {error}")]
+    Archive {
+        archive: String,
+        #[source]
+        error: archive::ArchiveError,
+    },
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -91,7 +98,7 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
-            Error::Corrupt { .. } => ErrorCode::Corrupt,
+            Error::Corrupt { .. } | Error::Archive { .. } => ErrorCode::Corrupt,
             Error::Io { .. } => ErrorCode::Internal,
         }
     }

@@ -95,6 +95,7 @@ fn assert_same_tree(a: &Path, b: &Path) {
 fn corrupt_of(e: Error) -> (String, String) {
     match e {
         Error::Corrupt { file, reason, .. } => (file, reason),
+        Error::Archive { error, .. } => (error.entry, error.kind.to_string()),
         other => panic!("expected corrupt, got {other:?}"),
     }
 }
@@ -725,4 +726,115 @@ fn import_refuses_garbage_and_bad_manifests() {
     symlink(&archive, &link).unwrap();
     let e = f.store.import(&link, None, None).unwrap_err();
     assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+}
+
+#[test]
+fn a_long_path_survives_export_and_import() {
+    // Past tar's 100-byte name field: export writes a GNU long name, which import reads
+    // itself (bounded) since it no longer lets tar-rs process extension entries.
+    let f = fixture();
+    let deep = f.src.join("d".repeat(90)).join("e".repeat(90));
+    fs::create_dir_all(&deep).unwrap();
+    fs::write(deep.join("pages-2.img"), pages(70_000, 3)).unwrap();
+    let m = store_one(&f, "long");
+    assert!(m.files.iter().any(|e| e.path.len() > 180));
+    let archive = f.out.join("long.tar.zst");
+    f.store.export("long", &archive, 3, None).unwrap();
+    f.store.delete("long").unwrap();
+    assert_eq!(f.store.import(&archive, None, None).unwrap(), m);
+}
+
+/// Appends a raw header (no data follows unless `data` is given), bypassing tar-rs.
+fn raw_header(
+    tar: &mut tar::Builder<zstd::Encoder<'static, fs::File>>,
+    name: &[u8],
+    kind: tar::EntryType,
+    size: u64,
+    data: &[u8],
+) {
+    let mut h = tar::Header::new_gnu();
+    h.as_gnu_mut().unwrap().name[..name.len()].copy_from_slice(name);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_cksum();
+    let w = tar.get_mut();
+    w.write_all(h.as_bytes()).unwrap();
+    w.write_all(data).unwrap();
+    w.write_all(&vec![0u8; (512 - data.len() % 512) % 512])
+        .unwrap();
+}
+
+#[test]
+fn import_refuses_extension_entries_before_reading_them() {
+    // tar-rs reads a GNU long name or PAX header whole into memory: an entry declaring
+    // a terabyte (a few hundred KiB of zstd for zeros) would have been read until the
+    // daemon ran out of memory. (Regression: now refused from its header.)
+    let f = fixture();
+    let archive = hostile_archive(&f, "ln", |tar, _| {
+        raw_header(
+            tar,
+            b"././@LongLink",
+            tar::EntryType::GNULongName,
+            1 << 40,
+            b"",
+        );
+    });
+    let e = f.store.import(&archive, None, None).unwrap_err();
+    let Error::Archive { error, .. } = e else {
+        panic!("{e:?}")
+    };
+    assert_eq!(error.entry, "(GNU long name)");
+    assert_eq!(
+        error.kind,
+        archive::ArchiveErrorKind::LongNameTooLong {
+            size: 1 << 40,
+            limit: archive::MAX_ENTRY_NAME
+        }
+    );
+    assert!(f.store.list().unwrap().is_empty());
+
+    for (i, (kind, what)) in [
+        (tar::EntryType::XHeader, "PAX header"),
+        (tar::EntryType::XGlobalHeader, "PAX header"),
+        (tar::EntryType::GNULongLink, "GNU long link name"),
+        (tar::EntryType::GNUSparse, "GNU sparse file"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let archive = hostile_archive(&f, &format!("x{i}"), |tar, _| {
+            raw_header(tar, b"image/pages-1.img.lz4", kind, 1 << 40, b"");
+        });
+        let (file, reason) = import_error(&f, &archive);
+        assert_eq!(file, "image/pages-1.img.lz4");
+        assert!(reason.contains(what), "{reason}");
+    }
+}
+
+#[test]
+fn import_refuses_names_that_are_not_utf8() {
+    // Names were read lossily, so bytes that are not UTF-8 could stand for a path with
+    // U+FFFD in the manifest. (Regression.)
+    let f = fixture();
+    let archive = hostile_archive(&f, "utf", |tar, _| {
+        raw_header(tar, b"image/\xffx.lz4", tar::EntryType::Regular, 1, b"x");
+    });
+    let (file, reason) = import_error(&f, &archive);
+    assert_eq!(file, "image/\u{fffd}x.lz4");
+    assert!(reason.contains("not UTF-8"), "{reason}");
+    // Through a long name too.
+    let archive = hostile_archive(&f, "utf2", |tar, _| {
+        let name = b"image/\xff.lz4\0";
+        raw_header(
+            tar,
+            b"././@LongLink",
+            tar::EntryType::GNULongName,
+            name.len() as u64,
+            name,
+        );
+        raw_header(tar, b"x", tar::EntryType::Regular, 1, b"x");
+    });
+    let (_, reason) = import_error(&f, &archive);
+    assert!(reason.contains("not UTF-8"), "{reason}");
 }
