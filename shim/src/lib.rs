@@ -17,6 +17,7 @@ pub mod bootstrap;
 pub mod cgroups;
 pub mod console;
 pub mod container;
+pub mod criu_tar;
 pub mod direct;
 pub mod error;
 pub mod nsexec;

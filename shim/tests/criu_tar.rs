@@ -598,3 +598,83 @@ fn timing_small_dev_tree() {
         ours.as_secs_f64() * 1e3
     );
 }
+
+/// The shim's tmpfs helper (the socket the patched CRIU calls instead of
+/// exec'ing tar): the same extraction as GNU tar, into the directory fd it is
+/// sent, and the image fd's offset left where it was.
+#[test]
+fn tmpfs_helper_extracts_what_gnu_tar_extracts() {
+    use rekindle_shim::direct::tmpfs::{request_as_criu, TmpfsHelper};
+    use std::io::{Seek, SeekFrom};
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    fs::create_dir(&src).unwrap();
+    build_tree(&src);
+    let archive = tmp.path().join("tmpfs-dev.tar.gz");
+    fs::write(&archive, dump(&src)).unwrap();
+    let gnu = tmp.path().join("gnu");
+    let ours = tmp.path().join("ours");
+    fs::create_dir(&gnu).unwrap();
+    fs::create_dir(&ours).unwrap();
+    ok(&restore("tar", &archive, &gnu), "GNU tar --extract");
+
+    let helper = TmpfsHelper::start().unwrap();
+    let mode = fs::metadata(helper.path()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "root-only socket");
+    let mut image = fs::File::open(&archive).unwrap();
+    assert_eq!(
+        request_as_criu(helper.path(), &image, &ours).unwrap(),
+        "o",
+        "extracted"
+    );
+    assert_eq!(image.stream_position().unwrap(), 0, "offset untouched");
+    compare(&gnu, &ours);
+
+    // Twice through one helper (CRIU connects once per tmpfs mount).
+    fs::write(ours.join("a/small"), b"changed").unwrap();
+    assert_eq!(request_as_criu(helper.path(), &image, &ours).unwrap(), "o");
+    compare(&gnu, &ours);
+
+    // Hostile: refused with the reason, nothing written.
+    let bad = tmp.path().join("bad.tar.gz");
+    fs::write(
+        &bad,
+        raw_archive(&[("./", b'5', b""), ("../escape", b'0', b"escaped")]),
+    )
+    .unwrap();
+    let dst = tmp.path().join("bad-dst");
+    fs::create_dir(&dst).unwrap();
+    let reply = request_as_criu(helper.path(), &fs::File::open(&bad).unwrap(), &dst).unwrap();
+    assert!(
+        reply.starts_with('e') && reply.contains("../escape") && reply.contains("refused"),
+        "{reply}"
+    );
+    assert_eq!(fs::read_dir(&dst).unwrap().count(), 0, "nothing written");
+    assert!(!tmp.path().join("escape").exists());
+
+    // Not handled here (an entry type GNU tar knows, and not gzip at all):
+    // "u", and the offset is where CRIU left it, for tar to read from.
+    let cont = tmp.path().join("cont.tar.gz");
+    fs::write(
+        &cont,
+        raw_archive(&[("./", b'5', b""), ("./cont", b'7', b"contiguous")]),
+    )
+    .unwrap();
+    let junk = tmp.path().join("junk");
+    fs::write(&junk, b"not a gzip stream").unwrap();
+    for input in [&cont, &junk] {
+        let mut f = fs::File::open(input).unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        let reply = request_as_criu(helper.path(), &f, &dst).unwrap();
+        assert!(reply.starts_with('u'), "{}: {reply}", input.display());
+        assert_eq!(f.stream_position().unwrap(), 0);
+    }
+
+    // Stopped: the socket is gone and a connection is refused.
+    let path = helper.path().to_path_buf();
+    drop(helper);
+    assert!(!path.exists());
+    assert!(request_as_criu(&path, &image, &ours).is_err());
+    image.seek(SeekFrom::Start(0)).unwrap();
+}

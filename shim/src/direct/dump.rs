@@ -560,7 +560,7 @@ pub async fn checkpoint(target: &DumpTarget<'_>, spec: &CheckpointSpec) -> Resul
         )));
     }
     let mut c = request(target, spec, &plan, freezer, &criu).map_err(criu_setup)?;
-    let mut swrk = spawn_swrk(&criu, None, &[]).await?;
+    let mut swrk = spawn_swrk(&criu, None, &[], &[]).await?;
     let socket = swrk.socket.take().ok_or_else(|| Error::Runtime {
         action: "criu dump".into(),
         message: "criu swrk has no service socket".into(),

@@ -23,6 +23,7 @@ pub mod dump;
 pub mod plan;
 pub mod resources;
 pub mod swrk;
+pub mod tmpfs;
 
 use std::{
     os::fd::OwnedFd,
@@ -117,6 +118,9 @@ pub struct Prepared {
     swrk: Swrk,
     lazy: Option<Watched>,
     working_set: Option<WorkingSet>,
+    /// Extracts CRIU's tmpfs images in-process (see [`tmpfs`]); stops when
+    /// dropped, i.e. once the restore is over.
+    _tmpfs: Option<tmpfs::TmpfsHelper>,
     /// The pod netns, open in swrk as `swrk.fds[0]`; kept open until the restore.
     _netns: Option<OwnedFd>,
 }
@@ -238,8 +242,23 @@ pub async fn prepare(
             }
         }
     };
+    let tmpfs = if tmpfs::enabled() {
+        match tmpfs::TmpfsHelper::start() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "tmpfs helper unavailable; CRIU runs tar per tmpfs mount");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let swrk_env: Vec<(&str, &Path)> = tmpfs
+        .iter()
+        .map(|h| (tmpfs::SOCKET_ENV, h.path()))
+        .collect();
     let spawn_and_move = async {
-        let swrk = swrk::spawn_swrk(&criu, io, &inherit).await?;
+        let swrk = swrk::spawn_swrk(&criu, io, &inherit, &swrk_env).await?;
         let spawned = t0.elapsed();
         // Move swrk into the instance's cgroups now: a migration can wait for
         // an RCU grace period that Start would otherwise pay, and the restored
@@ -285,6 +304,7 @@ pub async fn prepare(
         swrk,
         working_set: working_set.filter(|_| lazy.is_some()),
         lazy,
+        _tmpfs: tmpfs,
         _netns: netns,
     }))
 }

@@ -246,6 +246,7 @@ pub async fn spawn_swrk(
     criu: &Path,
     io: Option<&Arc<dyn runc::io::Io>>,
     inherit: &[&OwnedFd],
+    env: &[(&str, &Path)],
 ) -> Result<Swrk> {
     let mut sv = [0 as RawFd; 2];
     // SAFETY: valid out-array of two descriptors.
@@ -287,6 +288,9 @@ pub async fn spawn_swrk(
             cmd.env("PATH", path_with(dir));
         }
         None => debug!("criu swrk restores tmpfs with GNU tar"),
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     if let Some(io) = io {
         io.set(&mut cmd)
