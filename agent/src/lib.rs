@@ -22,6 +22,7 @@ pub mod ebpf;
 pub mod gateway;
 pub mod hook;
 pub mod image;
+pub mod install;
 pub mod logging;
 pub mod metrics;
 

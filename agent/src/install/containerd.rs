@@ -1,0 +1,946 @@
+//! containerd's `config.toml`: add the `rekindle` CRI runtime and take it out again, keeping
+//! everything else in the file as it was (comments, order, quoting, indentation), and show
+//! an edit as a unified diff. Pure: text in, text out; the caller reads and writes files.
+//!
+//! Where the runtime goes depends on the file's schema (its `version` key):
+//!
+//! | `version` | read by | table |
+//! |---|---|---|
+//! | absent, file with settings | containerd 1.x (version 1) | `[plugins.cri.containerd.runtimes.rekindle]` |
+//! | `2` | containerd 1.x, and 2.x (migrated) | `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle]` |
+//! | `3` | containerd 2.x | `[plugins."io.containerd.cri.v1.runtime".containerd.runtimes.rekindle]` |
+//!
+//! A file that does not exist, or holds only comments, gets a `version` (2 for
+//! containerd 1.x, 3 for 2.x) marked as added by `rekindle install`, so that uninstall
+//! takes it away again (and deletes a file install created).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{Decor, DocumentMut, Item, Key, Table, Value};
+
+/// The runtime handler name: a RuntimeClass's `handler: rekindle`.
+pub const RUNTIME_NAME: &str = "rekindle";
+/// The shim containerd starts for it (`containerd-shim-rekindle-v2` on containerd's PATH).
+pub const RUNTIME_TYPE: &str = "io.containerd.rekindle.v2";
+/// The runc runtime whose options the rekindle runtime copies.
+const RUNC: &str = "runc";
+
+/// The comment on a `version` key that install added to a file it created.
+const MARK_CREATED: &str =
+    "# Written by `rekindle install` (there was no containerd config here); \
+                            `rekindle uninstall` deletes it again.\n";
+/// The comment on a `version` key that install added to a file that had none (only
+/// comments).
+const MARK_VERSION: &str = "# `version` added by `rekindle install` (the file had none); \
+                            `rekindle uninstall` removes it.\n";
+/// The first line of the comment above the runtime table.
+const MARK_TABLE: &str = "# Added by `rekindle install`; `rekindle uninstall` removes this table.";
+
+/// The layout of a containerd config file, which says where CRI runtimes are configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schema {
+    /// No `version` key: containerd 1.x reads version 1 (`plugins.cri`).
+    V1,
+    /// `version = 2`: containerd 1.x; 2.x migrates it.
+    V2,
+    /// `version = 3`: containerd 2.x.
+    V3,
+}
+
+impl Schema {
+    /// The path of the table that holds the CRI runtimes.
+    fn runtimes_path(self) -> [&'static str; 4] {
+        let plugin = match self {
+            Schema::V1 => "cri",
+            Schema::V2 => "io.containerd.grpc.v1.cri",
+            Schema::V3 => "io.containerd.cri.v1.runtime",
+        };
+        ["plugins", plugin, "containerd", "runtimes"]
+    }
+
+    /// The `version` key's value.
+    pub fn version(self) -> i64 {
+        match self {
+            Schema::V1 => 1,
+            Schema::V2 => 2,
+            Schema::V3 => 3,
+        }
+    }
+
+    /// The schema a new file gets for this containerd.
+    pub fn for_containerd(v: ContainerdVersion) -> Schema {
+        if v.major >= 2 {
+            Schema::V3
+        } else {
+            Schema::V2
+        }
+    }
+
+    /// The runtime table's header, e.g.
+    /// `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle]`.
+    pub fn table_header(self) -> String {
+        let [p, plugin, c, r] = self.runtimes_path();
+        let plugin = if plugin.contains('.') {
+            format!("\"{plugin}\"")
+        } else {
+            plugin.to_string()
+        };
+        format!("[{p}.{plugin}.{c}.{r}.{RUNTIME_NAME}]")
+    }
+
+    /// Which containerd reads this schema.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Schema::V1 => "config version 1 (no `version` key), containerd 1.x",
+            Schema::V2 => "config version 2, containerd 1.x (2.x migrates it)",
+            Schema::V3 => "config version 3, containerd 2.x",
+        }
+    }
+}
+
+/// containerd's release, from `containerd --version` or `--containerd-version`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ContainerdVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl ContainerdVersion {
+    /// `1.6`, `v2.1.9`, `2`, `1.6.20~ds1`: the major and minor numbers.
+    pub fn parse(s: &str) -> Option<ContainerdVersion> {
+        let s = s.trim().trim_start_matches('v');
+        let mut parts = s.split(|c: char| !c.is_ascii_digit());
+        let major = parts.next()?.parse().ok()?;
+        let minor = parts.next().and_then(|m| m.parse().ok()).unwrap_or(0);
+        Some(ContainerdVersion { major, minor })
+    }
+
+    /// The version in `containerd --version`'s output, e.g.
+    /// `containerd github.com/containerd/containerd/v2 2.1.9+unknown` or
+    /// `containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3`.
+    pub fn from_version_output(out: &str) -> Option<ContainerdVersion> {
+        let line = out
+            .lines()
+            .find(|l| l.trim_start().starts_with("containerd"))?;
+        line.split_whitespace().nth(2).and_then(Self::parse)
+    }
+}
+
+impl fmt::Display for ContainerdVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// Why a config cannot be edited. Each says which file, where, and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(
+        "cannot parse {path} at line {line}, column {column}: {message}; fix the file or pass \
+         --config with the containerd config to edit"
+    )]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+
+    #[error(
+        "{path}: `version = {found}` is not a containerd config version rekindle install \
+         knows (2 for containerd 1.x, 3 for containerd 2.x; no `version` is version 1); \
+         fix the file or pass --config"
+    )]
+    UnknownVersion { path: PathBuf, found: String },
+
+    #[error(
+        "{path} {why}, so the containerd version decides where the runtime goes (config \
+         version 2 for containerd 1.x, 3 for 2.x), and it is not known: {detail}; pass \
+         --containerd-version (e.g. 1.6 or 2.1)"
+    )]
+    NeedContainerdVersion {
+        path: PathBuf,
+        why: &'static str,
+        detail: String,
+    },
+
+    #[error(
+        "{path} has settings but no `version` key: containerd reads it as config version 1, \
+         whose CRI section (`plugins.cri`) containerd {containerd} ignores. Add `version = 2` \
+         (or migrate it: `containerd config migrate`) and check its sections, then run rekindle \
+         install again"
+    )]
+    Version1ForContainerd2 {
+        path: PathBuf,
+        containerd: ContainerdVersion,
+    },
+
+    #[error(
+        "{path}: `{key}` is a TOML {found}, where a table of CRI settings was expected; fix \
+         the file, or add {header} by hand"
+    )]
+    NotATable {
+        path: PathBuf,
+        key: String,
+        found: &'static str,
+        header: String,
+    },
+
+    #[error(
+        "{path}: `{key}` is an inline table ({{ ... }}), which rekindle install does not \
+         rewrite; write it as a [table] section, or add {header} by hand"
+    )]
+    InlineTable {
+        path: PathBuf,
+        key: String,
+        header: String,
+    },
+
+    #[error(
+        "{path}: a runtime named `rekindle` is already configured with runtime_type {found}, \
+         not {RUNTIME_TYPE}; rename or remove {header}, then run rekindle install again"
+    )]
+    RuntimeTaken {
+        path: PathBuf,
+        found: String,
+        header: String,
+    },
+}
+
+/// What [`add_runtime`] or [`remove_runtime`] found to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// The file is right as it is; says why.
+    Unchanged(String),
+    /// The file's new text; `summary` says what changed.
+    Write { text: String, summary: String },
+    /// The file was created by install and holds nothing else: delete it.
+    Delete { summary: String },
+}
+
+/// How to pick the schema of a file without a `version` key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Versionless {
+    /// The file has a `version` (or is not parsable: the edit says so): not needed.
+    NotNeeded,
+    /// The file does not exist.
+    Absent,
+    /// The file holds only comments and blank lines.
+    Empty,
+    /// The file has settings but no `version`.
+    Settings,
+}
+
+impl Versionless {
+    /// Why the containerd version is needed, for [`ConfigError::NeedContainerdVersion`].
+    pub fn why(&self) -> &'static str {
+        match self {
+            Versionless::NotNeeded => "has a version",
+            Versionless::Absent => "does not exist",
+            Versionless::Empty => "has no settings",
+            Versionless::Settings => "has no `version` key",
+        }
+    }
+}
+
+/// Whether [`add_runtime`] needs the containerd version for this file (`text` is `None`
+/// when the file does not exist).
+pub fn needs_containerd_version(text: Option<&str>) -> Versionless {
+    let Some(text) = text else {
+        return Versionless::Absent;
+    };
+    match text.parse::<DocumentMut>() {
+        Err(_) => Versionless::NotNeeded,
+        Ok(doc) if doc.contains_key("version") => Versionless::NotNeeded,
+        Ok(doc) if doc.is_empty() => Versionless::Empty,
+        Ok(_) => Versionless::Settings,
+    }
+}
+
+fn parse(path: &Path, text: &str) -> Result<DocumentMut, ConfigError> {
+    text.parse::<DocumentMut>().map_err(|e| {
+        let (line, column) = line_column(text, e.span().map_or(0, |s| s.start));
+        ConfigError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().trim().to_string(),
+        }
+    })
+}
+
+/// 1-based line and column of byte offset `at`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// The schema the file declares, or `None` without a `version` key.
+fn declared_schema(path: &Path, doc: &DocumentMut) -> Result<Option<Schema>, ConfigError> {
+    let Some(item) = doc.get("version") else {
+        return Ok(None);
+    };
+    match item.as_integer() {
+        Some(1) => Ok(Some(Schema::V1)),
+        Some(2) => Ok(Some(Schema::V2)),
+        Some(3) => Ok(Some(Schema::V3)),
+        _ => Err(ConfigError::UnknownVersion {
+            path: path.to_path_buf(),
+            found: item.to_string().trim().to_string(),
+        }),
+    }
+}
+
+/// Adds the `rekindle` runtime to the config `original` (`None`: the file does not exist).
+/// `containerd` is needed only when [`needs_containerd_version`] says so.
+///
+/// Idempotent: when a `rekindle` runtime with our runtime_type is there already (whatever
+/// else an operator put in it), the answer is [`Change::Unchanged`].
+pub fn add_runtime(
+    path: &Path,
+    original: Option<&str>,
+    containerd: Option<ContainerdVersion>,
+) -> Result<Change, ConfigError> {
+    let mut doc = match original {
+        Some(text) => parse(path, text)?,
+        None => DocumentMut::new(),
+    };
+    let need_version = |why: Versionless| {
+        containerd.ok_or_else(|| ConfigError::NeedContainerdVersion {
+            path: path.to_path_buf(),
+            why: why.why(),
+            detail: "no --containerd-version given".into(),
+        })
+    };
+    let (schema, add_version) = match declared_schema(path, &doc)? {
+        Some(schema) => (schema, None),
+        None if original.is_none() => {
+            let v = need_version(Versionless::Absent)?;
+            (Schema::for_containerd(v), Some(MARK_CREATED))
+        }
+        None if doc.is_empty() => {
+            let v = need_version(Versionless::Empty)?;
+            (Schema::for_containerd(v), Some(MARK_VERSION))
+        }
+        None => {
+            let v = need_version(Versionless::Settings)?;
+            if v.major >= 2 {
+                return Err(ConfigError::Version1ForContainerd2 {
+                    path: path.to_path_buf(),
+                    containerd: v,
+                });
+            }
+            (Schema::V1, None)
+        }
+    };
+    let header = schema.table_header();
+
+    if let Some(existing) = find_runtime(&doc, schema) {
+        let found = runtime_type(existing);
+        if found.as_deref() == Some(RUNTIME_TYPE) {
+            return Ok(Change::Unchanged(format!(
+                "{header} is already there with runtime_type = \"{RUNTIME_TYPE}\" (left as it is)"
+            )));
+        }
+        return Err(ConfigError::RuntimeTaken {
+            path: path.to_path_buf(),
+            found: found.map_or_else(|| "(none)".into(), |t| format!("\"{t}\"")),
+            header,
+        });
+    }
+
+    if let Some(mark) = add_version {
+        let key = Key::new("version").with_leaf_decor(Decor::new(mark, " "));
+        let value = Value::from(schema.version()).decorated(" ", "");
+        // Before any table: root key-values are written first.
+        doc.as_table_mut()
+            .insert_formatted(&key, Item::Value(value));
+    }
+
+    let runtimes = runtimes_table_mut(path, &mut doc, schema, &header)?;
+    let (table, copied) = runtime_table(runtimes);
+    runtimes.insert(RUNTIME_NAME, Item::Table(table));
+
+    let mut summary = format!(
+        "add the {RUNTIME_NAME} runtime: {header} ({})",
+        schema.describe()
+    );
+    if add_version.is_some() {
+        summary.push_str(&format!(", with `version = {}`", schema.version()));
+    }
+    if !copied.is_empty() {
+        summary.push_str(&format!(
+            "; options {} copied from the runc runtime",
+            copied.join(", ")
+        ));
+    }
+    Ok(Change::Write {
+        text: doc.to_string(),
+        summary,
+    })
+}
+
+/// The `rekindle` runtime entry in the file's runtimes table for `schema`, if any.
+fn find_runtime(doc: &DocumentMut, schema: Schema) -> Option<&Item> {
+    let mut item = doc.as_item();
+    for key in schema.runtimes_path() {
+        item = item.as_table_like()?.get(key)?;
+    }
+    item.as_table_like()?.get(RUNTIME_NAME)
+}
+
+fn runtime_type(runtime: &Item) -> Option<String> {
+    runtime
+        .as_table_like()?
+        .get("runtime_type")?
+        .as_str()
+        .map(str::to_string)
+}
+
+/// The runtimes table for `schema`, created (as implicit tables, which print no header)
+/// where missing.
+fn runtimes_table_mut<'d>(
+    path: &Path,
+    doc: &'d mut DocumentMut,
+    schema: Schema,
+    header: &str,
+) -> Result<&'d mut Table, ConfigError> {
+    let mut table = doc.as_table_mut();
+    let mut dotted = Vec::new();
+    for key in schema.runtimes_path() {
+        dotted.push(if key.contains('.') {
+            format!("\"{key}\"")
+        } else {
+            key.to_string()
+        });
+        let item = table.entry(key).or_insert_with(|| {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            Item::Table(t)
+        });
+        table = match item {
+            Item::Table(t) => t,
+            Item::Value(Value::InlineTable(_)) => {
+                return Err(ConfigError::InlineTable {
+                    path: path.to_path_buf(),
+                    key: dotted.join("."),
+                    header: header.to_string(),
+                })
+            }
+            other => {
+                return Err(ConfigError::NotATable {
+                    path: path.to_path_buf(),
+                    key: dotted.join("."),
+                    found: other.type_name(),
+                    header: header.to_string(),
+                })
+            }
+        };
+    }
+    Ok(table)
+}
+
+/// The indentation (spaces and tabs) at the end of a decor prefix, if it has a newline or
+/// is all blanks.
+fn trailing_indent(prefix: Option<&str>) -> Option<String> {
+    let p = prefix?;
+    let last = p.rsplit('\n').next().unwrap_or(p);
+    last.chars()
+        .all(|c| c == ' ' || c == '\t')
+        .then(|| last.to_string())
+}
+
+/// The runtime table, laid out like its runc sibling when there is one (indentation,
+/// quotes), and the names of the options copied from runc.
+fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
+    let runc = runtimes.get(RUNC).and_then(Item::as_table);
+    // Header indentation: the runc table's (its decor or its key's leaf decor holds it).
+    let indent = runc
+        .and_then(|t| {
+            trailing_indent(t.decor().prefix().and_then(|p| p.as_str())).or_else(|| {
+                runtimes
+                    .key(RUNC)
+                    .and_then(|k| trailing_indent(k.leaf_decor().prefix().and_then(|p| p.as_str())))
+            })
+        })
+        .unwrap_or_default();
+    // Key indentation: that of runc's first key, else two more than the header.
+    let key_indent = runc
+        .and_then(|t| t.iter().next().map(|(k, _)| k))
+        .and_then(|k| runc?.key(k))
+        .and_then(|k| trailing_indent(k.leaf_decor().prefix().and_then(|p| p.as_str())))
+        .unwrap_or_else(|| format!("{indent}  "));
+    // Quotes: the runc runtime_type's ('...' in containerd 2.x's default config).
+    let literal = runc
+        .and_then(|t| t.get("runtime_type"))
+        .and_then(Item::as_value)
+        .and_then(|v| match v {
+            Value::String(s) => s.as_repr(),
+            _ => None,
+        })
+        .and_then(|r| r.as_raw().as_str())
+        .is_some_and(|raw| raw.starts_with('\''));
+    let type_value: Value = if literal {
+        format!("'{RUNTIME_TYPE}'")
+            .parse()
+            .expect("a TOML literal string")
+    } else {
+        Value::from(RUNTIME_TYPE)
+    };
+
+    let mut table = Table::new();
+    table.decor_mut().set_prefix(format!(
+        "\n{indent}{MARK_TABLE}\n{indent}# Pods select it with a RuntimeClass whose handler is `{RUNTIME_NAME}`.\n{indent}"
+    ));
+    table.insert_formatted(
+        &Key::new("runtime_type").with_leaf_decor(Decor::new(key_indent.clone(), " ")),
+        Item::Value(type_value.decorated(" ", "")),
+    );
+
+    // The shim drives runc, and takes runc's options (containerd.runc.v1.Options): the
+    // same runc binary and cgroup driver as the node's runc pods, else pods of this
+    // runtime class land in cgroups the kubelet does not manage (SystemdCgroup = true
+    // nodes). Only settings that differ from the defaults are copied; the defaults are
+    // also the shim's.
+    let mut options = Table::new();
+    let mut copied = Vec::new();
+    if let Some(runc_options) = runc
+        .and_then(|t| t.get("options"))
+        .and_then(Item::as_table_like)
+    {
+        for name in ["BinaryName", "SystemdCgroup"] {
+            let Some(value) = runc_options.get(name).and_then(Item::as_value) else {
+                continue;
+            };
+            let is_default = match value {
+                Value::String(s) => s.value().is_empty(),
+                Value::Boolean(b) => !*b.value(),
+                _ => false,
+            };
+            if is_default {
+                continue;
+            }
+            options.insert_formatted(
+                &Key::new(name).with_leaf_decor(Decor::new(format!("{key_indent}  "), " ")),
+                Item::Value(value.clone().decorated(" ", "")),
+            );
+            copied.push(name.to_string());
+        }
+    }
+    if !copied.is_empty() {
+        options.decor_mut().set_prefix(format!(
+            "\n{key_indent}# Copied from the runc runtime: the same runc binary and cgroup \
+             driver as the node's other pods.\n{key_indent}"
+        ));
+        table.insert("options", Item::Table(options));
+    }
+    (table, copied)
+}
+
+/// Takes the `rekindle` runtime out of the config `original` (every schema's place for
+/// it), and what install added with it: the `version` key it marked, or the whole file
+/// when install created it. An operator's edits inside the runtime table go with it; the
+/// rest of the file stays byte for byte as it was.
+pub fn remove_runtime(path: &Path, original: &str) -> Result<Change, ConfigError> {
+    let mut doc = parse(path, original)?;
+    let mut removed = Vec::new();
+    let mut foreign = Vec::new();
+    for schema in [Schema::V1, Schema::V2, Schema::V3] {
+        let Some(existing) = find_runtime(&doc, schema) else {
+            continue;
+        };
+        match runtime_type(existing) {
+            Some(t) if t == RUNTIME_TYPE => {
+                remove_and_prune(doc.as_table_mut(), &schema.runtimes_path());
+                removed.push(schema.table_header());
+            }
+            other => foreign.push(format!(
+                "{} has runtime_type {}, not {RUNTIME_TYPE}: not ours, left as it is",
+                schema.table_header(),
+                other.map_or_else(|| "(none)".into(), |t| format!("\"{t}\""))
+            )),
+        }
+    }
+    if removed.is_empty() {
+        let mut why = format!("no {RUNTIME_NAME} runtime with runtime_type {RUNTIME_TYPE}");
+        if !foreign.is_empty() {
+            why = format!("{why} ({})", foreign.join("; "));
+        }
+        return Ok(Change::Unchanged(why));
+    }
+    let mut summary = format!("remove {}", removed.join(" and "));
+    let mark = doc
+        .key("version")
+        .and_then(|k| k.leaf_decor().prefix())
+        .and_then(|p| p.as_str())
+        .map(str::to_string);
+    let created = mark.as_deref() == Some(MARK_CREATED);
+    if created || mark.as_deref() == Some(MARK_VERSION) {
+        doc.remove("version");
+        summary.push_str(" and the `version` install added");
+    }
+    for note in foreign {
+        summary.push_str(&format!("; {note}"));
+    }
+    let text = doc.to_string();
+    if created && doc.is_empty() && text.trim().is_empty() {
+        return Ok(Change::Delete {
+            summary: format!("{summary}; install created the file and nothing else is in it"),
+        });
+    }
+    Ok(Change::Write { text, summary })
+}
+
+/// Removes `rekindle` under `path`, then every table on the path left empty that prints
+/// no header of its own (implicit), as install creates them.
+fn remove_and_prune(root: &mut Table, path: &[&str]) {
+    fn walk(table: &mut Table, path: &[&str]) {
+        match path.split_first() {
+            None => {
+                table.remove(RUNTIME_NAME);
+            }
+            Some((first, rest)) => {
+                if let Some(Item::Table(child)) = table.get_mut(first) {
+                    walk(child, rest);
+                    if child.is_implicit() && child.is_empty() {
+                        table.remove(first);
+                    }
+                }
+            }
+        }
+    }
+    walk(root, path);
+}
+
+/// A unified diff of a file's text before and after (`None`: the file does not exist).
+pub fn unified_diff(path: &Path, before: Option<&str>, after: Option<&str>) -> String {
+    let name = path.display().to_string();
+    let old_header = if before.is_some() {
+        name.clone()
+    } else {
+        "/dev/null".into()
+    };
+    let new_header = if after.is_some() {
+        name
+    } else {
+        "/dev/null".into()
+    };
+    similar::TextDiff::from_lines(before.unwrap_or(""), after.unwrap_or(""))
+        .unified_diff()
+        .context_radius(3)
+        .header(&old_header, &new_header)
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const V16: Option<ContainerdVersion> = Some(ContainerdVersion { major: 1, minor: 6 });
+    const V21: Option<ContainerdVersion> = Some(ContainerdVersion { major: 2, minor: 1 });
+
+    fn path() -> &'static Path {
+        Path::new("/etc/containerd/config.toml")
+    }
+
+    fn written(c: Change) -> String {
+        match c {
+            Change::Write { text, .. } => text,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
+    /// install, then install again (no-op), then uninstall: the original back.
+    fn round_trip(original: &str, containerd: Option<ContainerdVersion>) -> String {
+        let installed = written(add_runtime(path(), Some(original), containerd).unwrap());
+        assert!(
+            matches!(
+                add_runtime(path(), Some(&installed), containerd).unwrap(),
+                Change::Unchanged(_)
+            ),
+            "second install changes something:\n{installed}"
+        );
+        let back = written(remove_runtime(path(), &installed).unwrap());
+        assert_eq!(back, original, "uninstall did not restore:\n{installed}");
+        installed
+    }
+
+    const HAND: &str = r#"# containerd config, hand-written
+version = 2
+root = "/var/lib/containerd"   # keep
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+# the CRI plugin
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "registry.k8s.io/pause:3.9" # pinned
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      # systemd cgroups, as the kubelet
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = true
+        BinaryName = ""
+
+# after the runtimes
+[metrics]
+  address = "127.0.0.1:1338"
+"#;
+
+    #[test]
+    fn a_hand_written_v2_config_gets_the_runtime_next_to_runc_and_back() {
+        let installed = round_trip(HAND, None);
+        let expected_table = r#"
+    # Added by `rekindle install`; `rekindle uninstall` removes this table.
+    # Pods select it with a RuntimeClass whose handler is `rekindle`.
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle]
+      runtime_type = "io.containerd.rekindle.v2"
+
+      # Copied from the runc runtime: the same runc binary and cgroup driver as the node's other pods.
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle.options]
+        SystemdCgroup = true
+"#;
+        assert!(
+            installed.contains(&format!(
+                "        BinaryName = \"\"\n{expected_table}\n# after the runtimes"
+            )),
+            "{installed}"
+        );
+        // Every line of the original is still there, in order.
+        let mut rest = installed.as_str();
+        for line in HAND.lines() {
+            let at = rest.find(line).unwrap_or_else(|| panic!("{line:?} lost"));
+            rest = &rest[at + line.len()..];
+        }
+    }
+
+    #[test]
+    fn the_runtime_type_of_a_v3_config_keeps_its_literal_quotes() {
+        let v3 = "version = 3\n\n[plugins]\n  [plugins.'io.containerd.cri.v1.runtime']\n    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]\n      runtime_type = 'io.containerd.runc.v2'\n";
+        let installed = round_trip(v3, None);
+        assert!(installed.contains(
+            "    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.rekindle]\n      runtime_type = 'io.containerd.rekindle.v2'\n"
+        ), "{installed}");
+        assert!(!installed.contains("options"), "{installed}");
+        let doc: DocumentMut = installed.parse().unwrap();
+        assert_eq!(
+            doc["plugins"]["io.containerd.cri.v1.runtime"]["containerd"]["runtimes"]["rekindle"]
+                ["runtime_type"]
+                .as_str(),
+            Some(RUNTIME_TYPE)
+        );
+    }
+
+    #[test]
+    fn missing_parent_tables_are_added_without_headers_and_removed_again() {
+        let minimal = "version = 2\n\n[plugins]\n  [plugins.\"io.containerd.grpc.v1.cri\"]\n    [plugins.\"io.containerd.grpc.v1.cri\".cni]\n      bin_dir = \"/usr/lib/cni\"\n  [plugins.\"io.containerd.internal.v1.opt\"]\n    path = \"/var/lib/containerd/opt\"\n";
+        let installed = round_trip(minimal, None);
+        assert_eq!(
+            installed.matches('[').count(),
+            minimal.matches('[').count() + 1
+        );
+        let doc: DocumentMut = installed.parse().unwrap();
+        assert_eq!(
+            doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["rekindle"]
+                ["runtime_type"]
+                .as_str(),
+            Some(RUNTIME_TYPE)
+        );
+    }
+
+    #[test]
+    fn an_absent_file_is_created_for_the_containerd_version_and_deleted_again() {
+        for (v, header) in [
+            (
+                V16,
+                "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.rekindle]",
+            ),
+            (
+                V21,
+                "[plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.rekindle]",
+            ),
+        ] {
+            let text = written(add_runtime(path(), None, v).unwrap());
+            assert!(text.starts_with(MARK_CREATED), "{text}");
+            assert!(text.contains(header), "{text}");
+            let version = Schema::for_containerd(v.unwrap()).version();
+            assert!(text.contains(&format!("\nversion = {version}\n")), "{text}");
+            assert!(matches!(
+                add_runtime(path(), Some(&text), None).unwrap(),
+                Change::Unchanged(_)
+            ));
+            assert!(matches!(
+                remove_runtime(path(), &text).unwrap(),
+                Change::Delete { .. }
+            ));
+        }
+        let e = add_runtime(path(), None, None).unwrap_err().to_string();
+        assert!(
+            e.contains("does not exist") && e.contains("--containerd-version"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_comment_only_file_gets_a_marked_version_that_uninstall_removes() {
+        let comments = "# nothing configured yet\n\n# see containerd config default\n";
+        round_trip(comments, V21);
+        round_trip("", V16);
+        assert_eq!(needs_containerd_version(Some(comments)), Versionless::Empty);
+        assert_eq!(needs_containerd_version(None), Versionless::Absent);
+        assert_eq!(
+            needs_containerd_version(Some("version = 2\n")),
+            Versionless::NotNeeded
+        );
+    }
+
+    #[test]
+    fn a_versionless_file_with_settings_is_version_1_for_containerd_1_and_refused_for_2() {
+        let v1 = "root = \"/data/containerd\"\n\n[plugins.cri]\n  sandbox_image = \"pause:3.9\"\n";
+        assert_eq!(needs_containerd_version(Some(v1)), Versionless::Settings);
+        let installed = round_trip(v1, V16);
+        assert!(
+            installed.contains("[plugins.cri.containerd.runtimes.rekindle]"),
+            "{installed}"
+        );
+        let e = add_runtime(path(), Some(v1), V21).unwrap_err().to_string();
+        assert!(
+            e.contains("version = 2") && e.contains("no `version` key"),
+            "{e}"
+        );
+        let e = add_runtime(path(), Some(v1), None).unwrap_err().to_string();
+        assert!(
+            e.contains("has no `version` key") && e.contains("--containerd-version"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn uninstall_removes_an_edited_runtime_table_and_only_it() {
+        let installed = written(add_runtime(path(), Some(HAND), None).unwrap());
+        let edited = installed.replace(
+            "runtime_type = \"io.containerd.rekindle.v2\"\n",
+            "runtime_type = \"io.containerd.rekindle.v2\"\n      pod_annotations = [\"io.rekindle.*\"]  # mine\n",
+        );
+        assert_ne!(edited, installed);
+        assert_eq!(written(remove_runtime(path(), &edited).unwrap()), HAND);
+    }
+
+    #[test]
+    fn uninstall_without_the_runtime_changes_nothing() {
+        assert!(matches!(
+            remove_runtime(path(), HAND).unwrap(),
+            Change::Unchanged(_)
+        ));
+        let foreign = format!(
+            "{HAND}\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.rekindle]\n  runtime_type = \"io.containerd.kata.v2\"\n"
+        );
+        match remove_runtime(path(), &foreign).unwrap() {
+            Change::Unchanged(why) => assert!(why.contains("not ours"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        let e = add_runtime(path(), Some(&foreign), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("io.containerd.kata.v2") && e.contains("rename or remove"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_the_place_and_the_fix() {
+        let broken = "version = 2\n[plugins\n";
+        let e = add_runtime(path(), Some(broken), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cannot parse /etc/containerd/config.toml at line 2, column"),
+            "{e}"
+        );
+        assert!(e.contains("fix the file or pass --config"), "{e}");
+        let e = remove_runtime(path(), broken).unwrap_err().to_string();
+        assert!(e.contains("line 2"), "{e}");
+
+        let e = add_runtime(path(), Some("version = 4\n"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`version = 4`"), "{e}");
+
+        let e = add_runtime(
+            path(),
+            Some("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\ncontainerd = 5\n"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("is a TOML integer") && e.contains("add [plugins"),
+            "{e}"
+        );
+
+        let e = add_runtime(
+            path(),
+            Some("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\nruntimes = { runc = { runtime_type = \"io.containerd.runc.v2\" } }\n"),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("inline table"), "{e}");
+    }
+
+    #[test]
+    fn containerd_versions_parse_from_the_flag_and_from_containerd_version() {
+        assert_eq!(ContainerdVersion::parse("1.6"), V16);
+        assert_eq!(ContainerdVersion::parse("v2.1.9"), V21);
+        assert_eq!(
+            ContainerdVersion::parse("2"),
+            Some(ContainerdVersion { major: 2, minor: 0 })
+        );
+        assert_eq!(ContainerdVersion::parse("two"), None);
+        assert_eq!(
+            ContainerdVersion::from_version_output(
+                "containerd github.com/containerd/containerd/v2 2.1.9+unknown \n"
+            ),
+            V21
+        );
+        assert_eq!(
+            ContainerdVersion::from_version_output(
+                "containerd github.com/containerd/containerd 1.6.20~ds1 1.6.20~ds1-1+deb12u3\n"
+            ),
+            Some(ContainerdVersion { major: 1, minor: 6 })
+        );
+    }
+
+    #[test]
+    fn the_diff_is_unified_with_the_file_name() {
+        let installed = written(add_runtime(path(), Some(HAND), None).unwrap());
+        let diff = unified_diff(path(), Some(HAND), Some(&installed));
+        assert!(
+            diff.starts_with(
+                "--- /etc/containerd/config.toml\n+++ /etc/containerd/config.toml\n@@ "
+            ),
+            "{diff}"
+        );
+        assert!(
+            diff.contains("\n+      runtime_type = \"io.containerd.rekindle.v2\"\n"),
+            "{diff}"
+        );
+        assert!(
+            !diff
+                .lines()
+                .any(|l| l.starts_with('-') && !l.starts_with("---")),
+            "{diff}"
+        );
+        let created = unified_diff(path(), None, Some("version = 3\n"));
+        assert!(
+            created.starts_with("--- /dev/null\n+++ /etc/containerd/config.toml\n"),
+            "{created}"
+        );
+    }
+}
