@@ -32,6 +32,18 @@ struct {
 } cgroups SEC(".maps");
 
 /*
+ * Start-up timelines (struct timeline), for watched cgroups only: userspace inserts a
+ * zeroed entry before it inserts the cgroup's `cgroups` entry, and overwrites it with
+ * zeros to restart the timeline; the programs set each field once.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_WATCHED);
+	__type(key, __u64);
+	__type(value, struct timeline);
+} timelines SEC(".maps");
+
+/*
  * Per CPU: the watched task now running here (its thread id), since when, and its fault
  * counters at switch-in; cgid 0 = none. A task runs on one CPU between its switch-in and
  * its switch-out, so the task leaving the CPU is normally the one recorded here — but a
@@ -131,6 +143,7 @@ int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct tas
 	__u32 zero = 0;
 	struct oncpu *cpu = bpf_map_lookup_elem(&oncpu, &zero);
 	struct cgroup_stats *s;
+	struct timeline *tl;
 	__u64 cgid;
 
 	if (!cpu)
@@ -159,7 +172,9 @@ int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct tas
 	cpu->min_flt = next->min_flt;
 	cpu->maj_flt = next->maj_flt;
 	cpu->tid = next->pid;
-	set_once(&s->first_sched_ns, now);
+	tl = bpf_map_lookup_elem(&timelines, &cgid);
+	if (tl)
+		set_once(&tl->first_sched_ns, now);
 
 	__u64 *ts = bpf_task_storage_get(&queued_at, next, 0, 0);
 	if (ts && *ts) {
@@ -176,12 +191,16 @@ int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct tas
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(rekindle_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
-	struct cgroup_stats *s = watched(bpf_get_current_cgroup_id());
+	__u64 cgid = bpf_get_current_cgroup_id();
+	struct cgroup_stats *s = watched(cgid);
+	struct timeline *tl;
 
 	if (!s)
 		return 0;
 	__sync_fetch_and_add(&s->execs, 1);
-	set_once(&s->first_exec_ns, bpf_ktime_get_ns());
+	tl = bpf_map_lookup_elem(&timelines, &cgid);
+	if (tl)
+		set_once(&tl->first_exec_ns, bpf_ktime_get_ns());
 	return 0;
 }
 

@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
 /*
  * What the eBPF programs and their loader (src/bpf.rs) share: the layout of one
- * watched cgroup's counters. Every field is a u64 and the order matters: src/bpf.rs
- * reads the map value word by word and checks these offsets against the skeleton's
- * generated copy of this struct at compile time.
+ * watched cgroup's counters and of its start-up timeline. Every field is a u64 and the
+ * order matters: src/bpf.rs reads the map values word by word and checks these offsets
+ * against the skeleton's generated copies of these structs at compile time.
  */
 #ifndef REKINDLE_BPF_H
 #define REKINDLE_BPF_H
@@ -31,7 +31,15 @@ struct cgroup_stats {
 	/* successful execve()s, and exits of processes (thread-group leaders) */
 	__u64 execs;
 	__u64 exits;
-	/* CLOCK_MONOTONIC ns of the first switch-in / first exec seen while watched; 0 = none */
+};
+
+/*
+ * A watched cgroup's start-up timeline: CLOCK_MONOTONIC ns of the first switch-in and
+ * the first exec of one of its tasks since userspace (re)set the entry to zeros; 0 =
+ * none yet. Kept apart from the counters so that it can be restarted (when the agent is
+ * about to start the container) without touching them.
+ */
+struct timeline {
 	__u64 first_sched_ns;
 	__u64 first_exec_ns;
 };

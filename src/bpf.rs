@@ -42,9 +42,12 @@
 //!   handled, so it cannot tell minor from major, and it would put a hook on every
 //!   fault of the machine.
 //! - Exec and exit: successful `execve`s; exits of processes (thread-group leaders).
-//! - Timeline: the first switch-in and the first exec of a task of the cgroup while it
-//!   is watched, in `CLOCK_MONOTONIC` nanoseconds (see [`monotonic_ns`]). Watch the
-//!   cgroup before the container starts to get its start.
+//! - Timeline: the first switch-in and the first exec of a task of the cgroup since it
+//!   was watched, or since [`Probes::restart_timeline`], in `CLOCK_MONOTONIC`
+//!   nanoseconds (see [`monotonic_ns`]). Restart it just before the container starts
+//!   (the agent does, before Tasks.Start) to get its start. The timeline is a map of its
+//!   own (`timelines`, keyed by cgroup id like the counters), so restarting it leaves
+//!   the counters alone.
 //!
 //! # Cgroup ids
 //!
@@ -180,9 +183,10 @@ pub struct CgroupStats {
     pub execs: u64,
     /// Processes that exited (thread-group leaders).
     pub exits: u64,
-    /// When a task of the cgroup first ran while watched, `CLOCK_MONOTONIC` ns.
+    /// When a task of the cgroup first ran since it was watched or its timeline
+    /// restarted ([`Probes::restart_timeline`]), `CLOCK_MONOTONIC` ns.
     pub first_sched_ns: Option<u64>,
-    /// When a task of the cgroup first exec'd while watched, `CLOCK_MONOTONIC` ns.
+    /// When a task of the cgroup first exec'd since then, `CLOCK_MONOTONIC` ns.
     pub first_exec_ns: Option<u64>,
 }
 
@@ -265,9 +269,10 @@ fn unescape_mount_path(s: &str) -> PathBuf {
     PathBuf::from(OsString::from_vec(out))
 }
 
-// The map value is read word by word in this order; the skeleton's copy of the C struct
-// (generated from the object's BTF) proves the order and size at compile time.
-const STATS_WORDS: usize = 3 + RUNQ_BUCKETS + 6;
+// The map values are read word by word in this order; the skeleton's copies of the C
+// structs (generated from the object's BTF) prove the order and sizes at compile time.
+const STATS_WORDS: usize = 3 + RUNQ_BUCKETS + 4;
+const TIMELINE_WORDS: usize = 2;
 const _: () = {
     use types::cgroup_stats as S;
     assert!(size_of::<S>() == STATS_WORDS * 8);
@@ -280,17 +285,23 @@ const _: () = {
     assert!(offset_of!(S, faults_major) == 32 + 8 * RUNQ_BUCKETS);
     assert!(offset_of!(S, execs) == 40 + 8 * RUNQ_BUCKETS);
     assert!(offset_of!(S, exits) == 48 + 8 * RUNQ_BUCKETS);
-    assert!(offset_of!(S, first_sched_ns) == 56 + 8 * RUNQ_BUCKETS);
-    assert!(offset_of!(S, first_exec_ns) == 64 + 8 * RUNQ_BUCKETS);
+    use types::timeline as T;
+    assert!(size_of::<T>() == TIMELINE_WORDS * 8);
+    assert!(offset_of!(T, first_sched_ns) == 0);
+    assert!(offset_of!(T, first_exec_ns) == 8);
 };
 
 impl CgroupStats {
-    fn from_map_value(value: &[u8]) -> Self {
-        let mut words = value
-            .chunks_exact(8)
-            .map(|w| u64::from_ne_bytes(w.try_into().expect("chunks of 8")));
-        let mut next = || words.next().unwrap_or(0);
-        let nonzero = |v: u64| (v != 0).then_some(v);
+    /// From a `cgroups` map value and, if there is one, the `timelines` value.
+    fn from_map_values(value: &[u8], timeline: Option<&[u8]>) -> Self {
+        fn words(v: &[u8]) -> impl Iterator<Item = u64> + '_ {
+            v.chunks_exact(8)
+                .map(|w| u64::from_ne_bytes(w.try_into().expect("chunks of 8")))
+        }
+        let mut stats = words(value);
+        let mut next = || stats.next().unwrap_or(0);
+        let mut tl = words(timeline.unwrap_or_default());
+        let nonzero = |v: Option<u64>| v.filter(|&v| v != 0);
         let cpu_ns = next();
         let runq_count = next();
         let runq_total_ns = next();
@@ -305,8 +316,8 @@ impl CgroupStats {
             faults_major: next(),
             execs: next(),
             exits: next(),
-            first_sched_ns: nonzero(next()),
-            first_exec_ns: nonzero(next()),
+            first_sched_ns: nonzero(tl.next()),
+            first_exec_ns: nonzero(tl.next()),
         }
     }
 }
@@ -354,18 +365,18 @@ impl Probes {
             .map_err(load_err)?;
         let skel = open.load().map_err(load_err)?;
 
-        let cgroups = &skel.maps.cgroups;
-        if cgroups.value_size() as usize != STATS_WORDS * 8
-            || cgroups.max_entries() as usize != MAX_WATCHED
-        {
-            return Err(BpfError::Layout {
-                map: "cgroups",
-                found: (
-                    cgroups.value_size() as usize,
-                    cgroups.max_entries() as usize,
-                ),
-                expected: (STATS_WORDS * 8, MAX_WATCHED),
-            });
+        for (map, m, words) in [
+            ("cgroups", &skel.maps.cgroups, STATS_WORDS),
+            ("timelines", &skel.maps.timelines, TIMELINE_WORDS),
+        ] {
+            let found = (m.value_size() as usize, m.max_entries() as usize);
+            if found != (words * 8, MAX_WATCHED) {
+                return Err(BpfError::Layout {
+                    map,
+                    found,
+                    expected: (words * 8, MAX_WATCHED),
+                });
+            }
         }
 
         let progs = &skel.progs;
@@ -390,31 +401,76 @@ impl Probes {
         Ok(Probes { links, skel })
     }
 
-    /// Starts counting for a cgroup. Watching a watched cgroup keeps its counters.
+    /// Starts counting for a cgroup, and its timeline. Watching a watched cgroup keeps
+    /// its counters and its timeline.
     pub fn watch(&self, cgroup: CgroupId) -> Result<(), BpfError> {
-        let zero = [0u8; STATS_WORDS * 8];
+        if self.lookup(cgroup)?.is_some() {
+            return Ok(());
+        }
+        self.start(cgroup)
+    }
+
+    /// Watches the cgroup if it is not watched yet, and restarts its timeline: the
+    /// first schedule and first exec are the first ones from now on. The counters of a
+    /// watched cgroup are kept.
+    pub fn restart_timeline(&self, cgroup: CgroupId) -> Result<(), BpfError> {
+        self.start(cgroup)
+    }
+
+    /// A zeroed timeline, then (unless there) zeroed counters: the programs look the
+    /// timeline up only for a watched cgroup, so its first switch-in is not missed.
+    fn start(&self, cgroup: CgroupId) -> Result<(), BpfError> {
+        let key = cgroup.0.to_ne_bytes();
+        let map_err = |op| move |source| BpfError::Map { op, cgroup, source };
+        self.skel
+            .maps
+            .timelines
+            .update(&key, &[0u8; TIMELINE_WORDS * 8], MapFlags::ANY)
+            .map_err(|e| {
+                if e.kind() == ErrorKind::TooBig {
+                    BpfError::TooManyWatched(cgroup)
+                } else {
+                    map_err("update")(e)
+                }
+            })?;
         match self
             .skel
             .maps
             .cgroups
-            .update(&cgroup.0.to_ne_bytes(), &zero, MapFlags::NO_EXIST)
+            .update(&key, &[0u8; STATS_WORDS * 8], MapFlags::NO_EXIST)
         {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
-            Err(e) if e.kind() == ErrorKind::TooBig => Err(BpfError::TooManyWatched(cgroup)),
-            Err(source) => Err(BpfError::Map {
-                op: "update",
-                cgroup,
-                source,
-            }),
+            Err(e) => {
+                // Not watched: its timeline would stay in the map for nothing.
+                let _ = self.skel.maps.timelines.delete(&key);
+                if e.kind() == ErrorKind::TooBig {
+                    Err(BpfError::TooManyWatched(cgroup))
+                } else {
+                    Err(map_err("update")(e))
+                }
+            }
         }
     }
 
-    /// Stops counting for a cgroup and forgets its counters. Returns whether it was watched.
+    /// Stops counting for a cgroup and forgets its counters and timeline. Returns
+    /// whether it was watched.
     pub fn unwatch(&self, cgroup: CgroupId) -> Result<bool, BpfError> {
-        match self.skel.maps.cgroups.delete(&cgroup.0.to_ne_bytes()) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        let key = cgroup.0.to_ne_bytes();
+        let was = match self.skel.maps.cgroups.delete(&key) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::NotFound => false,
+            Err(source) => {
+                return Err(BpfError::Map {
+                    op: "delete",
+                    cgroup,
+                    source,
+                })
+            }
+        };
+        match self.skel.maps.timelines.delete(&key) {
+            Ok(()) => Ok(was),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(was),
             Err(source) => Err(BpfError::Map {
                 op: "delete",
                 cgroup,
@@ -423,10 +479,8 @@ impl Probes {
         }
     }
 
-    /// The counters of a watched cgroup; `None` if it is not watched.
-    pub fn read(&self, cgroup: CgroupId) -> Result<Option<CgroupStats>, BpfError> {
-        let value = self
-            .skel
+    fn lookup(&self, cgroup: CgroupId) -> Result<Option<Vec<u8>>, BpfError> {
+        self.skel
             .maps
             .cgroups
             .lookup(&cgroup.0.to_ne_bytes(), MapFlags::ANY)
@@ -434,8 +488,28 @@ impl Probes {
                 op: "lookup",
                 cgroup,
                 source,
+            })
+    }
+
+    /// The counters and timeline of a watched cgroup; `None` if it is not watched.
+    pub fn read(&self, cgroup: CgroupId) -> Result<Option<CgroupStats>, BpfError> {
+        let Some(value) = self.lookup(cgroup)? else {
+            return Ok(None);
+        };
+        let timeline = self
+            .skel
+            .maps
+            .timelines
+            .lookup(&cgroup.0.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|source| BpfError::Map {
+                op: "lookup",
+                cgroup,
+                source,
             })?;
-        Ok(value.map(|v| CgroupStats::from_map_value(&v)))
+        Ok(Some(CgroupStats::from_map_values(
+            &value,
+            timeline.as_deref(),
+        )))
     }
 
     /// The cgroups being watched.
@@ -471,9 +545,10 @@ mod tests {
 
     #[test]
     fn stats_from_words() {
-        let words: Vec<u64> = (1..=STATS_WORDS as u64).collect();
+        let words: Vec<u64> = (1..=STATS_WORDS as u64 + TIMELINE_WORDS as u64).collect();
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
-        let s = CgroupStats::from_map_value(&bytes);
+        let (stats, timeline) = bytes.split_at(STATS_WORDS * 8);
+        let s = CgroupStats::from_map_values(stats, Some(timeline));
         assert_eq!((s.cpu_ns, s.runq_count, s.runq_total_ns), (1, 2, 3));
         assert_eq!(s.runq_latency_hist[0], 4);
         assert_eq!(
@@ -490,7 +565,13 @@ mod tests {
             (Some(k + 5), Some(k + 6))
         );
 
-        let zero = CgroupStats::from_map_value(&[0; STATS_WORDS * 8]);
+        let no_timeline = CgroupStats::from_map_values(stats, None);
+        assert_eq!(
+            (no_timeline.first_sched_ns, no_timeline.exits),
+            (None, k + 4)
+        );
+
+        let zero = CgroupStats::from_map_values(&[0; STATS_WORDS * 8], Some(&[0; 16]));
         assert_eq!(zero, CgroupStats::default());
     }
 
