@@ -282,6 +282,8 @@ impl Agent {
             config.functions.iter().map(|f| f.name.as_str()),
             pool.metrics().node.clone(),
         );
+        // Each new instance's cgroup is watched from just before its Tasks.Start.
+        driver.set_start_hook(node.start_hook());
         let node_every = Duration::from_millis(config.reconcile_interval_ms.clamp(1000, 5000));
         tasks.push(tokio::spawn(node.run(node_every, stop_rx.clone())));
         let interval = Duration::from_millis(config.reconcile_interval_ms);

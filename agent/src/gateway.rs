@@ -62,12 +62,30 @@ async fn gateway(pool: PoolManager, req: Request<Incoming>) -> Response<Body> {
         return text(StatusCode::NOT_FOUND, "GET /invoke/<function>/<path>\n");
     };
     match pool.invoke(&function, &path).await {
-        Ok(served) => Response::builder()
-            .status(StatusCode::from_u16(served.response.status).unwrap_or(StatusCode::BAD_GATEWAY))
-            .header(TIER_HEADER, served.tier.name())
-            .header(INSTANCE_HEADER, served.instance)
-            .body(Full::new(Bytes::from(served.response.body)))
-            .expect("a valid response"),
+        Ok(served) => {
+            if served.tier.starts_instance() {
+                // The end of the instance's start-up timeline: the agent has its first
+                // answer. Taken here rather than from a BPF-observed first socket write
+                // in the instance's cgroup: without kprobes the only per-send
+                // tracepoint, sock:sock_send_length, also fires for CRIU's replies to
+                // the shim (its swrk runs in the instance's cgroup) and for the
+                // readiness probe's answer, so "first write" is not "first response";
+                // and this is the moment the client's answer is on its way.
+                pool.metrics().node.first_response(
+                    &served.instance,
+                    served.tier,
+                    rekindle::bpf::monotonic_ns(),
+                );
+            }
+            Response::builder()
+                .status(
+                    StatusCode::from_u16(served.response.status).unwrap_or(StatusCode::BAD_GATEWAY),
+                )
+                .header(TIER_HEADER, served.tier.name())
+                .header(INSTANCE_HEADER, served.instance)
+                .body(Full::new(Bytes::from(served.response.body)))
+                .expect("a valid response")
+        }
         Err(e) => {
             let status = match e {
                 InvokeError::UnknownFunction(_) => StatusCode::NOT_FOUND,

@@ -16,11 +16,22 @@
 //! | `rekindle_function_processes_exec_total` | `function` | successful `execve`s in its instances (eBPF) |
 //! | `rekindle_function_processes_exit_total` | `function` | processes (thread-group leaders) that exited in its instances (eBPF) |
 //! | `rekindle_function_memory_bytes` | `function` | memory charged to its instances' cgroups now, summed (`memory.usage_in_bytes` on cgroup v1, `memory.current` on v2; with or without eBPF) |
+//! | `rekindle_function_io_bytes_total` | `function`, `direction` | block I/O of its instances, `direction` `read` or `write` (cgroup files: `blkio.throttle.io_service_bytes` on v1, `io.stat` on v2; with or without eBPF) |
+//! | `rekindle_function_io_operations_total` | `function`, `direction` | block I/O operations of its instances (`blkio.throttle.io_serviced` on v1, `io.stat` on v2) |
+//! | `rekindle_function_startup_seconds` | `function`, `tier` | start-up timeline of an instance started for a request (`tier` `restore_staged`, `restore_disk` or `cold`): from the first time a task of its cgroup ran (eBPF, watched from just before Tasks.Start) to the agent receiving the instance's answer to that request |
+//! | `rekindle_forecast_arrivals` | `function` | requests the policy's forecaster expects in the current window (one policy interval); absent for functions it does not forecast |
+//! | `rekindle_observed_arrivals` | `function` | requests that arrived in the current window so far |
+//! | `rekindle_forecast_window_seconds` | | the window's length in real seconds (one policy minute: 60 / `time_scale`) |
+//! | `rekindle_memory_budget_bytes` | | the node's memory budget for the pools (absent without one) |
+//! | `rekindle_pool_memory_bytes` | `function` | memory the budget counts for the function now: its instances (running, frozen, starting) at `memory_mb` each, and its staged image |
 //!
 //! The `rekindle_function_*` metrics are sampled by the node collector ([`crate::ebpf`])
-//! every few seconds; the eBPF ones are absent while `rekindle_bpf_loaded` is 0. They count
-//! from when the collector first saw an instance's cgroup, and keep counting across
-//! instances (an instance's last counts are added when its cgroup goes away).
+//! every few seconds; the eBPF ones (CPU, run-queue latency, page faults, exec/exit,
+//! start-up) are absent while `rekindle_bpf_loaded` is 0. They count from when the
+//! collector first saw an instance's cgroup — for the instances the driver starts, from
+//! just before Tasks.Start — and keep counting across instances (an instance's last
+//! counts are added when its cgroup goes away). The arrivals and memory metrics are set
+//! by the pool manager at each reconcile.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -54,6 +65,15 @@ impl StartTier {
         StartTier::RestoreDisk,
         StartTier::Cold,
     ];
+
+    /// Whether a request served this way had a new instance started for it (restore or
+    /// cold start), rather than one already loaded.
+    pub fn starts_instance(self) -> bool {
+        matches!(
+            self,
+            StartTier::RestoreStaged | StartTier::RestoreDisk | StartTier::Cold
+        )
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -120,9 +140,13 @@ pub struct FnAction {
 
 type HistogramFamily = Family<TierLabel, Histogram, fn() -> Histogram>;
 
+/// Buckets of the start histograms (start latency, start-up timeline): 1 ms … ~33 s.
+fn start_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 16)
+}
+
 fn latency_histogram() -> Histogram {
-    // 1 ms … ~33 s
-    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+    Histogram::new(start_buckets())
 }
 
 pub struct Metrics {
@@ -135,6 +159,8 @@ pub struct Metrics {
     pub pool_actions: Family<FnAction, Counter>,
     /// Per-function node statistics (eBPF and cgroups), written by [`crate::ebpf`].
     pub node: Arc<NodeMetrics>,
+    /// Forecast vs. observed arrivals and memory budget use, written by the pool manager.
+    pub pool: Arc<PoolMetrics>,
 }
 
 impl Default for Metrics {
@@ -184,6 +210,8 @@ impl Metrics {
         );
         let node = Arc::new(NodeMetrics::default());
         registry.register_collector(Box::new(node.clone()));
+        let pool = Arc::new(PoolMetrics::default());
+        registry.register_collector(Box::new(pool.clone()));
         Metrics {
             registry,
             starts,
@@ -193,6 +221,7 @@ impl Metrics {
             pool_target,
             pool_actions,
             node,
+            pool,
         }
     }
 
@@ -273,6 +302,88 @@ pub struct FunctionNodeStats {
     pub execs: u64,
     pub exits: u64,
     pub memory_bytes: u64,
+    /// Block I/O summed over its instances' samples (cgroup files), bytes and operations.
+    pub io: IoStats,
+}
+
+/// Block I/O of a cgroup (or a sum of them): what the cgroup files count.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoStats {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub read_ops: u64,
+    pub write_ops: u64,
+}
+
+impl IoStats {
+    /// What grew from `last` to `self` (a counter that went down counts as 0).
+    pub fn since(&self, last: &IoStats) -> IoStats {
+        IoStats {
+            read_bytes: self.read_bytes.saturating_sub(last.read_bytes),
+            write_bytes: self.write_bytes.saturating_sub(last.write_bytes),
+            read_ops: self.read_ops.saturating_sub(last.read_ops),
+            write_ops: self.write_ops.saturating_sub(last.write_ops),
+        }
+    }
+
+    pub fn add(&mut self, d: &IoStats) {
+        self.read_bytes += d.read_bytes;
+        self.write_bytes += d.write_bytes;
+        self.read_ops += d.read_ops;
+        self.write_ops += d.write_ops;
+    }
+}
+
+/// The agent receiving the first answer of an instance started for a request: the end
+/// of its start-up timeline, matched by the node collector with the instance's first
+/// schedule (eBPF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirstResponse {
+    pub instance: String,
+    pub tier: StartTier,
+    /// `CLOCK_MONOTONIC` ns ([`rekindle::bpf::monotonic_ns`]), the probes' clock.
+    pub at_ns: u64,
+}
+
+/// Responses kept for the collector at most; beyond, the oldest are dropped (the
+/// collector drains them every few seconds, so only a stalled one gets there).
+const MAX_PENDING_RESPONSES: usize = 4096;
+
+/// A histogram with fixed bounds, counted here (per bucket, not cumulative).
+#[derive(Clone, Debug, PartialEq)]
+struct Buckets {
+    sum: f64,
+    count: u64,
+    /// One per bound of [`start_buckets`], then +Inf.
+    counts: Vec<u64>,
+}
+
+impl Buckets {
+    fn new() -> Self {
+        Buckets {
+            sum: 0.0,
+            count: 0,
+            counts: vec![0; start_buckets().count() + 1],
+        }
+    }
+
+    fn observe(&mut self, v: f64) {
+        let i = start_buckets()
+            .position(|upper| v <= upper)
+            .unwrap_or(self.counts.len() - 1);
+        self.counts[i] += 1;
+        self.count += 1;
+        self.sum += v;
+    }
+
+    fn encode(&self) -> ConstHistogram {
+        let bounds = start_buckets().chain(std::iter::once(f64::INFINITY));
+        ConstHistogram {
+            sum: self.sum,
+            count: self.count,
+            buckets: bounds.zip(self.counts.iter().copied()).collect(),
+        }
+    }
 }
 
 /// The node collector's latest view, encoded at each scrape (a prometheus-client
@@ -287,6 +398,10 @@ struct NodeState {
     /// `None` until the collector has started: nothing is exported.
     bpf_loaded: Option<bool>,
     functions: BTreeMap<String, FunctionNodeStats>,
+    /// Start-up timelines by (function, tier).
+    startup: BTreeMap<(String, &'static str), Buckets>,
+    /// First answers not yet matched by the collector.
+    responses: Vec<FirstResponse>,
 }
 
 impl NodeMetrics {
@@ -303,6 +418,145 @@ impl NodeMetrics {
     pub fn function(&self, name: &str) -> Option<FunctionNodeStats> {
         self.state.lock().unwrap().functions.get(name).cloned()
     }
+
+    /// The agent has just received the first answer of `instance`, started for that
+    /// request by `tier` (see [`StartTier::starts_instance`]); the collector closes the
+    /// instance's start-up timeline with it at its next pass. Kept only while the eBPF
+    /// probes are loaded (without them there is no first schedule to match).
+    pub fn first_response(&self, instance: &str, tier: StartTier, at_ns: u64) {
+        let mut st = self.state.lock().unwrap();
+        if st.bpf_loaded != Some(true) {
+            return;
+        }
+        if st.responses.len() >= MAX_PENDING_RESPONSES {
+            st.responses.remove(0);
+        }
+        st.responses.push(FirstResponse {
+            instance: instance.to_string(),
+            tier,
+            at_ns,
+        });
+    }
+
+    /// The first answers recorded since the last call (for the collector).
+    pub fn take_responses(&self) -> Vec<FirstResponse> {
+        std::mem::take(&mut self.state.lock().unwrap().responses)
+    }
+
+    /// One start-up timeline: `secs` from first schedule to first response.
+    pub fn observe_startup(&self, function: &str, tier: StartTier, secs: f64) {
+        self.state
+            .lock()
+            .unwrap()
+            .startup
+            .entry((function.to_string(), tier.name()))
+            .or_insert_with(Buckets::new)
+            .observe(secs);
+    }
+}
+
+/// The pool manager's view for `/metrics`, encoded at each scrape (a prometheus-client
+/// [`Collector`]): forecast vs. observed arrivals per function and the memory budget.
+#[derive(Debug, Default)]
+pub struct PoolMetrics {
+    state: Mutex<PoolState>,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    budget_bytes: Option<u64>,
+    /// `None` until the pool manager has published: nothing is exported.
+    window_secs: Option<f64>,
+    functions: BTreeMap<String, FunctionPoolStats>,
+}
+
+/// One function's arrivals and budgeted memory, as the pool manager sees them now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FunctionPoolStats {
+    /// Requests the forecaster expects in the current window; `None` when the policy
+    /// does not forecast this function (not a forecasting policy, or too few requests).
+    pub forecast_arrivals: Option<f64>,
+    /// Requests that arrived in the current window so far.
+    pub observed_arrivals: u64,
+    /// What the memory budget counts for the function now, bytes.
+    pub memory_bytes: u64,
+}
+
+impl PoolMetrics {
+    /// The node's memory budget (`None`: none) and the forecast window, real seconds.
+    pub fn set_node(&self, budget_bytes: Option<u64>, window_secs: f64) {
+        let mut st = self.state.lock().unwrap();
+        st.budget_bytes = budget_bytes;
+        st.window_secs = Some(window_secs);
+    }
+
+    pub fn set_function(&self, function: &str, stats: FunctionPoolStats) {
+        self.state
+            .lock()
+            .unwrap()
+            .functions
+            .insert(function.to_string(), stats);
+    }
+
+    pub fn function(&self, name: &str) -> Option<FunctionPoolStats> {
+        self.state.lock().unwrap().functions.get(name).cloned()
+    }
+}
+
+impl Collector for PoolMetrics {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+        let st = self.state.lock().unwrap();
+        let Some(window) = st.window_secs else {
+            return Ok(());
+        };
+        let label = |f: &String| FnLabel {
+            function: f.clone(),
+        };
+        encode_family(
+            &mut encoder,
+            "rekindle_forecast_arrivals",
+            "Requests the forecaster expects in the current window (one policy interval)",
+            st.functions
+                .iter()
+                .filter_map(|(f, s)| s.forecast_arrivals.map(|n| (label(f), ConstGauge::new(n)))),
+            MetricType::Gauge,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_observed_arrivals",
+            "Requests that arrived in the current window so far",
+            st.functions
+                .iter()
+                .map(|(f, s)| (label(f), ConstGauge::new(s.observed_arrivals as i64))),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(window).encode(encoder.encode_descriptor(
+            "rekindle_forecast_window_seconds",
+            "Length of the forecast window (one policy interval), real seconds",
+            None,
+            MetricType::Gauge,
+        )?)?;
+        if let Some(budget) = st.budget_bytes {
+            ConstGauge::new(budget as i64).encode(encoder.encode_descriptor(
+                "rekindle_memory_budget_bytes",
+                "The node's memory budget for the pools",
+                None,
+                MetricType::Gauge,
+            )?)?;
+        }
+        encode_family(
+            &mut encoder,
+            "rekindle_pool_memory_bytes",
+            "Memory the budget counts for the function now (instances at memory_mb, staged image)",
+            st.functions
+                .iter()
+                .map(|(f, s)| (label(f), ConstGauge::new(s.memory_bytes as i64))),
+            MetricType::Gauge,
+        )?;
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -314,6 +568,18 @@ struct FnLabel {
 struct FnKind {
     function: String,
     kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FnDirection {
+    function: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FnStartTier {
+    function: String,
+    tier: &'static str,
 }
 
 /// Encodes one family: a descriptor, then one sample per label set.
@@ -401,9 +667,52 @@ impl Collector for NodeMetrics {
                 .map(|(f, s)| (label(f), ConstGauge::new(s.memory_bytes as i64))),
             MetricType::Gauge,
         )?;
+        let directions = |pick: fn(&IoStats) -> [u64; 2]| {
+            fns.iter().flat_map(move |(f, s)| {
+                let [read, write] = pick(&s.io);
+                [("read", read), ("write", write)].map(|(direction, n)| {
+                    (
+                        FnDirection {
+                            function: f.clone(),
+                            direction,
+                        },
+                        ConstCounter::new(n),
+                    )
+                })
+            })
+        };
+        encode_family(
+            &mut encoder,
+            "rekindle_function_io_bytes",
+            "Block I/O of the function's instances, bytes (cgroup files)",
+            directions(|io| [io.read_bytes, io.write_bytes]),
+            MetricType::Counter,
+        )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_io_operations",
+            "Block I/O operations of the function's instances (cgroup files)",
+            directions(|io| [io.read_ops, io.write_ops]),
+            MetricType::Counter,
+        )?;
         if !bpf_loaded {
             return Ok(());
         }
+        encode_family(
+            &mut encoder,
+            "rekindle_function_startup_seconds",
+            "From the first schedule of an instance started for a request (eBPF) to the agent receiving its answer",
+            st.startup.iter().map(|((f, tier), b)| {
+                (
+                    FnStartTier {
+                        function: f.clone(),
+                        tier,
+                    },
+                    b.encode(),
+                )
+            }),
+            MetricType::Histogram,
+        )?;
         encode_family(
             &mut encoder,
             "rekindle_function_cpu_seconds",

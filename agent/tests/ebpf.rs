@@ -3,6 +3,11 @@
 //! and, on a v1 host, the memory controller's), a process in it that burns CPU, touches
 //! pages and runs `/bin/true`, and the `/metrics` text checked against that work.
 //!
+//! And the start-up timeline: an instance's cgroup registered through the driver's start
+//! hook, then a real process in it woken (as Tasks.Start wakes runc's init or CRIU's
+//! swrk), its answer taken as the first response, and the timeline checked against the
+//! clock readings around each step.
+//!
 //! Needs root and kernel BTF (CI runs as root). The workload is this test binary re-run
 //! as `child_workload` with `REKINDLE_EBPF_CHILD` set.
 
@@ -16,9 +21,10 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
-use rekindle::bpf::Probes;
+use rekindle::bpf::{monotonic_ns, Probes};
+use rekindle_agent::driver::StartHook;
 use rekindle_agent::ebpf::{CgroupLayout, NodeCollector};
-use rekindle_agent::metrics::Metrics;
+use rekindle_agent::metrics::{Metrics, StartTier};
 
 const CHILD_ENV: &str = "REKINDLE_EBPF_CHILD";
 const BURN: Duration = Duration::from_millis(200);
@@ -94,8 +100,14 @@ impl Drop for Instance {
 
 /// `name value` lines of the exposition, for samples of `function="burn"`.
 fn samples(text: &str) -> HashMap<String, f64> {
+    samples_of(text, FUNCTION)
+}
+
+/// `name value` lines of the exposition: those without labels and those of `function`.
+fn samples_of(text: &str, function: &str) -> HashMap<String, f64> {
+    let label = format!("function=\"{function}\"");
     text.lines()
-        .filter(|l| !l.starts_with('#') && (!l.contains('{') || l.contains(FUNCTION)))
+        .filter(|l| !l.starts_with('#') && (!l.contains('{') || l.contains(&label)))
         .filter_map(|l| {
             let (k, v) = l.rsplit_once(' ')?;
             Some((k.to_string(), v.parse().ok()?))
@@ -219,6 +231,167 @@ fn the_collector_counts_an_instances_work() {
     eprintln!("after the instance is gone: {s:#?}");
     assert!(get(&s, &format!("rekindle_function_cpu_seconds_total{f}")) >= cpu);
     assert_eq!(get(&s, &format!("rekindle_function_memory_bytes{f}")), 0.0);
+}
+
+/// The instance's cgroup directories in every hierarchy the collector reads (cgroup2,
+/// and the v1 memory and blkio controllers where mounted), and their `cgroup.procs`.
+fn make_instance(
+    layout: &CgroupLayout,
+    namespace: &str,
+    instance: &str,
+) -> (Instance, Vec<PathBuf>) {
+    let mut inst = Instance { dirs: Vec::new() };
+    let mut procs = Vec::new();
+    for root in [
+        &layout.v2_root,
+        &layout.v1_memory_root,
+        &layout.v1_blkio_root,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let ns = root.join(namespace);
+        fs::create_dir_all(ns.join(instance)).unwrap();
+        inst.dirs.push(ns.clone());
+        inst.dirs.push(ns.join(instance));
+        procs.push(ns.join(instance).join("cgroup.procs"));
+    }
+    (inst, procs)
+}
+
+fn read_until(out: &mut impl BufRead, want: &str) {
+    let mut line = String::new();
+    while !line.contains(want) {
+        line.clear();
+        assert!(
+            out.read_line(&mut line).unwrap() > 0,
+            "the child ended before {want:?}"
+        );
+    }
+}
+
+#[test]
+fn a_registered_instance_has_its_start_up_timeline() {
+    assert!(
+        nix_is_root(),
+        "the eBPF tests load BPF programs and make cgroups: run them as root (CI does)"
+    );
+    const FUNCTION: &str = "timeline";
+    const INSTANCE: &str = "timeline-00000000deadbeef";
+    let probes = Probes::load().expect("load the eBPF probes");
+    let layout = CgroupLayout::detect();
+    assert!(layout.v2_root.is_some(), "a cgroup2 mount");
+    let namespace = format!("rekindle-ebpf-timeline-{}", std::process::id());
+    let (inst, procs) = make_instance(&layout, &namespace, INSTANCE);
+
+    let m = Metrics::new();
+    let mut c = NodeCollector::new(
+        Some(probes),
+        layout.clone(),
+        &namespace,
+        [FUNCTION],
+        m.node.clone(),
+    );
+    // As between Tasks.Create and Tasks.Start: the collector finds the cgroup by
+    // listing, and something runs in it (here the shell and /bin/true; runc's init or
+    // CRIU's swrk for real), then waits for the start.
+    c.collect();
+    let join = procs
+        .iter()
+        .map(|p| format!("echo $$ > '{}' && ", p.display()))
+        .collect::<String>();
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(join + "/bin/true && echo joined && read go && exec /bin/echo ready")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    read_until(&mut out, "joined");
+    c.collect();
+    let f = format!("{{function=\"{FUNCTION}\"}}");
+    let before = samples_of(&m.encode(), FUNCTION);
+    assert!(
+        get(
+            &before,
+            &format!("rekindle_function_processes_exec_total{f}")
+        ) >= 1.0,
+        "what ran before the registration was watched: {before:#?}"
+    );
+    assert!(c.timeline(INSTANCE).is_none(), "not registered yet");
+
+    // The driver's hook, just before Tasks.Start; then the start wakes the process.
+    let t_register = monotonic_ns();
+    c.start_hook()
+        .before_start(FUNCTION, INSTANCE, &format!("/{namespace}/{INSTANCE}"));
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    read_until(&mut out, "ready");
+    // The first response, as the gateway records it.
+    let t_response = monotonic_ns();
+    m.node.first_response(INSTANCE, StartTier::Cold, t_response);
+    assert!(child.wait().unwrap().success());
+    c.collect();
+
+    let tl = c
+        .timeline(INSTANCE)
+        .expect("a registered instance's timeline");
+    eprintln!("registration {t_register}, response {t_response}: {tl:#?}");
+    assert_eq!(tl.function, FUNCTION);
+    assert!(tl.registered_ns >= t_register, "{tl:?}");
+    let sched = tl
+        .first_sched_ns
+        .expect("a first schedule after the registration");
+    assert!(
+        tl.registered_ns < sched && sched < t_response,
+        "first schedule {sched} not between registration {} and response {t_response}",
+        tl.registered_ns
+    );
+    let exec = tl.first_exec_ns.expect("the exec of /bin/echo");
+    assert!(sched <= exec && exec < t_response, "first exec {exec}");
+    assert_eq!(tl.first_response, Some((StartTier::Cold, t_response)));
+
+    // /metrics: one start-up, of exactly first schedule → first response.
+    let text = m.encode();
+    let s = samples_of(&text, FUNCTION);
+    eprintln!("{s:#?}");
+    let ft = format!("{{function=\"{FUNCTION}\",tier=\"cold\"}}");
+    assert_eq!(
+        get(&s, &format!("rekindle_function_startup_seconds_count{ft}")),
+        1.0
+    );
+    let secs = get(&s, &format!("rekindle_function_startup_seconds_sum{ft}"));
+    let want = (t_response - sched) as f64 / 1e9;
+    assert!(
+        (secs - want).abs() < 1e-9,
+        "startup {secs} s, want {want} s"
+    );
+    assert!(secs > 0.0 && secs < 5.0, "startup {secs} s");
+    let inf = format!(
+        "rekindle_function_startup_seconds_bucket{{le=\"+Inf\",function=\"{FUNCTION}\",tier=\"cold\"}}"
+    );
+    assert_eq!(get(&s, &inf), 1.0, "{text}");
+
+    // A later answer of the same instance is not another start.
+    m.node
+        .first_response(INSTANCE, StartTier::Cold, monotonic_ns());
+    c.collect();
+    let s = samples_of(&m.encode(), FUNCTION);
+    assert_eq!(
+        get(&s, &format!("rekindle_function_startup_seconds_count{ft}")),
+        1.0
+    );
+
+    // The instance goes: unwatched, its start-up stays in the histogram.
+    drop(inst);
+    c.collect();
+    assert!(c.timeline(INSTANCE).is_none());
+    let s = samples_of(&m.encode(), FUNCTION);
+    assert_eq!(
+        get(&s, &format!("rekindle_function_startup_seconds_count{ft}")),
+        1.0
+    );
 }
 
 fn nix_is_root() -> bool {

@@ -18,7 +18,7 @@ use std::future::Future;
 use std::hash::{BuildHasher as _, Hasher as _};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use containerd_client::services::v1::container::Runtime;
@@ -46,7 +46,7 @@ use sha2::Digest as _;
 use super::netns;
 use super::{
     Cause, DriverError, FunctionSpec, Instance, InstanceDriver, NetMode, Op, Response,
-    StageOutcome, TaskState, FUNCTION_LABEL, IMAGE_ANNOTATION, STORE_AS_ANNOTATION,
+    StageOutcome, StartHook, TaskState, FUNCTION_LABEL, IMAGE_ANNOTATION, STORE_AS_ANNOTATION,
 };
 
 pub const REKINDLE_RUNTIME: &str = "io.containerd.rekindle.v2";
@@ -139,6 +139,7 @@ pub struct ContainerdDriver {
     restored: RestoredClient,
     namespace: tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
     images: Mutex<HashMap<String, ImageConfig>>,
+    start_hook: Mutex<Option<Arc<dyn StartHook>>>,
 }
 
 /// Who a failing step belongs to, to name it in the error.
@@ -254,6 +255,7 @@ impl ContainerdDriver {
             config,
             namespace,
             images: Mutex::new(HashMap::new()),
+            start_hook: Mutex::new(None),
         })
     }
 
@@ -569,6 +571,12 @@ impl ContainerdDriver {
         )
         .await?;
         inst.pid = created.pid;
+        // The cgroup exists now (Tasks.Create made it) and the function's processes do
+        // not run yet: the collector watches it, and its start-up timeline, from here.
+        let hook = self.start_hook.lock().unwrap().clone();
+        if let Some(hook) = hook {
+            hook.before_start(&f.name, &inst.id, &self.cgroups_path(&inst.id));
+        }
         let started = rpc(
             "Tasks.Start",
             limit,
@@ -1075,6 +1083,10 @@ impl InstanceDriver for ContainerdDriver {
             })
     }
 
+    fn set_start_hook(&self, hook: Arc<dyn StartHook>) {
+        *self.start_hook.lock().unwrap() = Some(hook);
+    }
+
     async fn invoke(
         &self,
         i: &Instance,
@@ -1158,6 +1170,7 @@ mod tests {
             namespace: "rekindle".parse().unwrap(),
             config,
             images: Mutex::new(HashMap::new()),
+            start_hook: Mutex::new(None),
         };
         let image = ImageConfig {
             chain_id: "sha256:x".into(),

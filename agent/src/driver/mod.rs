@@ -22,6 +22,7 @@ mod netns;
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -249,6 +250,16 @@ impl DriverError {
     }
 }
 
+/// Told about each instance the driver starts, after Tasks.Create made its cgroup and
+/// before Tasks.Start runs it: the node collector ([`crate::ebpf::StartWatch`]) watches
+/// the cgroup with eBPF there, so the instance's first schedule and its whole start are
+/// seen. Called on the driver's task: must not block for long.
+pub trait StartHook: Send + Sync {
+    /// `cgroups_path`: the instance's cgroup as in its OCI spec (`/<namespace>/<id>`),
+    /// relative to each hierarchy's root.
+    fn before_start(&self, function: &str, instance: &str, cgroups_path: &str);
+}
+
 /// What the pool manager does to instances. Object safe (`Box<dyn InstanceDriver>`).
 #[async_trait::async_trait]
 pub trait InstanceDriver: Send + Sync {
@@ -293,6 +304,10 @@ pub trait InstanceDriver: Send + Sync {
         path: &str,
         timeout: Duration,
     ) -> Result<Response, DriverError>;
+
+    /// Calls `hook` before each instance's Tasks.Start from now on (replacing any
+    /// earlier one). A driver without tasks to start ignores it.
+    fn set_start_hook(&self, _hook: Arc<dyn StartHook>) {}
 }
 
 #[cfg(test)]
