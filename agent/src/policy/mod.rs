@@ -250,6 +250,12 @@ pub trait Policy {
     fn forecast_report(&self) -> Option<crate::forecast::AccuracyReport> {
         None
     }
+
+    /// The invocations of `f` the policy's forecaster expects in the current interval
+    /// (the one the last [`Policy::tick`] began), if it forecasts `f`.
+    fn arrival_forecast(&self, _f: FunctionId) -> Option<f64> {
+        None
+    }
 }
 
 /// Which policy, by name, with its default parameters (the simulator's `--policies`).

@@ -626,6 +626,10 @@ impl Policy for Rekindle {
         self.state(f).plan
     }
 
+    fn arrival_forecast(&self, f: FunctionId) -> Option<f64> {
+        self.rate_forecast(f).map(|fc| fc.mean)
+    }
+
     fn forecast_report(&self) -> Option<AccuracyReport> {
         AccuracyReport::from_functions(
             self.fns

@@ -23,8 +23,12 @@ use super::{
 };
 use crate::config::FunctionConfig;
 use crate::driver::{FunctionSpec, Instance, InstanceDriver, Response};
-use crate::metrics::{self, Metrics, StartTier};
+use crate::metrics::{self, FunctionPoolStats, Metrics, StartTier};
 use crate::policy::{FunctionId, FunctionInfo, Plan, Policy, Trigger, INTERVAL};
+
+/// Bytes in the MB of `memory_mb` and `memory_budget_mb` (the cgroup limit is
+/// `memory_mb << 20`).
+const MIB: f64 = 1_048_576.0;
 
 /// How the manager runs.
 pub struct PoolOptions {
@@ -60,6 +64,10 @@ struct FnRt {
     pending_load: Option<f64>,
     plan: Plan,
     rr: usize,
+    /// Requests since the policy's last tick (its current interval), and what its
+    /// forecaster expects for that interval.
+    window_arrivals: u64,
+    forecast: Option<f64>,
 }
 
 impl FnRt {
@@ -228,11 +236,17 @@ impl PoolManager {
                 pending_load: None,
                 plan: Plan::default(),
                 rr: 0,
+                window_arrivals: 0,
+                forecast: None,
             };
             rt.plan = real_plan(&policy.plan(id, 0.0), opts.time_scale, &rt.bounds());
             by_name.insert(cfg.name.clone(), i);
             fns.push(rt);
         }
+        metrics.pool.set_node(
+            opts.memory_budget_mb.map(|mb| (mb * MIB) as u64),
+            INTERVAL / opts.time_scale.max(f64::MIN_POSITIVE),
+        );
         PoolManager {
             s: Arc::new(Shared {
                 driver,
@@ -313,7 +327,8 @@ impl PoolManager {
         let mut st = self.s.state.lock().unwrap();
         {
             let mut policy = self.s.policy.lock().unwrap();
-            if pnow >= st.next_tick {
+            let ticked = pnow >= st.next_tick;
+            if ticked {
                 policy.tick(pnow);
                 while st.next_tick <= pnow {
                     st.next_tick += INTERVAL;
@@ -322,6 +337,12 @@ impl PoolManager {
             for (i, f) in st.fns.iter_mut().enumerate() {
                 let p = policy.plan(i as FunctionId, pnow);
                 f.plan = real_plan(&p, self.s.time_scale, &f.bounds());
+                if ticked {
+                    // A new interval: the policy counted the arrivals of the last one
+                    // (it saw each in on_arrival) and forecast this one.
+                    f.window_arrivals = 0;
+                }
+                f.forecast = policy.arrival_forecast(i as FunctionId);
             }
         }
         let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
@@ -385,6 +406,15 @@ impl PoolManager {
             m.set_target(n, "hot", f.plan.targets.hot as i64);
             m.set_target(n, "warm", f.plan.targets.warm as i64);
             m.set_target(n, "staged", f.plan.targets.staged as i64);
+            m.pool.set_function(
+                n,
+                FunctionPoolStats {
+                    forecast_arrivals: f.forecast,
+                    observed_arrivals: f.window_arrivals,
+                    // What make_room and decide count against the budget.
+                    memory_bytes: (f.view().memory_now() * MIB) as u64,
+                },
+            );
         }
     }
 
@@ -579,6 +609,7 @@ impl PoolManager {
                 return Err(InvokeError::UnknownFunction(function.to_string()));
             };
             st.fns[fi].last_invoked = Some(now);
+            st.fns[fi].window_arrivals += 1;
             let t = Duration::from_secs_f64(st.fns[fi].cfg.invoke_timeout_secs);
             (fi, t)
         };
@@ -1030,6 +1061,70 @@ mod tests {
             pool.invoke("f", "/").await,
             Err(InvokeError::ShuttingDown)
         ));
+    }
+
+    /// /metrics: the arrivals of the current window next to the Rekindle policy's
+    /// forecast for it, and the memory budget with what the pool holds against it.
+    #[tokio::test]
+    async fn arrivals_forecast_and_budget_use_are_published() {
+        let metrics = Arc::new(Metrics::new());
+        // 20 policy seconds per real second: a window (one policy minute) is 3 s.
+        let pool = PoolManager::new(
+            Arc::new(Fake::default()),
+            &[FunctionConfig::new("f", "img", 8080)],
+            PoolOptions {
+                time_scale: 20.0,
+                memory_budget_mb: Some(1024.0),
+                max_parallel_starts: 2,
+                policy: crate::sim::RunOptions::new(1).policy(crate::policy::PolicyKind::Rekindle),
+            },
+            metrics.clone(),
+        );
+        for _ in 0..6 {
+            pool.invoke("f", "/").await.unwrap();
+        }
+        pool.reconcile();
+        let t = metrics.encode();
+        for want in [
+            "rekindle_observed_arrivals{function=\"f\"} 6\n",
+            "rekindle_forecast_window_seconds 3.0\n",
+            "rekindle_memory_budget_bytes 1073741824\n",
+            // One instance of memory_mb 256; no image staged yet.
+            "rekindle_pool_memory_bytes{function=\"f\"} 268435456\n",
+        ] {
+            assert!(t.contains(want), "{want} missing in:\n{t}");
+        }
+        // No interval has ended: nothing forecast yet.
+        assert!(!t.contains("rekindle_forecast_arrivals{"), "{t}");
+
+        // The window ends: the policy saw 6 arrivals in it (dense enough to be forecast
+        // per minute) and forecasts the next one; the count starts again.
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        pool.reconcile();
+        let p = metrics.pool.function("f").unwrap();
+        assert_eq!(p.observed_arrivals, 0);
+        let forecast = p.forecast_arrivals.expect("a forecast after the window");
+        assert!(forecast > 0.0 && forecast <= 6.0, "forecast {forecast}");
+        pool.invoke("f", "/").await.unwrap();
+        pool.reconcile();
+        let t = metrics.encode();
+        assert!(
+            t.contains("rekindle_observed_arrivals{function=\"f\"} 1\n"),
+            "{t}"
+        );
+        assert!(
+            t.contains(&format!(
+                "rekindle_forecast_arrivals{{function=\"f\"}} {}",
+                metrics
+                    .pool
+                    .function("f")
+                    .unwrap()
+                    .forecast_arrivals
+                    .unwrap()
+            )),
+            "{t}"
+        );
+        pool.shutdown(Duration::from_secs(1)).await;
     }
 
     #[tokio::test]
