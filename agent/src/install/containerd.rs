@@ -453,26 +453,47 @@ fn trailing_indent(prefix: Option<&str>) -> Option<String> {
         .then(|| last.to_string())
 }
 
+fn prefix_str(decor: &Decor) -> Option<&str> {
+    decor.prefix().and_then(|p| p.as_str())
+}
+
+/// The indentation of the `[header]` of `parent`'s sub-table `name` (the table's decor or
+/// its key's leaf decor holds it), if there is such a table.
+fn header_indent(parent: &Table, name: &str) -> Option<String> {
+    let table = parent.get(name)?.as_table()?;
+    Some(
+        trailing_indent(prefix_str(table.decor()))
+            .or_else(|| {
+                parent
+                    .key(name)
+                    .and_then(|k| trailing_indent(prefix_str(k.leaf_decor())))
+            })
+            .unwrap_or_default(),
+    )
+}
+
+/// The indentation of the first key-value line of `table`, if it has one.
+fn key_indent(table: &Table) -> Option<String> {
+    let (name, _) = table.iter().find(|(_, item)| item.is_value())?;
+    let key = table.key(name)?;
+    Some(trailing_indent(prefix_str(key.leaf_decor())).unwrap_or_default())
+}
+
 /// The runtime table, laid out like its runc sibling when there is one (indentation,
 /// quotes), and the names of the options copied from runc.
 fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
     let runc = runtimes.get(RUNC).and_then(Item::as_table);
-    // Header indentation: the runc table's (its decor or its key's leaf decor holds it).
-    let indent = runc
-        .and_then(|t| {
-            trailing_indent(t.decor().prefix().and_then(|p| p.as_str())).or_else(|| {
-                runtimes
-                    .key(RUNC)
-                    .and_then(|k| trailing_indent(k.leaf_decor().prefix().and_then(|p| p.as_str())))
-            })
-        })
-        .unwrap_or_default();
-    // Key indentation: that of runc's first key, else two more than the header.
-    let key_indent = runc
-        .and_then(|t| t.iter().next().map(|(k, _)| k))
-        .and_then(|k| runc?.key(k))
-        .and_then(|k| trailing_indent(k.leaf_decor().prefix().and_then(|p| p.as_str())))
+    let runc_options = runc.and_then(|t| t.get("options")).and_then(Item::as_table);
+    let indent = header_indent(runtimes, RUNC).unwrap_or_default();
+    let body_indent = runc
+        .and_then(key_indent)
         .unwrap_or_else(|| format!("{indent}  "));
+    let options_indent = runc
+        .and_then(|t| header_indent(t, "options"))
+        .unwrap_or_else(|| body_indent.clone());
+    let options_body_indent = runc_options
+        .and_then(key_indent)
+        .unwrap_or_else(|| format!("{options_indent}  "));
     // Quotes: the runc runtime_type's ('...' in containerd 2.x's default config).
     let literal = runc
         .and_then(|t| t.get("runtime_type"))
@@ -496,7 +517,7 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
         "\n{indent}{MARK_TABLE}\n{indent}# Pods select it with a RuntimeClass whose handler is `{RUNTIME_NAME}`.\n{indent}"
     ));
     table.insert_formatted(
-        &Key::new("runtime_type").with_leaf_decor(Decor::new(key_indent.clone(), " ")),
+        &Key::new("runtime_type").with_leaf_decor(Decor::new(body_indent, " ")),
         Item::Value(type_value.decorated(" ", "")),
     );
 
@@ -507,10 +528,7 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
     // also the shim's.
     let mut options = Table::new();
     let mut copied = Vec::new();
-    if let Some(runc_options) = runc
-        .and_then(|t| t.get("options"))
-        .and_then(Item::as_table_like)
-    {
+    if let Some(runc_options) = runc_options {
         for name in ["BinaryName", "SystemdCgroup"] {
             let Some(value) = runc_options.get(name).and_then(Item::as_value) else {
                 continue;
@@ -524,7 +542,7 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
                 continue;
             }
             options.insert_formatted(
-                &Key::new(name).with_leaf_decor(Decor::new(format!("{key_indent}  "), " ")),
+                &Key::new(name).with_leaf_decor(Decor::new(options_body_indent.clone(), " ")),
                 Item::Value(value.clone().decorated(" ", "")),
             );
             copied.push(name.to_string());
@@ -532,8 +550,8 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
     }
     if !copied.is_empty() {
         options.decor_mut().set_prefix(format!(
-            "\n{key_indent}# Copied from the runc runtime: the same runc binary and cgroup \
-             driver as the node's other pods.\n{key_indent}"
+            "\n{options_indent}# Copied from the runc runtime: the same runc binary and cgroup \
+             driver as the node's other pods.\n{options_indent}"
         ));
         table.insert("options", Item::Table(options));
     }
