@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, LogFormat};
 pub use crate::image::ImageCommand;
+use crate::install::{self, ContainerdVersion};
 use crate::{image, logging, Error};
 
 const ABOUT: &str = "Operator CLI for Rekindle: inspect and drive the node's agent, \
@@ -20,6 +21,8 @@ node's functions and their instances per tier (hot, warm, staged, cold), and man
 checkpoint images that rekindle-restored keeps.
 
 `rekindle image` manages the images through rekindle-restored's socket (--restored-socket).
+`rekindle install` sets the node up (binaries, systemd units, the `rekindle` runtime in
+containerd's config) and `rekindle uninstall` takes that away again; both have --dry-run.
 The other subcommands are planned: each exits with status 69 (EX_UNAVAILABLE) and says what
 it is waiting for.";
 
@@ -29,7 +32,9 @@ Environment:
 
 Exit status:
   0 success, 1 the daemon refused the request (its error code and message are printed),
-  2 bad command line, 69 not implemented yet or daemon not reachable";
+  2 bad command line, 69 not implemented yet or daemon not reachable,
+  66 (install) a binary to install is missing, 78 (install, uninstall) containerd's config
+  cannot be edited";
 
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -115,6 +120,113 @@ pub enum Command {
         #[arg(long, value_name = "DATA")]
         data: Option<String>,
     },
+
+    /// Install Rekindle on this node: binaries, systemd units, the containerd runtime
+    ///
+    /// Copies containerd-shim-rekindle-v2, rekindle-criu-tar, rekindle-restored,
+    /// rekindle-agent and rekindle to /usr/local/bin; the systemd units
+    /// (rekindle-restored.service, rekindle-agent.service, run-criu.mount) and the
+    /// containerd drop-in (containerd.service.d/rekindle.conf) to /etc/systemd/system;
+    /// an example /etc/rekindle/agent.toml only if there is none; and adds the `rekindle`
+    /// runtime (runtime_type io.containerd.rekindle.v2) to containerd's config, keeping the
+    /// rest of the file as it is: `plugins."io.containerd.grpc.v1.cri"` for a `version = 2`
+    /// config (containerd 1.x), `plugins."io.containerd.cri.v1.runtime"` for `version = 3`
+    /// (containerd 2.x). Running it again changes nothing. It restarts nothing: it prints
+    /// the systemctl commands to run.
+    Install(InstallArgs),
+
+    /// Remove what `rekindle install` added
+    ///
+    /// Takes the `rekindle` runtime table out of containerd's config (the rest of the file
+    /// stays byte for byte), and removes the systemd units, the drop-in and the binaries.
+    /// /etc/rekindle and /var/lib/rekindle (the checkpoint images) stay unless --purge.
+    Uninstall(UninstallArgs),
+}
+
+/// `rekindle install`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InstallArgs {
+    /// Directory with the binaries to install [default: the directory of this rekindle].
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+
+    /// containerd's config file.
+    #[arg(long, value_name = "PATH", default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    pub config: PathBuf,
+
+    /// Prefix of every path written, the config's too (an image's root, a test dir).
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// containerd's version (e.g. 1.6, 2.1), when the config has no `version` key or does
+    /// not exist [default: `containerd --version` on PATH, asked only then].
+    #[arg(long, value_name = "VERSION", value_parser = parse_containerd_version)]
+    pub containerd_version: Option<ContainerdVersion>,
+
+    /// Print what it would do (and the config's diff), changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl InstallArgs {
+    pub fn options(&self) -> Result<install::InstallOptions, install::Error> {
+        Ok(install::InstallOptions {
+            root: self.root.clone(),
+            from: match &self.from {
+                Some(dir) => dir.clone(),
+                None => install::default_source_dir()?,
+            },
+            config: self.config.clone(),
+            containerd_version: self.containerd_version,
+            dry_run: self.dry_run,
+        })
+    }
+}
+
+/// `rekindle uninstall`'s options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct UninstallArgs {
+    /// containerd's config file.
+    #[arg(long, value_name = "PATH", default_value = install::DEFAULT_CONTAINERD_CONFIG)]
+    pub config: PathBuf,
+
+    /// Prefix of every path removed, the config's too.
+    #[arg(long, value_name = "DIR", default_value = "/")]
+    pub root: PathBuf,
+
+    /// Also remove /etc/rekindle and /var/lib/rekindle (every checkpoint image).
+    #[arg(long)]
+    pub purge: bool,
+
+    /// Print what it would do (and the config's diff), changing nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+impl UninstallArgs {
+    pub fn options(&self) -> install::UninstallOptions {
+        install::UninstallOptions {
+            root: self.root.clone(),
+            config: self.config.clone(),
+            purge: self.purge,
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+fn parse_containerd_version(s: &str) -> Result<ContainerdVersion, String> {
+    ContainerdVersion::parse(s)
+        .ok_or_else(|| format!("{s:?} is not a containerd version (e.g. 1.6, 1.7, 2.1)"))
+}
+
+/// Runs `install` or `uninstall` (`None` for the other commands) and returns its report,
+/// which the caller prints.
+pub fn run_setup(command: &Command) -> Option<Result<install::Report, install::Error>> {
+    match command {
+        Command::Install(args) => Some(args.options().and_then(|o| install::install(&o))),
+        Command::Uninstall(args) => Some(install::uninstall(&args.options())),
+        _ => None,
+    }
 }
 
 impl Command {
@@ -126,6 +238,8 @@ impl Command {
             Command::Image(cmd) => cmd.name(),
             Command::Checkpoint { .. } => "checkpoint",
             Command::Invoke { .. } => "invoke",
+            Command::Install(_) => "install",
+            Command::Uninstall(_) => "uninstall",
         }
     }
 
@@ -141,7 +255,9 @@ impl Command {
                 "rekindle-agent's pool manager and forecaster, which this lists, and its \
                  control API on {agent} are still to be written"
             ),
-            Command::Image(_) => unreachable!("image commands are implemented"),
+            Command::Image(_) | Command::Install(_) | Command::Uninstall(_) => {
+                unreachable!("implemented")
+            }
             Command::Checkpoint { .. } => "checkpointing through the shim into \
                  rekindle-restored's image store is still to be written (checkpoint/restore \
                  issue)"
@@ -162,8 +278,13 @@ where
     T: Into<OsString> + Clone,
 {
     let cli = Cli::parse_from(args);
+    init_and_run(&cli)
+}
+
+/// Sets up logging and runs the parsed command line.
+pub fn init_and_run(cli: &Cli) -> Result<(), Error> {
     logging::init(LogFormat::Text, "warn").map_err(Error::Logging)?;
-    run(&cli)
+    run(cli)
 }
 
 /// Runs one subcommand. `image` talks to rekindle-restored; the others refuse with the
@@ -176,6 +297,15 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             .build()
             .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
         return runtime.block_on(image::run(cmd, &cli.restored_socket, cli.output));
+    }
+    // The `rekindle` binary runs these itself (run_setup), for their own exit statuses.
+    if let Some(result) = run_setup(&cli.command) {
+        let report = result.map_err(|e| Error::Io {
+            what: format!("rekindle {}", cli.command.name()),
+            source: std::io::Error::other(e),
+        })?;
+        print!("{report}");
+        return Ok(());
     }
     Err(Error::NotImplemented {
         what: format!("rekindle {}", cli.command.name()),
@@ -260,6 +390,47 @@ mod tests {
                 "{msg}"
             );
         }
+    }
+
+    #[test]
+    fn install_and_uninstall_parse() {
+        let cli = Cli::try_parse_from([
+            "rekindle",
+            "install",
+            "--dry-run",
+            "--root",
+            "/tmp/r",
+            "--from",
+            "/opt/rekindle/bin",
+            "--containerd-version",
+            "v2.1.9",
+        ])
+        .unwrap();
+        let Command::Install(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let opts = args.options().unwrap();
+        assert!(opts.dry_run);
+        assert_eq!(opts.root, PathBuf::from("/tmp/r"));
+        assert_eq!(opts.from, PathBuf::from("/opt/rekindle/bin"));
+        assert_eq!(opts.config, PathBuf::from("/etc/containerd/config.toml"));
+        assert_eq!(
+            opts.containerd_version,
+            Some(ContainerdVersion { major: 2, minor: 1 })
+        );
+        assert!(
+            Cli::try_parse_from(["rekindle", "install", "--containerd-version", "two"]).is_err()
+        );
+
+        let cli = Cli::try_parse_from(["rekindle", "uninstall", "--purge", "--config", "/c.toml"])
+            .unwrap();
+        let Command::Uninstall(args) = &cli.command else {
+            panic!("{cli:?}")
+        };
+        let opts = args.options();
+        assert!(opts.purge && !opts.dry_run);
+        assert_eq!(opts.config, PathBuf::from("/c.toml"));
+        assert_eq!(opts.root, PathBuf::from("/"));
     }
 
     #[test]

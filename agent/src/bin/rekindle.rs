@@ -1,9 +1,32 @@
-//! `rekindle`, the operator CLI: see `rekindle_agent::ctl`.
+//! `rekindle`, the operator CLI: see `rekindle_agent::ctl` (and `rekindle_agent::install`
+//! for `rekindle install` / `rekindle uninstall`).
 
 use std::process::ExitCode;
 
+use anyhow::Context;
+use clap::Parser;
+use rekindle_agent::ctl::{self, Cli};
+use rekindle_agent::install;
+
 fn main() -> ExitCode {
-    match rekindle_agent::ctl::main_with_args(std::env::args_os()) {
+    let cli = Cli::parse();
+    if let Some(result) = ctl::run_setup(&cli.command) {
+        let what = format!("rekindle {} failed", cli.command.name());
+        return match result.context(what) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rekindle: error: {e:#}");
+                let code = e
+                    .downcast_ref::<install::Error>()
+                    .map_or(1, install::Error::exit_code);
+                ExitCode::from(code)
+            }
+        };
+    }
+    match ctl::init_and_run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("rekindle: error: {e}");
