@@ -827,13 +827,143 @@ mod tests {
         ] {
             assert!(t.contains(want), "{want} missing in:\n{t}");
         }
+        m.node
+            .observe_startup("hello", StartTier::RestoreStaged, 0.03);
+        m.node
+            .observe_startup("hello", StartTier::RestoreStaged, 0.0005);
+        let t = m.encode();
+        for want in [
+            "rekindle_function_startup_seconds_count{function=\"hello\",tier=\"restore_staged\"} 2\n",
+            "rekindle_function_startup_seconds_sum{function=\"hello\",tier=\"restore_staged\"} 0.0305\n",
+            "rekindle_function_startup_seconds_bucket{le=\"0.001\",function=\"hello\",tier=\"restore_staged\"} 1\n",
+            "rekindle_function_startup_seconds_bucket{le=\"0.016\",function=\"hello\",tier=\"restore_staged\"} 1\n",
+            "rekindle_function_startup_seconds_bucket{le=\"0.032\",function=\"hello\",tier=\"restore_staged\"} 2\n",
+            "rekindle_function_startup_seconds_bucket{le=\"+Inf\",function=\"hello\",tier=\"restore_staged\"} 2\n",
+            "rekindle_function_io_bytes_total{function=\"hello\",direction=\"read\"} 0\n",
+        ] {
+            assert!(t.contains(want), "{want} missing in:\n{t}");
+        }
         m.node.set_bpf_loaded(false);
         let t = m.encode();
         assert!(t.contains("rekindle_bpf_loaded 0\n"), "{t}");
+        assert!(!t.contains("rekindle_function_startup_seconds"), "{t}");
+        assert!(
+            t.contains(
+                "rekindle_function_io_bytes_total{function=\"hello\",direction=\"read\"} 0\n"
+            ),
+            "{t}"
+        );
         assert!(
             t.contains("rekindle_function_memory_bytes{function=\"hello\"} 4096"),
             "{t}"
         );
         assert!(!t.contains("rekindle_function_cpu_seconds"), "{t}");
+    }
+
+    /// A registry with a sample in every family the agent exports.
+    fn every_family() -> Metrics {
+        let m = Metrics::new();
+        for tier in StartTier::ALL {
+            m.start("hello", tier, 0.01);
+        }
+        m.failure("hello", StartTier::Cold, "timeout");
+        m.set_pool("hello", "hot", 1);
+        m.set_target("hello", "hot", 1);
+        m.action("hello", "start", true);
+        m.node.set_bpf_loaded(true);
+        m.node.set_functions(
+            [(
+                "hello".to_string(),
+                FunctionNodeStats {
+                    cpu_ns: 1,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        );
+        m.node.observe_startup("hello", StartTier::Cold, 0.1);
+        m.pool.set_node(Some(1 << 30), 60.0);
+        m.pool.set_function(
+            "hello",
+            FunctionPoolStats {
+                forecast_arrivals: Some(2.5),
+                observed_arrivals: 3,
+                memory_bytes: 1 << 28,
+            },
+        );
+        m
+    }
+
+    /// The `rekindle_*` names in a PromQL expression.
+    fn metric_names(expr: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(k) = rest.find("rekindle_") {
+            let tail = &rest[k..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+                .unwrap_or(tail.len());
+            out.push(&tail[..end]);
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    /// Every PromQL query of a Grafana dashboard: the panels' `expr`, the template
+    /// variables' `query`.
+    fn queries(v: &serde_json::Value, out: &mut Vec<String>) {
+        match v {
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    match (k.as_str(), v) {
+                        ("expr" | "query", serde_json::Value::String(q)) => out.push(q.clone()),
+                        _ => queries(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => a.iter().for_each(|v| queries(v, out)),
+            _ => {}
+        }
+    }
+
+    /// deploy/grafana-dashboard.json queries only series the agent exports (as this
+    /// code renders them), and has a panel for every family it exports.
+    #[test]
+    fn the_grafana_dashboard_queries_what_the_agent_exports() {
+        let text = every_family().encode();
+        let series: std::collections::HashSet<&str> = text
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split(['{', ' ']).next())
+            .collect();
+        let families: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        let dashboard: serde_json::Value =
+            serde_json::from_str(include_str!("../../deploy/grafana-dashboard.json"))
+                .expect("the dashboard is JSON");
+        let mut qs = Vec::new();
+        queries(&dashboard, &mut qs);
+        assert!(qs.len() >= 20, "{qs:?}");
+        let used: Vec<&str> = qs.iter().flat_map(|q| metric_names(q)).collect();
+        for (q, name) in qs
+            .iter()
+            .flat_map(|q| metric_names(q).into_iter().map(move |n| (q, n)))
+        {
+            assert!(
+                series.contains(name),
+                "the dashboard queries {name} ({q}), which the agent does not export:\n{text}"
+            );
+        }
+        for family in families {
+            assert!(
+                used.iter()
+                    .any(|n| *n == family
+                        || n.strip_prefix(family).is_some_and(|s| s.starts_with('_'))),
+                "no panel of deploy/grafana-dashboard.json shows {family}"
+            );
+        }
     }
 }
