@@ -496,6 +496,34 @@ fn an_operators_edits_to_the_runtime_table_go_with_it_and_the_rest_stays() {
 }
 
 #[test]
+fn a_symlinked_config_is_edited_where_it_points_and_keeps_its_mode() {
+    let node = Node::new();
+    let real = node.root.join("etc/containerd/managed/config.toml");
+    fs::create_dir_all(real.parent().unwrap()).unwrap();
+    fs::write(&real, HAND_V2).unwrap();
+    fs::set_permissions(&real, fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::symlink("managed/config.toml", node.config()).unwrap();
+    node.ok(&["install"]);
+    assert!(fs::symlink_metadata(node.config())
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert!(fs::read_to_string(&real)
+        .unwrap()
+        .contains("runtimes.rekindle]"));
+    assert_eq!(
+        fs::metadata(&real).unwrap().permissions().mode() & 0o777,
+        0o640
+    );
+    node.ok(&["uninstall"]);
+    assert!(fs::symlink_metadata(node.config())
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(fs::read_to_string(&real).unwrap(), HAND_V2);
+}
+
+#[test]
 fn an_existing_agent_config_is_never_overwritten() {
     let node = Node::new();
     node.write_config(HAND_V2);

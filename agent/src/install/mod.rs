@@ -496,11 +496,18 @@ fn apply_config(path: &Path, change: &Change) -> Result<(), Error> {
     match change {
         Change::Unchanged(_) => Ok(()),
         Change::Write { text, .. } => {
+            // A symlinked config is edited where it points (the link stays a link).
+            let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+            let target = if is_link {
+                fs::canonicalize(path).map_err(io_err("resolve", path))?
+            } else {
+                path.to_path_buf()
+            };
             // Keep the file's mode (a config may hold registry credentials).
-            let mode = fs::metadata(path)
+            let mode = fs::metadata(&target)
                 .map(|m| m.permissions().mode() & 0o7777)
                 .unwrap_or(0o644);
-            write_atomic(path, text.as_bytes(), mode)
+            write_atomic(&target, text.as_bytes(), mode)
         }
         Change::Delete { .. } => remove_file(path),
     }
