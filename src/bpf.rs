@@ -66,7 +66,7 @@ use std::mem::{offset_of, size_of, MaybeUninit};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Once;
+use std::sync::{Mutex, Once};
 
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{ErrorKind, Link, MapCore, MapFlags, OpenObject, PrintLevel};
@@ -101,7 +101,8 @@ pub enum BpfError {
     #[error("not permitted to load BPF programs (run as root, or with CAP_BPF and CAP_PERFMON): {FALLBACK}")]
     NotPermitted(#[source] libbpf_rs::Error),
     /// The kernel refused the programs or their maps (verifier, missing BTF type, ...);
-    /// libbpf's log is in the `tracing` output at warn level.
+    /// libbpf's log (the verifier's among it) is in the `tracing` output at debug level,
+    /// target `libbpf`.
     #[error("loading the eBPF programs failed: {source}: {FALLBACK}")]
     Load {
         /// What libbpf reported.
@@ -342,9 +343,18 @@ impl Probes {
     ///
     /// Needs kernel BTF and the right to load BPF programs (root, or `CAP_BPF` +
     /// `CAP_PERFMON`); without them the error says so, and that the agent continues
-    /// on cgroup statistics alone. libbpf's messages go to `tracing`.
+    /// on cgroup statistics alone. libbpf's messages go to `tracing` (target
+    /// `libbpf`); those it prints while a load fails at debug level only, so that the
+    /// returned error is the one warning a caller logs.
     pub fn load() -> Result<Probes, BpfError> {
         route_libbpf_log();
+        let _capturing = LoadCapture::start();
+        let probes = Self::load_attach();
+        LoadCapture::finish(probes.is_ok());
+        probes
+    }
+
+    fn load_attach() -> Result<Probes, BpfError> {
         if !Path::new(KERNEL_BTF).exists() {
             return Err(BpfError::NoKernelBtf);
         }
@@ -523,16 +533,55 @@ impl Probes {
     }
 }
 
+/// libbpf's messages held back while a load is in progress (`None`: none is).
+static LOAD_LOG: Mutex<Option<Vec<(PrintLevel, String)>>> = Mutex::new(None);
+
+/// Holds libbpf's messages back during one [`Probes::load`]: a load that fails
+/// because of privileges prints several libbpf warnings saying the same as its error.
+/// Loads are serialised while capturing (the print callback is process-wide).
+struct LoadCapture {
+    _serial: std::sync::MutexGuard<'static, ()>,
+}
+
+impl LoadCapture {
+    fn start() -> LoadCapture {
+        static SERIAL: Mutex<()> = Mutex::new(());
+        let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        *LOAD_LOG.lock().unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+        LoadCapture { _serial: guard }
+    }
+
+    /// Emits what was held back: at its own level after a successful load, at debug
+    /// level after a failed one.
+    fn finish(loaded: bool) {
+        let held = LOAD_LOG.lock().unwrap_or_else(|e| e.into_inner()).take();
+        for (level, msg) in held.unwrap_or_default() {
+            emit(if loaded { level } else { PrintLevel::Debug }, &msg);
+        }
+    }
+}
+
+fn emit(level: PrintLevel, msg: &str) {
+    match level {
+        PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+        PrintLevel::Info => tracing::info!(target: "libbpf", "{msg}"),
+        PrintLevel::Debug => tracing::debug!(target: "libbpf", "{msg}"),
+    }
+}
+
 /// Sends libbpf's messages (the verifier's log among them) to `tracing`, once.
 fn route_libbpf_log() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         fn log(level: PrintLevel, msg: String) {
             let msg = msg.trim_end();
-            match level {
-                PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
-                PrintLevel::Info => tracing::info!(target: "libbpf", "{msg}"),
-                PrintLevel::Debug => tracing::debug!(target: "libbpf", "{msg}"),
+            let mut held = LOAD_LOG.lock().unwrap_or_else(|e| e.into_inner());
+            match held.as_mut() {
+                Some(v) => v.push((level, msg.to_string())),
+                None => {
+                    drop(held);
+                    emit(level, msg);
+                }
             }
         }
         libbpf_rs::set_print(Some((PrintLevel::Info, log)));

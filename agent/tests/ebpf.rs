@@ -394,6 +394,98 @@ fn a_registered_instance_has_its_start_up_timeline() {
     );
 }
 
+const UNPRIVILEGED_ENV: &str = "REKINDLE_EBPF_UNPRIVILEGED_NAMESPACE";
+
+/// Without the right to load BPF programs: one warning that says so, `rekindle_bpf_loaded
+/// 0`, and the cgroup statistics (memory, block I/O) still exported.
+#[test]
+fn without_bpf_the_collector_warns_once_and_exports_cgroup_statistics() {
+    assert!(
+        nix_is_root(),
+        "the eBPF tests load BPF programs and make cgroups: run them as root (CI does)"
+    );
+    use std::os::unix::process::CommandExt;
+    const INSTANCE: &str = "burn-00000000feedf00d";
+    let layout = CgroupLayout::detect();
+    let namespace = format!("rekindle-ebpf-nobpf-{}", std::process::id());
+    let (_inst, _) = make_instance(&layout, &namespace, INSTANCE);
+    let exe = env::current_exe().unwrap();
+    let out = Command::new(&exe)
+        .args([
+            "--exact",
+            "child_unprivileged_collector",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(UNPRIVILEGED_ENV, &namespace)
+        .uid(65534)
+        .gid(65534)
+        .output();
+    let out = match out {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            eprintln!("skipped: user nobody cannot run {} ({e})", exe.display());
+            return;
+        }
+        Err(e) => panic!("spawn {}: {e}", exe.display()),
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let warnings: Vec<&str> = stderr.lines().filter(|l| l.contains(" WARN ")).collect();
+    assert_eq!(warnings.len(), 1, "one warning, not: {stderr}");
+    assert!(
+        warnings[0].contains("not permitted to load BPF programs")
+            && warnings[0].contains("continues on cgroup statistics alone"),
+        "{}",
+        warnings[0]
+    );
+    let s = samples(&stdout);
+    assert_eq!(get(&s, "rekindle_bpf_loaded"), 0.0);
+    let f = format!("{{function=\"{FUNCTION}\"}}");
+    assert!(get(&s, &format!("rekindle_function_memory_bytes{f}")) >= 0.0);
+    if layout.v1_blkio_root.is_some() {
+        let read = format!(
+            "rekindle_function_io_bytes_total{{function=\"{FUNCTION}\",direction=\"read\"}}"
+        );
+        assert!(get(&s, &read) >= 0.0);
+    }
+    assert!(
+        !stdout.contains("rekindle_function_cpu_seconds"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("rekindle_function_startup_seconds"),
+        "{stdout}"
+    );
+}
+
+/// What the test above runs as user nobody: the collector as the agent starts it.
+#[test]
+#[ignore = "run by without_bpf_the_collector_warns_once_and_exports_cgroup_statistics as user nobody"]
+fn child_unprivileged_collector() {
+    let Some(namespace) = env::var_os(UNPRIVILEGED_ENV) else {
+        return;
+    };
+    let namespace = namespace.into_string().unwrap();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let m = Metrics::new();
+    let mut c = NodeCollector::start(&namespace, [FUNCTION], m.node.clone());
+    assert!(!c.bpf_loaded());
+    c.start_hook().before_start(
+        FUNCTION,
+        "burn-00000000feedf00d",
+        &format!("/{namespace}/burn-00000000feedf00d"),
+    );
+    c.collect();
+    c.collect();
+    print!("{}", m.encode());
+}
+
 fn nix_is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
