@@ -18,7 +18,7 @@
 //! | `rekindle_function_memory_bytes` | `function` | memory charged to its instances' cgroups now, summed (`memory.usage_in_bytes` on cgroup v1, `memory.current` on v2; with or without eBPF) |
 //! | `rekindle_function_io_bytes_total` | `function`, `direction` | block I/O of its instances, `direction` `read` or `write` (cgroup files: `blkio.throttle.io_service_bytes` on v1, `io.stat` on v2; with or without eBPF) |
 //! | `rekindle_function_io_operations_total` | `function`, `direction` | block I/O operations of its instances (`blkio.throttle.io_serviced` on v1, `io.stat` on v2) |
-//! | `rekindle_function_startup_seconds` | `function`, `tier` | start-up timeline of an instance started for a request (`tier` `restore_staged`, `restore_disk` or `cold`): from the first time a task of its cgroup ran (eBPF, watched from just before Tasks.Start) to the agent receiving the instance's answer to that request |
+//! | `rekindle_function_startup_seconds` | `function`, `tier` | start-up timeline of an instance started for a request (`tier` `restore_staged`, `restore_disk` or `cold`): from the first time a task of its cgroup ran (eBPF, watched from just before Tasks.Start) to the agent receiving the instance's answer to that request; the pool's own background starts (targets, pre-warm) answer no request and have none |
 //! | `rekindle_forecast_arrivals` | `function` | requests the policy's forecaster expects in the current window (one policy interval); absent for functions it does not forecast |
 //! | `rekindle_observed_arrivals` | `function` | requests that arrived in the current window so far |
 //! | `rekindle_forecast_window_seconds` | | the window's length in real seconds (one policy minute: 60 / `time_scale`) |
