@@ -6,6 +6,7 @@
 //! tokio's `wait`, which would race it.
 
 use std::{
+    io::Read as _,
     os::unix::process::ExitStatusExt,
     path::{Path, PathBuf},
     process::ExitStatus,
@@ -18,7 +19,9 @@ use containerd_shim::{
     api::Options,
     asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
     monitor::{Subject, Topic},
-    protos::protobuf::{well_known_types::any::Any, Message},
+    protos::protobuf::{
+        rt::skip_field_for_tag, well_known_types::any::Any, CodedInputStream, Message,
+    },
     protos::shim::oci::CheckpointOptions,
 };
 use runc::{options::GlobalOpts, Command, Runc, Spawner};
@@ -35,23 +38,268 @@ pub const DEFAULT_RUNC_BINARY: &str = "runc";
 pub const RUNC_LOG: &str = "log.json";
 pub const INIT_PID_FILE: &str = "init.pid";
 
-/// Decodes the runtime options containerd attaches to a task
-/// (`containerd.runc.v1.Options`: BinaryName, Root, SystemdCgroup, IoUid...).
+/// The type containerd's runc shim takes, and what `ctr` and the agent send.
+const RUNC_OPTIONS_TYPE: &str = "containerd.runc.v1.Options";
+/// The type containerd's CRI plugin sends for a runtime whose type is not runc
+/// (ours): `type_url` = 1, `config_path` = 2, `config_body` = 3. containerd 2.x
+/// puts the runtime's `options` table, as TOML, in `config_body`; 1.x fills only
+/// `config_path`, and only when the table names a `ConfigPath`.
+const RUNTIME_OPTIONS_TYPE: &str = "runtimeoptions.v1.Options";
+/// The `options` keys the shim understands: those of runc's options.
+const OPTION_KEYS: &str = "BinaryName, Root, SystemdCgroup, CriuPath, CriuImagePath, \
+                           CriuWorkPath, NoPivotRoot, NoNewKeyring, ShimCgroup, IoUid, IoGid";
+/// An options file is a few hundred bytes; this bounds a wrong `config_path`.
+const MAX_OPTIONS_FILE: u64 = 1 << 20;
+
+/// Why the runtime options of a task were refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error(
+        "unsupported runtime options type {0:?}: io.containerd.rekindle.v2 takes \
+         {RUNC_OPTIONS_TYPE} or {RUNTIME_OPTIONS_TYPE}"
+    )]
+    UnsupportedType(String),
+    #[error("decode runtime options ({type_url}): {reason}")]
+    Malformed {
+        type_url: &'static str,
+        reason: String,
+    },
+    #[error("runtime options in {origin} are not valid TOML: {reason}")]
+    BadToml { origin: String, reason: String },
+    #[error(
+        "unknown runtime option {key:?} in {origin}: io.containerd.rekindle.v2 takes \
+         {OPTION_KEYS}"
+    )]
+    UnknownKey { key: String, origin: String },
+    #[error("runtime option {key} in {origin} must be {expected}, not {found}")]
+    WrongType {
+        key: &'static str,
+        origin: String,
+        expected: &'static str,
+        found: String,
+    },
+    #[error("runtime option {key} appears twice in {origin} (as {first:?} and {second:?}; names are case-insensitive)")]
+    DuplicateKey {
+        key: &'static str,
+        origin: String,
+        first: String,
+        second: String,
+    },
+    #[error(
+        "runtime option CriuPath = {path:?} in {origin} is not supported (containerd 2.x \
+         dropped it from runc's options too): the shim runs $REKINDLE_CRIU, else \
+         /usr/local/sbin/criu, else criu on PATH"
+    )]
+    CriuPath { path: String, origin: String },
+    #[error("runtime options config_path {0:?} must be an absolute path")]
+    RelativeConfigPath(String),
+    #[error(
+        "read the runtime options file {path} (runtimeoptions.v1.Options config_path): {source}"
+    )]
+    ReadConfig {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl From<OptionsError> for Error {
+    fn from(e: OptionsError) -> Self {
+        match e {
+            // The request is fine; the node lacks the file its config names.
+            OptionsError::ReadConfig { .. } => Error::FailedPrecondition(e.to_string()),
+            _ => Error::InvalidArgument(e.to_string()),
+        }
+    }
+}
+
+/// Decodes the runtime options containerd attaches to a task:
+/// `containerd.runc.v1.Options` (ctr, the agent, containerd-client users), or
+/// `runtimeoptions.v1.Options` (CRI, for the `rekindle` runtime's `options`
+/// table), whose keys are runc's and map to the same options.
 pub fn decode_options(any: Option<&Any>) -> Result<Options> {
     let Some(any) = any else {
         return Ok(Options::default());
     };
+    if any.type_url.ends_with(RUNTIME_OPTIONS_TYPE) {
+        let envelope = RuntimeOptions::decode(&any.value)?;
+        return Ok(envelope.resolve()?);
+    }
     if any.value.is_empty() {
         return Ok(Options::default());
     }
-    if !any.type_url.ends_with("containerd.runc.v1.Options") {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported runtime options type {:?}: io.containerd.rekindle.v2 takes containerd.runc.v1.Options",
-            any.type_url
-        )));
+    if !any.type_url.ends_with(RUNC_OPTIONS_TYPE) {
+        return Err(OptionsError::UnsupportedType(any.type_url.clone()).into());
     }
     Options::parse_from_bytes(&any.value)
         .map_err(|e| Error::InvalidArgument(format!("decode runtime options: {e}")))
+}
+
+/// `runtimeoptions.v1.Options`, decoded by hand: the protobuf crate the shim
+/// uses has no generated type for it, and it is three fields.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct RuntimeOptions {
+    config_path: String,
+    config_body: Vec<u8>,
+}
+
+impl RuntimeOptions {
+    fn decode(bytes: &[u8]) -> std::result::Result<Self, OptionsError> {
+        let malformed = |e: containerd_shim::protos::protobuf::Error| OptionsError::Malformed {
+            type_url: RUNTIME_OPTIONS_TYPE,
+            reason: e.to_string(),
+        };
+        let mut out = RuntimeOptions::default();
+        let mut is = CodedInputStream::from_bytes(bytes);
+        while let Some(tag) = is.read_raw_tag_or_eof().map_err(malformed)? {
+            let (field, wire) = (tag >> 3, tag & 7);
+            // All three fields are length-delimited (wire type 2).
+            match (field, wire) {
+                (1, 2) => {
+                    is.read_string().map_err(malformed)?;
+                }
+                (2, 2) => out.config_path = is.read_string().map_err(malformed)?,
+                (3, 2) => out.config_body = is.read_bytes().map_err(malformed)?,
+                (1..=3, _) => {
+                    return Err(OptionsError::Malformed {
+                        type_url: RUNTIME_OPTIONS_TYPE,
+                        reason: format!("field {field} has wire type {wire}, expected 2"),
+                    })
+                }
+                _ => skip_field_for_tag(tag, &mut is).map_err(malformed)?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The options the envelope carries: its body, else the file it names,
+    /// else the defaults (containerd 1.x without a `ConfigPath`).
+    fn resolve(&self) -> std::result::Result<Options, OptionsError> {
+        if !self.config_body.is_empty() {
+            let text =
+                std::str::from_utf8(&self.config_body).map_err(|e| OptionsError::BadToml {
+                    origin: "config_body".into(),
+                    reason: format!("not UTF-8: {e}"),
+                })?;
+            return options_from_toml(text, "config_body", true);
+        }
+        if self.config_path.is_empty() {
+            return Ok(Options::default());
+        }
+        let path = Path::new(&self.config_path);
+        if !path.is_absolute() {
+            return Err(OptionsError::RelativeConfigPath(self.config_path.clone()));
+        }
+        let read = |source| OptionsError::ReadConfig {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .map_err(read)?
+            .take(MAX_OPTIONS_FILE)
+            .read_to_string(&mut text)
+            .map_err(read)?;
+        options_from_toml(&text, &self.config_path, false)
+    }
+}
+
+/// runc's options from the TOML of a runtime's `options` table (or of the
+/// file it names). Names match case-insensitively, as containerd's own TOML
+/// decoding of runc's options does. `envelope_keys`: in `config_body`,
+/// containerd also passes the keys it consumed itself (`TypeUrl`, an empty
+/// `ConfigPath`); they are not options.
+pub fn options_from_toml(
+    text: &str,
+    origin: &str,
+    envelope_keys: bool,
+) -> std::result::Result<Options, OptionsError> {
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| OptionsError::BadToml {
+            origin: origin.to_string(),
+            reason: e.to_string().trim_end().to_string(),
+        })?;
+    let mut o = Options::default();
+    let mut seen: Vec<(&'static str, String)> = Vec::new();
+    for (key, value) in &table {
+        let lower = key.to_ascii_lowercase();
+        if envelope_keys
+            && (lower == "typeurl" || (lower == "configpath" && value.as_str() == Some("")))
+        {
+            continue;
+        }
+        let name = match lower.as_str() {
+            "binaryname" => "BinaryName",
+            "root" => "Root",
+            "systemdcgroup" => "SystemdCgroup",
+            "criupath" => "CriuPath",
+            "criuimagepath" => "CriuImagePath",
+            "criuworkpath" => "CriuWorkPath",
+            "nopivotroot" => "NoPivotRoot",
+            "nonewkeyring" => "NoNewKeyring",
+            "shimcgroup" => "ShimCgroup",
+            "iouid" => "IoUid",
+            "iogid" => "IoGid",
+            _ => {
+                return Err(OptionsError::UnknownKey {
+                    key: key.clone(),
+                    origin: origin.to_string(),
+                })
+            }
+        };
+        if let Some((_, first)) = seen.iter().find(|(n, _)| *n == name) {
+            return Err(OptionsError::DuplicateKey {
+                key: name,
+                origin: origin.to_string(),
+                first: first.clone(),
+                second: key.clone(),
+            });
+        }
+        seen.push((name, key.clone()));
+        let wrong = |expected: &'static str| OptionsError::WrongType {
+            key: name,
+            origin: origin.to_string(),
+            expected,
+            found: format!("{} {value}", value.type_str()),
+        };
+        let string = || {
+            value
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| wrong("a string"))
+        };
+        let boolean = || value.as_bool().ok_or_else(|| wrong("a boolean"));
+        let id = || {
+            value
+                .as_integer()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| wrong("an integer from 0 to 4294967295"))
+        };
+        match name {
+            "BinaryName" => o.binary_name = string()?,
+            "Root" => o.root = string()?,
+            "SystemdCgroup" => o.systemd_cgroup = boolean()?,
+            "CriuPath" => {
+                let path = string()?;
+                if !path.is_empty() {
+                    return Err(OptionsError::CriuPath {
+                        path,
+                        origin: origin.to_string(),
+                    });
+                }
+            }
+            "CriuImagePath" => o.criu_image_path = string()?,
+            "CriuWorkPath" => o.criu_work_path = string()?,
+            "NoPivotRoot" => o.no_pivot_root = boolean()?,
+            "NoNewKeyring" => o.no_new_keyring = boolean()?,
+            "ShimCgroup" => o.shim_cgroup = string()?,
+            "IoUid" => o.io_uid = id()?,
+            "IoGid" => o.io_gid = id()?,
+            _ => unreachable!("every name above is handled"),
+        }
+    }
+    Ok(o)
 }
 
 /// Builds the runc driver for one container of `namespace`.
@@ -457,6 +705,7 @@ async fn read_all<R: AsyncRead + Unpin>(r: Option<R>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use containerd_shim::protos::protobuf::CodedOutputStream;
 
     #[test]
     fn missing_options_mean_defaults() {
@@ -489,6 +738,229 @@ mod tests {
             decode_options(Some(&other)),
             Err(Error::InvalidArgument(_))
         ));
+    }
+
+    /// `runtimeoptions.v1.Options` as containerd's CRI encodes it (Go's
+    /// protobuf, fields in order, empty ones left out), built with the
+    /// protobuf crate's encoder rather than the decoder under test.
+    fn runtime_options(type_url: &str, path: &str, body: &str) -> Any {
+        let mut value = Vec::new();
+        {
+            let mut os = CodedOutputStream::vec(&mut value);
+            if !type_url.is_empty() {
+                os.write_string(1, type_url).unwrap();
+            }
+            if !path.is_empty() {
+                os.write_string(2, path).unwrap();
+            }
+            if !body.is_empty() {
+                os.write_bytes(3, body.as_bytes()).unwrap();
+            }
+            os.flush().unwrap();
+        }
+        Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        }
+    }
+
+    fn refusal(any: &Any) -> String {
+        match decode_options(Some(any)) {
+            Err(Error::InvalidArgument(msg)) => msg,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_body_containerd_2_sends_for_systemd_cgroup_is_decoded() {
+        // The exact bytes of containerd 2.x for `options = { SystemdCgroup = true }`:
+        // field 3 (tag 0x1a), 21 bytes of go-toml's rendering of the table.
+        let mut value = vec![0x1a, 21];
+        value.extend_from_slice(b"SystemdCgroup = true\n");
+        let any = Any {
+            type_url: "runtimeoptions.v1.Options".into(),
+            value,
+            ..Default::default()
+        };
+        let o = decode_options(Some(&any)).unwrap();
+        assert!(o.systemd_cgroup);
+        assert_eq!(
+            o,
+            Options {
+                systemd_cgroup: true,
+                ..Default::default()
+            }
+        );
+    }
+
+    #[test]
+    fn every_runc_key_in_the_body_maps_to_runcs_options() {
+        let body = r#"BinaryName = "/usr/sbin/runc"
+CriuImagePath = "/var/lib/criu/img"
+CriuPath = ""
+CriuWorkPath = "/var/lib/criu/work"
+IoGid = 1001
+IoUid = 1000
+NoNewKeyring = true
+NoPivotRoot = true
+Root = "/run/rekindle/runc"
+ShimCgroup = "/rekindle/shims"
+SystemdCgroup = true
+"#;
+        let got = decode_options(Some(&runtime_options("", "", body))).unwrap();
+        let want = Options {
+            binary_name: "/usr/sbin/runc".into(),
+            criu_image_path: "/var/lib/criu/img".into(),
+            criu_work_path: "/var/lib/criu/work".into(),
+            io_gid: 1001,
+            io_uid: 1000,
+            no_new_keyring: true,
+            no_pivot_root: true,
+            root: "/run/rekindle/runc".into(),
+            shim_cgroup: "/rekindle/shims".into(),
+            systemd_cgroup: true,
+            ..Default::default()
+        };
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn body_keys_match_case_insensitively_and_envelope_keys_are_skipped() {
+        // containerd's TOML decoding of runc's options ignores case; it also
+        // leaves the keys it consumed itself in the body.
+        let body =
+            "systemdcgroup = true\nbinaryName = \"crun\"\nTypeUrl = \"x\"\nConfigPath = \"\"\n";
+        let o = decode_options(Some(&runtime_options("", "", body))).unwrap();
+        assert!(o.systemd_cgroup);
+        assert_eq!(o.binary_name, "crun");
+
+        let twice = runtime_options("", "", "Root = \"/a\"\nroot = \"/b\"\n");
+        let msg = refusal(&twice);
+        assert!(msg.contains("Root") && msg.contains("twice"), "{msg}");
+    }
+
+    #[test]
+    fn an_unknown_key_is_refused_by_name() {
+        let any = runtime_options("", "", "SystemdCgroup = true\nSystemdCgroupz = false\n");
+        let msg = refusal(&any);
+        assert!(msg.contains("\"SystemdCgroupz\""), "{msg}");
+        assert!(
+            msg.contains("config_body") && msg.contains("BinaryName"),
+            "{msg}"
+        );
+        assert!(matches!(
+            decode_options(Some(&any)).unwrap_err(),
+            Error::InvalidArgument(_)
+        ));
+    }
+
+    #[test]
+    fn bad_toml_and_wrong_types_are_refused_clearly() {
+        let msg = refusal(&runtime_options("", "", "SystemdCgroup = \n"));
+        assert!(
+            msg.contains("not valid TOML") && msg.contains("config_body"),
+            "{msg}"
+        );
+
+        let msg = refusal(&runtime_options("", "", "SystemdCgroup = \"true\"\n"));
+        assert!(
+            msg.contains("SystemdCgroup")
+                && msg.contains("must be a boolean")
+                && msg.contains("string"),
+            "{msg}"
+        );
+        let msg = refusal(&runtime_options("", "", "IoUid = -1\n"));
+        assert!(
+            msg.contains("IoUid") && msg.contains("integer from 0"),
+            "{msg}"
+        );
+        let msg = refusal(&runtime_options("", "", "IoGid = 4294967296\n"));
+        assert!(msg.contains("IoGid"), "{msg}");
+
+        let mut invalid_utf8 = runtime_options("", "", "");
+        invalid_utf8.value = vec![0x1a, 2, 0xff, 0xfe];
+        assert!(refusal(&invalid_utf8).contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_criu_path_is_refused_rather_than_silently_ignored() {
+        let msg = refusal(&runtime_options("", "", "CriuPath = \"/opt/criu\"\n"));
+        assert!(
+            msg.contains("/opt/criu") && msg.contains("REKINDLE_CRIU"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn config_path_is_read_when_the_body_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rekindle.toml");
+        std::fs::write(&file, "Root = \"/run/rk\"\nSystemdCgroup = true\n").unwrap();
+        let path = file.to_str().unwrap();
+
+        // containerd 1.x: type_url and config_path, no body.
+        let o = decode_options(Some(&runtime_options(
+            "runtimeoptions.v1.Options",
+            path,
+            "",
+        )))
+        .unwrap();
+        assert_eq!(o.root, "/run/rk");
+        assert!(o.systemd_cgroup);
+
+        // A body wins over the path (containerd sends a body only without a path).
+        let o = decode_options(Some(&runtime_options("", path, "Root = \"/body\"\n"))).unwrap();
+        assert_eq!(o.root, "/body");
+
+        // In a file, the envelope's own keys are not options.
+        std::fs::write(&file, "TypeUrl = \"x\"\n").unwrap();
+        let msg = refusal(&runtime_options("", path, ""));
+        assert!(msg.contains("\"TypeUrl\"") && msg.contains(path), "{msg}");
+
+        std::fs::write(&file, "Root = [\n").unwrap();
+        let msg = refusal(&runtime_options("", path, ""));
+        assert!(
+            msg.contains("not valid TOML") && msg.contains(path),
+            "{msg}"
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let err =
+            decode_options(Some(&runtime_options("", missing.to_str().unwrap(), ""))).unwrap_err();
+        assert!(matches!(err, Error::FailedPrecondition(_)), "{err:?}");
+        assert!(err.to_string().contains("missing.toml"), "{err}");
+
+        let msg = refusal(&runtime_options("", "etc/rekindle.toml", ""));
+        assert!(msg.contains("absolute"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_envelope_means_defaults() {
+        // containerd 1.x for an options table without ConfigPath: nothing at all,
+        // or only the type URL.
+        for any in [
+            runtime_options("", "", ""),
+            runtime_options("runtimeoptions.v1.Options", "", ""),
+        ] {
+            assert_eq!(decode_options(Some(&any)).unwrap(), Options::default());
+        }
+    }
+
+    #[test]
+    fn a_malformed_envelope_is_refused() {
+        let mut any = runtime_options("", "", "");
+        // Field 3 claims 10 bytes, 1 follows.
+        any.value = vec![0x1a, 10, b'x'];
+        assert!(refusal(&any).contains("runtimeoptions.v1.Options"));
+        // Field 2 as a varint instead of a string.
+        any.value = vec![0x10, 1];
+        assert!(refusal(&any).contains("wire type 0"));
+        // Unknown fields are skipped, as protobuf decoders do.
+        any.value = vec![0x20, 7, 0x1a, 5];
+        any.value.extend_from_slice(b"Root=");
+        let msg = refusal(&any);
+        assert!(msg.contains("not valid TOML"), "{msg}");
     }
 
     #[test]
