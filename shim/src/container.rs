@@ -155,12 +155,22 @@ pub struct Container {
     pub direct: Option<Direct>,
 }
 
-/// The direct engine's part of a container: prepared at Create, running after
-/// Start. runc knows nothing of such a container.
+/// The direct engine's part of a container: prepared from Create on, running
+/// after Start. runc knows nothing of such a container.
 pub enum Direct {
+    /// Being prepared: spawned at Create, which answers without waiting for
+    /// it (CRIU's helpers start while containerd and the client go on to
+    /// Start); Start, Delete and Shutdown settle it first.
+    Preparing(tokio::task::JoinHandle<Preparation>),
     Prepared(Box<crate::direct::Prepared>),
     Running(crate::direct::Running),
 }
+
+/// What preparing the direct engine gave: ready, not applicable (with the
+/// reason), or failed; the last two restore through runc.
+pub type Preparation = crate::error::Result<
+    std::result::Result<crate::direct::Prepared, crate::direct::plan::NotDirect>,
+>;
 
 /// Where a restore's CRIU image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

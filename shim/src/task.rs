@@ -207,6 +207,7 @@ impl TaskService {
         let pid = if req.exec_id.is_empty() {
             c.init.check_startable()?;
             if let Some(source) = c.init.restore_from.take() {
+                settle_direct(c).await;
                 match restore(c, &self.namespace, &source).await {
                     Ok(()) => {}
                     Err(e) if c.policy.fallback == Fallback::Cold => {
@@ -295,10 +296,11 @@ impl TaskService {
         }
         let mut c = containers.remove(&req.id).expect("looked up above");
         let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
+        settle_direct(&mut c).await;
         match c.direct.take() {
             Some(Direct::Prepared(p)) => p.abandon(&cgroups_path).await,
             Some(Direct::Running(r)) => r.remove(&cgroups_path).await,
-            None => {}
+            Some(Direct::Preparing(_)) | None => {}
         }
         if let Some(RestoreSource::Stored { lease, .. }) = &c.init.restore_from {
             release_lease(lease).await;
@@ -369,7 +371,7 @@ impl TaskService {
                 }
                 return send_signal(c.init.pid, sig);
             }
-            if matches!(c.direct, Some(Direct::Prepared(_))) {
+            if matches!(c.direct, Some(Direct::Prepared(_) | Direct::Preparing(_))) {
                 return Err(Error::NotFound(format!(
                     "container {} has no process yet: it is restored at start",
                     c.id
@@ -913,8 +915,10 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
     result
 }
 
-/// Prepares the direct engine's restore at Create, when the container allows
-/// it; otherwise (or if preparing fails) Start restores through runc.
+/// Starts preparing the direct engine's restore at Create, when the container
+/// allows it; otherwise Start restores through runc. The preparation (cgroups,
+/// `criu swrk`, the lazy-pages daemon: a few ms of process start-ups) runs on
+/// while Create answers; [`settle_direct`] collects it.
 async fn prepare_direct(
     c: &mut Container,
     spec: &oci_spec::runtime::Spec,
@@ -943,7 +947,7 @@ async fn prepare_direct(
         } => (
             image_dir.clone(),
             crate::direct::lazy_pages(),
-            Some(name.as_str()),
+            Some(name.clone()),
         ),
     };
     let owner = owner(c, namespace);
@@ -956,25 +960,48 @@ async fn prepare_direct(
             return;
         }
     };
-    match crate::direct::prepare(
-        &c.bundle,
-        spec,
-        &cgroups_path,
-        &image_dir,
-        Some(&io),
-        lazy,
-        image,
-    )
-    .await
-    {
-        Ok(Ok(p)) => {
+    let bundle = c.bundle.clone();
+    let spec = spec.clone();
+    let span = tracing::Span::current();
+    let task = async move {
+        crate::direct::prepare(
+            &bundle,
+            &spec,
+            &cgroups_path,
+            &image_dir,
+            Some(&io),
+            lazy,
+            image.as_deref(),
+        )
+        .await
+    };
+    c.direct = Some(Direct::Preparing(tokio::spawn(
+        tracing::Instrument::instrument(task, span),
+    )));
+}
+
+/// Waits for a preparation started at Create. When it did not give a prepared
+/// restore, the stdio it held is released and `c.direct` is left empty: the
+/// restore goes through runc.
+async fn settle_direct(c: &mut Container) {
+    if !matches!(c.direct, Some(Direct::Preparing(_))) {
+        return;
+    }
+    let Some(Direct::Preparing(handle)) = c.direct.take() else {
+        unreachable!("matched above");
+    };
+    match handle.await {
+        Ok(Ok(Ok(p))) => {
             c.direct = Some(Direct::Prepared(Box::new(p)));
             return;
         }
-        Ok(Err(reason)) => {
+        Ok(Ok(Err(reason))) => {
             info!(%reason, "restore by runc: the direct engine does not cover this image")
         }
-        Err(e) => warn!(error = %e, "the direct engine could not prepare; restore by runc"),
+        Ok(Err(e)) => warn!(error = %e, "the direct engine could not prepare; restore by runc"),
+        Err(e) => {
+            warn!(error = %e, "the direct engine's preparation did not finish; restore by runc")
+        }
     }
     c.init.io.abort().await;
     c.init.io = Default::default();

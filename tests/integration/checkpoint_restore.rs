@@ -346,7 +346,7 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
             .await?;
         // The direct engine prepared a `criu swrk` in the instance's cgroups at
         // Create; it dies (as under memory pressure) before Start.
-        let swrk = criu_swrk_in_cgroup_of(&f.id)?;
+        let swrk = criu_swrk_in_cgroup_of(&f.id).await?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(swrk),
             nix::sys::signal::Signal::SIGKILL,
@@ -405,8 +405,24 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
     });
 }
 
-/// The pid of the `criu swrk` placed in the container's cgroups.
-fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
+/// The pid of the `criu swrk` placed in the container's cgroups. Create
+/// answers while the preparation goes on, so it is looked for a while.
+async fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Some(pid) = find_criu_swrk_in_cgroup_of(id)? {
+            return Ok(pid);
+        }
+        if std::time::Instant::now() > deadline {
+            anyhow::bail!(
+                "no criu swrk in the cgroups of {id} after 10 s: did the direct engine prepare it?"
+            )
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+fn find_criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<Option<i32>> {
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?
             .file_name()
@@ -420,10 +436,10 @@ fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
         if cmdline.split(|b| *b == 0).nth(1) == Some(b"swrk".as_slice())
             && cgroup.contains(&format!("/{NAMESPACE}/{id}\n"))
         {
-            return Ok(pid);
+            return Ok(Some(pid));
         }
     }
-    anyhow::bail!("no criu swrk in the cgroups of {id}: did the direct engine prepare it?")
+    Ok(None)
 }
 
 /// Seconds a failing restore may take to fail at Start (a good one of the fixture takes
