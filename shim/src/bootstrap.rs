@@ -34,7 +34,7 @@ use tokio::{
     io::AsyncWriteExt,
     signal::unix::{signal, SignalKind},
 };
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::service::{Service, RUNTIME_TYPE};
 
@@ -42,10 +42,127 @@ const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
 const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
 
-/// Entry point of the shim binary.
-pub async fn run() -> Result<(), String> {
+/// Entry point of the shim binary. `start` runs before any tokio runtime
+/// exists, so that it can fork the server (see [`start`]).
+pub fn main() -> Result<(), String> {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| e.to_string())?;
+    if flags.action == "start" && !flags.info {
+        return start(&flags, &args);
+    }
+    runtime()?.block_on(run(flags))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("start the tokio runtime: {e}"))
+}
+
+/// `start`: binds the group's socket, forks the server, prints the address.
+///
+/// containerd execs `shim start` and connects to the address it prints. The
+/// usual way (containerd-shim's `spawn`, Go shims) re-execs the binary as the
+/// server and waits for it to serve; here the server is a fork of this
+/// still single-threaded process, holding the bound socket: one exec of a
+/// 15 MB binary and one runtime start fewer on every container start, and
+/// containerd's first request waits in the socket's backlog while the server
+/// starts instead of `start` waiting for it.
+fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
+    let grouping = crate::service::grouping(Path::new("."), &flags.id)?;
+    let opts = StartOpts {
+        id: flags.id.clone(),
+        publish_binary: flags.publish_binary.clone(),
+        address: flags.address.clone(),
+        ttrpc_address: std::env::var(TTRPC_ADDRESS).unwrap_or_default(),
+        namespace: flags.namespace.clone(),
+        debug: flags.debug,
+        ..Default::default()
+    };
+    let address = opts.socket_address(&grouping);
+    let path = address
+        .strip_prefix("unix://")
+        .unwrap_or(&address)
+        .to_string();
+    let listener = match bind(&path) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+                // A shim of the same group serves there already.
+                return answer_start(&address);
+            }
+            let _ = std::fs::remove_file(&path);
+            bind(&path).map_err(|e| format!("listen on {path}: {e}"))?
+        }
+        Err(e) => return Err(format!("listen on {path}: {e}")),
+    };
+    // SAFETY: no other thread exists yet (no runtime was started), so the
+    // child is a consistent copy; it starts its own runtime.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // The same flags (Flags is not Clone), served at the address.
+            let mut flags = match containerd_shim::parse(&args[1..]) {
+                Ok(f) => f,
+                Err(_) => std::process::exit(1),
+            };
+            flags.socket = address;
+            flags.action = String::new();
+            let code = match server(flags, listener) {
+                Ok(()) => 0,
+                Err(e) => {
+                    error!("shim server: {e}");
+                    1
+                }
+            };
+            std::process::exit(code)
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            drop(listener);
+            // As containerd-shim's spawn: the server is killed before containerd.
+            if let Err(e) = containerd_shim::cgroup::adjust_oom_score(child.as_raw() as u32) {
+                eprintln!("containerd-shim-rekindle-v2: OOM score of the shim server: {e}");
+            }
+            answer_start(&address)
+        }
+        Err(e) => Err(format!("fork the shim server: {e}")),
+    }
+}
+
+/// What `start` tells containerd: the address, also kept in the bundle for
+/// `shim delete` and for containerd's reconnect after a restart.
+fn answer_start(address: &str) -> Result<(), String> {
+    use std::io::Write;
+    std::fs::write("address", address).map_err(|e| format!("write address: {e}"))?;
+    let mut out = std::io::stdout();
+    out.write_all(address.as_bytes())
+        .and_then(|_| out.flush())
+        .map_err(|e| e.to_string())
+}
+
+/// The forked server: detached from `start`'s stdio (containerd reads
+/// `start`'s output until every writer has closed it), then served as if
+/// containerd had run the binary with `-socket`.
+fn server(flags: Flags, listener: UnixListener) -> Result<(), String> {
+    // SAFETY: open and dup2 on this process's own descriptors.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        if null >= 0 {
+            for fd in 0..3 {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+        }
+    }
+    set_subreaper()?;
+    runtime()?.block_on(async move {
+        let mut config = Config::default();
+        let shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
+        serve(shim, &flags, Some(listener)).await
+    })
+}
+
+async fn run(flags: Flags) -> Result<(), String> {
     if flags.info {
         let info = RuntimeInfo {
             name: RUNTIME_TYPE.to_string(),
@@ -58,30 +175,22 @@ pub async fn run() -> Result<(), String> {
     let mut config = Config::default();
     let mut shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
     match flags.action.as_str() {
-        "start" => {
-            let opts = StartOpts {
-                id: flags.id.clone(),
-                publish_binary: flags.publish_binary.clone(),
-                address: flags.address.clone(),
-                ttrpc_address: std::env::var(TTRPC_ADDRESS).unwrap_or_default(),
-                namespace: flags.namespace.clone(),
-                debug: flags.debug,
-                ..Default::default()
-            };
-            let address = shim.start_shim(opts).await.map_err(|e| e.to_string())?;
-            write_stdout(address.as_bytes()).await
-        }
         "delete" => {
             tokio::spawn(reap_children());
             let resp = shim.delete_shim().await.map_err(|e| e.to_string())?;
             let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
             write_stdout(&bytes).await
         }
-        _ => serve(shim, &flags).await,
+        _ => serve(shim, &flags, None).await,
     }
 }
 
-async fn serve(mut shim: Service, flags: &Flags) -> Result<(), String> {
+/// Serves the task API on `listener`, or on a socket bound at `-socket`.
+async fn serve(
+    mut shim: Service,
+    flags: &Flags,
+    listener: Option<UnixListener>,
+) -> Result<(), String> {
     if flags.socket.is_empty() {
         return Err("-socket is required to serve the task API".into());
     }
@@ -94,7 +203,11 @@ async fn serve(mut shim: Service, flags: &Flags) -> Result<(), String> {
         .strip_prefix("unix://")
         .unwrap_or(&flags.socket)
         .to_string();
-    let listener = match bind(&path) {
+    let bound = match listener {
+        Some(l) => Ok(l),
+        None => bind(&path),
+    };
+    let listener = match bound {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             // Another shim of the same group already serves here: hand it over.

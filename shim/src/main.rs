@@ -48,17 +48,7 @@ fn main() {
         print!("{HELP}");
         return;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("containerd-shim-rekindle-v2: start the tokio runtime: {e}");
-            std::process::exit(1);
-        }
-    };
-    if let Err(e) = runtime.block_on(rekindle_shim::bootstrap::run()) {
+    if let Err(e) = rekindle_shim::bootstrap::main() {
         eprintln!("containerd-shim-rekindle-v2: {e}");
         std::process::exit(1);
     }

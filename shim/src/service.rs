@@ -14,7 +14,7 @@ use containerd_shim::{
     mount::umount_recursive,
     protos::ttrpc::context::with_duration,
     util::{
-        read_file_to_str, read_options, read_pid_from_file, read_runtime, read_spec, timestamp,
+        read_file_to_str, read_options, read_pid_from_file, read_runtime, timestamp,
         write_str_to_file,
     },
     Config, DeleteResponse, Flags, StartOpts,
@@ -38,6 +38,20 @@ pub const GROUP_LABELS: [&str; 3] = [
     "io.kubernetes.cri.sandbox-id",
 ];
 
+/// The shim group of the container whose bundle is `bundle` (containerd runs
+/// `start` in the bundle): the first group annotation of its spec, or its id.
+pub fn grouping(bundle: &std::path::Path, id: &str) -> Result<String, String> {
+    let path = bundle.join("config.json");
+    let spec = oci_spec::runtime::Spec::load(&path)
+        .map_err(|e| format!("read the OCI spec {}: {e}", path.display()))?;
+    Ok(spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| GROUP_LABELS.iter().find_map(|l| a.get(*l)))
+        .cloned()
+        .unwrap_or_else(|| id.to_string()))
+}
+
 pub struct Service {
     exit: Arc<ExitSignal>,
     id: String,
@@ -56,15 +70,11 @@ impl Shim for Service {
         }
     }
 
+    /// The trait's way (a re-exec'd server); the binary's `start` forks
+    /// instead (crate::bootstrap), with the same grouping.
     async fn start_shim(&mut self, opts: StartOpts) -> containerd_shim::Result<String> {
-        // containerd runs `start` in the bundle: group by the spec's annotations.
-        let mut grouping = opts.id.clone();
-        let spec = read_spec("").await?;
-        if let Some(annotations) = spec.annotations() {
-            if let Some(group) = GROUP_LABELS.iter().find_map(|l| annotations.get(*l)) {
-                grouping = group.clone();
-            }
-        }
+        let grouping = grouping(std::path::Path::new("."), &opts.id)
+            .map_err(containerd_shim::Error::InvalidArgument)?;
         let address = spawn(opts, &grouping, Vec::new()).await?;
         write_str_to_file("address", &address).await?;
         Ok(address)
