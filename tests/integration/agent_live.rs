@@ -278,6 +278,27 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
                 text.contains("action=\"checkpoint\",outcome=\"ok\"} 1"),
                 "one checkpoint:\n{text}"
             );
+            // 6. The start-up timeline (eBPF first schedule → the gateway's first
+            // answer) of the instances started for requests, end to end.
+            if text.contains("rekindle_bpf_loaded 1") {
+                let timelines: u64 = text
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("rekindle_function_startup_seconds_count{")
+                            && l.contains(&format!("function=\"{FUNCTION}\""))
+                    })
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                    .sum();
+                eprintln!("[agent-live] start-up timelines recorded: {timelines}");
+                ensure!(
+                    timelines > 0,
+                    "no start-up timeline for the starts made for requests:\n{text}"
+                );
+            } else {
+                eprintln!(
+                    "[agent-live] eBPF not loaded here: the start-up timeline is not checked"
+                );
+            }
             Ok(())
         }
         .await;
