@@ -1,0 +1,14 @@
+//! Fuzz target `archive_import`: see README.md and `rekindle_restore_daemon_fuzz::Harness::archive_import`.
+#![no_main]
+
+use std::sync::{LazyLock, Mutex};
+
+use libfuzzer_sys::fuzz_target;
+use rekindle_restore_daemon_fuzz::Harness;
+
+static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| Mutex::new(Harness::new()));
+
+fuzz_target!(|data: &[u8]| {
+    // A panic (a failed invariant) poisons the lock, but libFuzzer stops there anyway.
+    HARNESS.lock().unwrap().archive_import(data);
+});

@@ -1,0 +1,14 @@
+//! Fuzz target `lz4_frame`: see README.md and `rekindle_restore_daemon_fuzz::Harness::lz4_frame`.
+#![no_main]
+
+use std::sync::{LazyLock, Mutex};
+
+use libfuzzer_sys::fuzz_target;
+use rekindle_restore_daemon_fuzz::Harness;
+
+static HARNESS: LazyLock<Mutex<Harness>> = LazyLock::new(|| Mutex::new(Harness::new()));
+
+fuzz_target!(|data: &[u8]| {
+    // A panic (a failed invariant) poisons the lock, but libFuzzer stops there anyway.
+    HARNESS.lock().unwrap().lz4_frame(data);
+});
