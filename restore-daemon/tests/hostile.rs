@@ -777,3 +777,37 @@ fn a_refused_import_from_a_file_leaves_nothing_behind() {
     h.store().import_from(&good[..], "good", None).unwrap();
     assert_eq!(h.store().list().unwrap().len(), 1);
 }
+
+#[test]
+fn zstd_windows_past_what_export_writes_are_refused() {
+    // The decoder allocates the window a frame asks for; import caps it at what export's
+    // levels use (8 MiB) rather than zstd's default 128 MiB.
+    let r = real();
+    let h = Harness::new();
+    let mut tar = Vec::new();
+    manifest_entry(&mut tar, &r.m);
+    genuine(&r, &mut tar);
+    tar.extend_from_slice(&[0u8; 1024]);
+    let encode = |level: i32, window_log: Option<u32>| {
+        let mut enc = zstd::Encoder::new(Vec::new(), level).unwrap();
+        if let Some(w) = window_log {
+            enc.window_log(w).unwrap();
+        }
+        std::io::Write::write_all(&mut enc, &tar).unwrap();
+        enc.finish().unwrap()
+    };
+    // The most export writes (level 19, streamed: its full window) imports ...
+    let m = h
+        .store()
+        .import_from(&encode(19, None)[..], "level 19", None)
+        .unwrap();
+    h.store().delete(&m.name).unwrap();
+    // ... a larger window does not.
+    for w in [archive::MAX_ZSTD_WINDOW_LOG + 1, 27] {
+        let e = refused(&h, &encode(3, Some(w)));
+        assert!(
+            matches!(&e.kind, ArchiveErrorKind::Tar(why) if why.contains("memory")),
+            "window 2^{w}: {e}"
+        );
+    }
+}

@@ -34,6 +34,10 @@ use super::{codec, manifest, Error, Limits, Result, Store, TMP_PREFIX};
 pub const ARCHIVE_MANIFEST: &str = "manifest.json";
 pub const ARCHIVE_IMAGE_PREFIX: &str = "image/";
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+/// Levels export writes (1-19: zstd's `--ultra` levels take far more memory).
+pub const ZSTD_LEVELS: std::ops::RangeInclusive<i32> = 1..=19;
+/// The largest zstd window import accepts (8 MiB): what levels 1-19 use at most.
+pub const MAX_ZSTD_WINDOW_LOG: u32 = 23;
 
 /// Removes a partly written file on drop unless disarmed.
 struct PartialFile {
@@ -77,7 +81,7 @@ impl Store {
         level: i32,
         owner: Option<u32>,
     ) -> Result<(Manifest, u64)> {
-        if !(1..=19).contains(&level) {
+        if !ZSTD_LEVELS.contains(&level) {
             return Err(Error::InvalidArgument(format!(
                 "zstd level {level} is not within 1-19"
             )));
@@ -411,7 +415,12 @@ pub fn read_archive<R: Read, U: Unpack>(
         archive: source.to_string(),
         error,
     };
-    let decoder = zstd::Decoder::new(archive).map_err(Error::io("cannot start zstd"))?;
+    let mut decoder = zstd::Decoder::new(archive).map_err(Error::io("cannot start zstd"))?;
+    // A zstd frame names the window it needs, and the decoder allocates it: zstd's own
+    // cap is 128 MiB per import. Export's levels need at most MAX_ZSTD_WINDOW_LOG.
+    decoder
+        .window_log_max(MAX_ZSTD_WINDOW_LOG)
+        .map_err(Error::io("cannot set up zstd"))?;
     let mut tar = tar::Archive::new(decoder);
     // Raw: no extension processing by tar-rs (see above); `next_entry` does it.
     let mut entries = tar
