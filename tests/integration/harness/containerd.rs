@@ -116,6 +116,17 @@ pub struct PrivateContainerd {
 
 impl PrivateContainerd {
     pub fn start(version: Version) -> Result<Self> {
+        Self::start_inner(version, None)
+    }
+
+    /// [`PrivateContainerd::start`] with containerd's CRI plugin enabled and configured
+    /// by `cri` (the default start keeps CRI disabled): the tests of the Kubernetes path.
+    #[allow(dead_code)] // tests/cri.rs; the integration binary has no CRI test
+    pub fn start_with_cri(version: Version, cri: &CriSetup) -> Result<Self> {
+        Self::start_inner(version, Some(cri))
+    }
+
+    fn start_inner(version: Version, cri: Option<&CriSetup>) -> Result<Self> {
         sweep_stale_dirs();
         let bin_dir = cache_dir().join(version.dir_name()).join("usr/bin");
         let containerd = bin_dir.join("containerd");
@@ -154,7 +165,10 @@ impl PrivateContainerd {
         for d in [&paths.root, &paths.state, &paths.runc_root, &paths.io] {
             fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
-        fs::write(&paths.config, config_toml(&paths))
+        if let Some(cri) = cri {
+            cri.write_files(&paths)?;
+        }
+        fs::write(&paths.config, config_toml(&paths, cri))
             .with_context(|| format!("writing {}", paths.config.display()))?;
 
         let log = fs::File::create(&paths.log).context("creating containerd.log")?;
@@ -257,6 +271,29 @@ impl PrivateContainerd {
         cmd
     }
 
+    /// `ctr images import` of the OCI archive `tar` into `namespace`, unpacked for
+    /// [`super::SNAPSHOTTER`] (setup, as `hack/setup.sh`'s image is imported for the
+    /// other tests; CRI sees images of [`CRI_NAMESPACE`]).
+    #[allow(dead_code)] // tests/cri.rs
+    pub fn import_image_into(&self, namespace: &str, tar: &Path) -> Result<()> {
+        let out = self
+            .ctr(namespace)
+            .args(["images", "import", "--snapshotter", super::SNAPSHOTTER])
+            .arg(tar)
+            .output()
+            .context("running ctr images import")?;
+        if !out.status.success() {
+            bail!(
+                "ctr -n {namespace} images import {} failed ({}): {}{}",
+                tar.display(),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Stops containerd and cleans up after it. Returns what had leaked: shims still
     /// running, mounts left under the temp dir. Those are removed, but reported.
     pub fn shutdown(&mut self) -> Vec<String> {
@@ -332,16 +369,29 @@ const DISABLED_PLUGINS: &[&str] = &[
     "io.containerd.grpc.v1.sandbox-controllers",
 ];
 
+/// The plugins CRI needs (both versions' names), kept enabled by
+/// [`PrivateContainerd::start_with_cri`].
+const CRI_PLUGINS: &[&str] = &[
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.cri.v1.images",
+    "io.containerd.cri.v1.runtime",
+    "io.containerd.podsandbox.controller.v1.podsandbox",
+    "io.containerd.grpc.v1.cri-image-service",
+    "io.containerd.grpc.v1.sandbox-controllers",
+];
+
 /// Config for `containerd --config`: schema version 2 for 1.6, version 3 for 2.x.
 /// No runtime section is needed: outside CRI, containerd maps a runtime name such as
 /// `io.containerd.rekindle.v2` to the binary `containerd-shim-rekindle-v2` on its PATH.
-fn config_toml(paths: &Paths) -> String {
+/// With `cri`, the CRI plugin is enabled and configured (see [`CriSetup::config`]).
+fn config_toml(paths: &Paths, cri: Option<&CriSetup>) -> String {
     let schema = match paths.version {
         Version::V1_6 => 2,
         Version::V2 => 3,
     };
     let disabled = DISABLED_PLUGINS
         .iter()
+        .filter(|p| cri.is_none() || !CRI_PLUGINS.contains(p))
         .map(|p| format!("{p:?}"))
         .collect::<Vec<_>>()
         .join(", ");
@@ -371,7 +421,161 @@ fn config_toml(paths: &Paths) -> String {
         grpc = paths.grpc.display().to_string(),
         ttrpc = paths.ttrpc.display().to_string(),
     );
+    if let Some(cri) = cri {
+        s.push_str(&cri.config(paths));
+    }
     s
+}
+
+/// The containerd namespace CRI keeps its pods, containers and images in.
+#[allow(dead_code)] // tests/cri.rs
+pub const CRI_NAMESPACE: &str = "k8s.io";
+
+/// How a CRI runtime handler's `options` table reaches the shim. containerd's CRI
+/// sends a runtime whose type is not runc `runtimeoptions.v1.Options`: 2.x with the
+/// table as TOML in `config_body`, 1.x with only the `ConfigPath` the table names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(dead_code)] // tests/cri.rs
+pub enum CriRuntimeOptions {
+    /// `Root = "<runc root>"` in the table itself (2.x).
+    Table,
+    /// `ConfigPath = "<dir>/<handler>-options.toml"` in the table, `Root = ...` in
+    /// that file (the one way through 1.x; 2.x honours it too).
+    ConfigFile,
+}
+
+/// containerd's CRI plugin, set up for a test that drives containerd as the kubelet
+/// does. Everything it writes stays in the temp dir, except what CNI plugins and the
+/// kernel keep elsewhere (the test checks those itself).
+#[derive(Clone, Debug)]
+pub struct CriSetup {
+    /// A local image, imported by the test before the first pod, named as the
+    /// sandbox ("pause") image so that CRI never pulls.
+    pub sandbox_image: String,
+    /// The runtime handler pods name (`RuntimeClass.handler`) and its runtime type.
+    pub handler: String,
+    pub runtime_type: String,
+    /// How the handler's options (runc's root in the temp dir) are passed.
+    pub options: CriRuntimeOptions,
+    /// Further handlers of the same runtime type: (name, their `options` table as
+    /// TOML lines), e.g. a misconfigured one whose pods must fail clearly.
+    pub extra_handlers: Vec<(String, String)>,
+    /// The CNI plugins' directory (`/usr/lib/cni` for Debian's containernetworking-plugins).
+    pub cni_bin_dir: PathBuf,
+    /// The CNI network (a `.conflist` JSON) written to [`Paths::cni_conf_dir`];
+    /// `@DIR@` in it stands for the temp dir.
+    pub cni_conflist: String,
+}
+
+impl Paths {
+    /// CNI config dir of a containerd started with [`CriSetup`].
+    pub fn cni_conf_dir(&self) -> PathBuf {
+        self.dir.join("cni/net.d")
+    }
+
+    /// The file a [`CriRuntimeOptions::ConfigFile`] handler's options live in.
+    pub fn cri_options_file(&self, handler: &str) -> PathBuf {
+        self.dir.join(format!("{handler}-options.toml"))
+    }
+}
+
+impl CriSetup {
+    fn write_files(&self, paths: &Paths) -> Result<()> {
+        let conf_dir = paths.cni_conf_dir();
+        fs::create_dir_all(&conf_dir)
+            .with_context(|| format!("creating {}", conf_dir.display()))?;
+        let conflist = self
+            .cni_conflist
+            .replace("@DIR@", &paths.dir.display().to_string());
+        fs::write(conf_dir.join("10-rekindle-test.conflist"), conflist)?;
+        if self.options == CriRuntimeOptions::ConfigFile {
+            let file = paths.cri_options_file(&self.handler);
+            fs::write(&file, self.options_body(paths))
+                .with_context(|| format!("writing {}", file.display()))?;
+        }
+        Ok(())
+    }
+
+    /// runc's state in the temp dir, as the other tests' runc options put it.
+    fn options_body(&self, paths: &Paths) -> String {
+        format!("Root = {:?}\n", paths.runc_root.display().to_string())
+    }
+
+    /// The CRI part of the config: the handler, the pause image, CNI in the temp dir,
+    /// and `restrict_oom_score_adj` (runc may not lower `oom_score_adj` on the test
+    /// machines: without it RunPodSandbox fails with "can't get final child's PID
+    /// from pipe").
+    fn config(&self, paths: &Paths) -> String {
+        let options = match self.options {
+            CriRuntimeOptions::Table => self.options_body(paths),
+            CriRuntimeOptions::ConfigFile => format!(
+                "ConfigPath = {:?}\n",
+                paths.cri_options_file(&self.handler).display().to_string()
+            ),
+        };
+        let q = |p: &Path| format!("{:?}", p.display().to_string());
+        let (bin, conf) = (q(&self.cni_bin_dir), q(&paths.cni_conf_dir()));
+        let (handler, rt, pause) = (&self.handler, &self.runtime_type, &self.sandbox_image);
+        let runtimes = match paths.version {
+            Version::V2 => "plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes",
+            Version::V1_6 => "plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes",
+        };
+        let extra: String = self
+            .extra_handlers
+            .iter()
+            .map(|(name, options)| {
+                format!(
+                    "[{runtimes}.{name}]\nruntime_type = {rt:?}\n[{runtimes}.{name}.options]\n{options}\n"
+                )
+            })
+            .collect();
+        let main = match paths.version {
+            Version::V2 => format!(
+                "\n\
+                 [plugins.\"io.containerd.cri.v1.images\"]\n\
+                 snapshotter = \"overlayfs\"\n\
+                 [plugins.\"io.containerd.cri.v1.images\".pinned_images]\n\
+                 sandbox = {pause:?}\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\"]\n\
+                 restrict_oom_score_adj = true\n\
+                 enable_cdi = false\n\
+                 # the pods' network namespaces under the temp dir, not /var/run/netns\n\
+                 netns_mounts_under_state_dir = true\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".cni]\n\
+                 bin_dirs = [{bin}]\n\
+                 conf_dir = {conf}\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{handler}]\n\
+                 runtime_type = {rt:?}\n\
+                 [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.{handler}.options]\n\
+                 {options}\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 stream_server_address = \"127.0.0.1\"\n\
+                 stream_server_port = \"0\"\n"
+            ),
+            Version::V1_6 => format!(
+                "\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\"]\n\
+                 sandbox_image = {pause:?}\n\
+                 restrict_oom_score_adj = true\n\
+                 enable_cdi = false\n\
+                 stream_server_address = \"127.0.0.1\"\n\
+                 stream_server_port = \"0\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".cni]\n\
+                 bin_dir = {bin}\n\
+                 conf_dir = {conf}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n\
+                 snapshotter = \"overlayfs\"\n\
+                 # 1.6 replaces its default runtimes with the ones configured\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n\
+                 runtime_type = \"io.containerd.runc.v2\"\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}]\n\
+                 runtime_type = {rt:?}\n\
+                 [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.{handler}.options]\n\
+                 {options}"
+            ),
+        };
+        main + &extra
+    }
 }
 
 /// Spawns `cmd` from a thread that lives as long as the returned sender, with
