@@ -46,6 +46,9 @@ PKGS=(
   runc iptables debootstrap python3 util-linux procps xz-utils ca-certificates
   # tests: tar and zstd (a foreign image is re-packed the way another node would ship it)
   tar zstd
+  # tests/cri.rs: CNI plugins (ptp, host-local, loopback in /usr/lib/cni) for pods of
+  # their own network namespace
+  containernetworking-plugins
   # CRIU build dependencies (and patch, for hack/criu-patches)
   build-essential patch pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev libbsd-dev python3-protobuf
