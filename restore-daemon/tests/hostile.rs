@@ -811,3 +811,51 @@ fn zstd_windows_past_what_export_writes_are_refused() {
         );
     }
 }
+
+#[test]
+fn paths_that_collide_in_the_image_directory_are_refused() {
+    // Stored side by side as `<path>.lz4` next to manifest.json and last-used, paths can
+    // collide where the manifest's names do not: "a" and "a.lz4/b", or a directory
+    // named manifest.json. The import failed writing them, as an internal error.
+    // (Regression: now the manifest is refused as corrupt, before anything is written.)
+    let r = real();
+    let h = Harness::new();
+    let frame = |i: usize| (r.m.files[i].clone(), r.frames[i].clone());
+    for (a, b, why) in [
+        ("x", "x.lz4/y", "stored file"),
+        ("x", "x.lz4/y/z", "stored file"),
+        ("x", "manifest.json/y", "manifest.json"),
+        ("x", "last-used/y", "last-used"),
+    ] {
+        let mut m = r.m.clone();
+        let (mut fa, frame_a) = frame(0);
+        let (mut fb, frame_b) = frame(1);
+        fa.path = a.into();
+        fb.path = b.into();
+        m.files = vec![fa, fb];
+        manifest::fill_totals(&mut m);
+        let archive = archive_of(&m, |t| {
+            file_entry(t, a, &frame_a);
+            file_entry(t, b, &frame_b);
+        });
+        let kind = kind_of(&h, &archive);
+        assert!(
+            matches!(&kind, ArchiveErrorKind::Manifest(w) if w.contains(why)),
+            "{a}, {b}: {kind:?}"
+        );
+    }
+    // The same layout in a directory to store is refused as an invalid argument.
+    let dir = tempfile::tempdir().unwrap();
+    fs::create_dir_all(dir.path().join("x.lz4")).unwrap();
+    fs::write(dir.path().join("x"), b"x").unwrap();
+    fs::write(dir.path().join("x.lz4/y"), b"y").unwrap();
+    let e = h
+        .store()
+        .store_dir("collide", dir.path(), NewImage::default(), None)
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::InvalidArgument(w) if w.contains("stored file")),
+        "{e:?}"
+    );
+    h.assert_store_clean();
+}

@@ -7,7 +7,7 @@ use rekindle_restore_api::{FileEntry, Manifest, MANIFEST_FORMAT};
 
 use super::codec::max_compressed_size;
 use super::name::validate_name;
-use super::Limits;
+use super::{Limits, LAST_USED_FILE, MANIFEST_FILE};
 
 /// Longest relative path of an image file.
 pub const MAX_PATH_LEN: usize = 1024;
@@ -64,6 +64,38 @@ pub fn validate_rel_path(path: &str) -> Result<(), String> {
     }
     if depth > MAX_DEPTH {
         return bad(&format!("nested deeper than {MAX_DEPTH}"));
+    }
+    Ok(())
+}
+
+/// Checks that the files `paths` (all of them also in `set`) can be stored side by side
+/// in an image directory, as `<path>.lz4` next to the image's own files: no path may
+/// also be a directory of another ("a", "a/b"), nor may a stored name be ("a",
+/// "a.lz4/b"), and no directory may take the name of `manifest.json` or `last-used`.
+pub fn validate_layout<'a>(
+    paths: impl Iterator<Item = &'a str>,
+    set: &HashSet<&str>,
+) -> Result<(), String> {
+    for path in paths {
+        if let Some((top, _)) = path.split_once('/') {
+            if top == MANIFEST_FILE || top == LAST_USED_FILE {
+                return Err(format!(
+                    "{path}: a directory {top} would take the name of the image's own {top}"
+                ));
+            }
+        }
+        let mut prefix = path;
+        while let Some(i) = prefix.rfind('/') {
+            prefix = &prefix[..i];
+            if set.contains(prefix) {
+                return Err(format!("{prefix} is both a file and a directory"));
+            }
+            if let Some(file) = prefix.strip_suffix(".lz4").filter(|f| set.contains(f)) {
+                return Err(format!(
+                    "{prefix} is both the stored file of {file} and a directory"
+                ));
+            }
+        }
     }
     Ok(())
 }
@@ -158,16 +190,7 @@ pub fn validate(m: &Manifest, limits: &Limits) -> Result<(), String> {
             .checked_add(f.compressed_size)
             .ok_or("the compressed sizes add up to more than 2^64 bytes")?;
     }
-    // A file may not also be a directory of another file ("a" and "a/b").
-    for f in &m.files {
-        let mut prefix = f.path.as_str();
-        while let Some(i) = prefix.rfind('/') {
-            prefix = &prefix[..i];
-            if paths.contains(prefix) {
-                return Err(format!("{prefix} is both a file and a directory"));
-            }
-        }
-    }
+    validate_layout(m.files.iter().map(|f| f.path.as_str()), &paths)?;
     if total > limits.max_total_bytes {
         return Err(format!(
             "files total {total} bytes, more than the limit of {}",
@@ -327,6 +350,23 @@ mod tests {
         assert!(reason(&dup).contains("twice"));
         let clash = manifest(vec![entry("a", 1), entry("a/b", 1)]);
         assert!(reason(&clash).contains("both a file and a directory"));
+        // Stored as "a.lz4", "a" clashes with the directory "a.lz4" (regression).
+        let clash = manifest(vec![entry("a", 1), entry("a.lz4/b", 1)]);
+        assert!(reason(&clash).contains("stored file of a"));
+        let clash = manifest(vec![entry("a.lz4/b/c", 1), entry("a", 1)]);
+        assert!(reason(&clash).contains("stored file of a"));
+        for reserved in ["manifest.json/x", "last-used/x"] {
+            let clash = manifest(vec![entry(reserved, 1)]);
+            assert!(reason(&clash).contains("image's own"), "{reserved}");
+        }
+        // Names that merely look alike are fine.
+        let fine = manifest(vec![
+            entry("a", 1),
+            entry("a.lz4", 1),
+            entry("b.lz4.d/c", 1),
+            entry("d/manifest.json", 1),
+        ]);
+        validate(&fine, &limits()).unwrap();
     }
 
     #[test]

@@ -303,6 +303,9 @@ impl Store {
                 source.display()
             )));
         }
+        let set = files.iter().map(|f| f.rel.as_str()).collect();
+        manifest::validate_layout(files.iter().map(|f| f.rel.as_str()), &set)
+            .map_err(|why| Error::InvalidArgument(format!("{}: {why}", source.display())))?;
         if !files.iter().any(|f| f.rel == "inventory.img") {
             tracing::warn!(source = %source.display(), "no inventory.img: this does not look like a CRIU image directory");
         }
