@@ -10,7 +10,7 @@
 //! action or serving a request is marked busy, so it gets one action at a time; instance
 //! starts (the pool's and the requests') share a semaphore of `max_parallel_starts`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -137,6 +137,75 @@ struct Shared {
     ops: AtomicUsize,
     ops_done: Notify,
     made: Mutex<Vec<String>>,
+    /// The last starts served to requests, newest last (the admin API's status).
+    recent: Mutex<VecDeque<RecentStart>>,
+}
+
+/// How many starts [`PoolManager::recent_starts`] remembers.
+pub const RECENT_STARTS: usize = 256;
+
+/// One request's start, as the gateway reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecentStart {
+    pub function: String,
+    pub tier: StartTier,
+    /// Arrival to an instance ready to take the request, seconds.
+    pub latency_secs: f64,
+    /// Real seconds since the manager started.
+    pub at: f64,
+}
+
+/// One loaded instance, for observers (the admin API's status).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceSnapshot {
+    pub function: String,
+    pub id: String,
+    pub loaded: Loaded,
+    pub busy: bool,
+    /// Seconds since it is idle (or loaded); 0 while busy.
+    pub idle_secs: f64,
+    /// The image it was restored from; `None`: cold-started.
+    pub restored_from: Option<String>,
+}
+
+/// Why an operator's request on the pools (the admin API) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    #[error("no function {0:?} is registered")]
+    UnknownFunction(String),
+    #[error("a function {0:?} is registered already")]
+    Exists(String),
+    #[error("function {function:?}: store_as {store_as:?} is function {other:?}'s too")]
+    ImageTaken {
+        function: String,
+        store_as: String,
+        other: String,
+    },
+    #[error("{0:?} has no idle running or frozen instance to checkpoint: invoke it first")]
+    NoInstance(String),
+    #[error("{function:?} has no instance {instance:?}")]
+    NoSuchInstance { function: String, instance: String },
+    #[error("instance {instance:?} of {function:?} is busy (serving a request or under an action): try again")]
+    Busy { function: String, instance: String },
+    #[error("a checkpoint, stage or unstage of {0:?}'s image is in flight: try again")]
+    ImageBusy(String),
+    #[error("checkpointing {instance:?} of {function:?} failed: {cause}")]
+    Checkpoint {
+        function: String,
+        instance: String,
+        cause: String,
+    },
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+}
+
+/// What [`PoolManager::checkpoint`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Checkpointed {
+    pub instance: String,
+    pub image: String,
+    pub kept_running: bool,
+    pub secs: f64,
 }
 
 /// Counts an operation in flight (a request, an action) until dropped.
@@ -265,6 +334,7 @@ impl PoolManager {
                 ops: AtomicUsize::new(0),
                 ops_done: Notify::new(),
                 made: Mutex::new(Vec::new()),
+                recent: Mutex::new(VecDeque::with_capacity(RECENT_STARTS)),
             }),
         }
     }
@@ -304,7 +374,9 @@ impl PoolManager {
         let st = self.s.state.lock().unwrap();
         st.fns
             .iter()
-            .map(|f| PoolSnapshot {
+            .enumerate()
+            .filter(|(i, f)| st.by_name.get(&f.cfg.name) == Some(i))
+            .map(|(_, f)| PoolSnapshot {
                 function: f.cfg.name.clone(),
                 hot: f.slots.iter().filter(|s| s.loaded == Loaded::Hot).count() as u32,
                 warm: f.slots.iter().filter(|s| s.loaded == Loaded::Warm).count() as u32,
@@ -641,6 +713,7 @@ impl PoolManager {
             match self.s.driver.invoke(&inst, path, left).await {
                 Ok(response) => {
                     self.s.metrics.start(function, tier, latency);
+                    self.note_start(function, tier, latency);
                     self.release(fi, &inst.id, began.elapsed().as_secs_f64());
                     break Ok(Served {
                         response,
@@ -859,6 +932,288 @@ impl PoolManager {
                     .failure(function, StartTier::Cold, metrics::reason(&e));
                 Err(e.to_string())
             }
+        }
+    }
+
+    fn note_start(&self, function: &str, tier: StartTier, latency_secs: f64) {
+        let mut r = self.s.recent.lock().unwrap();
+        if r.len() == RECENT_STARTS {
+            r.pop_front();
+        }
+        r.push_back(RecentStart {
+            function: function.to_string(),
+            tier,
+            latency_secs,
+            at: self.now(),
+        });
+    }
+
+    /// The last [`RECENT_STARTS`] starts served to requests, oldest first.
+    pub fn recent_starts(&self) -> Vec<RecentStart> {
+        self.s.recent.lock().unwrap().iter().cloned().collect()
+    }
+
+    /// Real seconds since the manager started (the clock of [`RecentStart::at`]).
+    pub fn uptime_secs(&self) -> f64 {
+        self.now()
+    }
+
+    /// The registered functions' configurations, in registration order.
+    pub fn functions(&self) -> Vec<FunctionConfig> {
+        let st = self.s.state.lock().unwrap();
+        st.fns
+            .iter()
+            .enumerate()
+            .filter(|(i, f)| st.by_name.get(&f.cfg.name) == Some(i))
+            .map(|(_, f)| f.cfg.clone())
+            .collect()
+    }
+
+    /// Every loaded instance of the registered functions.
+    pub fn instances(&self) -> Vec<InstanceSnapshot> {
+        let now = self.now();
+        let st = self.s.state.lock().unwrap();
+        let mut out = Vec::new();
+        for (i, f) in st.fns.iter().enumerate() {
+            if st.by_name.get(&f.cfg.name) != Some(&i) {
+                continue;
+            }
+            for s in &f.slots {
+                out.push(InstanceSnapshot {
+                    function: f.cfg.name.clone(),
+                    id: s.inst.id.clone(),
+                    loaded: s.loaded,
+                    busy: s.busy,
+                    idle_secs: if s.busy {
+                        0.0
+                    } else {
+                        (now - s.idle_since).max(0.0)
+                    },
+                    restored_from: s.inst.restored_from.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Registers a function while the agent runs (the caller has validated `cfg`, as the
+    /// configuration loader does). It starts with no image: the caller tells
+    /// [`PoolManager::set_image`] when the store has one.
+    pub fn add_function(&self, cfg: FunctionConfig) -> Result<(), ManageError> {
+        if self.s.closing.load(Ordering::SeqCst) {
+            return Err(ManageError::ShuttingDown);
+        }
+        let now = self.now();
+        // Lock order as in reconcile: state, then policy.
+        let mut st = self.s.state.lock().unwrap();
+        if st.by_name.contains_key(&cfg.name) {
+            return Err(ManageError::Exists(cfg.name));
+        }
+        let live = |i: usize, f: &FnRt| st.by_name.get(&f.cfg.name) == Some(&i);
+        if let Some(other) = st
+            .fns
+            .iter()
+            .enumerate()
+            .find(|(i, f)| live(*i, f) && f.spec.store_as == cfg.store_as())
+        {
+            return Err(ManageError::ImageTaken {
+                function: cfg.name.clone(),
+                store_as: cfg.store_as().to_string(),
+                other: other.1.cfg.name.clone(),
+            });
+        }
+        // Ids are indices into `fns`, which only grows (removed functions stay as
+        // tombstones), so the indices actions and requests hold stay valid.
+        let fi = st.fns.len();
+        let id = fi as FunctionId;
+        let mut policy = self.s.policy.lock().unwrap();
+        policy.register(
+            id,
+            &FunctionInfo {
+                app: id,
+                memory_mb: cfg.memory_mb as f64,
+                trigger: Some(Trigger::Http),
+            },
+        );
+        let mut rt = FnRt {
+            cfg: cfg.clone(),
+            spec: cfg.spec(),
+            image: ImageState::None,
+            image_busy: false,
+            slots: Vec::new(),
+            starting_hot: 0,
+            starting_warm: 0,
+            last_invoked: None,
+            last_end: None,
+            pending_load: None,
+            plan: Plan::default(),
+            rr: 0,
+            window_arrivals: 0,
+            forecast: None,
+        };
+        rt.plan = real_plan(
+            &policy.plan(id, self.policy_time(now)),
+            self.s.time_scale,
+            &rt.bounds(),
+        );
+        drop(policy);
+        st.by_name.insert(cfg.name.clone(), fi);
+        st.fns.push(rt);
+        tracing::info!(function = %cfg.name, image_ref = %cfg.image_ref, "function registered");
+        Ok(())
+    }
+
+    /// Unregisters a function: no new request or pool action reaches it; the requests
+    /// and starts in flight end (up to `grace`); then every instance of it is stopped
+    /// and its staged image unstaged (the image stays in the store). Returns the
+    /// instances stopped.
+    pub async fn remove_function(&self, name: &str, grace: Duration) -> Result<usize, ManageError> {
+        let _guard = OpGuard::new(&self.s);
+        let fi = {
+            let mut st = self.s.state.lock().unwrap();
+            let fi = st
+                .by_name
+                .remove(name)
+                .ok_or_else(|| ManageError::UnknownFunction(name.to_string()))?;
+            // A tombstone: no target, no start, no image action from decide.
+            let f = &mut st.fns[fi];
+            f.cfg.min_instances = 0;
+            f.cfg.max_instances = 0;
+            f.pending_load = None;
+            fi
+        };
+        let until = Instant::now() + grace;
+        loop {
+            let in_flight = {
+                let st = self.s.state.lock().unwrap();
+                let f = &st.fns[fi];
+                f.starting_hot + f.starting_warm > 0
+                    || f.image_busy
+                    || f.slots.iter().any(|s| s.busy)
+            };
+            if !in_flight || Instant::now() >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (slots, staged) = {
+            let mut st = self.s.state.lock().unwrap();
+            let f = &mut st.fns[fi];
+            let staged = f.image == ImageState::Staged;
+            // Nothing more happens to the image through this tombstone.
+            f.image = ImageState::None;
+            f.image_busy = true;
+            (
+                std::mem::take(&mut f.slots),
+                staged.then(|| f.spec.store_as.clone()),
+            )
+        };
+        let n = slots.len();
+        for s in slots {
+            self.stop_instance(name, s.inst).await;
+        }
+        if let Some(image) = staged {
+            if let Err(e) = self.s.driver.unstage(&image).await {
+                tracing::warn!(function = name, image, error = %e, "unstage failed");
+            }
+        }
+        tracing::info!(function = name, instances = n, "function unregistered");
+        Ok(n)
+    }
+
+    /// Checkpoints an idle instance of `function` (the one named, else a running one,
+    /// else a frozen one) into the store under its `store_as`, through the driver as the
+    /// pool's own checkpoints go; then leaves it in the pool, or stops it unless
+    /// `keep_running`.
+    pub async fn checkpoint(
+        &self,
+        function: &str,
+        instance: Option<&str>,
+        keep_running: bool,
+    ) -> Result<Checkpointed, ManageError> {
+        if self.s.closing.load(Ordering::SeqCst) {
+            return Err(ManageError::ShuttingDown);
+        }
+        let _guard = OpGuard::new(&self.s);
+        let (fi, inst, store_as) = {
+            let mut st = self.s.state.lock().unwrap();
+            let fi = *st
+                .by_name
+                .get(function)
+                .ok_or_else(|| ManageError::UnknownFunction(function.to_string()))?;
+            let f = &mut st.fns[fi];
+            if f.image_busy {
+                return Err(ManageError::ImageBusy(function.to_string()));
+            }
+            let k = match instance {
+                Some(id) => {
+                    let k = f
+                        .slots
+                        .iter()
+                        .position(|s| s.inst.id == id)
+                        .ok_or_else(|| ManageError::NoSuchInstance {
+                            function: function.to_string(),
+                            instance: id.to_string(),
+                        })?;
+                    if f.slots[k].busy {
+                        return Err(ManageError::Busy {
+                            function: function.to_string(),
+                            instance: id.to_string(),
+                        });
+                    }
+                    k
+                }
+                None => f
+                    .slots
+                    .iter()
+                    .position(|s| !s.busy && s.loaded == Loaded::Hot)
+                    .or_else(|| f.slots.iter().position(|s| !s.busy))
+                    .ok_or_else(|| ManageError::NoInstance(function.to_string()))?,
+            };
+            f.image_busy = true;
+            f.slots[k].busy = true;
+            (fi, f.slots[k].inst.clone(), f.spec.store_as.clone())
+        };
+        let began = Instant::now();
+        let r = self.s.driver.checkpoint(&inst, &store_as).await;
+        let secs = began.elapsed().as_secs_f64();
+        let stop = {
+            let now = self.now();
+            let mut st = self.s.state.lock().unwrap();
+            let f = &mut st.fns[fi];
+            f.image_busy = false;
+            if r.is_ok() && f.image == ImageState::None {
+                f.image = ImageState::Disk;
+            }
+            if r.is_ok() && !keep_running {
+                f.take_slot(&inst.id)
+            } else {
+                if let Some(s) = f.slot(&inst.id) {
+                    s.busy = false;
+                    s.idle_since = now;
+                }
+                None
+            }
+        };
+        self.s.metrics.action(function, "checkpoint", r.is_ok());
+        if let Some(s) = stop {
+            self.stop_instance(function, s.inst).await;
+        }
+        match r {
+            Ok(()) => {
+                tracing::info!(function, instance = %inst.id, image = %store_as, secs, keep_running, "checkpointed on request");
+                Ok(Checkpointed {
+                    instance: inst.id,
+                    image: store_as,
+                    kept_running: keep_running,
+                    secs,
+                })
+            }
+            Err(e) => Err(ManageError::Checkpoint {
+                function: function.to_string(),
+                instance: inst.id,
+                cause: e.to_string(),
+            }),
         }
     }
 
@@ -1125,6 +1480,68 @@ mod tests {
             "{t}"
         );
         pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// The admin API's operations: a function registered while running serves requests,
+    /// is checkpointed on request and, removed, has its instances stopped.
+    #[tokio::test]
+    async fn functions_are_added_checkpointed_and_removed_while_running() {
+        let fake = Arc::new(Fake::default());
+        let pool = manager(fake.clone());
+        let mut g = FunctionConfig::new("g", "img", 8080);
+        g.store_as = Some("f".into());
+        assert!(matches!(
+            pool.add_function(g),
+            Err(ManageError::ImageTaken { .. })
+        ));
+        assert!(matches!(
+            pool.add_function(FunctionConfig::new("f", "img", 1)),
+            Err(ManageError::Exists(_))
+        ));
+        pool.add_function(FunctionConfig::new("g", "img", 8080))
+            .unwrap();
+        let names: Vec<String> = pool.functions().into_iter().map(|f| f.name).collect();
+        assert_eq!(names, ["f", "g"]);
+        assert!(matches!(
+            pool.checkpoint("g", None, true).await,
+            Err(ManageError::NoInstance(_))
+        ));
+        let s = pool.invoke("g", "/").await.unwrap();
+        assert_eq!((s.tier, s.instance.as_str()), (StartTier::Cold, "g-0"));
+        let recent = pool.recent_starts();
+        assert_eq!(recent.len(), 1);
+        assert_eq!(
+            (recent[0].function.as_str(), recent[0].tier),
+            ("g", StartTier::Cold)
+        );
+        let c = pool.checkpoint("g", None, true).await.unwrap();
+        assert_eq!((c.instance.as_str(), c.image.as_str()), ("g-0", "g"));
+        let snap = pool.snapshot();
+        assert_eq!(
+            (snap[1].function.as_str(), snap[1].image),
+            ("g", ImageState::Disk)
+        );
+        assert_eq!(pool.instances().len(), 1);
+        assert_eq!(
+            pool.remove_function("g", Duration::from_secs(1))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(fake.stopped.load(Ordering::SeqCst), 1);
+        assert_eq!(pool.snapshot().len(), 1);
+        assert!(pool.instances().is_empty());
+        assert!(matches!(
+            pool.invoke("g", "/").await,
+            Err(InvokeError::UnknownFunction(_))
+        ));
+        // Nothing starts for the removed function any more.
+        assert!(pool.reconcile().iter().all(|a| a.function() == 0));
+        // Registered again: a new function, with the requests it gets.
+        pool.add_function(FunctionConfig::new("g", "img", 8080))
+            .unwrap();
+        assert_eq!(pool.invoke("g", "/").await.unwrap().tier, StartTier::Cold);
+        assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 1);
     }
 
     #[tokio::test]
