@@ -146,6 +146,8 @@ struct Sources {
     image: rekindle_restore_api::ImageInfo,
     stage_ms: f64,
     port: u16,
+    /// The warm source function's resident memory (VmRSS of its process), MiB.
+    rss_mib: f64,
 }
 
 fn main() -> Result<()> {
@@ -265,6 +267,7 @@ async fn bench(ctx: &Ctx, restored: &Restored, cfg: &Config) -> Result<()> {
             sources.checkpoint_ms,
             sources.stage_ms
         ),
+        rss_mib: sources.rss_mib,
         iterations: cfg.iterations,
         wall,
         load: (load_before, load_after),
@@ -313,6 +316,7 @@ async fn prepare_sources(ctx: &Ctx, restored: &Restored) -> Result<Sources> {
         .create(ctx)
         .await?;
     warm_up(&src).await?;
+    let rss_mib = vm_rss_kib(src.pid()).map(|k| k as f64 / 1024.0)?;
     let t = Instant::now();
     let ck = src.checkpoint(CheckpointOptions::default()).await?;
     let rekindle_ms = ms(t.elapsed());
@@ -340,7 +344,19 @@ async fn prepare_sources(ctx: &Ctx, restored: &Restored) -> Result<Sources> {
         image,
         stage_ms,
         port,
+        rss_mib,
     })
+}
+
+/// VmRSS of a process, KiB.
+fn vm_rss_kib(pid: u32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .with_context(|| format!("read /proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no VmRSS in /proc/{pid}/status"))
 }
 
 async fn warm_up(f: &harness::restore::Function) -> Result<()> {
@@ -551,6 +567,8 @@ struct Report {
     stats: Vec<Stats>,
     samples: Vec<Vec<Sample>>,
     sources_desc: String,
+    /// The warm function's resident memory, MiB.
+    rss_mib: f64,
     iterations: usize,
     wall: Duration,
     /// `/proc/loadavg`'s 1-minute load before and after the rounds: other work on the
@@ -600,11 +618,13 @@ impl Report {
         let _ = writeln!(s, "# Restore benchmark: time to first response\n");
         let _ = writeln!(
             s,
-            "Reference function (`{IMAGE}`, Python, ~60 MB of state, HTTP on 127.0.0.1), \
+            "Reference function (`{IMAGE}`, Python: numpy + pandas imported, 48 MB of \
+             state, {:.0} MiB resident when warm; HTTP on 127.0.0.1), \
              `benches/restore.rs` via `bash hack/bench.sh`. Clock: from the first request to \
              containerd for the instance (Tasks.Start for (5)) to its first HTTP 200. Modes \
              interleaved round-robin, {} rounds, {:.0} s in all. Every restore answered from \
              its checkpoint's state (count {}), every cold start with count 1.\n",
+            self.rss_mib,
             self.iterations,
             self.wall.as_secs_f64(),
             WARM_REQUESTS + 1
@@ -732,6 +752,7 @@ impl Report {
         serde_json::json!({
             "benchmark": "restore: time to first response",
             "function": IMAGE,
+            "function_rss_mib": self.rss_mib,
             "iterations_per_mode": self.iterations,
             "wall_s": self.wall.as_secs_f64(),
             "image": self.sources_desc,

@@ -25,7 +25,9 @@ IMAGE=docker.io/rekindle/$FN:latest
 ROOTFS=$CACHE/rootfs/$FN
 OUT=$CACHE/images/$FN.oci.tar
 SUITE=bookworm
-PACKAGES=python3-minimal,libpython3-stdlib
+# numpy + pandas: the libraries a typical data-handling function imports (most of its
+# cold start, ~0.3 s here, and about half of its ~120 MB resident memory)
+PACKAGES=python3-minimal,libpython3-stdlib,python3-numpy,python3-pandas
 # Bump the trailing number to force a new rootfs when the way it is made changes.
 RECIPE="debootstrap suite=$SUITE variant=minbase include=$PACKAGES pyc=unchecked-hash r1"
 VERIFY_PORT=${REKINDLE_VERIFY_PORT:-18181}
@@ -167,7 +169,7 @@ build_rootfs() {
   local pylib
   pylib=$(cd "$tmp" && ls -d usr/lib/python3.* | head -n1)
   chroot "$tmp" /usr/bin/python3 -m compileall -q -f \
-      --invalidation-mode unchecked-hash "/$pylib" >/dev/null \
+      --invalidation-mode unchecked-hash "/$pylib" /usr/lib/python3/dist-packages >/dev/null \
     || die "compileall in the rootfs failed"
   # keep it small: no apt caches, lists, docs, man pages, locales, logs
   rm -rf "$tmp"/var/cache/apt/* "$tmp"/var/lib/apt/lists/* "$tmp"/var/cache/debconf/*-old \

@@ -54,7 +54,7 @@ fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
         let criu = ck.criu()?.clone();
         assert!(
             criu.size > 8 << 20,
-            "the CRIU image of a function with ~60 MB of state is only {} bytes",
+            "the CRIU image of a function with ~48 MB of state is only {} bytes",
             criu.size
         );
         let spec = ck.spec(&ctx).await?;
@@ -90,7 +90,7 @@ fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
             after["count"], 4,
             "the restored function answers from its pre-checkpoint state: {after}"
         );
-        assert_eq!(after["checksum"], before["checksum"], "its ~60 MB of state");
+        assert_eq!(after["checksum"], before["checksum"], "its ~48 MB of state");
         assert_eq!(after["pid"], before["pid"], "its pid inside the container");
         assert_eq!(r.count().await?, 5, "and keeps counting");
         assert_eq!(r.status().await?, Status::Running);
