@@ -98,19 +98,27 @@ impl Harness {
         }
     }
 
-    /// Target `archive_import`: the first byte picks the form of the rest — even: a
-    /// zstd-compressed archive as `Store::export` writes it; odd: the tar inside one
-    /// (compressed here, so that mutations reach the tar and its entries rather than
-    /// break zstd). The archive is read entry by entry with nothing kept
+    /// Target `archive_import`: the first byte picks the form of the rest — 2 (mod 4): a
+    /// plan (see [`plan_archive`]) of the files a well-formed archive lists and holds;
+    /// else even: a zstd-compressed archive as `Store::export` writes it; odd: the tar
+    /// inside one (compressed here, so that mutations reach the tar and its entries
+    /// rather than break zstd). The archive is read entry by entry with nothing kept
     /// (`archive::read_archive` + `DryRun`) and imported into the store
     /// (`Store::import_from`): both must come to the same verdict; a refused import
-    /// leaves the store clean; an accepted one is a whole, verifiable image.
+    /// leaves the store clean; an accepted one is a whole, verifiable image; a plan
+    /// whose manifest validates and whose archive holds each file once is accepted.
     pub fn archive_import(&mut self, data: &[u8]) {
         let Some((&mode, rest)) = data.split_first() else {
             return;
         };
         let compressed;
-        let archive = if mode & 1 == 0 {
+        let mut must_accept = false;
+        let archive = if mode % 4 == 2 {
+            let (archive, faithful) = plan_archive(rest);
+            compressed = archive;
+            must_accept = faithful;
+            &compressed[..]
+        } else if mode & 1 == 0 {
             rest
         } else {
             compressed = zstd::encode_all(rest, 1).expect("zstd in memory");
@@ -133,6 +141,7 @@ impl Harness {
             }
             (Err(Error::Archive { error: a, .. }), Err(Error::Archive { error: b, .. })) => {
                 assert_eq!(a, b, "dry run and import refuse differently");
+                assert!(!must_accept, "a faithful archive is refused: {a}");
             }
             _ => panic!("dry run and import disagree: {dry:?} / {imported:?}"),
         }
@@ -268,11 +277,111 @@ impl Harness {
             assert_confined(&s);
             assert!(s.len() <= manifest::MAX_PATH_LEN);
             assert!(s.split('/').count() <= manifest::MAX_DEPTH);
+            // Each component, stored as `<component>.lz4`, fits in a file name.
+            assert!(s.split('/').all(|c| c.len() + 4 <= 255), "{s:?}");
             // The archive entry of that path names it back.
             let entry = format!("{ARCHIVE_IMAGE_PREFIX}{s}.lz4");
             assert!(entry.len() as u64 <= archive::MAX_ENTRY_NAME);
         }
     }
+}
+
+/// A tar entry with a raw GNU header (any name bytes, type and size), then `data`
+/// padded to the block; a GNU long name first when the name does not fit the header.
+pub fn tar_entry(tar: &mut Vec<u8>, name: &[u8], kind: tar::EntryType, size: u64, data: &[u8]) {
+    if name.len() > 100 {
+        let mut long = name.to_vec();
+        long.push(0);
+        tar_entry(
+            tar,
+            b"././@LongLink",
+            tar::EntryType::GNULongName,
+            long.len() as u64,
+            &long,
+        );
+    }
+    let mut h = tar::Header::new_gnu();
+    let n = name.len().min(100);
+    h.as_gnu_mut().expect("gnu").name[..n].copy_from_slice(&name[..n]);
+    h.set_entry_type(kind);
+    h.set_size(size);
+    h.set_mode(0o600);
+    h.set_cksum();
+    tar.extend_from_slice(h.as_bytes());
+    tar.extend_from_slice(data);
+    tar.resize(tar.len().next_multiple_of(512), 0);
+}
+
+/// Builds an archive from a plan: one line per file (UTF-8, lossily), its content the
+/// line itself. `path` is listed and archived; `-path` listed, not archived; `+path`
+/// archived, not listed; `=path` listed and archived twice. Returns the zstd archive
+/// and whether it is faithful (every line plain, and the manifest valid).
+pub fn plan_archive(plan: &[u8]) -> (Vec<u8>, bool) {
+    let text = String::from_utf8_lossy(plan);
+    let mut listed = Vec::new();
+    let mut archived = Vec::new();
+    let mut plain = true;
+    for line in text.lines().take(limits().max_files as usize + 1) {
+        let (op, path) = match line.as_bytes().first() {
+            Some(b'-' | b'+' | b'=') => (line.as_bytes()[0], &line[1..]),
+            _ => (b' ', line),
+        };
+        let (c, frame) =
+            codec::compress(path.as_bytes(), path.len() as u64, Vec::new()).expect("compress");
+        let entry = rekindle_restore_api::FileEntry {
+            path: path.to_string(),
+            size: c.size,
+            compressed_size: c.compressed_size,
+            sha256: c.sha256,
+        };
+        plain &= op == b' ';
+        if op != b'+' {
+            listed.push(entry);
+        }
+        if op != b'-' {
+            archived.push((path.to_string(), frame.clone()));
+        }
+        if op == b'=' {
+            archived.push((path.to_string(), frame));
+        }
+    }
+    let mut m = Manifest {
+        format: rekindle_restore_api::MANIFEST_FORMAT,
+        name: "fuzz-plan".into(),
+        created_unix: 0,
+        criu_version: None,
+        kernel_release: "6.1.0-fuzz".into(),
+        spec_digest: None,
+        labels: Default::default(),
+        file_count: 0,
+        total_size: 0,
+        total_compressed_size: 0,
+        files: listed,
+    };
+    manifest::fill_totals(&mut m);
+    let faithful = plain && manifest::validate(&m, &limits()).is_ok();
+    let json = serde_json::to_vec(&m).expect("json");
+    let mut tar = Vec::new();
+    let regular = tar::EntryType::Regular;
+    tar_entry(
+        &mut tar,
+        b"manifest.json",
+        regular,
+        json.len() as u64,
+        &json,
+    );
+    for (path, frame) in archived {
+        let name = format!("{ARCHIVE_IMAGE_PREFIX}{path}.lz4");
+        tar_entry(
+            &mut tar,
+            name.as_bytes(),
+            regular,
+            frame.len() as u64,
+            &frame,
+        );
+    }
+    tar.extend_from_slice(&[0; 1024]);
+    (zstd::encode_all(&tar[..], 1).expect("zstd"), faithful)
 }
 
 /// What a manifest that parsed must be.
@@ -424,6 +533,17 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             [&[1u8][..], &tar].concat(),
         ));
     }
+
+    out.push((
+        "archive_import",
+        "seed-plan".into(),
+        b"\x02inventory.img\npages-1.img\nsub/dir/core-1.img\n".to_vec(),
+    ));
+    out.push((
+        "archive_import",
+        "seed-plan-unfaithful".into(),
+        b"\x02inventory.img\n-missing.img\n+extra.img\n=twice.img\n".to_vec(),
+    ));
 
     let frame_of = |path: &str| {
         let e = m.files.iter().find(|f| f.path == path).expect("listed");
