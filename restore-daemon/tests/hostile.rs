@@ -462,6 +462,15 @@ fn traversal_in_entry_names_is_refused() {
     // A long name that names nothing.
     let archive = archive_of(&r.m, |t| long_name(t, b"image/x.lz4"));
     assert_eq!(kind_of(&h, &archive), ArchiveErrorKind::DanglingLongName);
+    // A component too long for a file name once stored as `<component>.lz4` (found by
+    // the archive_import fuzzer: the write failed as an internal error).
+    let mut m = r.m.clone();
+    m.files[0].path = "d".repeat(manifest::MAX_COMPONENT_LEN + 1);
+    let kind = kind_of(&h, &archive_of(&m, |t| genuine(&r, t)));
+    assert!(
+        matches!(&kind, ArchiveErrorKind::Manifest(why) if why.contains("component is longer")),
+        "{kind:?}"
+    );
     // Traversal in the manifest's own paths.
     for bad in ["../x", "/etc/x", "a/../../x", "a\0b"] {
         let mut m = r.m.clone();

@@ -11,6 +11,9 @@ use super::{Limits, LAST_USED_FILE, MANIFEST_FILE};
 
 /// Longest relative path of an image file.
 pub const MAX_PATH_LEN: usize = 1024;
+/// Longest component of such a path: stored as `<component>.lz4`, it must fit in a file
+/// name (NAME_MAX, 255 bytes on Linux).
+pub const MAX_COMPONENT_LEN: usize = 255 - ".lz4".len();
 /// Deepest directory nesting inside an image.
 pub const MAX_DEPTH: usize = 8;
 /// Labels per image, and their sizes.
@@ -59,6 +62,11 @@ pub fn validate_rel_path(path: &str) -> Result<(), String> {
         match c {
             "" => return bad("empty component"),
             "." | ".." => return bad("contains \".\" or \"..\""),
+            c if c.len() > MAX_COMPONENT_LEN => {
+                return bad(&format!(
+                    "a component is longer than {MAX_COMPONENT_LEN} bytes"
+                ))
+            }
             _ => depth += 1,
         }
     }
@@ -346,6 +354,14 @@ mod tests {
             );
         }
         validate_rel_path("sub/dir/pages-1.img").unwrap();
+        // A component past NAME_MAX once ".lz4" is added failed the write as an internal
+        // error (ENAMETOOLONG); found by the archive_import fuzzer. (Regression.)
+        let longest = "c".repeat(MAX_COMPONENT_LEN);
+        validate_rel_path(&format!("a/{longest}")).unwrap();
+        let e = validate_rel_path(&format!("a/{longest}c/b")).unwrap_err();
+        assert!(e.contains("component is longer than 251"), "{e}");
+        let e = validate_rel_path(&"\u{fffd}".repeat(100)).unwrap_err();
+        assert!(e.contains("component is longer"), "{e}");
         let dup = manifest(vec![entry("a", 1), entry("a", 1)]);
         assert!(reason(&dup).contains("twice"));
         let clash = manifest(vec![entry("a", 1), entry("a/b", 1)]);
