@@ -38,7 +38,12 @@
 //!    this rule is the hard cap on what is actually held.) Busy instances are never
 //!    released, and a request's own start is admitted only if [`make_room`] finds room.
 //! 6. One action at a time per instance (busy instances are left alone) and per image.
+//!
+//! The gateway's requests are admitted by [`admission`] (serve on an idle instance, start
+//! one within `max_instances` and the budget, queue with a bounded wait, or refuse), also
+//! pure; the manager waits.
 
+pub mod admission;
 pub mod manager;
 
 use std::collections::HashSet;
