@@ -60,6 +60,20 @@ fn default_invoke_timeout() -> f64 {
 fn default_ready_path() -> String {
     "/healthz".to_string()
 }
+fn default_invoke_path() -> String {
+    "/invoke".to_string()
+}
+/// 6 MiB, the synchronous payload limit common FaaS platforms have.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 6 << 20;
+fn default_max_body() -> usize {
+    DEFAULT_MAX_BODY_BYTES
+}
+fn default_max_queue() -> u32 {
+    64
+}
+fn default_max_queue_wait() -> f64 {
+    10.0
+}
 
 /// One function the agent serves (`[[function]]` in the file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -98,9 +112,26 @@ pub struct FunctionConfig {
     pub keep_alive_min_secs: f64,
     #[serde(default = "default_keep_alive_max")]
     pub keep_alive_max_secs: f64,
-    /// Bound on one forwarded request, seconds.
+    /// Bound on one forwarded request, seconds (queueing and start included).
     #[serde(default = "default_invoke_timeout")]
     pub invoke_timeout_secs: f64,
+    /// The function's handler: where the gateway's `POST /invoke/<name>` goes.
+    #[serde(default = "default_invoke_path")]
+    pub invoke_path: String,
+    /// Largest request body the gateway forwards (413 past it), bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Largest answer body the gateway forwards back (502 past it), bytes.
+    #[serde(default = "default_max_body")]
+    pub max_response_bytes: usize,
+    /// Requests that may wait for an instance while `max_instances` are busy (or the
+    /// memory budget has no room yet); past it: 503 `queue_full`.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    /// How long a request may wait in that queue, seconds; past it: 503
+    /// `queue_timeout`.
+    #[serde(default = "default_max_queue_wait")]
+    pub max_queue_wait_secs: f64,
 }
 
 impl FunctionConfig {
@@ -121,6 +152,11 @@ impl FunctionConfig {
             keep_alive_min_secs: 0.0,
             keep_alive_max_secs: default_keep_alive_max(),
             invoke_timeout_secs: default_invoke_timeout(),
+            invoke_path: default_invoke_path(),
+            max_body_bytes: default_max_body(),
+            max_response_bytes: default_max_body(),
+            max_queue: default_max_queue(),
+            max_queue_wait_secs: default_max_queue_wait(),
         }
     }
 
@@ -196,6 +232,15 @@ impl FunctionConfig {
         }
         if !(self.invoke_timeout_secs.is_finite() && self.invoke_timeout_secs > 0.0) {
             return bad("invoke_timeout_secs must be positive".into());
+        }
+        if !self.invoke_path.starts_with('/') {
+            return bad(format!(
+                "invoke_path {:?} must start with /",
+                self.invoke_path
+            ));
+        }
+        if !finite(self.max_queue_wait_secs) {
+            return bad("max_queue_wait_secs must be 0 or more".into());
         }
         Ok(())
     }
@@ -501,6 +546,9 @@ mod tests {
         assert_eq!(spec.memory_limit_bytes, 256 << 20);
         assert_eq!(spec.netns, NetMode::Own);
         assert_eq!(spec.store_as, "hello");
+        assert_eq!(f.invoke_path, "/invoke");
+        assert_eq!((f.max_body_bytes, f.max_response_bytes), (6 << 20, 6 << 20));
+        assert_eq!((f.max_queue, f.max_queue_wait_secs), (64, 10.0));
     }
 
     #[test]
@@ -527,6 +575,8 @@ mod tests {
         bad_fn("netns = \"host\"", "one instance at a time");
         bad_fn("keep_alive_max_secs = -1.0", "keep_alive_min_secs");
         bad_fn("port2 = 1", "port2");
+        bad_fn("invoke_path = \"invoke\"", "invoke_path");
+        bad_fn("max_queue_wait_secs = -1.0", "max_queue_wait_secs");
         let e = Config::from_toml(
             "[[function]]\nname = \"a b\"\nimage_ref = \"i\"\nport = 1\n",
             p,
