@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `rekindle_starts_total` | `function`, `tier` | requests served, by how their instance was had: `hot` (an idle running instance), `warm` (thawed), `restore_staged`, `restore_disk` (restored from the image staged in memory / on disk), `cold` (full cold start) |
 //! | `rekindle_start_failures_total` | `function`, `tier`, `reason` | a path of the gateway that failed (the request fell back to the next); `reason` is one of [`REASONS`] |
+//! | `rekindle_gateway_refused_total` | `function`, `reason` | requests the invoke gateway answered 503 without serving: `queue_full` (`max_instances` busy and `max_queue` requests waiting), `queue_timeout` (waited `max_queue_wait_secs`), `budget` (no memory for an instance, none can come), `shutdown` |
 //! | `rekindle_start_latency_seconds` | `tier` | time from a request's arrival to an instance ready to take it |
 //! | `rekindle_pool_instances` | `function`, `tier` | instances now: `hot` (running, busy included), `warm` (frozen); the image: `staged`, `disk` (0 or 1) |
 //! | `rekindle_pool_target` | `function`, `tier` | the policy's targets now: `hot`, `warm`, `staged` (0 or 1) |
@@ -127,6 +128,12 @@ pub struct FnTierReason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FnReason {
+    pub function: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TierLabel {
     pub tier: String,
 }
@@ -157,6 +164,8 @@ pub struct Metrics {
     pub pool_instances: Family<FnTier, Gauge>,
     pub pool_target: Family<FnTier, Gauge>,
     pub pool_actions: Family<FnAction, Counter>,
+    /// The gateway's 503s, by reason.
+    pub refused: Family<FnReason, Counter>,
     /// Per-function node statistics (eBPF and cgroups), written by [`crate::ebpf`].
     pub node: Arc<NodeMetrics>,
     /// Forecast vs. observed arrivals and memory budget use, written by the pool manager.
@@ -178,6 +187,7 @@ impl Metrics {
         let pool_instances = Family::<FnTier, Gauge>::default();
         let pool_target = Family::<FnTier, Gauge>::default();
         let pool_actions = Family::<FnAction, Counter>::default();
+        let refused = Family::<FnReason, Counter>::default();
         registry.register(
             "rekindle_starts",
             "Requests served, by how their instance was had (hot, warm, restore_staged, restore_disk, cold)",
@@ -208,6 +218,11 @@ impl Metrics {
             "The pool manager's own actions, by outcome",
             pool_actions.clone(),
         );
+        registry.register(
+            "rekindle_gateway_refused",
+            "Requests the invoke gateway refused with 503 (queue_full, queue_timeout, budget, shutdown)",
+            refused.clone(),
+        );
         let node = Arc::new(NodeMetrics::default());
         registry.register_collector(Box::new(node.clone()));
         let pool = Arc::new(PoolMetrics::default());
@@ -220,6 +235,7 @@ impl Metrics {
             pool_instances,
             pool_target,
             pool_actions,
+            refused,
             node,
             pool,
         }
@@ -245,6 +261,17 @@ impl Metrics {
             .get_or_create(&FnTierReason {
                 function: function.into(),
                 tier: tier.name().into(),
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// A request the gateway refused; `reason` is a
+    /// [`crate::pool::admission::Refusal::label`].
+    pub fn refused(&self, function: &str, reason: &'static str) {
+        self.refused
+            .get_or_create(&FnReason {
+                function: function.into(),
                 reason: reason.into(),
             })
             .inc();
@@ -778,6 +805,7 @@ mod tests {
         m.set_pool("hello", "hot", 2);
         m.set_target("hello", "warm", 1);
         m.action("hello", "checkpoint", true);
+        m.refused("hello", "queue_full");
         let t = m.encode();
         for want in [
             "rekindle_starts_total{function=\"hello\",tier=\"cold\"} 1",
@@ -787,6 +815,7 @@ mod tests {
             "rekindle_pool_instances{function=\"hello\",tier=\"hot\"} 2",
             "rekindle_pool_target{function=\"hello\",tier=\"warm\"} 1",
             "rekindle_pool_actions_total{function=\"hello\",action=\"checkpoint\",outcome=\"ok\"} 1",
+            "rekindle_gateway_refused_total{function=\"hello\",reason=\"queue_full\"} 1",
         ] {
             assert!(t.contains(want), "{want} missing in:\n{t}");
         }
@@ -870,6 +899,7 @@ mod tests {
         m.set_pool("hello", "hot", 1);
         m.set_target("hello", "hot", 1);
         m.action("hello", "start", true);
+        m.refused("hello", "queue_timeout");
         m.node.set_bpf_loaded(true);
         m.node.set_functions(
             [(
