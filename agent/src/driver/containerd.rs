@@ -45,8 +45,9 @@ use sha2::Digest as _;
 
 use super::netns;
 use super::{
-    Cause, DriverError, FunctionSpec, Instance, InstanceDriver, NetMode, Op, Response,
-    StageOutcome, StartHook, TaskState, FUNCTION_LABEL, IMAGE_ANNOTATION, STORE_AS_ANNOTATION,
+    Cause, DriverError, ForwardError, ForwardRequest, ForwardResponse, FunctionSpec, Instance,
+    InstanceDriver, NetMode, Op, Response, StageOutcome, StartHook, TaskState, FUNCTION_LABEL,
+    IMAGE_ANNOTATION, STORE_AS_ANNOTATION,
 };
 
 pub const REKINDLE_RUNTIME: &str = "io.containerd.rekindle.v2";
@@ -1101,6 +1102,32 @@ impl InstanceDriver for ContainerdDriver {
                     what: format!("GET {path} on port {}", i.port),
                     source: e,
                 })
+            })
+    }
+
+    async fn forward(
+        &self,
+        i: &Instance,
+        req: ForwardRequest,
+        timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Result<ForwardResponse, ForwardError> {
+        let what = format!("{} {} on port {}", req.method, req.path, i.port);
+        let io = |source| {
+            instance_scope(Op::Invoke, i).err(Cause::Io {
+                what: what.clone(),
+                source,
+            })
+        };
+        netns::forward(i.netns.as_deref(), i.port, req, timeout, max_response_bytes)
+            .await
+            .map_err(|f| match f {
+                netns::ForwardFailure::Connect(e) => ForwardError::NotSent(io(e)),
+                netns::ForwardFailure::Exchange(e) => ForwardError::Failed(io(e)),
+                netns::ForwardFailure::TooLarge => ForwardError::TooLarge {
+                    instance: i.id.clone(),
+                    limit: max_response_bytes,
+                },
             })
     }
 }

@@ -12,6 +12,8 @@
 //! - [`InstanceDriver::freeze`] / [`InstanceDriver::thaw`]: warm ⇄ hot (cgroup freezer).
 //! - [`InstanceDriver::stop`]: the end of an instance, leaving nothing behind.
 //! - [`InstanceDriver::invoke`]: one HTTP GET to an instance, bounded.
+//! - [`InstanceDriver::forward`]: one HTTP request of the invoke gateway's (any method,
+//!   headers, body) to an instance, its whole answer back, bounded in time and size.
 //!
 //! [`ContainerdDriver`] implements it with containerd (runtime
 //! `io.containerd.rekindle.v2`) and rekindle-restored. [`FunctionSpec`] and [`Instance`]
@@ -129,6 +131,42 @@ pub struct StageOutcome {
 pub struct Response {
     pub status: u16,
     pub body: String,
+}
+
+/// A request the invoke gateway forwards to an instance (hop-by-hop headers already
+/// removed, the body whole: the gateway bounds it).
+#[derive(Clone, Debug)]
+pub struct ForwardRequest {
+    pub method: hyper::Method,
+    /// Path and query, as the instance is to see them (`/invoke?x=1`).
+    pub path: String,
+    pub headers: hyper::HeaderMap,
+    pub body: hyper::body::Bytes,
+}
+
+/// An instance's whole answer to a [`ForwardRequest`].
+#[derive(Clone, Debug)]
+pub struct ForwardResponse {
+    pub status: hyper::StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: hyper::body::Bytes,
+}
+
+/// Why [`InstanceDriver::forward`] failed: whether the request may have reached the
+/// instance decides whether the gateway may try another one.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    /// No connection to the instance: nothing of the request reached it.
+    #[error("{0}")]
+    NotSent(DriverError),
+    /// The exchange failed after the connection was made: the instance may have seen
+    /// (part of) the request.
+    #[error("{0}")]
+    Failed(DriverError),
+    /// The instance answered, with a body over the limit (it is fine; the answer is not
+    /// forwarded).
+    #[error("the answer of instance {instance} exceeds {limit} bytes")]
+    TooLarge { instance: String, limit: usize },
 }
 
 /// The operations of the driver, for errors and logs.
@@ -304,6 +342,17 @@ pub trait InstanceDriver: Send + Sync {
         path: &str,
         timeout: Duration,
     ) -> Result<Response, DriverError>;
+
+    /// The gateway's request on the instance (inside its network namespace, if it has
+    /// one), HTTP/1.1; its status, headers and body (at most `max_response_bytes`). The
+    /// whole exchange bounded by `timeout`.
+    async fn forward(
+        &self,
+        i: &Instance,
+        req: ForwardRequest,
+        timeout: Duration,
+        max_response_bytes: usize,
+    ) -> Result<ForwardResponse, ForwardError>;
 
     /// Calls `hook` before each instance's Tasks.Start from now on (replacing any
     /// earlier one). A driver without tasks to start ignores it.

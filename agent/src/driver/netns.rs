@@ -165,6 +165,141 @@ fn blocking_get(
     parse_response(&raw)
 }
 
+/// A TCP connection to 127.0.0.1:`port` in the network namespace at `netns` or in ours.
+/// The socket is made by a thread of its own that enters the namespace (and ends right
+/// after): a socket stays in the namespace it was made in, so the connection is then used
+/// from the runtime like any other.
+pub async fn connect(
+    netns: Option<&Path>,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<tokio::net::TcpStream> {
+    let netns = netns.map(Path::to_path_buf);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("instance-connect".into())
+        .spawn(move || {
+            let _ = tx.send(blocking_connect(netns.as_deref(), port, timeout));
+        })?;
+    let s = match tokio::time::timeout(timeout + Duration::from_millis(100), rx).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(_)) => return Err(io::Error::other("the connect thread died")),
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no connection within {timeout:?}"),
+            ))
+        }
+    };
+    s.set_nonblocking(true)?;
+    tokio::net::TcpStream::from_std(s)
+}
+
+fn blocking_connect(
+    netns: Option<&Path>,
+    port: u16,
+    timeout: Duration,
+) -> io::Result<std::net::TcpStream> {
+    if let Some(ns) = netns {
+        let f = fs::File::open(ns)?;
+        // SAFETY: setns(2) with a valid fd; it moves this thread only, which ends after
+        // the connect.
+        if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("setns {}: {e}", ns.display()),
+            ));
+        }
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let s = std::net::TcpStream::connect_timeout(&addr, timeout.max(Duration::from_millis(1)))?;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Why [`forward`] failed.
+#[derive(Debug)]
+pub enum ForwardFailure {
+    /// No connection: nothing was sent.
+    Connect(io::Error),
+    /// The exchange failed on the connection.
+    Exchange(io::Error),
+    /// The answer's body is over the limit.
+    TooLarge,
+}
+
+/// `req` on 127.0.0.1:`port` in the namespace at `netns` (HTTP/1.1, one request on a
+/// fresh connection), its whole answer; its body at most `max_body` bytes. The whole
+/// exchange bounded by `timeout`.
+pub async fn forward(
+    netns: Option<&Path>,
+    port: u16,
+    req: super::ForwardRequest,
+    timeout: Duration,
+    max_body: usize,
+) -> Result<super::ForwardResponse, ForwardFailure> {
+    use http_body_util::{BodyExt as _, Full, Limited};
+    let deadline = tokio::time::Instant::now() + timeout;
+    let stream = connect(netns, port, timeout)
+        .await
+        .map_err(ForwardFailure::Connect)?;
+    let exchange = async move {
+        let io_err = |e: hyper::Error| io::Error::other(e.to_string());
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| ForwardFailure::Exchange(io_err(e)))?;
+        // The connection is driven beside the request; it ends with it (dropped below).
+        let driver = tokio::spawn(conn);
+        let mut r = hyper::Request::new(Full::new(req.body));
+        *r.method_mut() = req.method;
+        *r.uri_mut() = req
+            .path
+            .parse()
+            .map_err(|e| ForwardFailure::Exchange(io::Error::other(format!("path: {e}"))))?;
+        *r.headers_mut() = req.headers;
+        r.headers_mut().insert(
+            hyper::header::HOST,
+            hyper::header::HeaderValue::from_str(&format!("127.0.0.1:{port}"))
+                .expect("a valid header value"),
+        );
+        let result = async {
+            let resp = sender
+                .send_request(r)
+                .await
+                .map_err(|e| ForwardFailure::Exchange(io_err(e)))?;
+            let (parts, body) = resp.into_parts();
+            let body = Limited::new(body, max_body)
+                .collect()
+                .await
+                .map_err(|e| {
+                    if e.is::<http_body_util::LengthLimitError>() {
+                        ForwardFailure::TooLarge
+                    } else {
+                        ForwardFailure::Exchange(io::Error::other(e.to_string()))
+                    }
+                })?
+                .to_bytes();
+            Ok(super::ForwardResponse {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        }
+        .await;
+        driver.abort();
+        result
+    };
+    match tokio::time::timeout_at(deadline, exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(ForwardFailure::Exchange(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("no whole answer within {timeout:?}"),
+        ))),
+    }
+}
+
 /// The status code and body of an HTTP/1.x response.
 pub fn parse_response(raw: &[u8]) -> io::Result<(u16, String)> {
     let text = String::from_utf8_lossy(raw);
@@ -223,5 +358,64 @@ mod tests {
             .is_err());
         assert!(started.elapsed() < Duration::from_millis(450));
         server.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn forwards_method_headers_and_body_and_bounds_the_answer() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for answer in [
+                &b"HTTP/1.0 201 Created\r\nX-Fn: yes\r\nContent-Length: 2\r\n\r\nok"[..],
+                &b"HTTP/1.0 200 OK\r\nContent-Length: 10\r\n\r\n0123456789"[..],
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                // Head, then the 5 bytes of body it announces.
+                while !raw.windows(4).any(|w| w == b"\r\n\r\n") || !raw.ends_with(b"hello") {
+                    let n = s.read(&mut buf).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                seen.push(String::from_utf8_lossy(&raw).to_string());
+                s.write_all(answer).unwrap();
+            }
+            seen
+        });
+        let req = || {
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("x-test", "1".parse().unwrap());
+            crate::driver::ForwardRequest {
+                method: hyper::Method::PUT,
+                path: "/a?b=c".into(),
+                headers,
+                body: hyper::body::Bytes::from_static(b"hello"),
+            }
+        };
+        let r = forward(None, port, req(), Duration::from_secs(5), 100)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 201);
+        assert_eq!(r.headers["x-fn"], "yes");
+        assert_eq!(&r.body[..], b"ok");
+        let r = forward(None, port, req(), Duration::from_secs(5), 9).await;
+        assert!(matches!(r, Err(ForwardFailure::TooLarge)), "{r:?}");
+        let seen = server.join().unwrap();
+        let first = seen[0].to_ascii_lowercase();
+        assert!(first.starts_with("put /a?b=c http/1.1\r\n"), "{first}");
+        for want in [
+            "x-test: 1\r\n",
+            "content-length: 5\r\n",
+            &format!("host: 127.0.0.1:{port}\r\n"),
+        ] {
+            assert!(first.contains(want), "{want:?} not in {first}");
+        }
+        // Nobody listens any more: nothing was sent.
+        let r = forward(None, port, req(), Duration::from_secs(1), 100).await;
+        assert!(matches!(r, Err(ForwardFailure::Connect(_))), "{r:?}");
     }
 }

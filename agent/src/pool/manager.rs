@@ -9,20 +9,31 @@
 //! Concurrency: the state is one mutex, never held across an await. An instance under an
 //! action or serving a request is marked busy, so it gets one action at a time; instance
 //! starts (the pool's and the requests') share a semaphore of `max_parallel_starts`.
+//!
+//! Requests: [`super::admission`] decides under the lock, so an idle instance or the room
+//! for a start goes to one request only. A queued request waits on a oneshot channel;
+//! whatever frees an instance or room (a request's end, a stop, a failed start, any pool
+//! action) hands it to the oldest waiter under the same lock. A waiter that gives up
+//! (timeout, or its future dropped) leaves the queue under the lock, and gives back a
+//! grant it was sent meanwhile: no request is served twice, no reservation is lost.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use hyper::Method;
+use tokio::sync::{oneshot, Notify, Semaphore};
 
+use super::admission::{self, Admission, Counts, Limits, Refusal, Room};
 use super::{
     decide, make_room, real_plan, Action, FunctionView, ImageState, InstanceView, Loaded,
     PlanBounds, StartWhy,
 };
 use crate::config::FunctionConfig;
-use crate::driver::{FunctionSpec, Instance, InstanceDriver, Response};
+use crate::driver::{
+    ForwardError, ForwardRequest, ForwardResponse, FunctionSpec, Instance, InstanceDriver, Response,
+};
 use crate::metrics::{self, FunctionPoolStats, Metrics, StartTier};
 use crate::policy::{FunctionId, FunctionInfo, Plan, Policy, Trigger, INTERVAL};
 
@@ -122,6 +133,115 @@ struct State {
     by_name: HashMap<String, usize>,
     /// Policy time of the next policy tick.
     next_tick: f64,
+    /// The requests waiting for an instance, per function index, oldest first.
+    queues: HashMap<usize, VecDeque<Waiter>>,
+    next_waiter: u64,
+}
+
+/// A queued request.
+struct Waiter {
+    id: u64,
+    tx: oneshot::Sender<Grant>,
+}
+
+/// What a request is given: an instance (marked busy for it), the room to start one
+/// (counted in `starting_hot` for it), or a refusal.
+#[derive(Debug)]
+enum Grant {
+    Hot(Instance),
+    Warm(Instance),
+    Start,
+    Refused(Refusal),
+}
+
+enum Step<'a> {
+    Now(Grant),
+    Wait(Ticket<'a>),
+}
+
+/// A request's place in its function's queue, until it has its grant or gives up.
+struct Ticket<'a> {
+    pool: &'a PoolManager,
+    fi: usize,
+    id: u64,
+    /// `None` once the grant is taken.
+    rx: Option<oneshot::Receiver<Grant>>,
+}
+
+impl Ticket<'_> {
+    /// Leaves the queue (under the lock); `false` when the waiter was not in it any
+    /// more: its grant was sent.
+    fn leave(st: &mut State, fi: usize, id: u64) -> bool {
+        let Some(q) = st.queues.get_mut(&fi) else {
+            return false;
+        };
+        match q.iter().position(|w| w.id == id) {
+            Some(k) => {
+                q.remove(k);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The grant, or a refusal (`queue_timeout`) at `until`.
+    async fn wait(mut self, until: Instant) -> Grant {
+        let rx = self.rx.as_mut().expect("a fresh ticket");
+        match tokio::time::timeout_at(until.into(), rx).await {
+            Ok(Ok(g)) => {
+                self.rx = None;
+                g
+            }
+            // Dropped unsent: the queue was emptied by the shutdown.
+            Ok(Err(_)) => {
+                self.rx = None;
+                Grant::Refused(Refusal::ShuttingDown)
+            }
+            Err(_) => {
+                let mut st = self.pool.s.state.lock().unwrap();
+                let mut rx = self.rx.take().expect("a fresh ticket");
+                if Self::leave(&mut st, self.fi, self.id) {
+                    Grant::Refused(Refusal::QueueTimeout)
+                } else {
+                    // Sent just now, under the lock we hold: take it rather than lose it.
+                    rx.try_recv()
+                        .unwrap_or(Grant::Refused(Refusal::QueueTimeout))
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Ticket<'_> {
+    /// The request gave up before its grant (its future dropped): out of the queue, and
+    /// a grant sent meanwhile given back.
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else {
+            return;
+        };
+        let evict = {
+            let mut st = self.pool.s.state.lock().unwrap();
+            if !Self::leave(&mut st, self.fi, self.id) {
+                if let Ok(g) = rx.try_recv() {
+                    PoolManager::give_back(&mut st, self.fi, g);
+                }
+            }
+            self.pool.pump_locked(&mut st, self.fi)
+        };
+        self.pool.spawn_actions(evict);
+    }
+}
+
+/// An instance a request got.
+struct Got {
+    inst: Instance,
+    tier: StartTier,
+    /// From the request's arrival to the instance ready, seconds.
+    latency: f64,
+    /// How long the start made for it took (restore or cold start), if one was.
+    start: Option<Duration>,
+    /// How long it waited in the queue, if it did.
+    queued: Option<Duration>,
 }
 
 struct Shared {
@@ -240,12 +360,34 @@ pub struct PoolSnapshot {
     pub plan: Plan,
 }
 
-/// A request served by the gateway.
+/// A `GET` served by [`PoolManager::invoke`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Served {
     pub response: Response,
     pub tier: StartTier,
     pub instance: String,
+}
+
+/// A request served by [`PoolManager::forward`] (the gateway).
+#[derive(Debug, Clone)]
+pub struct Forwarded {
+    /// The instance's whole answer.
+    pub response: ForwardResponse,
+    pub tier: StartTier,
+    pub instance: String,
+    /// How long the start made for this request took (restore or cold start, from the
+    /// admission that reserved it to the instance answering its ready path, waiting for
+    /// a start slot included); `None` when an instance already loaded served it.
+    pub start: Option<Duration>,
+    /// How long it waited in the function's queue, if it did.
+    pub queued: Option<Duration>,
+}
+
+/// A function's settings the gateway applies itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayLimits {
+    pub invoke_path: String,
+    pub max_body_bytes: usize,
 }
 
 /// Why the gateway could not serve a request.
@@ -257,19 +399,30 @@ pub enum InvokeError {
     Failed { function: String, last: String },
     #[error("the node's memory budget has no room for another instance of {0:?}")]
     Budget(String),
+    /// Every instance the pool allows is busy and the queue is full, or the request
+    /// waited as long as it may.
+    #[error("{function:?}: {reason}")]
+    Refused { function: String, reason: Refusal },
     #[error("the agent is shutting down")]
     ShuttingDown,
+}
+
+impl InvokeError {
+    /// Why the request was refused without being served (the gateway's 503), if it was.
+    pub fn refusal(&self) -> Option<Refusal> {
+        match self {
+            InvokeError::Budget(_) => Some(Refusal::Budget),
+            InvokeError::Refused { reason, .. } => Some(*reason),
+            InvokeError::ShuttingDown => Some(Refusal::ShuttingDown),
+            _ => None,
+        }
+    }
 }
 
 /// The pool manager. Cheap to clone (shared state).
 #[derive(Clone)]
 pub struct PoolManager {
     s: Arc<Shared>,
-}
-
-enum Acquired {
-    Got(Instance, StartTier, f64),
-    Wait,
 }
 
 impl PoolManager {
@@ -324,6 +477,8 @@ impl PoolManager {
                     fns,
                     by_name,
                     next_tick: INTERVAL,
+                    queues: HashMap::new(),
+                    next_waiter: 0,
                 }),
                 metrics,
                 starts: Semaphore::new(opts.max_parallel_starts.max(1)),
@@ -424,15 +579,9 @@ impl PoolManager {
         }
         self.publish(&st);
         drop(st);
-        for a in &actions {
-            let me = self.clone();
-            let guard = OpGuard::new(&self.s);
-            let a = a.clone();
-            tokio::spawn(async move {
-                me.act(a).await;
-                drop(guard);
-            });
-        }
+        self.spawn_actions(actions.clone());
+        // A safety net: anything freed that no event handed to the queues.
+        self.pump_all();
         actions
     }
 
@@ -451,7 +600,12 @@ impl PoolManager {
                     s.busy = true;
                 }
             }
-            Action::Stop { .. } => {}
+            Action::Stop { instance, .. } => {
+                // Reserved for the stop: no request takes it meanwhile.
+                if let Some(s) = f.slot(instance) {
+                    s.busy = true;
+                }
+            }
             Action::Start { into, why, .. } => {
                 match into {
                     Loaded::Hot => f.starting_hot += 1,
@@ -553,10 +707,8 @@ impl PoolManager {
                 let slot = {
                     let mut st = self.s.state.lock().unwrap();
                     let f = &mut st.fns[fi];
-                    match f.slot(instance) {
-                        Some(s) if !s.busy => f.take_slot(instance),
-                        _ => None, // taken by a request meanwhile
-                    }
+                    // Claimed (busy) for the stop: no request has it.
+                    f.take_slot(instance)
                 };
                 match slot {
                     Some(s) => self.stop_instance(&name, s.inst).await,
@@ -618,6 +770,8 @@ impl PoolManager {
             }
         };
         self.s.metrics.action(&name, a.name(), ok);
+        // Whatever it did may free an instance or room for a queued request.
+        self.pump_all();
     }
 
     fn instance(&self, fi: usize, id: &str) -> Option<Instance> {
@@ -665,25 +819,36 @@ impl PoolManager {
         }
     }
 
-    /// Serves one request through the gateway: an instance from the fastest path
-    /// (hot → warm → restore from the staged image or from disk → cold start), `GET path`
-    /// on it, its answer. Any failure falls back to the next path and is counted.
-    pub async fn invoke(&self, function: &str, path: &str) -> Result<Served, InvokeError> {
-        if self.s.closing.load(Ordering::SeqCst) {
-            return Err(InvokeError::ShuttingDown);
-        }
+    /// Serves one request through the gateway: an instance admitted by
+    /// [`super::admission`] (an idle hot one, a warm one thawed, a new one restored from
+    /// the staged image or from disk or cold-started, or the next one freed while the
+    /// request waits in the function's queue), `req` forwarded to it, its whole answer.
+    /// A failure before the request reached an instance, or on a method safe to repeat
+    /// (RFC 9110 §9.2.2), falls back to another instance; every failure is counted.
+    pub async fn forward(
+        &self,
+        function: &str,
+        req: ForwardRequest,
+    ) -> Result<Forwarded, InvokeError> {
         let _guard = OpGuard::new(&self.s);
         let arrival = Instant::now();
         let now = self.now();
-        let (fi, timeout) = {
+        let (fi, timeout, max_response) = {
             let mut st = self.s.state.lock().unwrap();
             let Some(&fi) = st.by_name.get(function) else {
                 return Err(InvokeError::UnknownFunction(function.to_string()));
             };
-            st.fns[fi].last_invoked = Some(now);
-            st.fns[fi].window_arrivals += 1;
-            let t = Duration::from_secs_f64(st.fns[fi].cfg.invoke_timeout_secs);
-            (fi, t)
+            if self.s.closing.load(Ordering::SeqCst) {
+                self.s
+                    .metrics
+                    .refused(function, Refusal::ShuttingDown.label());
+                return Err(InvokeError::ShuttingDown);
+            }
+            let f = &mut st.fns[fi];
+            f.last_invoked = Some(now);
+            f.window_arrivals += 1;
+            let t = Duration::from_secs_f64(f.cfg.invoke_timeout_secs);
+            (fi, t, f.cfg.max_response_bytes)
         };
         self.s
             .policy
@@ -691,8 +856,17 @@ impl PoolManager {
             .unwrap()
             .on_arrival(fi as FunctionId, self.policy_time(now));
         let deadline = arrival + timeout;
+        let repeatable = matches!(
+            req.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
         let mut last = String::from("no instance");
-        let mut skip_loaded = false;
+        let mut queued: Option<Duration> = None;
         let result = loop {
             if Instant::now() >= deadline {
                 break Err(InvokeError::Failed {
@@ -700,42 +874,67 @@ impl PoolManager {
                     last: format!("{last} (gave up after {timeout:?})"),
                 });
             }
-            let (inst, tier, latency) = match self.acquire(fi, function, skip_loaded).await {
-                Ok(Acquired::Got(i, t, l)) => (i, t, l),
-                Ok(Acquired::Wait) => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
+            let got = match self.acquire(fi, function, deadline).await {
+                Ok(g) => g,
                 Err(e) => break Err(e),
             };
+            if let Some(q) = got.queued {
+                queued = Some(queued.unwrap_or_default() + q);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let began = Instant::now();
-            match self.s.driver.invoke(&inst, path, left).await {
+            match self
+                .s
+                .driver
+                .forward(&got.inst, req.clone(), left, max_response)
+                .await
+            {
                 Ok(response) => {
-                    self.s.metrics.start(function, tier, latency);
-                    self.note_start(function, tier, latency);
-                    self.release(fi, &inst.id, began.elapsed().as_secs_f64());
-                    break Ok(Served {
+                    self.s.metrics.start(function, got.tier, got.latency);
+                    self.note_start(function, got.tier, got.latency);
+                    self.release(fi, &got.inst.id, began.elapsed().as_secs_f64());
+                    break Ok(Forwarded {
                         response,
-                        tier,
-                        instance: inst.id,
+                        tier: got.tier,
+                        instance: got.inst.id,
+                        start: got.start,
+                        queued,
+                    });
+                }
+                Err(ForwardError::TooLarge { limit, .. }) => {
+                    // The instance answered: it is fine and serves the next request.
+                    self.s.metrics.start(function, got.tier, got.latency);
+                    self.release(fi, &got.inst.id, began.elapsed().as_secs_f64());
+                    break Err(InvokeError::Failed {
+                        function: function.into(),
+                        last: format!("its answer exceeds max_response_bytes ({limit})"),
                     });
                 }
                 Err(e) => {
-                    self.s.metrics.failure(function, tier, "invoke");
+                    let sent = !matches!(e, ForwardError::NotSent(_));
+                    self.s.metrics.failure(function, got.tier, "invoke");
                     last = e.to_string();
-                    tracing::warn!(function, tier = tier.name(), error = %e, "invoke failed; falling back");
-                    let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&inst.id);
+                    tracing::warn!(function, tier = got.tier.name(), sent, error = %e, "invoke failed");
+                    // In doubt about the instance: it goes, and its room is for the next.
+                    let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&got.inst.id);
+                    self.pump(fi);
                     if let Some(s) = slot {
-                        self.stop_instance(function, s.inst).await;
+                        self.stop_in_background(function, s.inst);
                     }
-                    // The next attempt starts a new instance rather than trying another
-                    // loaded one.
-                    skip_loaded = true;
+                    if sent && !repeatable {
+                        // It may have run: not again.
+                        break Err(InvokeError::Failed {
+                            function: function.into(),
+                            last,
+                        });
+                    }
                 }
             }
         };
-        if result.is_err() {
+        if let Err(e) = &result {
+            if let Some(r) = e.refusal() {
+                self.s.metrics.refused(function, r.label());
+            }
             // The request ended without an answer; the policy still sees its end.
             self.s.policy.lock().unwrap().on_end(
                 fi as FunctionId,
@@ -746,7 +945,52 @@ impl PoolManager {
         result
     }
 
-    /// The request's instance is free again.
+    /// What the gateway needs of a function before it reads a request's body: its
+    /// handler path and body limit. `None`: no such function.
+    pub fn gateway_limits(&self, function: &str) -> Option<GatewayLimits> {
+        let st = self.s.state.lock().unwrap();
+        let f = &st.fns[*st.by_name.get(function)?];
+        Some(GatewayLimits {
+            invoke_path: f.cfg.invoke_path.clone(),
+            max_body_bytes: f.cfg.max_body_bytes,
+        })
+    }
+
+    /// `GET path` through [`Self::forward`] (no headers, no body): the status and the
+    /// body as text.
+    pub async fn invoke(&self, function: &str, path: &str) -> Result<Served, InvokeError> {
+        let f = self
+            .forward(
+                function,
+                ForwardRequest {
+                    method: Method::GET,
+                    path: path.to_string(),
+                    headers: hyper::HeaderMap::new(),
+                    body: hyper::body::Bytes::new(),
+                },
+            )
+            .await?;
+        Ok(Served {
+            response: Response {
+                status: f.response.status.as_u16(),
+                body: String::from_utf8_lossy(&f.response.body).into_owned(),
+            },
+            tier: f.tier,
+            instance: f.instance,
+        })
+    }
+
+    fn stop_in_background(&self, function: &str, inst: Instance) {
+        let me = self.clone();
+        let guard = OpGuard::new(&self.s);
+        let function = function.to_string();
+        tokio::spawn(async move {
+            me.stop_instance(&function, inst).await;
+            drop(guard);
+        });
+    }
+
+    /// The request's instance is free again: to the oldest queued request, if any.
     fn release(&self, fi: usize, id: &str, exec_secs: f64) {
         let now = self.now();
         let mut st = self.s.state.lock().unwrap();
@@ -760,7 +1004,9 @@ impl PoolManager {
         if f.plan.pre_warm > 0.0 {
             f.pending_load = Some(now + f.plan.pre_warm);
         }
+        let evict = self.pump_locked(&mut st, fi);
         drop(st);
+        self.spawn_actions(evict);
         self.s.policy.lock().unwrap().on_end(
             fi as FunctionId,
             self.policy_time(now),
@@ -768,102 +1014,303 @@ impl PoolManager {
         );
     }
 
-    /// An instance for a request, by the fastest path that works.
+    /// The function's pool and queue for [`admission`], and its limits.
+    fn counts(st: &State, fi: usize) -> (Counts, Limits) {
+        let f = &st.fns[fi];
+        let idle = |l: Loaded| f.slots.iter().filter(|s| !s.busy && s.loaded == l).count() as u32;
+        (
+            Counts {
+                idle_hot: idle(Loaded::Hot),
+                idle_warm: idle(Loaded::Warm),
+                loaded: f.slots.len() as u32,
+                starting: f.starting_hot + f.starting_warm,
+                queued: st.queues.get(&fi).map_or(0, |q| q.len() as u32),
+            },
+            Limits {
+                max_instances: f.cfg.max_instances,
+                max_queue: f.cfg.max_queue,
+            },
+        )
+    }
+
+    /// Whether the memory budget has room for one more instance of the function, and
+    /// what to release for it (into `evict`).
+    fn room(&self, st: &State, fi: usize, evict: &mut Vec<Action>) -> Room {
+        let Some(budget) = self.s.budget_mb else {
+            return Room::Fits;
+        };
+        let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
+        if make_room(&views, budget, st.fns[fi].cfg.memory_mb as f64, evict) {
+            return Room::Fits;
+        }
+        evict.clear();
+        let in_flight = views
+            .iter()
+            .any(|v| v.starting_hot + v.starting_warm > 0 || v.instances.iter().any(|i| i.busy));
+        if in_flight {
+            Room::Later
+        } else {
+            Room::Never
+        }
+    }
+
+    /// Carries out a serve or start admission under the lock: the instance marked busy
+    /// (so nobody else gets it), or the start counted (so nobody else takes its room)
+    /// and the releases it needs claimed.
+    fn reserve(&self, st: &mut State, fi: usize, a: Admission, evict: &[Action]) -> Grant {
+        match a {
+            Admission::Hot | Admission::Warm => {
+                let want = if a == Admission::Hot {
+                    Loaded::Hot
+                } else {
+                    Loaded::Warm
+                };
+                let f = &mut st.fns[fi];
+                let n = f.slots.len();
+                let start = if n > 0 { f.rr % n } else { 0 };
+                // Round robin over the idle instances of the tier.
+                for k in 0..n {
+                    let j = (start + k) % n;
+                    let s = &mut f.slots[j];
+                    if !s.busy && s.loaded == want {
+                        s.busy = true;
+                        f.rr = j + 1;
+                        let inst = s.inst.clone();
+                        return if want == Loaded::Hot {
+                            Grant::Hot(inst)
+                        } else {
+                            Grant::Warm(inst)
+                        };
+                    }
+                }
+                unreachable!("admission counted an idle {want:?} instance")
+            }
+            Admission::Start => {
+                for a in evict {
+                    self.claim(st, a);
+                }
+                st.fns[fi].starting_hot += 1;
+                Grant::Start
+            }
+            Admission::Refuse(r) => Grant::Refused(r),
+            Admission::Queue | Admission::Wait => unreachable!("not a reservation: {a:?}"),
+        }
+    }
+
+    /// Undoes a grant nobody took (its request gave up).
+    fn give_back(st: &mut State, fi: usize, g: Grant) {
+        let f = &mut st.fns[fi];
+        match g {
+            Grant::Hot(i) | Grant::Warm(i) => {
+                if let Some(s) = f.slot(&i.id) {
+                    s.busy = false;
+                }
+            }
+            Grant::Start => f.starting_hot -= 1,
+            Grant::Refused(_) => {}
+        }
+    }
+
+    /// Hands what has freed up to the function's queue, oldest request first, under the
+    /// lock. Returns the releases to spawn (after the lock).
+    fn pump_locked(&self, st: &mut State, fi: usize) -> Vec<Action> {
+        let mut spawn = Vec::new();
+        while let Some(q) = st.queues.get_mut(&fi) {
+            // Requests that gave up (their future dropped) leave no reservation behind.
+            while q.front().is_some_and(|w| w.tx.is_closed()) {
+                q.pop_front();
+            }
+            if q.is_empty() {
+                break;
+            }
+            let (c, l) = Self::counts(st, fi);
+            let mut evict = Vec::new();
+            let a = admission::dispatch(&c, &l, || self.room(st, fi, &mut evict));
+            if a == Admission::Wait {
+                break;
+            }
+            let grant = self.reserve(st, fi, a, &evict);
+            let w = st
+                .queues
+                .get_mut(&fi)
+                .and_then(VecDeque::pop_front)
+                .expect("a waiter");
+            if let Err(g) = w.tx.send(grant) {
+                Self::give_back(st, fi, g);
+            }
+            let released = !evict.is_empty();
+            spawn.extend(evict);
+            // The releases take effect later: make_room would count them again.
+            if released {
+                break;
+            }
+        }
+        spawn
+    }
+
+    /// [`Self::pump_locked`] for one function.
+    fn pump(&self, fi: usize) {
+        let evict = {
+            let mut st = self.s.state.lock().unwrap();
+            self.pump_locked(&mut st, fi)
+        };
+        self.spawn_actions(evict);
+    }
+
+    /// [`Self::pump_locked`] for every function with a queue: room freed by one
+    /// function's instances may be another's.
+    fn pump_all(&self) {
+        let evict = {
+            let mut st = self.s.state.lock().unwrap();
+            let queued: Vec<usize> = st
+                .queues
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(fi, _)| *fi)
+                .collect();
+            let mut all = Vec::new();
+            for fi in queued {
+                all.extend(self.pump_locked(&mut st, fi));
+            }
+            all
+        };
+        self.spawn_actions(evict);
+    }
+
+    /// Spawns actions already claimed.
+    fn spawn_actions(&self, actions: Vec<Action>) {
+        for a in actions {
+            let me = self.clone();
+            let guard = OpGuard::new(&self.s);
+            tokio::spawn(async move {
+                me.act(a).await;
+                drop(guard);
+            });
+        }
+    }
+
+    /// An instance for a request: served, started or waited for, as admission says.
     async fn acquire(
         &self,
         fi: usize,
         function: &str,
-        skip_loaded: bool,
-    ) -> Result<Acquired, InvokeError> {
+        deadline: Instant,
+    ) -> Result<Got, InvokeError> {
         let arrival = Instant::now();
-        // Hot: an idle running instance, round robin.
-        let warm = {
-            let mut st = self.s.state.lock().unwrap();
-            let f = &mut st.fns[fi];
-            let n = f.slots.len();
-            if !skip_loaded && n > 0 {
-                let start = f.rr % n;
-                for k in 0..n {
-                    let j = (start + k) % n;
-                    let s = &mut f.slots[j];
-                    if !s.busy && s.loaded == Loaded::Hot {
-                        s.busy = true;
-                        f.rr = j + 1;
-                        let inst = s.inst.clone();
-                        return Ok(Acquired::Got(inst, StartTier::Hot, secs(arrival)));
-                    }
+        loop {
+            let (step, evict) = {
+                let mut st = self.s.state.lock().unwrap();
+                let (c, l) = Self::counts(&st, fi);
+                let mut evict = Vec::new();
+                let a = admission::admit(&c, &l, || self.room(&st, fi, &mut evict));
+                if a == Admission::Queue {
+                    let (tx, rx) = oneshot::channel();
+                    st.next_waiter += 1;
+                    let id = st.next_waiter;
+                    st.queues
+                        .entry(fi)
+                        .or_default()
+                        .push_back(Waiter { id, tx });
+                    (
+                        Step::Wait(Ticket {
+                            pool: self,
+                            fi,
+                            id,
+                            rx: Some(rx),
+                        }),
+                        Vec::new(),
+                    )
+                } else {
+                    let g = self.reserve(&mut st, fi, a, &evict);
+                    (Step::Now(g), evict)
                 }
-            }
-            if skip_loaded {
-                None
-            } else {
-                f.slots
-                    .iter_mut()
-                    .find(|s| !s.busy && s.loaded == Loaded::Warm)
-                    .map(|s| {
-                        s.busy = true;
-                        s.inst.clone()
+            };
+            self.spawn_actions(evict);
+            let mut queued = None;
+            let grant = match step {
+                Step::Now(g) => g,
+                Step::Wait(ticket) => {
+                    let max_wait = {
+                        let st = self.s.state.lock().unwrap();
+                        Duration::from_secs_f64(st.fns[fi].cfg.max_queue_wait_secs)
+                    };
+                    let began = Instant::now();
+                    let g = ticket.wait(deadline.min(began + max_wait)).await;
+                    queued = Some(began.elapsed());
+                    g
+                }
+            };
+            match grant {
+                Grant::Hot(inst) => {
+                    return Ok(Got {
+                        inst,
+                        tier: StartTier::Hot,
+                        latency: secs(arrival),
+                        start: None,
+                        queued,
                     })
-            }
-        };
-        // Warm: thaw a frozen one.
-        if let Some(inst) = warm {
-            match self.s.driver.thaw(&inst).await {
-                Ok(()) => {
-                    let mut st = self.s.state.lock().unwrap();
-                    if let Some(s) = st.fns[fi].slot(&inst.id) {
-                        s.loaded = Loaded::Hot;
-                    }
-                    return Ok(Acquired::Got(inst, StartTier::Warm, secs(arrival)));
                 }
-                Err(e) => {
-                    self.s
-                        .metrics
-                        .failure(function, StartTier::Warm, metrics::reason(&e));
-                    tracing::warn!(function, error = %e, "thaw failed; falling back");
-                    let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&inst.id);
-                    if let Some(s) = slot {
-                        self.stop_instance(function, s.inst).await;
+                Grant::Warm(inst) => match self.s.driver.thaw(&inst).await {
+                    Ok(()) => {
+                        let mut st = self.s.state.lock().unwrap();
+                        if let Some(s) = st.fns[fi].slot(&inst.id) {
+                            s.loaded = Loaded::Hot;
+                        }
+                        return Ok(Got {
+                            inst,
+                            tier: StartTier::Warm,
+                            latency: secs(arrival),
+                            start: None,
+                            queued,
+                        });
                     }
+                    Err(e) => {
+                        self.s
+                            .metrics
+                            .failure(function, StartTier::Warm, metrics::reason(&e));
+                        tracing::warn!(function, error = %e, "thaw failed; falling back");
+                        let slot = self.s.state.lock().unwrap().fns[fi].take_slot(&inst.id);
+                        self.pump(fi);
+                        if let Some(s) = slot {
+                            self.stop_instance(function, s.inst).await;
+                        }
+                    }
+                },
+                Grant::Start => {
+                    let began = Instant::now();
+                    let (inst, tier) = self.start_reserved(fi, function).await?;
+                    return Ok(Got {
+                        inst,
+                        tier,
+                        latency: secs(arrival),
+                        start: Some(began.elapsed()),
+                        queued,
+                    });
+                }
+                Grant::Refused(Refusal::Budget) => {
+                    return Err(InvokeError::Budget(function.into()))
+                }
+                Grant::Refused(Refusal::ShuttingDown) => return Err(InvokeError::ShuttingDown),
+                Grant::Refused(reason) => {
+                    return Err(InvokeError::Refused {
+                        function: function.into(),
+                        reason,
+                    })
                 }
             }
         }
-        // A new instance: room (max_instances, memory budget) first.
+    }
+
+    /// The start a request was admitted to (counted in `starting_hot` already): its
+    /// instance, busy with the request, or why none.
+    async fn start_reserved(
+        &self,
+        fi: usize,
+        function: &str,
+    ) -> Result<(Instance, StartTier), InvokeError> {
         let (spec, image) = {
-            let mut st = self.s.state.lock().unwrap();
-            let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
-            let f = &st.fns[fi];
-            if f.slots.len() as u32 + f.starting_hot + f.starting_warm >= f.cfg.max_instances {
-                return Ok(Acquired::Wait);
-            }
-            let mut evict = Vec::new();
-            if let Some(budget) = self.s.budget_mb {
-                if !make_room(&views, budget, f.cfg.memory_mb as f64, &mut evict) {
-                    let busy_elsewhere = views.iter().any(|v| v.instances.iter().any(|i| i.busy));
-                    if busy_elsewhere {
-                        // Room may come when a request ends.
-                        return Ok(Acquired::Wait);
-                    }
-                    self.s.metrics.failure(function, StartTier::Cold, "budget");
-                    return Err(InvokeError::Budget(function.into()));
-                }
-            }
-            for a in &evict {
-                self.claim(&mut st, a);
-            }
-            let f = &mut st.fns[fi];
-            f.starting_hot += 1;
-            let out = (f.spec.clone(), f.image);
-            drop(st);
-            for a in evict {
-                let me = self.clone();
-                let guard = OpGuard::new(&self.s);
-                tokio::spawn(async move {
-                    me.act(a).await;
-                    drop(guard);
-                });
-            }
-            out
+            let st = self.s.state.lock().unwrap();
+            (st.fns[fi].spec.clone(), st.fns[fi].image)
         };
         let r = self.start_for_request(fi, function, &spec, image).await;
         let closing = self.s.closing.load(Ordering::SeqCst);
@@ -886,11 +1333,15 @@ impl PoolManager {
                 self.stop_instance(function, inst).await;
                 Err(InvokeError::ShuttingDown)
             }
-            Ok((inst, tier)) => Ok(Acquired::Got(inst, tier, secs(arrival))),
-            Err(last) => Err(InvokeError::Failed {
-                function: function.into(),
-                last,
-            }),
+            Ok(r) => Ok(r),
+            Err(last) => {
+                // Its room is free again.
+                self.pump(fi);
+                Err(InvokeError::Failed {
+                    function: function.into(),
+                    last,
+                })
+            }
         }
     }
 
@@ -1242,6 +1693,15 @@ impl PoolManager {
     /// number of instances stopped.
     pub async fn shutdown(&self, grace: Duration) -> usize {
         self.s.closing.store(true, Ordering::SeqCst);
+        // Queued requests are refused now rather than left to wait out the grace.
+        {
+            let mut st = self.s.state.lock().unwrap();
+            for (_, q) in st.queues.iter_mut() {
+                for w in q.drain(..) {
+                    let _ = w.tx.send(Grant::Refused(Refusal::ShuttingDown));
+                }
+            }
+        }
         let until = Instant::now() + grace;
         while self.s.ops.load(Ordering::SeqCst) > 0 && Instant::now() < until {
             let wait = self.s.ops_done.notified();
@@ -1297,16 +1757,31 @@ mod tests {
     use crate::driver::{Cause, DriverError, Op, StageOutcome, TaskState};
     use crate::policy::fixed::FixedKeepAlive;
 
-    /// A driver without containers: restores fail when told to.
+    /// A driver without containers: restores fail when told to, and the next forwards
+    /// when told to (before or after the request is sent).
     #[derive(Default)]
     struct Fake {
         fail_restore: AtomicBool,
         next: AtomicU32,
         stopped: AtomicU32,
+        /// Instances existing now, and at most.
+        live: AtomicU32,
+        peak: AtomicU32,
+        /// How long a forwarded request takes, ms (0: 30).
+        serve_ms: std::sync::atomic::AtomicU64,
+        fail_unsent: AtomicU32,
+        fail_sent: AtomicU32,
+    }
+
+    fn take_one(n: &AtomicU32) -> bool {
+        n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1))
+            .is_ok()
     }
 
     impl Fake {
         fn instance(&self, f: &FunctionSpec, from: Option<&str>) -> Instance {
+            let live = self.live.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(live, Ordering::SeqCst);
             Instance {
                 id: format!("{}-{}", f.name, self.next.fetch_add(1, Ordering::SeqCst)),
                 function: f.name.clone(),
@@ -1350,6 +1825,7 @@ mod tests {
         }
         async fn stop(&self, _: Instance) -> Result<(), DriverError> {
             self.stopped.fetch_add(1, Ordering::SeqCst);
+            self.live.fetch_sub(1, Ordering::SeqCst);
             Ok(())
         }
         async fn stage(&self, _: &str) -> Result<StageOutcome, DriverError> {
@@ -1374,12 +1850,57 @@ mod tests {
                 body: format!("{} {path}", i.id),
             })
         }
+        async fn forward(
+            &self,
+            i: &Instance,
+            req: ForwardRequest,
+            _: Duration,
+            limit: usize,
+        ) -> Result<ForwardResponse, ForwardError> {
+            let failed = || DriverError {
+                op: Op::Invoke,
+                function: i.function.clone(),
+                instance: Some(i.id.clone()),
+                image: None,
+                cause: Cause::Invalid("told to fail".into()),
+            };
+            if take_one(&self.fail_unsent) {
+                return Err(ForwardError::NotSent(failed()));
+            }
+            if take_one(&self.fail_sent) {
+                return Err(ForwardError::Failed(failed()));
+            }
+            let ms = match self.serve_ms.load(Ordering::SeqCst) {
+                0 => 30,
+                ms => ms,
+            };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            let body = format!("{} {}", i.id, req.path);
+            if body.len() > limit {
+                return Err(ForwardError::TooLarge {
+                    instance: i.id.clone(),
+                    limit,
+                });
+            }
+            let mut headers = hyper::HeaderMap::new();
+            headers.insert("x-method", req.method.as_str().parse().unwrap());
+            headers.insert("x-body-bytes", req.body.len().into());
+            Ok(ForwardResponse {
+                status: hyper::StatusCode::OK,
+                headers,
+                body: body.into(),
+            })
+        }
     }
 
     fn manager(fake: Arc<Fake>) -> PoolManager {
+        manager_of(fake, FunctionConfig::new("f", "img", 8080))
+    }
+
+    fn manager_of(fake: Arc<Fake>, f: FunctionConfig) -> PoolManager {
         PoolManager::new(
             fake,
-            &[FunctionConfig::new("f", "img", 8080)],
+            &[f],
             PoolOptions {
                 time_scale: 1.0,
                 memory_budget_mb: None,
@@ -1569,5 +2090,137 @@ mod tests {
         tiers.sort_by_key(|t| t.name());
         assert_eq!(tiers, [StartTier::Hot, StartTier::RestoreDisk]);
         assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 2);
+    }
+
+    fn post(body: &'static [u8]) -> ForwardRequest {
+        ForwardRequest {
+            method: Method::POST,
+            path: "/invoke".into(),
+            headers: hyper::HeaderMap::new(),
+            body: hyper::body::Bytes::from_static(body),
+        }
+    }
+
+    fn limited(max_instances: u32, max_queue: u32, wait_secs: f64) -> FunctionConfig {
+        let mut f = FunctionConfig::new("f", "img", 8080);
+        f.max_instances = max_instances;
+        f.max_queue = max_queue;
+        f.max_queue_wait_secs = wait_secs;
+        f
+    }
+
+    /// Ten POSTs at once on a cold function of at most 2 instances and a queue of 3: two
+    /// starts, three requests served as the instances free up (hot, after waiting), five
+    /// refused at once; none lost, no third instance.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cold_burst_starts_at_most_max_instances_and_queues_the_rest() {
+        let fake = Arc::new(Fake::default());
+        fake.serve_ms.store(100, Ordering::SeqCst);
+        let pool = manager_of(fake.clone(), limited(2, 3, 10.0));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..10 {
+            let p = pool.clone();
+            set.spawn(async move { p.forward("f", post(b"hello")).await });
+        }
+        let (mut tiers, mut refused) = (Vec::new(), Vec::new());
+        while let Some(r) = set.join_next().await {
+            match r.unwrap() {
+                Ok(s) => {
+                    assert_eq!(s.response.headers["x-body-bytes"], "5");
+                    assert_eq!(s.response.headers["x-method"], "POST");
+                    assert_eq!(s.start.is_some(), s.tier == StartTier::Cold);
+                    assert_eq!(s.queued.is_some(), s.tier == StartTier::Hot, "{s:?}");
+                    tiers.push(s.tier);
+                }
+                Err(e) => refused.push(e.refusal()),
+            }
+        }
+        tiers.sort_by_key(|t| t.name());
+        assert_eq!(
+            tiers,
+            [
+                StartTier::Cold,
+                StartTier::Cold,
+                StartTier::Hot,
+                StartTier::Hot,
+                StartTier::Hot
+            ]
+        );
+        assert_eq!(refused, vec![Some(Refusal::QueueFull); 5]);
+        assert_eq!(fake.peak.load(Ordering::SeqCst), 2);
+        assert_eq!(pool.instances_made().len(), 2);
+        let t = pool.metrics().encode();
+        assert!(
+            t.contains("rekindle_gateway_refused_total{function=\"f\",reason=\"queue_full\"} 5"),
+            "{t}"
+        );
+        let p = &pool.snapshot()[0];
+        assert_eq!((p.busy, p.starting), (0, 0), "{p:?}");
+        assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 2);
+        assert_eq!(fake.live.load(Ordering::SeqCst), 0);
+    }
+
+    /// A request waits at most max_queue_wait_secs; one that gives up (its future
+    /// dropped) leaves nothing reserved; the shutdown refuses the queue at once.
+    #[tokio::test]
+    async fn queued_requests_time_out_give_up_cleanly_and_are_refused_at_shutdown() {
+        let fake = Arc::new(Fake::default());
+        fake.serve_ms.store(300, Ordering::SeqCst);
+        let pool = manager_of(fake.clone(), limited(1, 5, 0.05));
+        let p = pool.clone();
+        let first = tokio::spawn(async move { p.forward("f", post(b"")).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let began = Instant::now();
+        let e = pool.forward("f", post(b"")).await.unwrap_err();
+        assert_eq!(e.refusal(), Some(Refusal::QueueTimeout), "{e}");
+        assert!(began.elapsed() < Duration::from_millis(250));
+        // Gives up while queued.
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(20), pool.forward("f", post(b""))).await;
+        assert!(gave_up.is_err());
+        assert_eq!(first.await.unwrap().unwrap().tier, StartTier::Cold);
+        // Nothing is left reserved: the instance serves the next request at once.
+        let s = pool.forward("f", post(b"")).await.unwrap();
+        assert_eq!((s.tier, s.queued), (StartTier::Hot, None));
+        let p = &pool.snapshot()[0];
+        assert_eq!((p.busy, p.starting), (0, 0), "{p:?}");
+        assert!(pool
+            .metrics()
+            .encode()
+            .contains("rekindle_gateway_refused_total{function=\"f\",reason=\"queue_timeout\"} 1"));
+
+        // One busy, one queued with a long wait: the shutdown refuses the queued one.
+        let pool = manager_of(fake.clone(), limited(1, 5, 30.0));
+        let p = pool.clone();
+        let busy = tokio::spawn(async move { p.forward("f", post(b"")).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let p = pool.clone();
+        let queued = tokio::spawn(async move { p.forward("f", post(b"")).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let stopped = pool.shutdown(Duration::from_secs(5)).await;
+        let e = queued.await.unwrap().unwrap_err();
+        assert_eq!(e.refusal(), Some(Refusal::ShuttingDown), "{e}");
+        assert!(busy.await.unwrap().is_ok());
+        assert_eq!(stopped, 1);
+    }
+
+    /// A failure before the request reached the instance goes to another instance; one
+    /// after is not repeated for a POST (it may have run), but is for a GET.
+    #[tokio::test]
+    async fn only_unsent_or_repeatable_requests_are_tried_again() {
+        let fake = Arc::new(Fake::default());
+        let pool = manager(fake.clone());
+        fake.fail_sent.store(1, Ordering::SeqCst);
+        let e = pool.forward("f", post(b"x")).await.unwrap_err();
+        assert!(matches!(e, InvokeError::Failed { .. }), "{e}");
+        fake.fail_unsent.store(1, Ordering::SeqCst);
+        let s = pool.forward("f", post(b"x")).await.unwrap();
+        assert_eq!(s.response.status, 200);
+        fake.fail_sent.store(1, Ordering::SeqCst);
+        assert_eq!(pool.invoke("f", "/").await.unwrap().response.status, 200);
+        // Every failed instance was stopped; one is left.
+        pool.shutdown(Duration::from_secs(1)).await;
+        assert_eq!(fake.live.load(Ordering::SeqCst), 0);
+        assert_eq!(fake.stopped.load(Ordering::SeqCst), 4);
     }
 }
