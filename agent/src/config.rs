@@ -14,6 +14,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/rekindle/agent.toml";
 /// Loopback only by default: expose it to Prometheus deliberately.
 pub const DEFAULT_METRICS_ADDR: &str = "127.0.0.1:9464";
 pub const DEFAULT_HOOK_SOCKET: &str = "/run/rekindle/agent.sock";
+/// The admin API's socket (`rekindle status`, `functions`, `checkpoint`, `invoke`). Not
+/// the hook's path: the hook owns that one (schedulers and extenders are configured
+/// with it), and the admin API is a different protocol with root-only operations.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rekindle/admin.sock";
 pub const DEFAULT_RESTORED_SOCKET: &str = "/run/rekindle/restored.sock";
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
 /// The namespace the CRI plugin (and so Kubernetes) uses.
@@ -268,6 +272,9 @@ pub struct Config {
     /// Mutual TLS on `hook_addr` (PEM files): `cert` and `key` are the hook's, client
     /// certificates must chain to `client_ca`.
     pub hook_tls: Option<HookTls>,
+    /// Unix socket of the admin API (HTTP/JSON; mode 0600 and root peers only), which the
+    /// operator CLI `rekindle` talks to.
+    pub admin_socket: PathBuf,
     /// Unix socket of `rekindle-restored`.
     pub restored_socket: PathBuf,
     /// containerd's API socket.
@@ -314,6 +321,7 @@ impl Default for Config {
             hook_socket: DEFAULT_HOOK_SOCKET.into(),
             hook_addr: None,
             hook_tls: None,
+            admin_socket: DEFAULT_ADMIN_SOCKET.into(),
             restored_socket: DEFAULT_RESTORED_SOCKET.into(),
             containerd_address: DEFAULT_CONTAINERD_ADDRESS.into(),
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.into(),
@@ -353,6 +361,9 @@ impl Config {
         if given("hook_socket") {
             config.hook_socket = cli.hook_socket.clone();
         }
+        if given("admin_socket") {
+            config.admin_socket = cli.admin_socket.clone();
+        }
         if given("restored_socket") {
             config.restored_socket = cli.restored_socket.clone();
         }
@@ -373,10 +384,17 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         for (name, path) in [
             ("hook_socket", &self.hook_socket),
+            ("admin_socket", &self.admin_socket),
             ("restored_socket", &self.restored_socket),
             ("containerd_address", &self.containerd_address),
         ] {
             rekindle_daemon_kit::config::check_socket_path(name, path)?;
+        }
+        if self.admin_socket == self.hook_socket {
+            return Err(Error::Invalid(format!(
+                "admin_socket and hook_socket are both {}: they are two servers",
+                self.admin_socket.display()
+            )));
         }
         if self.hook_tls.is_some() && self.hook_addr.is_none() {
             return Err(Error::Invalid(
@@ -465,6 +483,7 @@ mod tests {
         assert_eq!(c.metrics_addr.to_string(), "127.0.0.1:9464");
         assert_eq!(c.hook_socket, Path::new("/run/rekindle/agent.sock"));
         assert_eq!(c.restored_socket, Path::new("/run/rekindle/restored.sock"));
+        assert_eq!(c.admin_socket, Path::new("/run/rekindle/admin.sock"));
         assert_eq!(
             c.containerd_address,
             Path::new("/run/containerd/containerd.sock")
@@ -596,5 +615,17 @@ mod tests {
         );
         let e = load(&["rekindle-agent", "--gateway-addr", "127.0.0.1:9464"]).unwrap_err();
         assert!(e.to_string().contains("both 127.0.0.1:9464"), "{e}");
+        let e = load(&[
+            "rekindle-agent",
+            "--admin-socket",
+            "/run/rekindle/agent.sock",
+        ])
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("admin_socket and hook_socket"),
+            "{e}"
+        );
+        let c = load(&["rekindle-agent", "--admin-socket", "/run/a.sock"]).unwrap();
+        assert_eq!(c.admin_socket, Path::new("/run/a.sock"));
     }
 }

@@ -1,13 +1,18 @@
-//! `rekindle`, the operator CLI: talks to the local `rekindle-agent` (and through it to
-//! `rekindle-restored`). Every subcommand is planned and shown in `--help`; none works
-//! yet, and each says why.
+//! `rekindle`, the operator CLI: talks to the local `rekindle-agent`'s admin API
+//! ([`crate::admin`]: status, functions, checkpoint, invoke) and to `rekindle-restored`
+//! (`image ...`), and sets the node up (`install`, `uninstall`).
 
 use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
 
+use crate::admin::{render, CheckpointRequest, Client, ClientError, InvokeRequest};
 use crate::config::{self, LogFormat};
+use crate::driver::NetMode;
 pub use crate::image::ImageCommand;
 use crate::install::{self, ContainerdVersion};
 use crate::{image, logging, Error};
@@ -16,15 +21,17 @@ const ABOUT: &str = "Operator CLI for Rekindle: inspect and drive the node's age
                      function pools and checkpoint images";
 
 const LONG_ABOUT: &str = "\
-Operator CLI for Rekindle. It asks the local rekindle-agent (on --agent-socket) about the
-node's functions and their instances per tier (hot, warm, staged, cold), and manages the
-checkpoint images that rekindle-restored keeps.
+Operator CLI for Rekindle. `status`, `functions`, `checkpoint` and `invoke` ask the local
+rekindle-agent through its admin API (HTTP/JSON on the root-only unix socket --socket,
+the agent's admin_socket) about the node's functions and their instances per tier (hot,
+warm, staged, cold), register and remove functions, checkpoint and invoke them.
 
-`rekindle image` manages the images through rekindle-restored's socket (--restored-socket).
-`rekindle install` sets the node up (binaries, systemd units, the `rekindle` runtime in
-containerd's config) and `rekindle uninstall` takes that away again; both have --dry-run.
-The other subcommands are planned: each exits with status 69 (EX_UNAVAILABLE) and says what
-it is waiting for.";
+`rekindle image` manages the checkpoint images through rekindle-restored's socket
+(--restored-socket). `rekindle install` sets the node up (binaries, systemd units, the
+`rekindle` runtime in containerd's config) and `rekindle uninstall` takes that away again;
+both have --dry-run.
+
+Tables for people by default; --output json prints the agent's answer for scripts.";
 
 const AFTER_LONG_HELP: &str = "\
 Environment:
@@ -32,8 +39,8 @@ Environment:
 
 Exit status:
   0 success, 1 the daemon refused the request (its error code and message are printed),
-  2 bad command line, 69 not implemented yet or daemon not reachable,
-  66 (install) a binary to install is missing, 78 (install, uninstall) containerd's config
+  2 bad command line, 69 daemon not reachable (not running, or not root),
+  66 (install) a binary to install is missing, (invoke) the --data @FILE is unreadable, 78 (install, uninstall) containerd's config
   cannot be edited";
 
 #[derive(Debug, Clone, Parser)]
@@ -47,14 +54,16 @@ Exit status:
     arg_required_else_help = true
 )]
 pub struct Cli {
-    /// Unix socket of the local rekindle-agent.
+    /// The local rekindle-agent's admin socket (its `admin_socket`).
     #[arg(
-        long,
+        long = "socket",
+        visible_alias = "agent-socket",
         global = true,
         value_name = "PATH",
-        default_value = config::DEFAULT_HOOK_SOCKET
+        env = "REKINDLE_AGENT_SOCKET",
+        default_value = config::DEFAULT_ADMIN_SOCKET
     )]
-    pub agent_socket: PathBuf,
+    pub socket: PathBuf,
 
     /// Unix socket of the local rekindle-restored (for `rekindle image`).
     #[arg(
@@ -84,41 +93,56 @@ pub enum Output {
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Show the node: health, instances per tier, staged images, start latencies
+    /// Show the node: pools, instances, images, memory budget, start latencies
     ///
-    /// Health of rekindle-agent and rekindle-restored, instances per tier (hot, warm,
-    /// staged, cold), images staged in memory, recent start latencies by path.
+    /// The agent's version and uptime, its memory budget and what the pools hold, whether
+    /// rekindle-restored answers; per function its instances per tier (hot, warm, staged),
+    /// the policy's targets and its checkpoint image; every loaded instance; the
+    /// functions' images in the store; the latencies of the last starts by tier.
     Status,
 
-    /// List functions with their instances per tier, forecast and pool targets
-    Functions,
+    /// List, add or remove the agent's functions (`rekindle functions` lists them)
+    Functions {
+        #[command(subcommand)]
+        command: Option<FunctionsCommand>,
+    },
 
     /// Manage checkpoint images in rekindle-restored's store
     #[command(subcommand)]
     Image(ImageCommand),
 
-    /// Checkpoint a running instance of a function into the image store
+    /// Checkpoint an idle instance of a function into the image store
+    ///
+    /// Through the agent's instance driver, as the pool's own checkpoints: the image is
+    /// stored in rekindle-restored under the function's store_as, and the next start of
+    /// the function is a restore. The instance is stopped afterwards unless
+    /// --keep-running.
     Checkpoint {
         /// The function whose instance to checkpoint.
         function: String,
-        /// Which instance (default: one the agent picks).
+        /// Which instance (default: an idle running one, else an idle frozen one).
         #[arg(long, value_name = "ID")]
         instance: Option<String>,
-        /// Keep the instance running after the checkpoint.
-        #[arg(long)]
-        leave_running: bool,
+        /// Leave the instance in the pool after the checkpoint.
+        #[arg(long, visible_alias = "leave-running")]
+        keep_running: bool,
     },
 
-    /// Invoke a function through the agent's gateway
+    /// Invoke a function through the agent, as its gateway does
     ///
     /// Tries a hot instance, then a warm one (thawed), then a restore from a checkpoint,
-    /// then a cold start; prints the response and which path served it.
+    /// then a cold start; prints the function's answer on stdout and which path served it
+    /// on stderr (--output json: both as one object).
     Invoke {
         /// The function to invoke.
         function: String,
-        /// Request body; `@FILE` reads it from a file.
-        #[arg(long, value_name = "DATA")]
+        /// Request body; `@FILE` reads it from a file. (The agent forwards GET requests
+        /// only for now, and refuses a non-empty body with 501.)
+        #[arg(long, value_name = "BODY|@FILE")]
         data: Option<String>,
+        /// The path (and query) to request on the instance.
+        #[arg(long, value_name = "PATH", default_value = "/")]
+        path: String,
     },
 
     /// Install Rekindle on this node: binaries, systemd units, the containerd runtime
@@ -141,6 +165,122 @@ pub enum Command {
     /// stays byte for byte), and removes the systemd units, the drop-in and the binaries.
     /// /etc/rekindle and /var/lib/rekindle (the checkpoint images) stay unless --purge.
     Uninstall(UninstallArgs),
+}
+
+/// `rekindle functions ...`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum FunctionsCommand {
+    /// List the functions with their pools
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Register a function while the agent runs (until it restarts)
+    ///
+    /// Checked as the agent checks a [[function]] table of agent.toml (same keys and
+    /// defaults); options left out keep the defaults. Not written to agent.toml: the
+    /// function is registered until the agent restarts.
+    Add(AddArgs),
+    /// Remove a function: its instances are stopped (its image stays in the store)
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// The function's name.
+        name: String,
+    },
+}
+
+/// `rekindle functions add`'s options: the keys of a `[[function]]` table.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AddArgs {
+    /// Its name (the gateway's /invoke/<name>/..., its instances' id prefix).
+    pub name: String,
+    /// containerd image reference (image_ref).
+    #[arg(long = "image", value_name = "REF")]
+    pub image_ref: String,
+    /// The port the function listens on ($PORT).
+    #[arg(long, value_name = "PORT")]
+    pub port: u16,
+    /// Environment, KEY=value (repeatable).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Memory of one instance, MB [agent default: 256].
+    #[arg(long, value_name = "MB")]
+    pub memory_mb: Option<u64>,
+    #[arg(long, value_name = "SHARES")]
+    pub cpu_shares: Option<u64>,
+    /// Name of its checkpoint image [agent default: the function's name].
+    #[arg(long, value_name = "IMAGE")]
+    pub store_as: Option<String>,
+    /// Network namespace: own, or host (then --max-instances 1).
+    #[arg(long, value_name = "MODE", value_parser = parse_netns)]
+    pub netns: Option<NetMode>,
+    /// Readiness path [agent default: /healthz].
+    #[arg(long, value_name = "PATH")]
+    pub ready_path: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub min_instances: Option<u32>,
+    #[arg(long, value_name = "N")]
+    pub max_instances: Option<u32>,
+    #[arg(long, value_name = "SECS")]
+    pub keep_alive_min_secs: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub keep_alive_max_secs: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub invoke_timeout_secs: Option<f64>,
+}
+
+fn parse_netns(s: &str) -> Result<NetMode, String> {
+    match s {
+        "own" => Ok(NetMode::Own),
+        "host" => Ok(NetMode::Host),
+        _ => Err(format!("{s:?}: own or host")),
+    }
+}
+
+impl AddArgs {
+    /// The `[[function]]` table as JSON: only the keys given, so the agent's defaults
+    /// apply to the rest.
+    pub fn table(&self) -> serde_json::Value {
+        let mut t = serde_json::Map::new();
+        let mut put = |k: &str, v: serde_json::Value| {
+            t.insert(k.to_string(), v);
+        };
+        put("name", self.name.clone().into());
+        put("image_ref", self.image_ref.clone().into());
+        put("port", self.port.into());
+        if !self.env.is_empty() {
+            put("env", self.env.clone().into());
+        }
+        let opt = |v: Option<serde_json::Value>| v;
+        for (k, v) in [
+            ("memory_mb", opt(self.memory_mb.map(Into::into))),
+            ("cpu_shares", self.cpu_shares.map(Into::into)),
+            ("store_as", self.store_as.clone().map(Into::into)),
+            (
+                "netns",
+                self.netns
+                    .map(|n| serde_json::to_value(n).unwrap_or_default()),
+            ),
+            ("ready_path", self.ready_path.clone().map(Into::into)),
+            ("min_instances", self.min_instances.map(Into::into)),
+            ("max_instances", self.max_instances.map(Into::into)),
+            (
+                "keep_alive_min_secs",
+                self.keep_alive_min_secs.map(Into::into),
+            ),
+            (
+                "keep_alive_max_secs",
+                self.keep_alive_max_secs.map(Into::into),
+            ),
+            (
+                "invoke_timeout_secs",
+                self.invoke_timeout_secs.map(Into::into),
+            ),
+        ] {
+            if let Some(v) = v {
+                put(k, v);
+            }
+        }
+        serde_json::Value::Object(t)
+    }
 }
 
 /// `rekindle install`'s options.
@@ -234,7 +374,11 @@ impl Command {
     pub fn name(&self) -> &'static str {
         match self {
             Command::Status => "status",
-            Command::Functions => "functions",
+            Command::Functions { command } => match command {
+                None | Some(FunctionsCommand::Ls) => "functions ls",
+                Some(FunctionsCommand::Add(_)) => "functions add",
+                Some(FunctionsCommand::Rm { .. }) => "functions rm",
+            },
             Command::Image(cmd) => cmd.name(),
             Command::Checkpoint { .. } => "checkpoint",
             Command::Invoke { .. } => "invoke",
@@ -243,30 +387,207 @@ impl Command {
         }
     }
 
-    /// What the command is waiting for.
-    fn missing(&self, cli: &Cli) -> String {
-        let agent = cli.agent_socket.display();
+    /// Whether the command talks to the agent's admin API.
+    pub fn uses_agent(&self) -> bool {
+        matches!(
+            self,
+            Command::Status
+                | Command::Functions { .. }
+                | Command::Checkpoint { .. }
+                | Command::Invoke { .. }
+        )
+    }
+}
+
+/// Why a command against the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentCommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("cannot read the request body from {path}: {source}")]
+    Input {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write the answer: {0}")]
+    Output(#[source] std::io::Error),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+}
+
+impl AgentCommandError {
+    /// The process exit status (see `rekindle --help`).
+    pub fn exit_code(&self) -> u8 {
         match self {
-            Command::Status => format!(
-                "rekindle-agent does not serve its control API on {agent} yet (the agent \
-                 itself refuses to run)"
-            ),
-            Command::Functions => format!(
-                "rekindle-agent's pool manager and forecaster, which this lists, and its \
-                 control API on {agent} are still to be written"
-            ),
-            Command::Image(_) | Command::Install(_) | Command::Uninstall(_) => {
-                unreachable!("implemented")
-            }
-            Command::Checkpoint { .. } => "checkpointing through the shim into \
-                 rekindle-restored's image store is still to be written (checkpoint/restore \
-                 issue)"
-                .into(),
-            Command::Invoke { .. } => format!(
-                "rekindle-agent's invoke gateway (hot, warm, restore, cold) and its control \
-                 API on {agent} are still to be written"
-            ),
+            AgentCommandError::Client(e) => e.exit_code(),
+            // sysexits.h EX_NOINPUT
+            AgentCommandError::Input { .. } => 66,
+            AgentCommandError::Output(_) | AgentCommandError::Runtime(_) => 1,
         }
+    }
+}
+
+/// `--data`: the body itself, or `@FILE`'s content.
+pub fn read_data(data: &str) -> Result<String, AgentCommandError> {
+    match data.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| AgentCommandError::Input {
+            path: path.into(),
+            source: e,
+        }),
+        None => Ok(data.to_string()),
+    }
+}
+
+/// A "waiting for ..." line on stderr, redrawn with a spinner and the time elapsed while
+/// an operation runs, and erased after; only when stderr is a terminal (logs and pipes
+/// get nothing).
+struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(what: String) -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress { task: None };
+        }
+        let task = tokio::spawn(async move {
+            const FRAMES: [char; 4] = ['|', '/', '-', '\\'];
+            let began = Instant::now();
+            // Quick answers (a hot instance) show nothing.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for k in 0.. {
+                eprint!(
+                    "\r\x1b[2K{} {what} ({:.1} s)",
+                    FRAMES[k % FRAMES.len()],
+                    began.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        Progress { task: Some(task) }
+    }
+
+    fn done(self) {
+        if let Some(t) = self.task {
+            t.abort();
+            eprint!("\r\x1b[2K");
+            let _ = std::io::stderr().flush();
+        }
+    }
+}
+
+fn emit<T: Serialize>(
+    output: Output,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> Result<(), AgentCommandError> {
+    let s = match output {
+        Output::Json => {
+            serde_json::to_string_pretty(value)
+                .map_err(|e| AgentCommandError::Output(std::io::Error::other(e)))?
+                + "\n"
+        }
+        Output::Text => text(),
+    };
+    std::io::stdout()
+        .write_all(s.as_bytes())
+        .map_err(AgentCommandError::Output)
+}
+
+/// Runs `status`, `functions`, `checkpoint` or `invoke` against the agent on `--socket`
+/// (`None` for the other commands).
+pub fn run_agent(cli: &Cli) -> Option<Result<(), AgentCommandError>> {
+    if !cli.command.uses_agent() {
+        return None;
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return Some(Err(AgentCommandError::Runtime(e))),
+    };
+    Some(runtime.block_on(agent_command(cli)))
+}
+
+async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
+    let client = Client::new(&cli.socket);
+    let out = cli.output;
+    match &cli.command {
+        Command::Status => {
+            let s = client.status().await?;
+            emit(out, &s, || render::status_text(&s))
+        }
+        Command::Functions { command } => match command {
+            None | Some(FunctionsCommand::Ls) => {
+                let fns = client.functions().await?;
+                emit(out, &fns, || render::functions_table(&fns))
+            }
+            Some(FunctionsCommand::Add(args)) => {
+                let f = client.add_function(&args.table()).await?;
+                emit(out, &f, || render::added_text(&f))
+            }
+            Some(FunctionsCommand::Rm { name }) => {
+                let progress = Progress::start(format!("removing {name}: draining its instances"));
+                let r = client.remove_function(name).await;
+                progress.done();
+                let r = r?;
+                emit(out, &r, || render::removed_text(&r))
+            }
+        },
+        Command::Checkpoint {
+            function,
+            instance,
+            keep_running,
+        } => {
+            let progress = Progress::start(format!("checkpointing {function}"));
+            let r = client
+                .checkpoint(
+                    function,
+                    &CheckpointRequest {
+                        instance: instance.clone(),
+                        keep_running: *keep_running,
+                    },
+                )
+                .await;
+            progress.done();
+            let c = r?;
+            emit(out, &c, || render::checkpoint_text(&c))
+        }
+        Command::Invoke {
+            function,
+            data,
+            path,
+        } => {
+            let body = data.as_deref().map(read_data).transpose()?;
+            let progress = Progress::start(format!(
+                "waiting for {function} (hot, warm, restore, or a cold start)"
+            ));
+            let r = client
+                .invoke(
+                    function,
+                    &InvokeRequest {
+                        path: Some(path.clone()),
+                        body,
+                    },
+                )
+                .await;
+            progress.done();
+            let i = r?;
+            if out == Output::Text {
+                eprint!("{}", render::invoke_summary(&i));
+            }
+            emit(out, &i, || {
+                let mut b = i.body.clone();
+                if !b.ends_with('\n') {
+                    b.push('\n');
+                }
+                b
+            })
+        }
+        _ => unreachable!("uses_agent"),
     }
 }
 
@@ -287,10 +608,11 @@ pub fn init_and_run(cli: &Cli) -> Result<(), Error> {
     run(cli)
 }
 
-/// Runs one subcommand. `image` talks to rekindle-restored; the others refuse with the
-/// reason until the agent serves them.
+/// Runs one subcommand. (The `rekindle` binary runs the agent's commands through
+/// [`run_agent`] itself, for their exit statuses; here their errors are
+/// [`Error::Io`].)
 pub fn run(cli: &Cli) -> Result<(), Error> {
-    tracing::debug!(command = cli.command.name(), agent_socket = %cli.agent_socket.display(), output = ?cli.output, "running");
+    tracing::debug!(command = cli.command.name(), socket = %cli.socket.display(), output = ?cli.output, "running");
     if let Command::Image(cmd) = &cli.command {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -298,19 +620,24 @@ pub fn run(cli: &Cli) -> Result<(), Error> {
             .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
         return runtime.block_on(image::run(cmd, &cli.restored_socket, cli.output));
     }
-    // The `rekindle` binary runs these itself (run_setup), for their own exit statuses.
-    if let Some(result) = run_setup(&cli.command) {
-        let report = result.map_err(|e| Error::Io {
+    if let Some(result) = run_agent(cli) {
+        return result.map_err(|e| Error::Io {
             what: format!("rekindle {}", cli.command.name()),
             source: std::io::Error::other(e),
-        })?;
-        print!("{report}");
-        return Ok(());
+        });
     }
-    Err(Error::NotImplemented {
-        what: format!("rekindle {}", cli.command.name()),
-        reason: cli.command.missing(cli),
-    })
+    // The `rekindle` binary runs these itself (run_setup), for their own exit statuses.
+    match run_setup(&cli.command) {
+        Some(result) => {
+            let report = result.map_err(|e| Error::Io {
+                what: format!("rekindle {}", cli.command.name()),
+                source: std::io::Error::other(e),
+            })?;
+            print!("{report}");
+            Ok(())
+        }
+        None => unreachable!("every command is run above"),
+    }
 }
 
 #[cfg(test)]
@@ -370,26 +697,142 @@ mod tests {
     }
 
     #[test]
-    fn every_planned_subcommand_parses_and_refuses_with_a_reason() {
-        let cases: &[&[&str]] = &[
-            &["rekindle", "status"],
-            &["rekindle", "functions"],
-            &["rekindle", "checkpoint", "hello", "--leave-running"],
-            &["rekindle", "invoke", "hello", "--data", "{}"],
+    fn agent_subcommands_parse() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["rekindle", "status"], "status"),
+            (&["rekindle", "functions"], "functions ls"),
+            (&["rekindle", "functions", "ls"], "functions ls"),
+            (&["rekindle", "functions", "list"], "functions ls"),
+            (&["rekindle", "functions", "rm", "hello"], "functions rm"),
+            (
+                &[
+                    "rekindle",
+                    "functions",
+                    "add",
+                    "hello",
+                    "--image",
+                    "i",
+                    "--port",
+                    "1",
+                ],
+                "functions add",
+            ),
+            (
+                &["rekindle", "checkpoint", "hello", "--keep-running"],
+                "checkpoint",
+            ),
+            (
+                &["rekindle", "checkpoint", "hello", "--leave-running"],
+                "checkpoint",
+            ),
+            (&["rekindle", "invoke", "hello", "--data", "{}"], "invoke"),
         ];
-        for args in cases {
+        for (args, name) in cases {
             let cli = Cli::try_parse_from(*args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
-            let e = run(&cli).unwrap_err();
-            assert_eq!(e.exit_code(), crate::EXIT_UNAVAILABLE);
-            let msg = e.to_string();
-            assert!(
-                msg.starts_with(&format!(
-                    "rekindle {} is not implemented yet: ",
-                    cli.command.name()
-                )),
-                "{msg}"
-            );
+            assert_eq!(cli.command.name(), *name);
+            assert!(cli.command.uses_agent());
         }
+        let cli =
+            Cli::try_parse_from(["rekindle", "checkpoint", "f", "--instance", "f-1"]).unwrap();
+        let Command::Checkpoint {
+            instance,
+            keep_running,
+            ..
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!((instance.as_deref(), keep_running), (Some("f-1"), false));
+        assert!(Cli::try_parse_from(["rekindle", "functions", "add", "f", "--port", "1"]).is_err());
+    }
+
+    #[test]
+    fn functions_add_sends_only_the_keys_given() {
+        let cli = Cli::try_parse_from([
+            "rekindle",
+            "functions",
+            "add",
+            "hello",
+            "--image",
+            "docker.io/rekindle/python-fn:latest",
+            "--port",
+            "8080",
+            "--env",
+            "STATE_MB=8",
+            "--env",
+            "A=b",
+            "--memory-mb",
+            "128",
+            "--netns",
+            "host",
+            "--max-instances",
+            "1",
+        ])
+        .unwrap();
+        let Command::Functions {
+            command: Some(FunctionsCommand::Add(args)),
+        } = &cli.command
+        else {
+            panic!("{cli:?}")
+        };
+        let t = args.table();
+        assert_eq!(
+            t,
+            serde_json::json!({
+                "name": "hello",
+                "image_ref": "docker.io/rekindle/python-fn:latest",
+                "port": 8080,
+                "env": ["STATE_MB=8", "A=b"],
+                "memory_mb": 128,
+                "netns": "host",
+                "max_instances": 1,
+            })
+        );
+        // What the agent parses, with its defaults for the rest, and accepts.
+        let f = crate::admin::parse_function(t.to_string().as_bytes()).unwrap();
+        assert_eq!((f.memory_mb, f.ready_path.as_str()), (128, "/healthz"));
+        crate::admin::validate_function(&f, &[], None).unwrap();
+        assert!(Cli::try_parse_from([
+            "rekindle",
+            "functions",
+            "add",
+            "f",
+            "--image",
+            "i",
+            "--port",
+            "1",
+            "--netns",
+            "bridge"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn data_is_the_body_or_a_files_content() {
+        assert_eq!(read_data("{\"a\":1}").unwrap(), "{\"a\":1}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("body.json");
+        std::fs::write(&file, "from a file").unwrap();
+        assert_eq!(
+            read_data(&format!("@{}", file.display())).unwrap(),
+            "from a file"
+        );
+        let e = read_data("@/nonexistent/body.json").unwrap_err();
+        assert_eq!(e.exit_code(), 66);
+        assert!(e.to_string().contains("/nonexistent/body.json"), "{e}");
+    }
+
+    #[test]
+    fn without_the_agent_the_error_names_the_socket_and_how_to_start_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("admin.sock");
+        let cli = Cli::try_parse_from(["rekindle", "status", "--socket", socket.to_str().unwrap()])
+            .unwrap();
+        let e = run_agent(&cli).unwrap().unwrap_err();
+        assert_eq!(e.exit_code(), crate::EXIT_UNAVAILABLE);
+        let m = e.to_string();
+        assert!(m.contains(socket.to_str().unwrap()), "{m}");
+        assert!(m.contains("systemctl start rekindle-agent"), "{m}");
     }
 
     #[test]
@@ -439,11 +882,16 @@ mod tests {
     }
 
     #[test]
-    fn the_agent_socket_is_the_agents_hook_socket_by_default() {
+    fn the_socket_is_the_agents_admin_socket_by_default() {
         let cli = Cli::try_parse_from(["rekindle", "status"]).unwrap();
-        assert_eq!(cli.agent_socket, PathBuf::from(config::DEFAULT_HOOK_SOCKET));
+        if std::env::var_os("REKINDLE_AGENT_SOCKET").is_none() {
+            assert_eq!(cli.socket, PathBuf::from(config::DEFAULT_ADMIN_SOCKET));
+        }
+        let cli = Cli::try_parse_from(["rekindle", "status", "--socket", "/tmp/a.sock"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/a.sock"));
+        // The flag's earlier name still works.
         let cli =
-            Cli::try_parse_from(["rekindle", "status", "--agent-socket", "/tmp/a.sock"]).unwrap();
-        assert_eq!(cli.agent_socket, PathBuf::from("/tmp/a.sock"));
+            Cli::try_parse_from(["rekindle", "status", "--agent-socket", "/tmp/b.sock"]).unwrap();
+        assert_eq!(cli.socket, PathBuf::from("/tmp/b.sock"));
     }
 }

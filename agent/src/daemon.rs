@@ -49,7 +49,11 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     rekindle_bpf_loaded 0 and goes on with cgroup statistics;
   - scheduler hook: gRPC rekindle.v1.SchedulerHook (Placement, WatchNode),
     grpc.health.v1 and reflection on --hook-socket, or on hook_addr (TCP) with
-    mutual TLS from [hook_tls] cert/key/client_ca.
+    mutual TLS from [hook_tls] cert/key/client_ca;
+  - admin API for operators on --admin-socket (HTTP/JSON on a unix socket, mode 0600,
+    root peers only): node status, functions registered or removed while running,
+    checkpoint on request, invoke; the `rekindle` CLI speaks it, and so does
+    `curl --unix-socket /run/rekindle/admin.sock http://agent/v1/status`.
 
 SIGTERM or SIGINT stops every instance the agent started, then it exits 0.";
 
@@ -57,6 +61,7 @@ const AFTER_LONG_HELP: &str = "\
 Configuration file (TOML; every key optional, command-line options win over it):
   metrics_addr = \"127.0.0.1:9464\"
   hook_socket = \"/run/rekindle/agent.sock\"       # the scheduler hook (gRPC)
+  admin_socket = \"/run/rekindle/admin.sock\"      # the admin API (`rekindle` CLI), root only
   restored_socket = \"/run/rekindle/restored.sock\"
   containerd_address = \"/run/containerd/containerd.sock\"
   containerd_namespace = \"k8s.io\"
@@ -114,9 +119,14 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR", default_value = config::DEFAULT_METRICS_ADDR)]
     pub metrics_addr: SocketAddr,
 
-    /// Unix socket of the scheduler hook (gRPC) and the operator CLI `rekindle`.
+    /// Unix socket of the scheduler hook (gRPC).
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_HOOK_SOCKET)]
     pub hook_socket: PathBuf,
+
+    /// Unix socket of the admin API (HTTP/JSON, root only), for the operator CLI
+    /// `rekindle` (status, functions, checkpoint, invoke) and `curl --unix-socket`.
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
 
     /// Unix socket of rekindle-restored, which owns the checkpoint images.
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_RESTORED_SOCKET)]
@@ -190,6 +200,8 @@ pub struct Agent {
     /// port the system chose).
     pub metrics_addr: SocketAddr,
     pub gateway_addr: Option<SocketAddr>,
+    /// Where the admin API listens.
+    pub admin_socket: PathBuf,
     stop: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -268,6 +280,19 @@ impl Agent {
             stop_rx.clone(),
         ))];
         tasks.push(crate::hook::start(config, &pool, &opts.latencies, stop_rx.clone()).await?);
+        let admin = crate::admin::bind(&config.admin_socket)?;
+        tasks.push(tokio::spawn(crate::admin::serve(
+            admin,
+            config.admin_socket.clone(),
+            Arc::new(crate::admin::AdminState::new(
+                pool.clone(),
+                config.restored_socket.clone(),
+                config.memory_budget_mb,
+                format!("{:?}", config.policy).to_lowercase(),
+            )),
+            crate::admin::Access::default(),
+            stop_rx.clone(),
+        )));
         let mut gateway_addr = None;
         if let Some(l) = gateway_listener {
             gateway_addr = l.local_addr().ok();
@@ -292,6 +317,7 @@ impl Agent {
         tracing::info!(
             %metrics_addr,
             gateway_addr = ?gateway_addr,
+            admin_socket = %config.admin_socket.display(),
             functions = config.functions.len(),
             policy = ?config.policy,
             "rekindle-agent running"
@@ -300,6 +326,7 @@ impl Agent {
             pool,
             metrics_addr,
             gateway_addr,
+            admin_socket: config.admin_socket.clone(),
             stop,
             tasks,
         })

@@ -14,6 +14,7 @@
 //! (see [`Error::NotImplemented`]). `rekindle image ...` ([`image`]) manages the checkpoint
 //! images through rekindle-restored.
 
+pub mod admin;
 pub mod config;
 pub mod ctl;
 pub mod daemon;

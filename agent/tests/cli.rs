@@ -44,6 +44,9 @@ fn agent_help_explains_the_daemon_and_its_defaults() {
         "[default: /etc/rekindle/agent.toml]",
         "[default: 127.0.0.1:9464]",
         "[default: /run/rekindle/agent.sock]",
+        "--admin-socket <PATH>",
+        "[default: /run/rekindle/admin.sock]",
+        "curl --unix-socket",
         "--log-format <FORMAT>",
         "SIGTERM",
         "[[function]]",
@@ -96,7 +99,7 @@ fn the_cli_shows_its_planned_subcommands() {
         );
     }
     assert!(
-        help.contains("[default: /run/rekindle/agent.sock]"),
+        help.contains("--socket <PATH>") && help.contains("[default: /run/rekindle/admin.sock]"),
         "{help}"
     );
 }
@@ -118,19 +121,107 @@ fn image_commands_ask_whether_rekindle_restored_runs() {
 }
 
 #[test]
-fn each_cli_subcommand_says_it_is_not_implemented_and_why() {
-    for (args, why) in [
-        (&["status"][..], "control API"),
-        (&["functions"][..], "pool manager"),
-        (&["checkpoint", "hello"][..], "checkpoint/restore issue"),
-        (&["invoke", "hello"][..], "invoke gateway"),
+fn agent_commands_without_an_agent_name_the_socket_and_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let socket = socket.to_str().unwrap();
+    for args in [
+        &["status"][..],
+        &["functions"][..],
+        &[
+            "functions",
+            "add",
+            "hello",
+            "--image",
+            "i",
+            "--port",
+            "8080",
+        ][..],
+        &["functions", "rm", "hello"][..],
+        &["checkpoint", "hello", "--keep-running"][..],
+        &["invoke", "hello"][..],
     ] {
-        let out = rekindle(args);
+        let mut all = vec!["--socket", socket];
+        all.extend_from_slice(args);
+        let out = rekindle(&all);
         assert_eq!(out.status.code(), Some(69), "{args:?}: {out:?}");
         let err = stderr(&out);
-        assert!(err.contains("not implemented yet"), "{args:?}: {err}");
-        assert!(err.contains(why), "{args:?}: {err}");
+        assert!(
+            err.contains("rekindle-agent is not running on"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains(socket), "{args:?}: {err}");
+        assert!(
+            err.contains("systemctl start rekindle-agent"),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?}: {out:?}");
     }
+    let out = rekindle(&["invoke", "hello", "--data", "@/nonexistent/body.json"]);
+    assert_eq!(out.status.code(), Some(66), "{out:?}");
+    assert!(stderr(&out).contains("/nonexistent/body.json"), "{out:?}");
+}
+
+/// A one-shot agent on `socket`: answers one HTTP request with `status` and `body`;
+/// returns the request's head.
+fn agent_once(
+    socket: &std::path::Path,
+    status: &'static str,
+    body: &'static str,
+) -> std::thread::JoinHandle<String> {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::os::unix::net::UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(&stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            head.push_str(&line);
+        }
+        write!(
+            &stream,
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        head
+    })
+}
+
+#[test]
+fn an_agents_refusal_is_printed_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("admin.sock");
+    let server = agent_once(
+        &socket,
+        "404 Not Found",
+        r#"{"error":{"code":"not_found","message":"no function \"hello\" is registered"}}"#,
+    );
+    let out = rekindle(&[
+        "--socket",
+        socket.to_str().unwrap(),
+        "functions",
+        "rm",
+        "hello",
+    ]);
+    let head = server.join().unwrap();
+    assert!(
+        head.starts_with("DELETE /v1/functions/hello HTTP/1.1\r\n"),
+        "{head}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "rekindle functions rm: rekindle-agent refused: no function \"hello\" is registered"
+        ),
+        "{err}"
+    );
 }
 
 /// Answers one request on `socket` with `reply`; returns the request line.

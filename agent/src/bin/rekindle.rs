@@ -26,6 +26,25 @@ fn main() -> ExitCode {
             }
         };
     }
+    if cli.command.uses_agent() {
+        if let Err(e) =
+            rekindle_agent::logging::init(rekindle_agent::config::LogFormat::Text, "warn")
+        {
+            eprintln!("rekindle: error: cannot set up logging: {e}");
+            return ExitCode::from(1);
+        }
+        let result = ctl::run_agent(&cli).expect("an agent command");
+        return match result.with_context(|| format!("rekindle {}", cli.command.name())) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("rekindle: error: {e:#}");
+                let code = e
+                    .downcast_ref::<ctl::AgentCommandError>()
+                    .map_or(1, ctl::AgentCommandError::exit_code);
+                ExitCode::from(code)
+            }
+        };
+    }
     match ctl::init_and_run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

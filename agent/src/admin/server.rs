@@ -1,0 +1,558 @@
+//! The admin API's server: the socket (root-only from its first moment), the peer check,
+//! the routes, each carried out through the pool manager's public API.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+
+use super::{
+    parse_function, tier_latencies, validate_function, ApiError, CheckpointDone, CheckpointRequest,
+    FunctionSpecView, FunctionStatus, ImageStatus, InstanceStatus, InvokeDone, InvokeRequest,
+    Memory, NodeStatus, Removed, RestoredStatus, Tiers, MAX_BODY_BYTES,
+};
+use crate::pool::manager::PoolManager;
+use crate::pool::{ImageState, Loaded, STAGED_MEMORY_FACTOR};
+use crate::Error;
+
+type Body = Full<Bytes>;
+
+/// How long status and add wait for rekindle-restored before answering without it.
+const RESTORED_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long `DELETE /v1/functions/<name>` lets the function's requests and starts in
+/// flight end before it stops its instances anyway.
+const REMOVE_GRACE: Duration = Duration::from_secs(60);
+
+/// Which peers are served: uid 0 only in the agent; tests name others to see refusals.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub uids: Vec<u32>,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access { uids: vec![0] }
+    }
+}
+
+impl Access {
+    fn allows(&self, uid: u32) -> bool {
+        self.uids.contains(&uid)
+    }
+}
+
+/// What the routes work on.
+pub struct AdminState {
+    pub pool: PoolManager,
+    pub restored_socket: PathBuf,
+    pub memory_budget_mb: Option<u64>,
+    /// The pool policy's name, for status.
+    pub policy: String,
+    /// Functions registered through the API (the others come from agent.toml).
+    added: Mutex<HashSet<String>>,
+}
+
+impl AdminState {
+    pub fn new(
+        pool: PoolManager,
+        restored_socket: PathBuf,
+        memory_budget_mb: Option<u64>,
+        policy: String,
+    ) -> Self {
+        AdminState {
+            pool,
+            restored_socket,
+            memory_budget_mb,
+            policy,
+            added: Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn functions(&self) -> Vec<FunctionStatus> {
+        let snaps = self.pool.snapshot();
+        let added = self.added.lock().unwrap().clone();
+        self.pool
+            .functions()
+            .into_iter()
+            .filter_map(|cfg| {
+                let p = snaps.iter().find(|p| p.function == cfg.name)?;
+                let mib = (cfg.memory_mb as f64) * 1_048_576.0;
+                let staged = p.image == ImageState::Staged;
+                // What the pool counts against the budget (FunctionView::memory_now).
+                let memory = (p.hot + p.warm + p.starting) as f64 * mib
+                    + if staged {
+                        mib * STAGED_MEMORY_FACTOR
+                    } else {
+                        0.0
+                    };
+                let api = added.contains(&cfg.name);
+                Some(FunctionStatus {
+                    name: cfg.name.clone(),
+                    source: if api { "api" } else { "config" }.into(),
+                    persisted: !api,
+                    spec: FunctionSpecView::from(&cfg),
+                    instances: Tiers {
+                        hot: p.hot,
+                        warm: p.warm,
+                        staged: staged as u32,
+                    },
+                    busy: p.busy,
+                    starting: p.starting,
+                    image: p.image.into(),
+                    targets: Tiers {
+                        hot: p.plan.targets.hot,
+                        warm: p.plan.targets.warm,
+                        staged: p.plan.targets.staged as u32,
+                    },
+                    memory_bytes: memory as u64,
+                })
+            })
+            .collect()
+    }
+
+    async fn status(&self) -> NodeStatus {
+        let functions = self.functions();
+        let instances = self
+            .pool
+            .instances()
+            .into_iter()
+            .map(|i| InstanceStatus {
+                function: i.function,
+                id: i.id,
+                tier: match i.loaded {
+                    Loaded::Hot => "hot",
+                    Loaded::Warm => "warm",
+                }
+                .into(),
+                busy: i.busy,
+                idle_secs: i.idle_secs,
+                restored_from: i.restored_from,
+            })
+            .collect();
+        let client = rekindle_restore_api::Client::new(&self.restored_socket);
+        let listed = tokio::time::timeout(RESTORED_TIMEOUT, client.list_images()).await;
+        let (restored, images) = match listed {
+            Ok(Ok(all)) => {
+                let images = all
+                    .iter()
+                    .filter_map(|i| {
+                        let f = functions
+                            .iter()
+                            .find(|f| f.spec.store_as == i.manifest.name)?;
+                        Some(ImageStatus {
+                            name: i.manifest.name.clone(),
+                            function: f.name.clone(),
+                            staged: i.staged,
+                            size_bytes: i.manifest.total_size,
+                            compressed_bytes: i.manifest.total_compressed_size,
+                            created_unix: i.manifest.created_unix,
+                        })
+                    })
+                    .collect();
+                let r = RestoredStatus {
+                    socket: self.restored_socket.display().to_string(),
+                    reachable: true,
+                    error: None,
+                    images_total: all.len() as u64,
+                    images_staged: all.iter().filter(|i| i.staged).count() as u64,
+                };
+                (r, images)
+            }
+            Ok(Err(e)) => (self.restored_down(e.to_string()), Vec::new()),
+            Err(_) => (
+                self.restored_down(format!("no answer within {} s", RESTORED_TIMEOUT.as_secs())),
+                Vec::new(),
+            ),
+        };
+        let starts: Vec<_> = self
+            .pool
+            .recent_starts()
+            .into_iter()
+            .map(|s| (s.tier, s.latency_secs))
+            .collect();
+        NodeStatus {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.pool.uptime_secs(),
+            policy: self.policy.clone(),
+            memory: Memory {
+                budget_bytes: self.memory_budget_mb.map(|m| m << 20),
+                used_bytes: functions.iter().map(|f| f.memory_bytes).sum(),
+            },
+            functions,
+            instances,
+            images,
+            restored,
+            start_latencies: tier_latencies(&starts),
+        }
+    }
+
+    fn restored_down(&self, error: String) -> RestoredStatus {
+        RestoredStatus {
+            socket: self.restored_socket.display().to_string(),
+            reachable: false,
+            error: Some(error),
+            images_total: 0,
+            images_staged: 0,
+        }
+    }
+
+    async fn add(&self, body: &[u8]) -> Result<FunctionStatus, ApiError> {
+        let cfg = parse_function(body)?;
+        validate_function(&cfg, &self.pool.functions(), self.memory_budget_mb)?;
+        self.pool.add_function(cfg.clone())?;
+        self.added.lock().unwrap().insert(cfg.name.clone());
+        // As at start-up: an image already in the store makes the next start a restore.
+        let client = rekindle_restore_api::Client::new(&self.restored_socket);
+        match tokio::time::timeout(RESTORED_TIMEOUT, client.get_image(cfg.store_as())).await {
+            Ok(Ok(info)) => self.pool.set_image(&cfg.name, info.staged),
+            Ok(Err(e)) => {
+                tracing::debug!(function = %cfg.name, error = %e, "no stored image yet")
+            }
+            Err(_) => tracing::warn!(function = %cfg.name, "rekindle-restored did not answer"),
+        }
+        tracing::info!(function = %cfg.name, image_ref = %cfg.image_ref, "function added through the admin API (until the agent restarts)");
+        self.functions()
+            .into_iter()
+            .find(|f| f.name == cfg.name)
+            .ok_or_else(|| ApiError::NotFound(format!("{:?} was removed meanwhile", cfg.name)))
+    }
+
+    async fn remove(&self, name: &str) -> Result<Removed, ApiError> {
+        let n = self.pool.remove_function(name, REMOVE_GRACE).await?;
+        self.added.lock().unwrap().remove(name);
+        Ok(Removed {
+            name: name.to_string(),
+            instances_stopped: n,
+        })
+    }
+
+    async fn checkpoint(&self, name: &str, body: &[u8]) -> Result<CheckpointDone, ApiError> {
+        let req: CheckpointRequest = parse_optional(body)?;
+        let c = self
+            .pool
+            .checkpoint(name, req.instance.as_deref(), req.keep_running)
+            .await?;
+        Ok(CheckpointDone {
+            function: name.to_string(),
+            instance: c.instance,
+            image: c.image,
+            kept_running: c.kept_running,
+            secs: c.secs,
+        })
+    }
+
+    async fn invoke(&self, name: &str, body: &[u8]) -> Result<InvokeDone, ApiError> {
+        let req: InvokeRequest = parse_optional(body)?;
+        if req.body.as_deref().is_some_and(|b| !b.is_empty()) {
+            return Err(ApiError::NotImplemented(
+                "request bodies are not forwarded yet: the invoke path (the gateway's) sends \
+                 GET <path> to the instance without a body; pass the input in the path's \
+                 query instead (--path '/?key=value')"
+                    .into(),
+            ));
+        }
+        let path = req.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') {
+            return Err(ApiError::BadRequest(format!(
+                "path {path:?} must start with /"
+            )));
+        }
+        let began = Instant::now();
+        // The gateway's own path: hot → warm → restore → cold, with its admission and
+        // accounting.
+        let served = self.pool.invoke(name, &path).await?;
+        if served.tier.starts_instance() {
+            // As the gateway does: the end of the instance's start-up timeline.
+            self.pool.metrics().node.first_response(
+                &served.instance,
+                served.tier,
+                rekindle::bpf::monotonic_ns(),
+            );
+        }
+        Ok(InvokeDone {
+            function: name.to_string(),
+            status: served.response.status,
+            tier: served.tier.name().into(),
+            instance: served.instance,
+            secs: began.elapsed().as_secs_f64(),
+            body: served.response.body,
+        })
+    }
+}
+
+/// An optional JSON body: empty means the defaults.
+fn parse_optional<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("bad request body: {e}")))
+}
+
+fn json<T: Serialize>(status: u16, value: &T) -> Response<Body> {
+    let (status, bytes) = match serde_json::to_vec_pretty(value) {
+        Ok(mut b) => {
+            b.push(b'\n');
+            (status, b)
+        }
+        Err(e) => (
+            500,
+            format!(
+                "{{\"error\":{{\"code\":\"internal\",\"message\":\"cannot encode the answer: {e}\"}}}}\n"
+            )
+            .into_bytes(),
+        ),
+    };
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(bytes)))
+        .expect("a valid response")
+}
+
+fn error(e: &ApiError) -> Response<Body> {
+    json(e.status(), &e.body())
+}
+
+fn answer<T: Serialize>(status: u16, r: Result<T, ApiError>) -> Response<Body> {
+    match r {
+        Ok(v) => json(status, &v),
+        Err(e) => error(&e),
+    }
+}
+
+const ROUTES: &str = "GET /v1/status, GET|POST /v1/functions, GET|DELETE /v1/functions/<name>, \
+                      POST /v1/functions/<name>/checkpoint, POST /v1/functions/<name>/invoke";
+
+async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let body = match Limited::new(req.into_body(), MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return error(&ApiError::BadRequest(format!(
+                "cannot read the request body (at most {MAX_BODY_BYTES} bytes): {e}"
+            )))
+        }
+    };
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let wrong_method = || {
+        error(&ApiError::NotFound(format!(
+            "{method} {path}: no such route; the API has {ROUTES}"
+        )))
+    };
+    match parts.as_slice() {
+        ["v1", "status"] => match method {
+            Method::GET => json(200, &state.status().await),
+            _ => wrong_method(),
+        },
+        ["v1", "functions"] => match method {
+            Method::GET => json(200, &state.functions()),
+            Method::POST => answer(201, state.add(&body).await),
+            _ => wrong_method(),
+        },
+        ["v1", "functions", name] => match method {
+            Method::GET => match state.functions().into_iter().find(|f| f.name == *name) {
+                Some(f) => json(200, &f),
+                None => error(&ApiError::NotFound(format!(
+                    "no function {name:?} is registered"
+                ))),
+            },
+            Method::DELETE => answer(200, state.remove(name).await),
+            _ => wrong_method(),
+        },
+        ["v1", "functions", name, "checkpoint"] if method == Method::POST => {
+            answer(200, state.checkpoint(name, &body).await)
+        }
+        ["v1", "functions", name, "invoke"] if method == Method::POST => {
+            answer(200, state.invoke(name, &body).await)
+        }
+        _ => wrong_method(),
+    }
+}
+
+/// Binds the admin socket at `path`: created root-only (umask 0177, then mode 0600) so
+/// there is no moment another user could connect; its directory made if missing. A
+/// socket nobody answers on (left by a dead agent) is replaced; a live one, or any other
+/// file there, is an error that says so.
+pub fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let io = |what: String| move |source| Error::Io { what, source };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::Io {
+                what: format!("admin socket {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "the path exists and is not a socket",
+                ),
+            });
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::Io {
+                what: format!("admin socket {}", path.display()),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    "a live process listens on it (another rekindle-agent?)",
+                ),
+            });
+        }
+        std::fs::remove_file(path).map_err(io(format!(
+            "removing the stale admin socket {}",
+            path.display()
+        )))?;
+        tracing::info!(path = %path.display(), "removed a stale admin socket");
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(io(format!("creating the directory of {}", path.display())))?;
+        }
+    }
+    // SAFETY: umask only swaps the process' mask; restored right after the bind. Other
+    // threads creating files meanwhile get 0600 at worst, never more permissive.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = bound.map_err(io(format!("binding the admin socket {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(format!("chmod 0600 {}", path.display())))?;
+    l.set_nonblocking(true)
+        .map_err(io(format!("admin socket {}", path.display())))?;
+    UnixListener::from_std(l).map_err(io(format!("admin socket {}", path.display())))
+}
+
+/// Whether the peer on `stream` may use the API (SO_PEERCRED), with its uid and pid.
+fn peer(stream: &tokio::net::UnixStream, access: &Access) -> (bool, Option<u32>, Option<i32>) {
+    match stream.peer_cred() {
+        Ok(c) => (access.allows(c.uid()), Some(c.uid()), c.pid()),
+        Err(e) => {
+            tracing::warn!(error = %e, "admin socket: cannot read the peer's credentials");
+            (false, None, None)
+        }
+    }
+}
+
+/// Serves the API on `listener` until `stop` turns true, then removes the socket at
+/// `path`. Requests in flight finish on their own (the pool's shutdown waits for their
+/// operations).
+pub async fn serve(
+    listener: UnixListener,
+    path: PathBuf,
+    state: Arc<AdminState>,
+    access: Access,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.changed() => break,
+        };
+        let stream = match accepted {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin socket: accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (allowed, uid, pid) = peer(&stream, &access);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let began = Instant::now();
+                    let (method, path) = (req.method().clone(), req.uri().path().to_string());
+                    let resp = if allowed {
+                        route(state, req).await
+                    } else {
+                        error(&ApiError::Forbidden(match uid {
+                            Some(u) => format!(
+                                "uid {u} may not use rekindle-agent's admin API: root only \
+                                 (run it with sudo)"
+                            ),
+                            None => "the peer's credentials cannot be read: refused".into(),
+                        }))
+                    };
+                    let status = resp.status().as_u16();
+                    let ms = began.elapsed().as_secs_f64() * 1000.0;
+                    if status < 400 {
+                        tracing::info!(%method, path, status, uid, pid, ms, "admin request");
+                    } else {
+                        tracing::warn!(%method, path, status, uid, pid, ms, "admin request refused or failed");
+                    }
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection ended with an error");
+            }
+        });
+        if *stop.borrow() {
+            break;
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(&path) {
+        tracing::warn!(path = %path.display(), error = %e, "cannot remove the admin socket");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_the_allowed_uids_are_served() {
+        let (a, _b) = tokio::net::UnixStream::pair().unwrap();
+        let me = unsafe { libc::geteuid() };
+        let (ok, uid, pid) = peer(&a, &Access { uids: vec![me] });
+        assert!(ok);
+        assert_eq!(uid, Some(me));
+        assert_eq!(pid, Some(std::process::id() as i32));
+        let (ok, ..) = peer(&a, &Access { uids: vec![me + 1] });
+        assert!(!ok);
+        assert_eq!(Access::default().uids, [0]);
+    }
+
+    #[test]
+    fn the_socket_is_root_only_and_a_live_one_is_not_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/admin.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = bind(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600);
+            let e = bind(&path).unwrap_err();
+            assert!(e.to_string().contains("a live process listens"), "{e}");
+            drop(l);
+            // Left by a dead agent: replaced.
+            bind(&path).unwrap();
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, "").unwrap();
+            let e = bind(&path).unwrap_err();
+            assert!(e.to_string().contains("not a socket"), "{e}");
+        });
+    }
+}
