@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod agent_admin;
 mod agent_driver;
 mod agent_live;
 mod checkpoint_restore;
