@@ -1,0 +1,368 @@
+//! The invoke gateway under a bounded concurrent load (issue #6's edge-box gateway):
+//! `rekindle_agent::daemon::Agent` runs in-process against the private containerd and a
+//! rekindle-restored of the story's own, with the reference function registered (own
+//! network namespace) at most 2 instances, a queue of 8 and the fixed keep-alive policy
+//! (no background starts to blur the count). 40 POSTs with bodies of distinct sizes hit
+//! its cold function at once on loopback. Every request is answered: 200 with the
+//! function's JSON (its `body_bytes` the size sent: the body reached it) and the tier and
+//! instance headers (plus the start's duration when one was made for it), or 503 with
+//! `Retry-After` and the reason; the two add up to 40. At most 2 instances ever existed
+//! (the agent made exactly 2, and its pool never held more), `/metrics` counts the
+//! refusals by reason as the clients saw them. Then: a POST served hot (no start
+//! header), passthrough GET, 405 for GET on the invoke path, 413 past `max_body_bytes`;
+//! shutdown stops every instance and the harness' leak check runs on each.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context as _, Result};
+use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
+use rekindle_agent::daemon::Agent;
+use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
+use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+
+const FUNCTION: &str = "gw-fn";
+const MAX_INSTANCES: u32 = 2;
+const MAX_QUEUE: u32 = 8;
+const REQUESTS: usize = 40;
+const MAX_BODY: usize = 4096;
+
+struct Answer {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+}
+
+/// One HTTP/1.1 request (connection closed after).
+async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+         Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(body);
+    s.write_all(&raw).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(180), s.read_to_end(&mut raw))
+        .await
+        .context("no answer within 180 s")??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// What one POST of the burst got.
+#[derive(Debug)]
+enum Outcome {
+    Served {
+        tier: String,
+        instance: String,
+        started: bool,
+        queued: bool,
+    },
+    Refused(String),
+}
+
+/// A POST of `size` bytes: checks the answer is the function's (with the body's size) or
+/// a clear refusal.
+async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
+    let body = vec![b'x'; size];
+    let a = request(gw, "POST", &format!("/invoke/{FUNCTION}"), &body).await?;
+    match a.status {
+        200 => {
+            let json: serde_json::Value =
+                serde_json::from_str(&a.body).with_context(|| format!("not JSON: {:?}", a.body))?;
+            ensure!(
+                json["body_bytes"] == size && json["count"].as_u64().is_some_and(|c| c >= 1),
+                "the function did not get the {size}-byte body: {json}"
+            );
+            let tier = a.headers.get("x-rekindle-tier").context("no tier header")?;
+            let instance = a
+                .headers
+                .get("x-rekindle-instance")
+                .context("no instance header")?;
+            let started = a.headers.contains_key("x-rekindle-start-ms");
+            ensure!(
+                started == matches!(tier.as_str(), "cold" | "restore_staged" | "restore_disk"),
+                "start header {started} for tier {tier}"
+            );
+            Ok(Outcome::Served {
+                tier: tier.clone(),
+                instance: instance.clone(),
+                started,
+                queued: a.headers.contains_key("x-rekindle-queue-ms"),
+            })
+        }
+        503 => {
+            let reason = a
+                .headers
+                .get("x-rekindle-refused")
+                .context("a 503 without x-rekindle-refused")?;
+            ensure!(
+                a.headers
+                    .get("retry-after")
+                    .is_some_and(|v| v.parse::<u64>().is_ok_and(|s| s >= 1)),
+                "a 503 without Retry-After: {:?}",
+                a.headers
+            );
+            ensure!(
+                a.body.contains(&format!("reason: {reason}")),
+                "the 503's body does not say why: {:?}",
+                a.body
+            );
+            Ok(Outcome::Refused(reason.clone()))
+        }
+        s => bail!("answered {s}: {}", a.body),
+    }
+}
+
+/// Puts every instance the agent made under the harness' clean-up and leak check.
+fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
+    for id in agent.pool.instances_made() {
+        if !adopted.contains(&id) {
+            ctx.adopt(&id, &driver.cgroups_path(&id));
+            adopted.push(id);
+        }
+    }
+}
+
+/// `<family>{function="gw-fn",<label>="<value>"} n` summed by value.
+fn by_label(metrics: &str, family: &str, label: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{family}{{function=\"{FUNCTION}\",{label}=\"");
+    let mut out = BTreeMap::new();
+    for (value, n) in metrics.lines().filter_map(|l| {
+        let (value, n) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
+        Some((value.to_string(), n.trim().parse::<f64>().ok()? as u64))
+    }) {
+        if n > 0 {
+            *out.entry(value).or_default() += n;
+        }
+    }
+    out
+}
+
+#[test]
+fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit() {
+    restore_story("agent-gateway", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "agent-gateway") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        let mut f = FunctionConfig::new(FUNCTION, IMAGE, 8080);
+        f.env = vec![format!("STATE_MB={FIXTURE_STATE_MB}")];
+        f.memory_mb = 512;
+        f.store_as = Some(ctx.new_id("gw-fn"));
+        f.netns = NetMode::Own;
+        f.max_instances = MAX_INSTANCES;
+        f.max_queue = MAX_QUEUE;
+        // Long enough for two cold starts on a busy 2-CPU box: the queued requests are
+        // served, not timed out.
+        f.max_queue_wait_secs = 120.0;
+        f.invoke_timeout_secs = 150.0;
+        f.max_body_bytes = MAX_BODY;
+        let config = Config {
+            metrics_addr: "127.0.0.1:0".parse()?,
+            gateway_addr: Some("127.0.0.1:0".parse()?),
+            restored_socket: restored.socket.clone(),
+            containerd_address: ctx.paths().grpc.clone(),
+            containerd_namespace: NAMESPACE.to_string(),
+            policy: PolicyName::Fixed,
+            reconcile_interval_ms: 200,
+            max_parallel_starts: 2,
+            snapshotter: SNAPSHOTTER.to_string(),
+            runc_root: Some(ctx.paths().runc_root.clone()),
+            instance_log_dir: ctx.paths().dir.join("agent-gateway-logs"),
+            hook_socket: ctx.paths().dir.join("agent-gateway-hook.sock"),
+            netns_dir: ctx.paths().dir.join("netns"),
+            functions: vec![f],
+            ..Config::default()
+        };
+        config.validate()?;
+        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
+        dc.runc_root = Some(ctx.paths().runc_root.clone());
+        let paths_driver = ContainerdDriver::connect(dc).await?;
+        let mut adopted = Vec::new();
+
+        let agent = Agent::start(&config).await?;
+        let gw = agent.gateway_addr.context("the gateway listens")?;
+        let t0 = Instant::now();
+        let outcome = async {
+            // The pool's own count, sampled through the burst.
+            let peak = Arc::new(AtomicU32::new(0));
+            let done = Arc::new(AtomicBool::new(false));
+            let sampler = {
+                let (pool, peak, done) = (agent.pool.clone(), peak.clone(), done.clone());
+                tokio::spawn(async move {
+                    while !done.load(Ordering::SeqCst) {
+                        let p = pool.snapshot().remove(0);
+                        peak.fetch_max(p.hot + p.warm + p.starting, Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            };
+
+            // 1. The burst: 40 POSTs at once, bodies of 100..140 bytes.
+            let mut set = tokio::task::JoinSet::new();
+            for i in 0..REQUESTS {
+                set.spawn(post(gw, 100 + i));
+            }
+            let mut outcomes = Vec::new();
+            while let Some(r) = set.join_next().await {
+                outcomes.push(r??);
+            }
+            done.store(true, Ordering::SeqCst);
+            sampler.await?;
+            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            let mut tiers: BTreeMap<String, u64> = BTreeMap::new();
+            let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+            let mut instances = std::collections::BTreeSet::new();
+            let (mut started, mut queued) = (0, 0);
+            for o in &outcomes {
+                match o {
+                    Outcome::Served {
+                        tier,
+                        instance,
+                        started: s,
+                        queued: q,
+                    } => {
+                        *tiers.entry(tier.clone()).or_default() += 1;
+                        instances.insert(instance.clone());
+                        started += *s as u32;
+                        queued += *q as u32;
+                    }
+                    Outcome::Refused(r) => *refused.entry(r.clone()).or_default() += 1,
+                }
+            }
+            let served: u64 = tiers.values().sum();
+            let n_refused: u64 = refused.values().sum();
+            eprintln!(
+                "[agent-gateway] {:>5.1}s burst of {REQUESTS}: served {served} {tiers:?} by \
+                 {} instances ({started} started for their request, {queued} queued first), \
+                 refused {n_refused} {refused:?}; pool peak {}",
+                t0.elapsed().as_secs_f64(),
+                instances.len(),
+                peak.load(Ordering::SeqCst)
+            );
+            ensure!(
+                served + n_refused == REQUESTS as u64,
+                "{served} served + {n_refused} refused != {REQUESTS}"
+            );
+            ensure!(
+                peak.load(Ordering::SeqCst) <= MAX_INSTANCES,
+                "the pool held {} instances",
+                peak.load(Ordering::SeqCst)
+            );
+            let made = agent.pool.instances_made();
+            ensure!(
+                made.len() as u32 <= MAX_INSTANCES && instances.len() as u32 <= MAX_INSTANCES,
+                "{} instances made ({made:?}), {} served",
+                made.len(),
+                instances.len()
+            );
+            ensure!(
+                started as usize == made.len(),
+                "{started} requests say a start was made for them, {} were made",
+                made.len()
+            );
+            // The queue worked both ways: some waited and were served, the rest of the
+            // burst (more than max_instances + max_queue) was refused.
+            ensure!(queued >= 1, "no request was served from the queue");
+            ensure!(
+                served >= u64::from(MAX_INSTANCES) + 1 && n_refused >= 1,
+                "served {served}, refused {n_refused}"
+            );
+            ensure!(
+                refused
+                    .keys()
+                    .all(|r| r == "queue_full" || r == "queue_timeout"),
+                "{refused:?}"
+            );
+
+            // 2. /metrics counts the refusals and the starts as the clients saw them.
+            let m = request(agent.metrics_addr, "GET", "/metrics", b"").await?;
+            ensure!(m.status == 200, "/metrics answered {}", m.status);
+            let got = by_label(&m.body, "rekindle_gateway_refused_total", "reason");
+            ensure!(
+                got == refused,
+                "/metrics refusals {got:?} != seen {refused:?}"
+            );
+            let got = by_label(&m.body, "rekindle_starts_total", "tier");
+            ensure!(got == tiers, "/metrics starts {got:?} != seen {tiers:?}");
+
+            // 3. The pool is idle now: a POST is served hot, no start made for it.
+            match post(gw, 7).await? {
+                Outcome::Served {
+                    tier,
+                    started: false,
+                    ..
+                } if tier == "hot" || tier == "warm" => {}
+                o => bail!("after the burst: {o:?}"),
+            }
+            // Passthrough: the function's own GET /.
+            let a = request(gw, "GET", &format!("/invoke/{FUNCTION}/"), b"").await?;
+            ensure!(a.status == 200, "passthrough GET answered {}", a.status);
+            let json: serde_json::Value = serde_json::from_str(&a.body)?;
+            ensure!(json["count"].as_u64().is_some_and(|c| c >= 1), "{json}");
+            let a = request(gw, "GET", &format!("/invoke/{FUNCTION}"), b"").await?;
+            ensure!(
+                a.status == 405 && a.headers.get("allow").map(String::as_str) == Some("POST"),
+                "GET on the invoke path answered {} {:?}",
+                a.status,
+                a.headers
+            );
+            let a = request(
+                gw,
+                "POST",
+                &format!("/invoke/{FUNCTION}"),
+                &[b'y'; MAX_BODY + 1],
+            )
+            .await?;
+            ensure!(
+                a.status == 413,
+                "a body past max_body_bytes got {}",
+                a.status
+            );
+            let a = request(gw, "POST", "/invoke/no-such-fn", b"{}").await?;
+            ensure!(a.status == 404, "an unknown function got {}", a.status);
+            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            Ok(())
+        }
+        .await;
+        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        let pool_handle = agent.pool.clone();
+        agent.shutdown().await;
+        let end = pool_handle.snapshot().remove(0);
+        outcome?;
+        if end.hot + end.warm + end.busy + end.starting != 0 {
+            bail!("instances left after shutdown: {end:?}");
+        }
+        eprintln!(
+            "[agent-gateway] {} instances made and stopped in {:.1}s",
+            adopted.len(),
+            t0.elapsed().as_secs_f64()
+        );
+        Ok(())
+    });
+}
