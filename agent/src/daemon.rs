@@ -40,9 +40,11 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     rekindle_start_latency_seconds{tier}, rekindle_pool_instances{function,tier},
     rekindle_pool_target{function,tier}, rekindle_pool_actions_total;
   - invoke gateway (--gateway-addr; edge boxes without Kubernetes):
-    GET /invoke/<function>/<path> is served by an idle hot instance, else a warm one
-    (thawed), else a restore (staged image, then disk), else a cold start; any failure
-    falls back to the next path and is counted with its reason.
+    POST /invoke/<function> (to its invoke_path) or any method on
+    /invoke/<function>/<path> (passthrough) is served by an idle hot instance, else a
+    warm one (thawed), else a restore (staged image, then disk), else a cold start,
+    within max_instances; past it the request waits in a queue (max_queue,
+    max_queue_wait_secs), then gets 503 with Retry-After (rekindle_gateway_refused_total).
 
   - eBPF node metrics per function (CPU, run-queue latency, page faults, exec/exit;
     memory from the cgroups) in /metrics; if BPF cannot load, the agent says so, sets
@@ -79,7 +81,7 @@ Configuration file (TOML; every key optional, command-line options win over it):
   instance_log_dir = \"/var/log/rekindle/instances\"
 
   [[function]]                         # one per function
-  name = \"hello\"                       # GET /invoke/hello/... on the gateway
+  name = \"hello\"                       # POST /invoke/hello, ANY /invoke/hello/<path>
   image_ref = \"docker.io/rekindle/python-fn:latest\"
   port = 8080                          # given to it as $PORT
   env = [\"STATE_MB=64\"]
@@ -92,7 +94,12 @@ Configuration file (TOML; every key optional, command-line options win over it):
   max_instances = 10
   keep_alive_min_secs = 0              # bounds on the policy's keep-alive window
   keep_alive_max_secs = 600
-  invoke_timeout_secs = 30
+  invoke_timeout_secs = 30             # queueing and start included
+  invoke_path = \"/invoke\"              # where POST /invoke/hello goes
+  max_body_bytes = 6291456             # 413 past it
+  max_response_bytes = 6291456         # 502 past it
+  max_queue = 64                       # requests waiting while max_instances are busy
+  max_queue_wait_secs = 10             # then 503 (queue_full / queue_timeout)
 
 Environment:
   RUST_LOG   log filter (tracing-subscriber EnvFilter syntax), default \"info\"
