@@ -218,13 +218,15 @@ async fn connection(service: Arc<Service>, stream: UnixStream, access: &Access) 
     let line = line.unwrap_or_else(|e| {
         format!("{{\"error\":{{\"code\":\"internal\",\"message\":\"cannot encode the response: {e}\"}}}}")
     });
+    // Counted before the reply: a client that asks for stats once answered
+    // must see its own request.
+    service.record(op_name, failure.map(|e| e.code));
     let sent = async {
         write.write_all(line.as_bytes()).await?;
         write.write_all(b"\n").await?;
         write.shutdown().await
     }
     .await;
-    service.record(op_name, failure.map(|e| e.code));
 
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let uid = peer.map(|p| p.uid);
