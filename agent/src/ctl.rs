@@ -130,19 +130,23 @@ pub enum Command {
 
     /// Invoke a function through the agent, as its gateway does
     ///
-    /// Tries a hot instance, then a warm one (thawed), then a restore from a checkpoint,
-    /// then a cold start; prints the function's answer on stdout and which path served it
-    /// on stderr (--output json: both as one object).
+    /// `POST <invoke_path>` with --data on an instance (the gateway's
+    /// `POST /invoke/<function>`), or --method (default GET, POST with --data) on --path
+    /// (its passthrough). Tries a hot instance, then a warm one (thawed), then a restore
+    /// from a checkpoint, then a cold start; prints the function's answer on stdout and
+    /// which path served it on stderr (--output json: both as one object).
     Invoke {
         /// The function to invoke.
         function: String,
-        /// Request body; `@FILE` reads it from a file. (The agent forwards GET requests
-        /// only for now, and refuses a non-empty body with 501.)
+        /// Request body; `@FILE` reads it from a file.
         #[arg(long, value_name = "BODY|@FILE")]
         data: Option<String>,
-        /// The path (and query) to request on the instance.
-        #[arg(long, value_name = "PATH", default_value = "/")]
-        path: String,
+        /// Request this path (and query) instead of the function's invoke_path.
+        #[arg(long, value_name = "PATH")]
+        path: Option<String>,
+        /// HTTP method, with --path.
+        #[arg(long, value_name = "METHOD", requires = "path")]
+        method: Option<String>,
     },
 
     /// Install Rekindle on this node: binaries, systemd units, the containerd runtime
@@ -178,7 +182,7 @@ pub enum FunctionsCommand {
     /// Checked as the agent checks a [[function]] table of agent.toml (same keys and
     /// defaults); options left out keep the defaults. Not written to agent.toml: the
     /// function is registered until the agent restarts.
-    Add(AddArgs),
+    Add(Box<AddArgs>),
     /// Remove a function: its instances are stopped (its image stays in the store)
     #[command(visible_alias = "remove")]
     Rm {
@@ -225,6 +229,15 @@ pub struct AddArgs {
     pub keep_alive_max_secs: Option<f64>,
     #[arg(long, value_name = "SECS")]
     pub invoke_timeout_secs: Option<f64>,
+    /// The function's handler, where invocations go [agent default: /invoke].
+    #[arg(long, value_name = "PATH")]
+    pub invoke_path: Option<String>,
+    #[arg(long, value_name = "BYTES")]
+    pub max_body_bytes: Option<u64>,
+    #[arg(long, value_name = "N")]
+    pub max_queue: Option<u32>,
+    #[arg(long, value_name = "SECS")]
+    pub max_queue_wait_secs: Option<f64>,
 }
 
 fn parse_netns(s: &str) -> Result<NetMode, String> {
@@ -273,6 +286,13 @@ impl AddArgs {
             (
                 "invoke_timeout_secs",
                 self.invoke_timeout_secs.map(Into::into),
+            ),
+            ("invoke_path", self.invoke_path.clone().map(Into::into)),
+            ("max_body_bytes", self.max_body_bytes.map(Into::into)),
+            ("max_queue", self.max_queue.map(Into::into)),
+            (
+                "max_queue_wait_secs",
+                self.max_queue_wait_secs.map(Into::into),
             ),
         ] {
             if let Some(v) = v {
@@ -560,6 +580,7 @@ async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
             function,
             data,
             path,
+            method,
         } => {
             let body = data.as_deref().map(read_data).transpose()?;
             let progress = Progress::start(format!(
@@ -569,7 +590,8 @@ async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
                 .invoke(
                     function,
                     &InvokeRequest {
-                        path: Some(path.clone()),
+                        path: path.clone(),
+                        method: method.clone(),
                         body,
                     },
                 )
@@ -744,6 +766,22 @@ mod tests {
         };
         assert_eq!((instance.as_deref(), keep_running), (Some("f-1"), false));
         assert!(Cli::try_parse_from(["rekindle", "functions", "add", "f", "--port", "1"]).is_err());
+        // --method goes with --path (the function's handler takes POST).
+        assert!(Cli::try_parse_from(["rekindle", "invoke", "f", "--method", "PUT"]).is_err());
+        let cli = Cli::try_parse_from([
+            "rekindle", "invoke", "f", "--path", "/x?y=1", "--method", "PUT",
+        ])
+        .unwrap();
+        let Command::Invoke {
+            path, method, data, ..
+        } = cli.command
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (path.as_deref(), method.as_deref(), data),
+            (Some("/x?y=1"), Some("PUT"), None)
+        );
     }
 
     #[test]

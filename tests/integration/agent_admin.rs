@@ -181,23 +181,41 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
                 "{second:?}"
             );
             ensure!(count(&second.body)? == c1 + 1, "{first:?} then {second:?}");
-            match api
+            // A body goes to the function's handler (POST invoke_path), as the gateway's
+            // POST /invoke/<function>; --path with a method is the passthrough.
+            let posted = api
                 .invoke(
                     FUNCTION,
                     &InvokeRequest {
-                        path: None,
-                        body: Some("{}".into()),
+                        body: Some("{\"n\": 1}".into()),
+                        ..InvokeRequest::default()
                     },
                 )
-                .await
-            {
-                Err(ClientError::Refused { status: 501, .. }) => {}
-                other => bail!("a body was not refused as not forwarded yet: {other:?}"),
-            }
+                .await?;
+            let v: serde_json::Value = serde_json::from_str(&posted.body)?;
+            ensure!(
+                posted.status == 200 && v["body_bytes"] == 8 && v["count"] == c1 + 2,
+                "{posted:?}"
+            );
+            let got = api
+                .invoke(
+                    FUNCTION,
+                    &InvokeRequest {
+                        path: Some("/".into()),
+                        ..InvokeRequest::default()
+                    },
+                )
+                .await?;
+            ensure!(count(&got.body)? == c1 + 3, "{got:?}");
             // The binary: the function's answer on stdout.
-            let (code, out, err) = cli(&socket, &["invoke", FUNCTION], None).await?;
+            let body = ctx.paths().dir.join("agent-admin-body.json");
+            std::fs::write(&body, "[1, 2, 3]")?;
+            let data = format!("@{}", body.display());
+            let (code, out, err) =
+                cli(&socket, &["invoke", FUNCTION, "--data", &data], None).await?;
             ensure!(code == 0, "rekindle invoke exited {code}: {err}");
-            ensure!(count(out.trim())? == c1 + 2, "{out}");
+            let v: serde_json::Value = serde_json::from_str(out.trim())?;
+            ensure!(v["count"] == c1 + 4 && v["body_bytes"] == 9, "{out}");
             ensure!(err.contains("served hot by"), "{err}");
 
             // 4. checkpoint on request: the image is in rekindle-restored's store.

@@ -42,7 +42,8 @@ pub use client::{Client, ClientError};
 pub use server::{bind, serve, Access, AdminState};
 
 /// Largest request body the API reads (a function's table, an invoke's parameters).
-pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// (An invoke's body is bounded by the function's own max_body_bytes as well.)
+pub const MAX_BODY_BYTES: usize = 16 << 20;
 
 /// Where a function's checkpoint image is, as the pool sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +91,11 @@ pub struct FunctionSpecView {
     pub keep_alive_min_secs: f64,
     pub keep_alive_max_secs: f64,
     pub invoke_timeout_secs: f64,
+    pub invoke_path: String,
+    pub max_body_bytes: usize,
+    pub max_response_bytes: usize,
+    pub max_queue: u32,
+    pub max_queue_wait_secs: f64,
 }
 
 impl From<&FunctionConfig> for FunctionSpecView {
@@ -108,6 +114,11 @@ impl From<&FunctionConfig> for FunctionSpecView {
             keep_alive_min_secs: f.keep_alive_min_secs,
             keep_alive_max_secs: f.keep_alive_max_secs,
             invoke_timeout_secs: f.invoke_timeout_secs,
+            invoke_path: f.invoke_path.clone(),
+            max_body_bytes: f.max_body_bytes,
+            max_response_bytes: f.max_response_bytes,
+            max_queue: f.max_queue,
+            max_queue_wait_secs: f.max_queue_wait_secs,
         }
     }
 }
@@ -243,15 +254,46 @@ pub struct CheckpointDone {
     pub secs: f64,
 }
 
-/// `POST /v1/functions/<name>/invoke`'s body (may be empty).
+/// `POST /v1/functions/<name>/invoke`'s body (may be empty). As the gateway: without
+/// `path`, `POST <invoke_path>` with `body` (its `POST /invoke/<function>`); with `path`,
+/// `method` (default GET, POST with a body) on that path (its passthrough).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InvokeRequest {
-    /// The path to request on the instance, with its query; default `/`.
+    /// Path and query on the instance; unset: the function's invoke_path.
     pub path: Option<String>,
-    /// A request body. The invoke path (the gateway's) sends `GET` without a body, so a
-    /// non-empty one is refused (501) until it forwards bodies.
+    /// HTTP method with `path`.
+    pub method: Option<String>,
+    /// The request body (at most the function's max_body_bytes).
     pub body: Option<String>,
+}
+
+impl InvokeRequest {
+    /// The method and path to send, given the function's invoke_path.
+    pub fn target(&self, invoke_path: &str) -> Result<(hyper::Method, String), ApiError> {
+        let has_body = self.body.as_deref().is_some_and(|b| !b.is_empty());
+        let Some(path) = &self.path else {
+            if self.method.as_deref().is_some_and(|m| m != "POST") {
+                return Err(ApiError::BadRequest(
+                    "a method other than POST needs a path (the function's handler takes POST)"
+                        .into(),
+                ));
+            }
+            return Ok((hyper::Method::POST, invoke_path.to_string()));
+        };
+        if !path.starts_with('/') {
+            return Err(ApiError::BadRequest(format!(
+                "path {path:?} must start with /"
+            )));
+        }
+        let method = match self.method.as_deref() {
+            Some(m) => hyper::Method::from_bytes(m.to_ascii_uppercase().as_bytes())
+                .map_err(|_| ApiError::BadRequest(format!("{m:?} is not an HTTP method")))?,
+            None if has_body => hyper::Method::POST,
+            None => hyper::Method::GET,
+        };
+        Ok((method, path.clone()))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -264,6 +306,13 @@ pub struct InvokeDone {
     pub instance: String,
     /// The whole request, arrival to answer, seconds.
     pub secs: f64,
+    /// The start made for this request (restore or cold start), if one was, seconds.
+    pub start_secs: Option<f64>,
+    /// How long it waited in the function's queue, if it did, seconds.
+    pub queued_secs: Option<f64>,
+    /// The function's `content-type`, if it said.
+    pub content_type: Option<String>,
+    /// The function's answer (as text; bytes that are not UTF-8 are replaced).
     pub body: String,
 }
 
@@ -504,6 +553,39 @@ mod tests {
         other.store_as = Some("hello".into());
         let e = validate_function(&other, &[hello()], None).unwrap_err();
         assert!(e.to_string().contains("store_as \"hello\""), "{e}");
+    }
+
+    #[test]
+    fn invoke_targets_are_the_gateways() {
+        let req = |path: Option<&str>, method: Option<&str>, body: Option<&str>| InvokeRequest {
+            path: path.map(Into::into),
+            method: method.map(Into::into),
+            body: body.map(Into::into),
+        };
+        let t = |r: InvokeRequest| r.target("/invoke").map(|(m, p)| (m.to_string(), p));
+        assert_eq!(
+            t(req(None, None, None)),
+            Ok(("POST".into(), "/invoke".into()))
+        );
+        assert_eq!(
+            t(req(None, None, Some("{}"))),
+            Ok(("POST".into(), "/invoke".into()))
+        );
+        assert_eq!(
+            t(req(Some("/?x=1"), None, None)),
+            Ok(("GET".into(), "/?x=1".into()))
+        );
+        assert_eq!(
+            t(req(Some("/a"), None, Some("b"))),
+            Ok(("POST".into(), "/a".into()))
+        );
+        assert_eq!(
+            t(req(Some("/a"), Some("put"), None)),
+            Ok(("PUT".into(), "/a".into()))
+        );
+        assert!(t(req(Some("a"), None, None)).is_err());
+        assert!(t(req(None, Some("GET"), None)).is_err());
+        assert!(t(req(Some("/"), Some("BAD METHOD"), None)).is_err());
     }
 
     #[test]

@@ -249,13 +249,25 @@ pub fn checkpoint_text(c: &CheckpointDone) -> String {
 
 /// `rekindle invoke`'s line on stderr (the function's answer goes to stdout as is).
 pub fn invoke_summary(i: &InvokeDone) -> String {
+    let mut parts = Vec::new();
+    if let Some(s) = i.start_secs {
+        parts.push(format!("start {}", ms(s * 1000.0)));
+    }
+    if let Some(q) = i.queued_secs {
+        parts.push(format!("queued {}", ms(q * 1000.0)));
+    }
     format!(
-        "{}: HTTP {}, served {} by {} in {}\n",
+        "{}: HTTP {}, served {} by {} in {}{}\n",
         i.function,
         i.status,
         i.tier,
         i.instance,
-        ms(i.secs * 1000.0)
+        ms(i.secs * 1000.0),
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", parts.join(", "))
+        }
     )
 }
 
@@ -416,8 +428,14 @@ mod tests {
             tier: "cold".into(),
             instance: "hello-1".into(),
             secs: 1.5,
+            start_secs: Some(1.2),
+            queued_secs: None,
+            content_type: Some("application/json".into()),
             body: "{}".into(),
         });
-        assert_eq!(i, "hello: HTTP 200, served cold by hello-1 in 1.50 s\n");
+        assert_eq!(
+            i,
+            "hello: HTTP 200, served cold by hello-1 in 1.50 s (start 1.20 s)\n"
+        );
     }
 }

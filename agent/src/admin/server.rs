@@ -254,24 +254,46 @@ impl AdminState {
 
     async fn invoke(&self, name: &str, body: &[u8]) -> Result<InvokeDone, ApiError> {
         let req: InvokeRequest = parse_optional(body)?;
-        if req.body.as_deref().is_some_and(|b| !b.is_empty()) {
-            return Err(ApiError::NotImplemented(
-                "request bodies are not forwarded yet: the invoke path (the gateway's) sends \
-                 GET <path> to the instance without a body; pass the input in the path's \
-                 query instead (--path '/?key=value')"
-                    .into(),
-            ));
-        }
-        let path = req.path.unwrap_or_else(|| "/".into());
-        if !path.starts_with('/') {
+        let limits = self
+            .pool
+            .gateway_limits(name)
+            .ok_or_else(|| ApiError::NotFound(format!("no function {name:?} is registered")))?;
+        let (method, path) = req.target(&limits.invoke_path)?;
+        let body = Bytes::from(req.body.unwrap_or_default());
+        if body.len() > limits.max_body_bytes {
             return Err(ApiError::BadRequest(format!(
-                "path {path:?} must start with /"
+                "the request body ({} bytes) exceeds {name:?}'s max_body_bytes ({})",
+                body.len(),
+                limits.max_body_bytes
             )));
         }
+        let mut headers = hyper::HeaderMap::new();
+        if !body.is_empty() {
+            let json = serde_json::from_slice::<serde_json::Value>(&body).is_ok();
+            headers.insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static(if json {
+                    "application/json"
+                } else {
+                    "application/octet-stream"
+                }),
+            );
+        }
         let began = Instant::now();
-        // The gateway's own path: hot → warm → restore → cold, with its admission and
-        // accounting.
-        let served = self.pool.invoke(name, &path).await?;
+        // The gateway's own path: admission and queueing, then hot → warm → restore →
+        // cold, with its accounting.
+        let served = self
+            .pool
+            .forward(
+                name,
+                crate::driver::ForwardRequest {
+                    method,
+                    path,
+                    headers,
+                    body,
+                },
+            )
+            .await?;
         if served.tier.starts_instance() {
             // As the gateway does: the end of the instance's start-up timeline.
             self.pool.metrics().node.first_response(
@@ -280,13 +302,21 @@ impl AdminState {
                 rekindle::bpf::monotonic_ns(),
             );
         }
+        let r = served.response;
         Ok(InvokeDone {
             function: name.to_string(),
-            status: served.response.status,
+            status: r.status.as_u16(),
             tier: served.tier.name().into(),
             instance: served.instance,
             secs: began.elapsed().as_secs_f64(),
-            body: served.response.body,
+            start_secs: served.start.map(|d| d.as_secs_f64()),
+            queued_secs: served.queued.map(|d| d.as_secs_f64()),
+            content_type: r
+                .headers
+                .get(hyper::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            body: String::from_utf8_lossy(&r.body).into_owned(),
         })
     }
 }
