@@ -195,6 +195,7 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             runc_root: Some(ctx.paths().runc_root.clone()),
             instance_log_dir: ctx.paths().dir.join("agent-gateway-logs"),
             hook_socket: ctx.paths().dir.join("agent-gateway-hook.sock"),
+            admin_socket: ctx.paths().dir.join("agent-gateway-admin.sock"),
             netns_dir: ctx.paths().dir.join("netns"),
             functions: vec![f],
             ..Config::default()

@@ -166,6 +166,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             instance_log_dir: ctx.paths().dir.join("agent-live-logs"),
             // Not the host's /run/rekindle/agent.sock: a real agent may run here.
             hook_socket: ctx.paths().dir.join("agent-hook.sock"),
+            admin_socket: ctx.paths().dir.join("agent-live-admin.sock"),
             // This machine's measured restore latencies (hack/bench.sh's output).
             tier_latencies: Some(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/restore.json"),
