@@ -88,7 +88,7 @@ fn the_agent_rejects_a_bad_configuration() {
 }
 
 #[test]
-fn the_cli_shows_its_planned_subcommands() {
+fn the_cli_shows_its_subcommands_and_the_admin_socket() {
     let out = rekindle(&["--help"]);
     assert!(out.status.success());
     let help = stdout(&out);
