@@ -135,13 +135,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 }
 
 /// The headers to send the instance: the client's minus hop-by-hop ones, `Host` (the
-/// driver sets the instance's) and `Content-Length` (recomputed from the body), plus
+/// driver sets the instance's), `Content-Length` (recomputed from the body) and `Expect`
+/// (the gateway has read the whole body already: a `100-continue` was its to answer), plus
 /// `X-Forwarded-For` (the client's address appended), `X-Forwarded-Host` and
 /// `X-Forwarded-Proto`.
 pub fn request_headers(mut h: HeaderMap, peer: SocketAddr) -> HeaderMap {
     strip_hop_by_hop(&mut h);
     let host = h.remove(header::HOST);
     h.remove(header::CONTENT_LENGTH);
+    h.remove(header::EXPECT);
     let xff = HeaderName::from_static("x-forwarded-for");
     let chain = match h.get(&xff).and_then(|v| v.to_str().ok()) {
         Some(before) => format!("{before}, {}", peer.ip()),
@@ -421,6 +423,7 @@ mod tests {
             ("upgrade", "websocket"),
             ("proxy-connection", "close"),
             ("content-length", "5"),
+            ("expect", "100-continue"),
             ("host", "edge.example:8080"),
             ("x-forwarded-for", "10.0.0.1"),
             ("authorization", "Bearer t"),

@@ -1230,6 +1230,8 @@ impl PoolManager {
             let grant = match step {
                 Step::Now(g) => g,
                 Step::Wait(ticket) => {
+                    // Cheap, and covers anything freed between the count and the queue.
+                    self.pump(fi);
                     let max_wait = {
                         let st = self.s.state.lock().unwrap();
                         Duration::from_secs_f64(st.fns[fi].cfg.max_queue_wait_secs)
