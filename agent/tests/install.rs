@@ -5,6 +5,12 @@
 //! a second install change nothing; and the real containerd reads the edited config
 //! (`containerd --config <edited> config dump` shows the rekindle runtime).
 //!
+//! runc's options (a systemd cgroup driver, a BinaryName) go where each containerd passes
+//! them to the shim: on config version 3 (containerd 2.x) into the runtime's `options`
+//! table, on versions 2 and 1 (containerd 1.x, whose CRI passes only the table's
+//! `ConfigPath`) into /etc/rekindle/runtime-options.toml, which the table names. That the
+//! shim then gets them is tests/cri.rs's part.
+//!
 //! Without the containerd binaries (REKINDLE_CACHE, default /var/cache/rekindle; `bash
 //! hack/setup.sh` unpacks them) the tests that need them say SKIPPED on stderr and pass.
 
@@ -29,6 +35,10 @@ const UNITS: [&str; 4] = [
     "etc/systemd/system/containerd.service.d/rekindle.conf",
 ];
 const CONFIG: &str = "etc/containerd/config.toml";
+/// The runtime options file (containerd 1.x), under root.
+const OPTIONS_FILE: &str = "etc/rekindle/runtime-options.toml";
+/// The runtime table's `ConfigPath` for it, as the node sees it.
+const CONFIG_PATH: &str = "/etc/rekindle/runtime-options.toml";
 const RUNTIME_TYPE: &str = "io.containerd.rekindle.v2";
 
 fn cache() -> PathBuf {
@@ -127,6 +137,10 @@ impl Node {
         self.root.join(CONFIG)
     }
 
+    fn options_file(&self) -> PathBuf {
+        self.root.join(OPTIONS_FILE)
+    }
+
     fn write_config(&self, text: &str) {
         fs::create_dir_all(self.config().parent().unwrap()).unwrap();
         fs::write(self.config(), text).unwrap();
@@ -191,7 +205,9 @@ impl Node {
         );
         let stderr = text(&out.stderr);
         assert!(
-            !stderr.contains("unknown key") && !stderr.contains("level=error"),
+            !stderr.contains("unknown key")
+                && !stderr.contains("level=error")
+                && !stderr.contains("level=warn"),
             "{} complains about the edited config:\n{stderr}",
             bin.display()
         );
@@ -229,14 +245,21 @@ fn default_config(bin: &Path) -> String {
     text(&out.stdout)
 }
 
+/// What [`full_cycle`] saw.
+struct Cycle {
+    /// The config as install left it.
+    installed: String,
+    /// The rekindle runtime's table in containerd's `config dump`, with a containerd.
+    runtime: Option<toml::Table>,
+    /// The runtime options file install wrote, if any.
+    options_file: Option<String>,
+}
+
 /// The whole cycle on `original`, checked with `containerd` (`bin`, if there is one):
 /// dry-run, install, install again, config dump, uninstall dry-run, uninstall, uninstall
-/// again, purge. Returns the edited config and the runtime table containerd saw.
-fn full_cycle(
-    original: &str,
-    containerd: Containerd,
-    bin: Option<&Path>,
-) -> (String, Option<toml::Table>) {
+/// again, purge. The runtime options file is written exactly when the config names it
+/// (`ConfigPath`), shown by the dry run, and removed by uninstall.
+fn full_cycle(original: &str, containerd: Containerd, bin: Option<&Path>) -> Cycle {
     let node = Node::new();
     node.write_config(original);
     let before = node.snapshot();
@@ -259,6 +282,9 @@ fn full_cycle(
         );
     }
     assert_eq!(node.snapshot(), before, "install --dry-run changed files");
+    let dry_run = out;
+    let dry_run_shows_the_file =
+        dry_run.contains(&format!("+++ {}", node.options_file().display()));
 
     // install
     let out = node.ok(&["install"]);
@@ -291,6 +317,36 @@ fn full_cycle(
         fs::metadata(&agent_toml).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    let names_the_file = installed.contains(&format!("ConfigPath = \"{CONFIG_PATH}\""))
+        || installed.contains(&format!("ConfigPath = '{CONFIG_PATH}'"));
+    let options_file = fs::read_to_string(node.options_file()).ok();
+    assert_eq!(
+        options_file.is_some(),
+        names_the_file,
+        "the options file is written exactly when the config names it:\n{installed}"
+    );
+    assert_eq!(dry_run_shows_the_file, names_the_file, "dry run vs install");
+    if let Some(text) = &options_file {
+        assert_eq!(
+            fs::metadata(node.options_file())
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o644
+        );
+        assert!(
+            text.starts_with("# Written by `rekindle install`"),
+            "{text}"
+        );
+        // The dry run showed the file: every line of it in its diff.
+        for line in text.lines() {
+            assert!(
+                dry_run.lines().any(|l| l == format!("+{line}")),
+                "{line:?} not in the dry run:\n{dry_run}"
+            );
+        }
+    }
 
     // again: nothing to do
     let after_install = node.snapshot();
@@ -313,6 +369,15 @@ fn full_cycle(
             .any(|l| l.starts_with("-") && l.contains("runtimes.rekindle]")),
         "{out}"
     );
+    if options_file.is_some() {
+        assert!(
+            out.contains(&format!(
+                "remove   {} (as rekindle install wrote it)",
+                node.options_file().display()
+            )),
+            "{out}"
+        );
+    }
     assert_eq!(
         node.snapshot(),
         after_install,
@@ -340,6 +405,10 @@ fn full_cycle(
         agent_toml.is_file(),
         "uninstall without --purge removed agent.toml"
     );
+    assert!(
+        !node.options_file().exists(),
+        "uninstall left the options file"
+    );
     let out = node.ok(&["uninstall"]);
     assert!(out.contains("nothing to do"), "{out}");
 
@@ -348,7 +417,39 @@ fn full_cycle(
     assert!(out.contains("--purge"), "{out}");
     assert!(!node.root.join("etc/rekindle").exists());
     assert_eq!(fs::read_to_string(node.config()).unwrap(), original);
-    (installed, runtime)
+    Cycle {
+        installed,
+        runtime,
+        options_file,
+    }
+}
+
+/// The runtime table's `options` as containerd's `config dump` shows them.
+fn dumped_options(runtime: &toml::Table) -> toml::Table {
+    runtime
+        .get("options")
+        .and_then(toml::Value::as_table)
+        .cloned()
+        .unwrap_or_else(|| panic!("no options in {runtime:?}"))
+}
+
+/// `options` is exactly `ConfigPath` naming the runtime options file.
+fn assert_only_config_path(options: &toml::Table) {
+    assert_eq!(
+        options.keys().collect::<Vec<_>>(),
+        ["ConfigPath"],
+        "{options:?}"
+    );
+    assert_eq!(
+        options.get("ConfigPath").and_then(toml::Value::as_str),
+        Some(CONFIG_PATH)
+    );
+}
+
+/// The keys of the runtime options file (what the shim reads), comments aside.
+fn file_settings(text: &str) -> toml::Table {
+    text.parse()
+        .unwrap_or_else(|e| panic!("the options file is not TOML: {e}\n{text}"))
 }
 
 #[test]
@@ -358,10 +459,17 @@ fn containerd_2_default_config_round_trips_and_containerd_2_reads_the_runtime() 
     };
     let original = default_config(&bin);
     assert!(original.starts_with("version = 3\n"), "{original}");
-    let (installed, _) = full_cycle(&original, Containerd::V2, Some(&bin));
+    let Cycle {
+        installed,
+        options_file,
+        ..
+    } = full_cycle(&original, Containerd::V2, Some(&bin));
     assert!(installed.contains(
         "[plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.rekindle]\n          runtime_type = 'io.containerd.rekindle.v2'\n"
     ), "{installed}");
+    // runc's options are the defaults: nothing to copy.
+    assert!(!installed.contains("rekindle.options"), "{installed}");
+    assert_eq!(options_file, None);
 }
 
 #[test]
@@ -371,10 +479,44 @@ fn containerd_1_6_default_config_round_trips_and_containerd_1_6_reads_the_runtim
     };
     let original = default_config(&bin);
     assert!(original.contains("\nversion = 2\n"), "{original}");
-    let (installed, _) = full_cycle(&original, Containerd::V16, Some(&bin));
+    let Cycle {
+        installed,
+        options_file,
+        ..
+    } = full_cycle(&original, Containerd::V16, Some(&bin));
     assert!(installed.contains(
         "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.rekindle]\n          runtime_type = \"io.containerd.rekindle.v2\"\n"
     ), "{installed}");
+    // runc's options are the defaults (SystemdCgroup = false, BinaryName = ""): nothing to
+    // copy, no table, no file.
+    assert!(!installed.contains("rekindle.options"), "{installed}");
+    assert_eq!(options_file, None);
+}
+
+/// containerd 1.6's default config as the Kubernetes setup guides change it (runc with the
+/// systemd cgroup driver): the rekindle runtime's options table is only `ConfigPath`, the
+/// driver is in the file it names, and containerd 1.6 reads the table without a warning.
+#[test]
+fn containerd_1_6_default_config_with_systemd_cgroups_gets_config_path_and_the_file() {
+    let Some(bin) = Containerd::V16.available("containerd 1.6 default config, systemd cgroups")
+    else {
+        return;
+    };
+    let default = default_config(&bin);
+    let original = default.replace("SystemdCgroup = false", "SystemdCgroup = true");
+    assert_ne!(original, default, "no SystemdCgroup in:\n{default}");
+    let Cycle {
+        installed,
+        runtime,
+        options_file,
+    } = full_cycle(&original, Containerd::V16, Some(&bin));
+    assert!(installed.contains(
+        "[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.rekindle.options]\n            ConfigPath = \"/etc/rekindle/runtime-options.toml\"\n"
+    ), "{installed}");
+    assert_only_config_path(&dumped_options(&runtime.unwrap()));
+    let settings = file_settings(&options_file.unwrap());
+    assert_eq!(settings.len(), 1, "{settings:?}");
+    assert_eq!(settings["SystemdCgroup"].as_bool(), Some(true));
 }
 
 #[test]
@@ -440,31 +582,44 @@ snapshotter = 'overlayfs'
 fn a_hand_written_v2_config_with_comments_round_trips_under_containerd_1_6_and_2() {
     for containerd in [Containerd::V16, Containerd::V2] {
         let bin = containerd.available("hand-written version 2 config: config dump");
-        let (_, runtime) = full_cycle(HAND_V2, containerd, bin.as_deref());
-        let Some(runtime) = runtime else { continue };
-        // runc's systemd cgroup driver is copied, so the pods' cgroups match the node's.
-        assert_eq!(
-            runtime
-                .get("options")
-                .and_then(|o| o.get("SystemdCgroup"))
-                .and_then(toml::Value::as_bool),
-            Some(true),
-            "{runtime:?}"
-        );
+        let Cycle {
+            runtime,
+            options_file,
+            ..
+        } = full_cycle(HAND_V2, containerd, bin.as_deref());
+        // runc's systemd cgroup driver is copied, so the pods' cgroups match the node's: to
+        // the file, since containerd 1.x passes the shim only the table's ConfigPath
+        // (containerd 2.x, migrating the file, reads a ConfigPath too).
+        let settings = file_settings(&options_file.expect("no options file"));
+        assert_eq!(settings.len(), 1, "{settings:?}");
+        assert_eq!(settings["SystemdCgroup"].as_bool(), Some(true));
+        if let Some(runtime) = runtime {
+            assert_only_config_path(&dumped_options(&runtime));
+        }
     }
 }
 
 #[test]
 fn a_hand_written_v3_config_round_trips_and_containerd_2_reads_it() {
     let bin = Containerd::V2.available("hand-written version 3 config: config dump");
-    let (installed, runtime) = full_cycle(HAND_V3, Containerd::V2, bin.as_deref());
+    let Cycle {
+        installed,
+        runtime,
+        options_file,
+    } = full_cycle(HAND_V3, Containerd::V2, bin.as_deref());
+    // containerd 2.x passes the table to the shim: runc's options stay in it, no file.
+    assert_eq!(options_file, None);
+    assert!(!installed.contains("ConfigPath"), "{installed}");
     if let Some(runtime) = runtime {
-        let options = runtime.get("options").and_then(toml::Value::as_table);
+        let options = dumped_options(&runtime);
         assert_eq!(
-            options
-                .and_then(|o| o.get("BinaryName"))
-                .and_then(toml::Value::as_str),
+            options.get("BinaryName").and_then(toml::Value::as_str),
             Some("/usr/sbin/runc"),
+            "{runtime:?}"
+        );
+        assert_eq!(
+            options.get("SystemdCgroup").and_then(toml::Value::as_bool),
+            Some(true),
             "{runtime:?}"
         );
     }
@@ -521,6 +676,82 @@ fn a_symlinked_config_is_edited_where_it_points_and_keeps_its_mode() {
         .file_type()
         .is_symlink());
     assert_eq!(fs::read_to_string(&real).unwrap(), HAND_V2);
+}
+
+#[test]
+fn an_edited_options_file_is_kept_by_install_and_uninstall_and_a_lost_one_comes_back() {
+    let node = Node::new();
+    node.write_config(HAND_V2);
+    node.ok(&["install"]);
+    let ours = fs::read_to_string(node.options_file()).unwrap();
+
+    // Gone: install puts it back (the config is as it should be already).
+    fs::remove_file(node.options_file()).unwrap();
+    let out = node.ok(&["install"]);
+    assert!(
+        out.contains(&format!("create   {}", node.options_file().display())),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(node.options_file()).unwrap(), ours);
+
+    // Edited by an operator: install keeps it, says so, and says what it would write.
+    let edited = format!("{ours}BinaryName = \"/opt/crun\"   # ours\n");
+    fs::write(node.options_file(), &edited).unwrap();
+    let out = node.ok(&["install"]);
+    assert!(out.contains("nothing to do"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains(OPTIONS_FILE))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.starts_with("  keep ")
+            && line.contains("never overwritten")
+            && line.contains("SystemdCgroup = true"),
+        "{line}"
+    );
+    assert_eq!(fs::read_to_string(node.options_file()).unwrap(), edited);
+    let out = node.ok(&["install", "--dry-run"]);
+    assert!(
+        !out.contains(&format!("+++ {}", node.options_file().display())),
+        "{out}"
+    );
+
+    // uninstall keeps it too, and says so; the config comes back all the same.
+    let out = node.ok(&["uninstall"]);
+    assert!(
+        out.contains(&format!(
+            "keep     {} (not as rekindle install writes it",
+            node.options_file().display()
+        )),
+        "{out}"
+    );
+    assert_eq!(fs::read_to_string(node.options_file()).unwrap(), edited);
+    assert_eq!(fs::read_to_string(node.config()).unwrap(), HAND_V2);
+
+    // --purge takes it with /etc/rekindle.
+    let out = node.ok(&["uninstall", "--purge"]);
+    assert!(out.contains("--purge"), "{out}");
+    assert!(!node.root.join("etc/rekindle").exists());
+}
+
+#[test]
+fn an_options_file_install_did_not_ask_for_is_left_alone() {
+    // A version 3 config: install writes no file, so an operator's file there is theirs.
+    let node = Node::new();
+    node.write_config(HAND_V3);
+    fs::create_dir_all(node.options_file().parent().unwrap()).unwrap();
+    fs::write(node.options_file(), "SystemdCgroup = true\n").unwrap();
+    let out = node.ok(&["install"]);
+    assert!(!out.contains(OPTIONS_FILE), "{out}");
+    let out = node.ok(&["uninstall"]);
+    assert!(
+        out.contains(&format!("keep     {}", node.options_file().display())),
+        "{out}"
+    );
+    assert_eq!(
+        fs::read_to_string(node.options_file()).unwrap(),
+        "SystemdCgroup = true\n"
+    );
 }
 
 #[test]

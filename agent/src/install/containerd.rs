@@ -13,11 +13,18 @@
 //! A file that does not exist, or holds only comments, gets a `version` (2 for
 //! containerd 1.x, 3 for 2.x) marked as added by `rekindle install`, so that uninstall
 //! takes it away again (and deletes a file install created).
+//!
+//! The runc runtime's non-default `SystemdCgroup` and `BinaryName` go with the rekindle
+//! runtime, where its containerd hands them to the shim (as runtimeoptions.v1.Options):
+//! in version 3 into its `options` table (containerd 2.x passes the table as TOML); in
+//! versions 1 and 2 into [`OPTIONS_FILE`], with only `ConfigPath` naming it in the table
+//! (containerd 1.x passes that path and drops the table's other keys). The file's text is
+//! [`options_file`]'s; the caller writes it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{Decor, DocumentMut, Item, Key, Table, Value};
+use toml_edit::{Decor, DocumentMut, Item, Key, Table, TableLike, Value};
 
 /// The runtime handler name: a RuntimeClass's `handler: rekindle`.
 pub const RUNTIME_NAME: &str = "rekindle";
@@ -37,12 +44,24 @@ const MARK_VERSION: &str = "# `version` added by `rekindle install` (the file ha
 /// The first line of the comment above the runtime table.
 const MARK_TABLE: &str = "# Added by `rekindle install`; `rekindle uninstall` removes this table.";
 
-/// What an operator must know about the copied options (see [`runtime_table`]).
-pub const OPTIONS_CAVEAT: &str =
-    "    Note: containerd's CRI hands a runtime whose type is not runc its `options` as \
-     runtimeoptions.v1.Options (2.x: the table as TOML; 1.x: without these keys), and \
-     containerd-shim-rekindle-v2 decodes only containerd.runc.v1.Options so far: on \
-     containerd 2.x it refuses such a task until it reads them, on 1.x they have no effect.";
+/// Where the `rekindle` runtime's options live for containerd 1.x (config versions 1 and 2),
+/// as the node sees it: the runtime's `options` table names it as `ConfigPath`. containerd
+/// 1.x's CRI passes a runtime whose type is not runc only that path (in
+/// runtimeoptions.v1.Options) and drops every other key of the table without a word, so
+/// runc's options copied into the table would have no effect there. containerd 2.x
+/// (version 3) passes the table itself, as TOML: there they stay in the table.
+pub const OPTIONS_FILE: &str = "/etc/rekindle/runtime-options.toml";
+
+/// The comment at the top of [`OPTIONS_FILE`]; uninstall removes the file only when it is
+/// still exactly what install writes.
+const OPTIONS_FILE_HEADER: &str = "\
+# Written by `rekindle install`: the options of containerd's `rekindle` runtime, copied from
+# its `runc` runtime (the same runc binary and cgroup driver as the node's other pods).
+# The runtime's `options` table names this file as its ConfigPath: containerd 1.x passes a
+# runtime that is not runc only that path, none of the table's other keys.
+# Keys are runc's options (case-insensitive). `rekindle uninstall` removes this file
+# unless it was edited; `rekindle install` never overwrites an edited one.
+";
 
 /// The layout of a containerd config file, which says where CRI runtimes are configured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +113,12 @@ impl Schema {
             plugin.to_string()
         };
         format!("[{p}.{plugin}.{c}.{r}.{RUNTIME_NAME}]")
+    }
+
+    /// Whether the runtime's options go to [`OPTIONS_FILE`], named by `ConfigPath` in its
+    /// `options` table (containerd 1.x), rather than into the table (containerd 2.x).
+    pub fn options_in_file(self) -> bool {
+        self != Schema::V3
     }
 
     /// Which containerd reads this schema.
@@ -305,7 +330,9 @@ fn declared_schema(path: &Path, doc: &DocumentMut) -> Result<Option<Schema>, Con
 /// `containerd` is needed only when [`needs_containerd_version`] says so.
 ///
 /// Idempotent: when a `rekindle` runtime with our runtime_type is there already (whatever
-/// else an operator put in it), the answer is [`Change::Unchanged`].
+/// else an operator put in it), the answer is [`Change::Unchanged`] (which points out
+/// options a version 1 or 2 table sets besides `ConfigPath`: containerd 1.x ignores them).
+/// Whether [`OPTIONS_FILE`] is wanted, and with what, is [`options_file`] of the result.
 pub fn add_runtime(
     path: &Path,
     original: Option<&str>,
@@ -348,9 +375,19 @@ pub fn add_runtime(
     if let Some(existing) = find_runtime(&doc, schema) {
         let found = runtime_type(existing);
         if found.as_deref() == Some(RUNTIME_TYPE) {
-            return Ok(Change::Unchanged(format!(
+            let mut why = format!(
                 "{header} is already there with runtime_type = \"{RUNTIME_TYPE}\" (left as it is)"
-            )));
+            );
+            let ignored = keys_besides_config_path(existing);
+            if schema.options_in_file() && !ignored.is_empty() {
+                why.push_str(&format!(
+                    "; but its options table sets {}, which containerd 1.x does not pass to \
+                     the shim (only ConfigPath): `rekindle uninstall` then `rekindle install` \
+                     moves runc's options to {OPTIONS_FILE}",
+                    ignored.join(", ")
+                ));
+            }
+            return Ok(Change::Unchanged(why));
         }
         return Err(ConfigError::RuntimeTaken {
             path: path.to_path_buf(),
@@ -368,7 +405,7 @@ pub fn add_runtime(
     }
 
     let runtimes = runtimes_table_mut(path, &mut doc, schema, &header)?;
-    let (table, copied) = runtime_table(runtimes);
+    let (table, copied) = runtime_table(runtimes, schema);
     runtimes.insert(RUNTIME_NAME, Item::Table(table));
 
     let mut summary = format!(
@@ -379,10 +416,18 @@ pub fn add_runtime(
         summary.push_str(&format!(", with `version = {}`", schema.version()));
     }
     if !copied.is_empty() {
-        summary.push_str(&format!(
-            "; options {} copied from the runc runtime.\n{OPTIONS_CAVEAT}",
-            copied.join(", ")
-        ));
+        let copied = copied.join(", ");
+        if schema.options_in_file() {
+            summary.push_str(&format!(
+                "; the runc runtime's options ({copied}) copied to {OPTIONS_FILE}, which its \
+                 options table names as ConfigPath (containerd 1.x passes the shim that path \
+                 and none of the table's other keys)"
+            ));
+        } else {
+            summary.push_str(&format!(
+                "; the runc runtime's options ({copied}) copied into its options table"
+            ));
+        }
     }
     Ok(Change::Write {
         text: doc.to_string(),
@@ -390,13 +435,144 @@ pub fn add_runtime(
     })
 }
 
-/// The `rekindle` runtime entry in the file's runtimes table for `schema`, if any.
-fn find_runtime(doc: &DocumentMut, schema: Schema) -> Option<&Item> {
+/// The file's runtimes table for `schema`, if any.
+fn find_runtimes(doc: &DocumentMut, schema: Schema) -> Option<&dyn TableLike> {
     let mut item = doc.as_item();
     for key in schema.runtimes_path() {
         item = item.as_table_like()?.get(key)?;
     }
-    item.as_table_like()?.get(RUNTIME_NAME)
+    item.as_table_like()
+}
+
+/// The `rekindle` runtime entry in the file's runtimes table for `schema`, if any.
+fn find_runtime(doc: &DocumentMut, schema: Schema) -> Option<&Item> {
+    find_runtimes(doc, schema)?.get(RUNTIME_NAME)
+}
+
+/// The value of `table`'s key `name`, matched case-insensitively (containerd decodes
+/// runc's options so, and the shim its own).
+fn get_ignore_case<'t>(table: &'t dyn TableLike, name: &str) -> Option<&'t Item> {
+    table
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, item)| item)
+}
+
+/// The keys of a runtime's `options` table other than `ConfigPath`.
+fn keys_besides_config_path(runtime: &Item) -> Vec<String> {
+    runtime
+        .as_table_like()
+        .and_then(|t| t.get("options"))
+        .and_then(Item::as_table_like)
+        .map(|o| {
+            o.iter()
+                .map(|(k, _)| k.to_string())
+                .filter(|k| !k.eq_ignore_ascii_case("ConfigPath"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether a runtime's `options` table names [`OPTIONS_FILE`] as its `ConfigPath`.
+fn names_options_file(runtime: &Item) -> bool {
+    runtime
+        .as_table_like()
+        .and_then(|t| t.get("options"))
+        .and_then(Item::as_table_like)
+        .and_then(|o| get_ignore_case(o, "ConfigPath"))
+        .and_then(Item::as_str)
+        == Some(OPTIONS_FILE)
+}
+
+/// The runc runtime's options the rekindle runtime takes over: `BinaryName` and
+/// `SystemdCgroup`, when they differ from the defaults (which are also the shim's, so a
+/// default node copies nothing), under their canonical names.
+fn options_to_copy(runc_options: Option<&dyn TableLike>) -> Vec<(&'static str, &Value)> {
+    let Some(runc_options) = runc_options else {
+        return Vec::new();
+    };
+    let mut copied = Vec::new();
+    for name in ["BinaryName", "SystemdCgroup"] {
+        let Some(value) = get_ignore_case(runc_options, name).and_then(Item::as_value) else {
+            continue;
+        };
+        let is_default = match value {
+            Value::String(s) => s.value().is_empty(),
+            Value::Boolean(b) => !*b.value(),
+            _ => false,
+        };
+        if !is_default {
+            copied.push((name, value));
+        }
+    }
+    copied
+}
+
+/// The `options` table of the runc runtime in `runtimes`, if any.
+fn runc_options(runtimes: &dyn TableLike) -> Option<&dyn TableLike> {
+    runtimes
+        .get(RUNC)?
+        .as_table_like()?
+        .get("options")?
+        .as_table_like()
+}
+
+/// The text of [`OPTIONS_FILE`] for these options: the header, then one `key = value`
+/// line each, values written plainly (basic strings). `None` without options.
+pub fn options_file_text(options: &[(&str, &Value)]) -> Option<String> {
+    if options.is_empty() {
+        return None;
+    }
+    let mut text = OPTIONS_FILE_HEADER.to_string();
+    for (name, value) in options {
+        let plain = match *value {
+            Value::String(s) => Value::from(s.value().as_str()),
+            Value::Boolean(b) => Value::from(*b.value()),
+            other => other.clone().decorated("", ""),
+        };
+        text.push_str(&format!("{name} = {plain}\n"));
+    }
+    Some(text)
+}
+
+/// [`OPTIONS_FILE`] as a config asks for it: see [`options_file`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionsFile {
+    /// A `rekindle` runtime of ours in the config names [`OPTIONS_FILE`] as `ConfigPath`
+    /// (install adds it so in config versions 1 and 2 when it copies options).
+    pub named: bool,
+    /// What install writes there for the config's runc runtime (of the schema whose
+    /// rekindle runtime names the file, else of the first schema with a runc runtime);
+    /// `None` when runc's options are all defaults.
+    pub text: Option<String>,
+}
+
+/// Whether the config `config` (as install left it) wants [`OPTIONS_FILE`], and with
+/// what text. Install writes the file when it is named and has text; uninstall removes it
+/// only when it still holds exactly that text.
+pub fn options_file(path: &Path, config: &str) -> Result<OptionsFile, ConfigError> {
+    let doc = parse(path, config)?;
+    let mut first_runc = None;
+    for schema in [Schema::V1, Schema::V2, Schema::V3] {
+        let Some(runtimes) = find_runtimes(&doc, schema) else {
+            continue;
+        };
+        let text = options_file_text(&options_to_copy(runc_options(runtimes)));
+        if let Some(rekindle) = runtimes.get(RUNTIME_NAME) {
+            if runtime_type(rekindle).as_deref() == Some(RUNTIME_TYPE)
+                && names_options_file(rekindle)
+            {
+                return Ok(OptionsFile { named: true, text });
+            }
+        }
+        if first_runc.is_none() && runtimes.contains_key(RUNC) {
+            first_runc = Some(text);
+        }
+    }
+    Ok(OptionsFile {
+        named: false,
+        text: first_runc.flatten(),
+    })
 }
 
 fn runtime_type(runtime: &Item) -> Option<String> {
@@ -487,10 +663,11 @@ fn key_indent(table: &Table) -> Option<String> {
 }
 
 /// The runtime table, laid out like its runc sibling when there is one (indentation,
-/// quotes), and the names of the options copied from runc.
-fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
+/// quotes), and the names of the options copied from runc (into its `options` table for
+/// `Schema::V3`, else into [`OPTIONS_FILE`], which the table names as `ConfigPath`).
+fn runtime_table(runtimes: &Table, schema: Schema) -> (Table, Vec<&'static str>) {
     let runc = runtimes.get(RUNC).and_then(Item::as_table);
-    let runc_options = runc.and_then(|t| t.get("options")).and_then(Item::as_table);
+    let runc_options_table = runc.and_then(|t| t.get("options")).and_then(Item::as_table);
     let indent = header_indent(runtimes, RUNC).unwrap_or_default();
     let body_indent = runc
         .and_then(key_indent)
@@ -498,7 +675,7 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
     let options_indent = runc
         .and_then(|t| header_indent(t, "options"))
         .unwrap_or_else(|| body_indent.clone());
-    let options_body_indent = runc_options
+    let options_body_indent = runc_options_table
         .and_then(key_indent)
         .unwrap_or_else(|| format!("{options_indent}  "));
     // Quotes: the runc runtime_type's ('...' in containerd 2.x's default config).
@@ -528,44 +705,53 @@ fn runtime_table(runtimes: &Table) -> (Table, Vec<String>) {
         Item::Value(type_value.decorated(" ", "")),
     );
 
-    // The shim drives runc, and takes runc's options (containerd.runc.v1.Options): the
-    // same runc binary and cgroup driver as the node's runc pods, else pods of this
-    // runtime class land in cgroups the kubelet does not manage (SystemdCgroup = true
-    // nodes). Only settings that differ from the defaults are copied; the defaults are
-    // also the shim's, so a default node gets no options table at all. But containerd's
-    // CRI passes a non-runc runtime type's options as runtimeoptions.v1.Options (2.x:
-    // with the table as TOML in ConfigBody; 1.x: TypeUrl/ConfigPath only), which the shim
-    // does not decode yet: see OPTIONS_CAVEAT, which the summary carries.
+    // The shim drives runc, and takes runc's options: the same runc binary and cgroup
+    // driver as the node's runc pods, else pods of this runtime class land in cgroups the
+    // kubelet does not manage (SystemdCgroup = true nodes). Only settings that differ
+    // from the defaults are copied; the defaults are also the shim's, so a default node
+    // gets no options table at all. containerd's CRI passes a non-runc runtime type's
+    // options as runtimeoptions.v1.Options: 2.x with the table as TOML in config_body
+    // (the keys go into the table), 1.x with only the table's ConfigPath, every other key
+    // dropped (the keys go to OPTIONS_FILE, which the caller writes: see options_file).
+    let copied = options_to_copy(runc_options(runtimes));
+    let names: Vec<&'static str> = copied.iter().map(|(name, _)| *name).collect();
+    if copied.is_empty() {
+        return (table, names);
+    }
+    let key =
+        |name: &str| Key::new(name).with_leaf_decor(Decor::new(options_body_indent.clone(), " "));
     let mut options = Table::new();
-    let mut copied = Vec::new();
-    if let Some(runc_options) = runc_options {
-        for name in ["BinaryName", "SystemdCgroup"] {
-            let Some(value) = runc_options.get(name).and_then(Item::as_value) else {
-                continue;
-            };
-            let is_default = match value {
-                Value::String(s) => s.value().is_empty(),
-                Value::Boolean(b) => !*b.value(),
-                _ => false,
-            };
-            if is_default {
-                continue;
-            }
-            options.insert_formatted(
-                &Key::new(name).with_leaf_decor(Decor::new(options_body_indent.clone(), " ")),
-                Item::Value(value.clone().decorated(" ", "")),
-            );
-            copied.push(name.to_string());
+    let comment = if schema.options_in_file() {
+        let path_value: Value = if literal {
+            format!("'{OPTIONS_FILE}'")
+                .parse()
+                .expect("a TOML literal string")
+        } else {
+            Value::from(OPTIONS_FILE)
+        };
+        options.insert_formatted(
+            &key("ConfigPath"),
+            Item::Value(path_value.decorated(" ", "")),
+        );
+        format!(
+            "# containerd 1.x passes the shim only ConfigPath: the runc runtime's options ({}),\n\
+             {options_indent}# the same runc binary and cgroup driver as the node's other pods, \
+             are in that file.",
+            names.join(", ")
+        )
+    } else {
+        for (name, value) in &copied {
+            options.insert_formatted(&key(name), Item::Value((*value).clone().decorated(" ", "")));
         }
-    }
-    if !copied.is_empty() {
-        options.decor_mut().set_prefix(format!(
-            "\n{options_indent}# Copied from the runc runtime: the same runc binary and cgroup \
-             driver as the node's other pods.\n{options_indent}"
-        ));
-        table.insert("options", Item::Table(options));
-    }
-    (table, copied)
+        "# Copied from the runc runtime: the same runc binary and cgroup driver as the node's \
+         other pods."
+            .to_string()
+    };
+    options
+        .decor_mut()
+        .set_prefix(format!("\n{options_indent}{comment}\n{options_indent}"));
+    table.insert("options", Item::Table(options));
+    (table, names)
 }
 
 /// Takes the `rekindle` runtime out of the config `original` (every schema's place for
@@ -729,9 +915,10 @@ root = "/var/lib/containerd"   # keep
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle]
       runtime_type = "io.containerd.rekindle.v2"
 
-      # Copied from the runc runtime: the same runc binary and cgroup driver as the node's other pods.
+      # containerd 1.x passes the shim only ConfigPath: the runc runtime's options (SystemdCgroup),
+      # the same runc binary and cgroup driver as the node's other pods, are in that file.
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.rekindle.options]
-        SystemdCgroup = true
+        ConfigPath = "/etc/rekindle/runtime-options.toml"
 "#;
         assert!(
             installed.contains(&format!(
@@ -747,24 +934,162 @@ root = "/var/lib/containerd"   # keep
         }
     }
 
+    /// HAND as containerd 2.x's version 3 file.
+    fn hand_v3() -> String {
+        HAND.replace("version = 2", "version = 3")
+            .replace("io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime")
+    }
+
+    fn summary(c: Change) -> String {
+        match c {
+            Change::Write { summary, .. } => summary,
+            other => panic!("expected a write, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn copied_options_come_with_the_caveat_and_default_ones_are_not_copied() {
-        match add_runtime(path(), Some(HAND), None).unwrap() {
-            Change::Write { summary, .. } => {
-                assert!(
-                    summary.contains("options SystemdCgroup copied"),
-                    "{summary}"
-                );
-                assert!(summary.ends_with(OPTIONS_CAVEAT), "{summary}");
+    fn version_2_copies_runc_options_to_the_file_that_config_path_names() {
+        let s = summary(add_runtime(path(), Some(HAND), None).unwrap());
+        assert!(
+            s.contains("options (SystemdCgroup) copied to /etc/rekindle/runtime-options.toml")
+                && s.contains("names as ConfigPath"),
+            "{s}"
+        );
+        let installed = written(add_runtime(path(), Some(HAND), None).unwrap());
+        let doc: DocumentMut = installed.parse().unwrap();
+        let options = doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]
+            ["rekindle"]["options"]
+            .as_table()
+            .unwrap();
+        assert_eq!(
+            options.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["ConfigPath"]
+        );
+        assert_eq!(options["ConfigPath"].as_str(), Some(OPTIONS_FILE));
+        assert_eq!(
+            options_file(path(), &installed).unwrap(),
+            OptionsFile {
+                named: true,
+                text: Some(format!("{OPTIONS_FILE_HEADER}SystemdCgroup = true\n")),
             }
+        );
+        // Before install: nothing names the file, but uninstall knows what install writes.
+        assert_eq!(
+            options_file(path(), HAND).unwrap(),
+            OptionsFile {
+                named: false,
+                text: Some(format!("{OPTIONS_FILE_HEADER}SystemdCgroup = true\n")),
+            }
+        );
+    }
+
+    #[test]
+    fn version_1_copies_runc_options_to_the_file_too() {
+        let v1 = "[plugins.cri.containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n  [plugins.cri.containerd.runtimes.runc.options]\n    BinaryName = \"/usr/sbin/runc\"\n";
+        let installed = round_trip(v1, V16);
+        assert!(
+            installed.contains(
+                "  [plugins.cri.containerd.runtimes.rekindle.options]\n    ConfigPath = \"/etc/rekindle/runtime-options.toml\"\n"
+            ),
+            "{installed}"
+        );
+        let file = options_file(path(), &installed).unwrap();
+        assert!(file.named);
+        assert!(file
+            .text
+            .unwrap()
+            .ends_with("\nBinaryName = \"/usr/sbin/runc\"\n"),);
+    }
+
+    #[test]
+    fn version_3_copies_runc_options_into_the_table_and_names_no_file() {
+        let v3 = hand_v3();
+        let s = summary(add_runtime(path(), Some(&v3), None).unwrap());
+        assert!(
+            s.contains("options (SystemdCgroup) copied into its options table"),
+            "{s}"
+        );
+        assert!(!s.contains(OPTIONS_FILE), "{s}");
+        let installed = round_trip(&v3, None);
+        assert!(
+            installed.contains(
+                "      # Copied from the runc runtime: the same runc binary and cgroup driver as the node's other pods.\n      [plugins.\"io.containerd.cri.v1.runtime\".containerd.runtimes.rekindle.options]\n        SystemdCgroup = true\n"
+            ),
+            "{installed}"
+        );
+        assert!(!installed.contains("ConfigPath"), "{installed}");
+        assert!(!options_file(path(), &installed).unwrap().named);
+    }
+
+    #[test]
+    fn default_runc_options_are_not_copied_and_want_no_file() {
+        for config in [HAND.to_string(), hand_v3()] {
+            let defaults = config.replace("SystemdCgroup = true", "SystemdCgroup = false");
+            let change = add_runtime(path(), Some(&defaults), None).unwrap();
+            let s = summary(change.clone());
+            assert!(!s.contains("copied"), "{s}");
+            let text = written(change);
+            assert!(!text.contains("rekindle.options"), "{text}");
+            assert_eq!(
+                options_file(path(), &text).unwrap(),
+                OptionsFile {
+                    named: false,
+                    text: None
+                }
+            );
+        }
+        // No runc runtime at all.
+        assert_eq!(
+            options_file(path(), "version = 2\n").unwrap(),
+            OptionsFile {
+                named: false,
+                text: None
+            }
+        );
+    }
+
+    #[test]
+    fn runc_option_names_match_case_insensitively_and_values_are_written_plainly() {
+        let odd = HAND.replace(
+            "        SystemdCgroup = true\n        BinaryName = \"\"\n",
+            "        systemdcgroup = true   # lower case\n        binaryname = '/opt/runc'\n",
+        );
+        let installed = written(add_runtime(path(), Some(&odd), None).unwrap());
+        let text = options_file(path(), &installed).unwrap().text.unwrap();
+        assert_eq!(
+            text,
+            format!("{OPTIONS_FILE_HEADER}BinaryName = \"/opt/runc\"\nSystemdCgroup = true\n")
+        );
+        assert!(
+            text.starts_with("# Written by `rekindle install`"),
+            "{text}"
+        );
+        // What the shim reads: valid TOML, the keys and nothing else.
+        let parsed: toml::Table = text.parse().unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed["SystemdCgroup"].as_bool(), Some(true));
+        assert_eq!(options_file_text(&[]), None);
+    }
+
+    #[test]
+    fn an_older_installs_table_options_on_version_2_are_pointed_out() {
+        // What install wrote before it knew containerd 1.x drops the table's keys.
+        let installed = written(add_runtime(path(), Some(&hand_v3()), None).unwrap())
+            .replace("version = 3", "version = 2")
+            .replace("io.containerd.cri.v1.runtime", "io.containerd.grpc.v1.cri");
+        match add_runtime(path(), Some(&installed), None).unwrap() {
+            Change::Unchanged(why) => assert!(
+                why.contains("sets SystemdCgroup, which containerd 1.x does not pass")
+                    && why.contains("rekindle uninstall"),
+                "{why}"
+            ),
             other => panic!("{other:?}"),
         }
-        let defaults = HAND.replace("SystemdCgroup = true", "SystemdCgroup = false");
-        match add_runtime(path(), Some(&defaults), None).unwrap() {
-            Change::Write { summary, text } => {
-                assert!(!summary.contains("Note:"), "{summary}");
-                assert!(!text.contains("rekindle.options"), "{text}");
-            }
+        assert!(!options_file(path(), &installed).unwrap().named);
+        // Ours: only ConfigPath, nothing to point out.
+        let ours = written(add_runtime(path(), Some(HAND), None).unwrap());
+        match add_runtime(path(), Some(&ours), None).unwrap() {
+            Change::Unchanged(why) => assert!(!why.contains("but"), "{why}"),
             other => panic!("{other:?}"),
         }
     }

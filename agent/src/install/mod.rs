@@ -3,6 +3,9 @@
 //! to containerd's config, or take all that away again.
 //!
 //! The config edit itself is [`containerd`] (pure); this module reads and writes the files.
+//! With containerd 1.x (config versions 1 and 2) that includes
+//! [`containerd::OPTIONS_FILE`], the rekindle runtime's copy of runc's options, which the
+//! runtime's `ConfigPath` names (1.x passes the shim nothing else of its options table).
 //! Every destination is under `root` (`/` on a node; a temp dir in tests, an image's root
 //! when building one). Nothing is written with `dry_run`; containerd and systemd are never
 //! restarted or reloaded: the report says which commands to run.
@@ -16,7 +19,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use containerd::{Change, ConfigError, ContainerdVersion, Versionless};
+pub use containerd::{Change, ConfigError, ContainerdVersion, Versionless, OPTIONS_FILE};
 
 /// The binaries install copies, in the order it copies them.
 pub const BINARIES: [&str; 5] = [
@@ -171,6 +174,9 @@ pub struct FileAction {
     pub path: PathBuf,
     pub action: Action,
     pub note: Option<String>,
+    /// A unified diff, for a file whose contents an operator should see (the runtime
+    /// options file install creates).
+    pub diff: Option<String>,
 }
 
 /// containerd's config: what happened to it, and the diff.
@@ -241,7 +247,12 @@ impl fmt::Display for Report {
             self.config.path.display(),
             self.config.summary
         )?;
-        if let Some(diff) = &self.config.diff {
+        let diffs = self
+            .config
+            .diff
+            .iter()
+            .chain(self.files.iter().filter_map(|file| file.diff.as_ref()));
+        for diff in diffs {
             writeln!(f)?;
             write!(f, "{diff}")?;
             if !diff.ends_with('\n') {
@@ -358,6 +369,7 @@ struct Planned {
     mode: u32,
     action: Action,
     note: Option<String>,
+    diff: Option<String>,
 }
 
 fn plan_file(dest: PathBuf, bytes: Vec<u8>, mode: u32) -> Result<Planned, Error> {
@@ -372,11 +384,13 @@ fn plan_file(dest: PathBuf, bytes: Vec<u8>, mode: u32) -> Result<Planned, Error>
         mode,
         action,
         note: None,
+        diff: None,
     })
 }
 
 /// Installs (or, with `dry_run`, reports what it would install). The containerd config is
-/// edited last, once the shim it names is in place.
+/// edited last, once the shim it names (and, for containerd 1.x, the runtime options file
+/// it names) is in place.
 pub fn install(opts: &InstallOptions) -> Result<Report, Error> {
     let mut planned = Vec::new();
     for name in BINARIES {
@@ -429,6 +443,23 @@ pub fn install(opts: &InstallOptions) -> Result<Report, Error> {
     let change = containerd::add_runtime(&config_path, original.as_deref(), containerd)?;
     let config = config_action(&config_path, original.as_deref(), &change);
 
+    // The runtime options file, when the config (as install leaves it) names it: config
+    // versions 1 and 2 with runc options to copy. Also on a second install, which puts
+    // back a file that is gone.
+    let after = match &change {
+        Change::Write { text, .. } => Some(text.as_str()),
+        Change::Unchanged(_) | Change::Delete { .. } => original.as_deref(),
+    };
+    if let Some(after) = after {
+        if let containerd::OptionsFile {
+            named: true,
+            text: Some(text),
+        } = containerd::options_file(&config_path, after)?
+        {
+            planned.push(plan_options_file(&opts.root, text)?);
+        }
+    }
+
     if !opts.dry_run {
         for p in &planned {
             if matches!(p.action, Action::Create | Action::Replace) {
@@ -446,6 +477,7 @@ pub fn install(opts: &InstallOptions) -> Result<Report, Error> {
                 path: p.dest,
                 action: p.action,
                 note: p.note,
+                diff: p.diff,
             })
             .collect(),
         config,
@@ -457,6 +489,39 @@ pub fn install(opts: &InstallOptions) -> Result<Report, Error> {
                 .into(),
         ],
     })
+}
+
+/// [`OPTIONS_FILE`] with `text`: created (its diff shown), left as it is when it holds
+/// `text` already, and never overwritten when it holds something else (an operator's edit):
+/// kept, and the note says what install would have written.
+fn plan_options_file(root: &Path, text: String) -> Result<Planned, Error> {
+    let dest = under(root, Path::new(OPTIONS_FILE));
+    let mut planned = plan_file(dest, text.into_bytes(), 0o644)?;
+    let text = String::from_utf8_lossy(&planned.bytes).into_owned();
+    match planned.action {
+        Action::Create => {
+            planned.note = Some(
+                "runc's options for the rekindle runtime, named by its ConfigPath: containerd \
+                 1.x passes the shim only that path"
+                    .to_string(),
+            );
+            planned.diff = Some(containerd::unified_diff(&planned.dest, None, Some(&text)));
+        }
+        Action::Replace => {
+            let settings: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .collect();
+            planned.action = Action::Keep;
+            planned.note = Some(format!(
+                "exists with other contents, kept: an operator's file is never overwritten; \
+                 install would write {} (the runc runtime's options): check that it sets them",
+                settings.join(", ")
+            ));
+        }
+        _ => {}
+    }
+    Ok(planned)
 }
 
 fn config_action(path: &Path, original: Option<&str>, change: &Change) -> ConfigAction {
@@ -514,10 +579,13 @@ fn apply_config(path: &Path, change: &Change) -> Result<(), Error> {
 }
 
 /// Uninstalls (or, with `dry_run`, reports what it would remove). The containerd config
-/// goes first, so that containerd no longer names a shim that is about to go.
+/// goes first, so that containerd no longer names a shim (or an options file) that is about
+/// to go. The runtime options file goes only if it is exactly what install writes for the
+/// config's runc runtime; an edited one stays (unless `--purge`).
 pub fn uninstall(opts: &UninstallOptions) -> Result<Report, Error> {
     let config_path = under(&opts.root, &opts.config);
-    let (change, config) = match read_config(&config_path)? {
+    let original = read_config(&config_path)?;
+    let (change, config) = match &original {
         None => (
             Change::Unchanged("no such file, nothing to take out".into()),
             ConfigAction {
@@ -528,10 +596,16 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<Report, Error> {
             },
         ),
         Some(text) => {
-            let change = containerd::remove_runtime(&config_path, &text)?;
-            let config = config_action(&config_path, Some(&text), &change);
+            let change = containerd::remove_runtime(&config_path, text)?;
+            let config = config_action(&config_path, Some(text), &change);
             (change, config)
         }
+    };
+    // What install writes to the runtime options file for this config: the file goes only
+    // if it still holds exactly that.
+    let options_text = match &original {
+        Some(text) => containerd::options_file(&config_path, text)?.text,
+        None => None,
     };
 
     let mut files = Vec::new();
@@ -549,8 +623,14 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<Report, Error> {
                 Action::Absent
             },
             note: None,
+            diff: None,
         });
     }
+    files.push(unplan_options_file(
+        &opts.root,
+        options_text.as_deref(),
+        opts.purge,
+    )?);
     let drop_in_dir = under(&opts.root, Path::new(DROP_IN_DIR));
     for dir in PURGE_DIRS {
         let path = under(&opts.root, Path::new(dir));
@@ -564,7 +644,12 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<Report, Error> {
             (false, true) => (Action::Keep, Some("kept; --purge removes it".into())),
             (false, false) => (Action::Absent, None),
         };
-        files.push(FileAction { path, action, note });
+        files.push(FileAction {
+            path,
+            action,
+            note,
+            diff: None,
+        });
     }
 
     if !opts.dry_run {
@@ -597,6 +682,39 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<Report, Error> {
             "systemctl daemon-reload".into(),
             "systemctl restart containerd   # forgets the rekindle runtime".into(),
         ],
+    })
+}
+
+/// What uninstall does with [`OPTIONS_FILE`]: removes it when it holds `ours` (what
+/// install writes for the config's runc runtime), else keeps it (removed with the rest of
+/// /etc/rekindle by `--purge`).
+fn unplan_options_file(root: &Path, ours: Option<&str>, purge: bool) -> Result<FileAction, Error> {
+    let path = under(root, Path::new(OPTIONS_FILE));
+    let existing = read_optional(&path)?;
+    let (action, note) = match existing {
+        None => (Action::Absent, None),
+        Some(bytes) if ours.is_some_and(|o| o.as_bytes() == bytes) => (
+            Action::Remove,
+            Some("as rekindle install wrote it".to_string()),
+        ),
+        Some(_) if purge => (
+            Action::Remove,
+            Some("not as rekindle install writes it; --purge".to_string()),
+        ),
+        Some(_) => (
+            Action::Keep,
+            Some(
+                "not as rekindle install writes it for this config's runc runtime (edited?): \
+                 kept; --purge removes it"
+                    .to_string(),
+            ),
+        ),
+    };
+    Ok(FileAction {
+        path,
+        action,
+        note,
+        diff: None,
     })
 }
 
