@@ -10,7 +10,8 @@
 //! (the agent made exactly 2, and its pool never held more), `/metrics` counts the
 //! refusals by reason as the clients saw them. Then: a POST served hot (no start
 //! header), passthrough GET, 405 for GET on the invoke path, 413 past `max_body_bytes`;
-//! shutdown stops every instance and the harness' leak check runs on each.
+//! a second function's queued request refused with `queue_timeout` once its 100 ms wait
+//! is over; shutdown stops every instance and the harness' leak check runs on each.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -28,6 +29,8 @@ use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
 
 const FUNCTION: &str = "gw-fn";
+/// A second function, of one instance and a 100 ms queue wait: shorter than its start.
+const IMPATIENT: &str = "gw-impatient";
 const MAX_INSTANCES: u32 = 2;
 const MAX_QUEUE: u32 = 8;
 const REQUESTS: usize = 40;
@@ -85,11 +88,11 @@ enum Outcome {
     Refused(String),
 }
 
-/// A POST of `size` bytes: checks the answer is the function's (with the body's size) or
-/// a clear refusal.
-async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
+/// A POST of `size` bytes to `function`: checks the answer is the function's (with the
+/// body's size) or a clear refusal.
+async fn post_to(gw: SocketAddr, function: &str, size: usize) -> Result<Outcome> {
     let body = vec![b'x'; size];
-    let a = request(gw, "POST", &format!("/invoke/{FUNCTION}"), &body).await?;
+    let a = request(gw, "POST", &format!("/invoke/{function}"), &body).await?;
     match a.status {
         200 => {
             let json: serde_json::Value =
@@ -138,6 +141,10 @@ async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
     }
 }
 
+async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
+    post_to(gw, FUNCTION, size).await
+}
+
 /// Puts every instance the agent made under the harness' clean-up and leak check.
 fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
     for id in agent.pool.instances_made() {
@@ -148,9 +155,9 @@ fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut 
     }
 }
 
-/// `<family>{function="gw-fn",<label>="<value>"} n` summed by value.
-fn by_label(metrics: &str, family: &str, label: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("{family}{{function=\"{FUNCTION}\",{label}=\"");
+/// `<family>{function="<function>",<label>="<value>"} n` summed by value.
+fn by_label(metrics: &str, function: &str, family: &str, label: &str) -> BTreeMap<String, u64> {
+    let prefix = format!("{family}{{function=\"{function}\",{label}=\"");
     let mut out = BTreeMap::new();
     for (value, n) in metrics.lines().filter_map(|l| {
         let (value, n) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
@@ -182,6 +189,12 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
         f.max_queue_wait_secs = 120.0;
         f.invoke_timeout_secs = 150.0;
         f.max_body_bytes = MAX_BODY;
+        let mut impatient = FunctionConfig::new(IMPATIENT, IMAGE, 8080);
+        impatient.env = f.env.clone();
+        impatient.memory_mb = 512;
+        impatient.store_as = Some(ctx.new_id("gw-impatient"));
+        impatient.max_instances = 1;
+        impatient.max_queue_wait_secs = 0.1;
         let config = Config {
             metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
@@ -197,7 +210,7 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             hook_socket: ctx.paths().dir.join("agent-gateway-hook.sock"),
             admin_socket: ctx.paths().dir.join("agent-gateway-admin.sock"),
             netns_dir: ctx.paths().dir.join("netns"),
-            functions: vec![f],
+            functions: vec![f, impatient],
             ..Config::default()
         };
         config.validate()?;
@@ -304,12 +317,17 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             // 2. /metrics counts the refusals and the starts as the clients saw them.
             let m = request(agent.metrics_addr, "GET", "/metrics", b"").await?;
             ensure!(m.status == 200, "/metrics answered {}", m.status);
-            let got = by_label(&m.body, "rekindle_gateway_refused_total", "reason");
+            let got = by_label(
+                &m.body,
+                FUNCTION,
+                "rekindle_gateway_refused_total",
+                "reason",
+            );
             ensure!(
                 got == refused,
                 "/metrics refusals {got:?} != seen {refused:?}"
             );
-            let got = by_label(&m.body, "rekindle_starts_total", "tier");
+            let got = by_label(&m.body, FUNCTION, "rekindle_starts_total", "tier");
             ensure!(got == tiers, "/metrics starts {got:?} != seen {tiers:?}");
 
             // 3. The pool is idle now: a POST is served hot, no start made for it.
@@ -347,6 +365,29 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             );
             let a = request(gw, "POST", "/invoke/no-such-fn", b"{}").await?;
             ensure!(a.status == 404, "an unknown function got {}", a.status);
+
+            // 4. The queue's wait is bounded: two POSTs at once on a cold function of one
+            // instance whose requests may wait 100 ms — less than its start takes.
+            let (a, b) = tokio::join!(post_to(gw, IMPATIENT, 10), async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                post_to(gw, IMPATIENT, 20).await
+            });
+            match (a?, b?) {
+                (Outcome::Served { tier, .. }, Outcome::Refused(r))
+                    if tier == "cold" && r == "queue_timeout" => {}
+                other => bail!("two POSTs on {IMPATIENT}: {other:?}"),
+            }
+            let m = request(agent.metrics_addr, "GET", "/metrics", b"").await?;
+            let got = by_label(
+                &m.body,
+                IMPATIENT,
+                "rekindle_gateway_refused_total",
+                "reason",
+            );
+            ensure!(
+                got == BTreeMap::from([("queue_timeout".to_string(), 1)]),
+                "/metrics refusals of {IMPATIENT}: {got:?}"
+            );
             adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
             Ok(())
         }
@@ -354,10 +395,12 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
         adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
-        let end = pool_handle.snapshot().remove(0);
+        let end = pool_handle.snapshot();
         outcome?;
-        if end.hot + end.warm + end.busy + end.starting != 0 {
-            bail!("instances left after shutdown: {end:?}");
+        for p in end {
+            if p.hot + p.warm + p.busy + p.starting != 0 {
+                bail!("instances left after shutdown: {p:?}");
+            }
         }
         eprintln!(
             "[agent-gateway] {} instances made and stopped in {:.1}s",
