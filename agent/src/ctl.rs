@@ -462,12 +462,12 @@ pub fn read_data(data: &str) -> Result<String, AgentCommandError> {
 /// A "waiting for ..." line on stderr, redrawn with a spinner and the time elapsed while
 /// an operation runs, and erased after; only when stderr is a terminal (logs and pipes
 /// get nothing).
-struct Progress {
+pub(crate) struct Progress {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Progress {
-    fn start(what: String) -> Progress {
+    pub(crate) fn start(what: String) -> Progress {
         if !std::io::stderr().is_terminal() {
             return Progress { task: None };
         }
@@ -489,7 +489,7 @@ impl Progress {
         Progress { task: Some(task) }
     }
 
-    fn done(self) {
+    pub(crate) fn done(self) {
         if let Some(t) = self.task {
             t.abort();
             eprint!("\r\x1b[2K");

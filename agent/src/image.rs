@@ -465,10 +465,15 @@ pub async fn run(cmd: &ImageCommand, socket: &Path, output: Output) -> Result<()
             zstd_level,
         } => {
             let dest = absolute(file)?;
-            if output == Output::Text {
+            let progress = (output == Output::Text).then(|| {
                 eprintln!("exporting {image} to {} ...", dest.display());
+                crate::ctl::Progress::start(format!("exporting {image}"))
+            });
+            let e = client.export_image(image, &dest, Some(*zstd_level)).await;
+            if let Some(p) = progress {
+                p.done();
             }
-            let e = client.export_image(image, &dest, Some(*zstd_level)).await?;
+            let e = e?;
             print(output, &e, || {
                 format!(
                     "exported {} ({} files) to {}: {}\n",
@@ -481,11 +486,16 @@ pub async fn run(cmd: &ImageCommand, socket: &Path, output: Output) -> Result<()
         }
         ImageCommand::Import { file, name } => {
             let path = absolute(file)?;
-            if output == Output::Text {
+            let progress = (output == Output::Text).then(|| {
                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                 eprintln!("importing {} ({}) ...", path.display(), human_bytes(size));
+                crate::ctl::Progress::start(format!("importing {}", path.display()))
+            });
+            let info = client.import_image(&path, name.clone()).await;
+            if let Some(p) = progress {
+                p.done();
             }
-            let info = client.import_image(&path, name.clone()).await?;
+            let info = info?;
             print(output, &info, || {
                 let m = &info.manifest;
                 format!(
