@@ -230,7 +230,9 @@ pub trait Policy {
     /// Its parameters, one line, for reports.
     fn describe(&self) -> String;
 
-    /// A function the node serves from now on.
+    /// A function the node serves from now on. Called again with new `info` when what
+    /// the node knows of the function changes (the live agent: its measured memory per
+    /// instance); the function's history stays.
     fn register(&mut self, f: FunctionId, info: &FunctionInfo);
 
     /// An invocation of `f` arrived at `at`.
@@ -238,6 +240,19 @@ pub trait Policy {
 
     /// An invocation of `f` ended at `at` after executing for `exec` seconds.
     fn on_end(&mut self, f: FunctionId, at: Secs, exec: Secs);
+
+    /// An invocation of `f` ended at `at` without executing (refused, timed out, or
+    /// failed before an instance ran it): it ends what `on_arrival` began, but has no
+    /// execution time to learn from. Default: [`Policy::on_end`] with 0 s.
+    fn on_abandon(&mut self, f: FunctionId, at: Secs) {
+        self.on_end(f, at, 0.0);
+    }
+
+    /// The execution time the policy predicts for `f`, seconds, if it sizes pools by
+    /// one (what its hot target multiplies the forecast rate by).
+    fn exec_estimate(&self, _f: FunctionId) -> Option<Secs> {
+        None
+    }
 
     /// Once per interval, before the interval's `plan` calls: node-level work (forecast
     /// refits, clustering, the memory budget). Default: nothing.

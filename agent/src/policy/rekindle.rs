@@ -551,6 +551,18 @@ impl Policy for Rekindle {
         }
     }
 
+    fn on_abandon(&mut self, f: FunctionId, at: Secs) {
+        // Not an execution: no duration for the estimator (a refused burst of zeros would
+        // shrink the hot target exactly when more instances are needed), no checkpoint.
+        let s = self.state(f);
+        s.busy = s.busy.saturating_sub(1);
+        s.last_end = Some(s.last_end.map_or(at, |e| e.max(at)));
+    }
+
+    fn exec_estimate(&self, f: FunctionId) -> Option<Secs> {
+        self.get(f)?.exec.recent_mean()
+    }
+
     fn tick(&mut self, now: Secs) {
         if self.last_tick.is_some_and(|t| now < t + INTERVAL - 1e-9) {
             return;
@@ -738,6 +750,41 @@ mod tests {
         assert_eq!(plan.targets.hot, 3, "{plan:?}");
         assert!(plan.targets.staged);
         assert!(p.forecast_report().is_some());
+    }
+
+    #[test]
+    fn hot_target_uses_measured_durations_without_outliers_or_abandoned_requests() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(0, &info());
+        assert_eq!(p.exec_estimate(0), None);
+        // 30 a minute for 3 hours; every tenth takes 60 s instead of 4 s (a stuck
+        // request): IQR drops those, the plain mean would be 9.6 s.
+        let mut next_tick = 60.0;
+        for i in 0..(30 * 180) {
+            let t = i as f64 * 2.0;
+            while next_tick <= t {
+                p.tick(next_tick);
+                next_tick += 60.0;
+            }
+            let exec = if i % 10 == 0 { 60.0 } else { 4.0 };
+            p.on_arrival(0, t);
+            // As many refused requests: they end, but teach no duration.
+            p.on_arrival(0, t + 0.1);
+            p.on_abandon(0, t + 0.2);
+            p.on_end(0, t + exec, exec);
+        }
+        assert_eq!(p.exec_estimate(0), Some(4.0));
+        p.tick(next_tick);
+        let plan = p.plan(0, next_tick);
+        let fc = p.rate_forecast(0).expect("dense function is forecast");
+        // About 60 a minute: refused requests are demand too.
+        assert!((fc.mean - 60.0).abs() < 6.0, "{fc:?}");
+        let c = p.config();
+        let want = sizing::hot_target(fc.mean / 60.0, 4.0, c.buffer, 0, c.max_instances);
+        assert_eq!(plan.targets.hot, want, "{plan:?} {fc:?}");
+        // With the plain mean (9.6 s) it would be about twice that.
+        let plain = sizing::hot_target(fc.mean / 60.0, 9.6, c.buffer, 0, c.max_instances);
+        assert!(plain >= 2 * want - 1, "{plain} vs {want}");
     }
 
     #[test]
