@@ -45,6 +45,7 @@
 
 pub mod admission;
 pub mod manager;
+pub mod pressure;
 
 use std::collections::HashSet;
 
@@ -510,6 +511,37 @@ pub fn make_room(
     total <= budget_mb + 1e-9
 }
 
+/// Node pressure ([`pressure`]): drops the speculative actions — pre-warm starts, starts
+/// for warm targets (the forecast's upper quantile) and stages of images — and keeps
+/// what the minimum and the forecast need (starts for hot targets), stops, freezes,
+/// thaws, checkpoints and unstages. Returns how many it dropped.
+pub fn hold_back(actions: &mut Vec<Action>) -> usize {
+    let before = actions.len();
+    actions.retain(|a| {
+        !matches!(
+            a,
+            Action::Start {
+                why: StartWhy::PreWarm,
+                ..
+            } | Action::Start {
+                into: Loaded::Warm,
+                ..
+            } | Action::Stage { .. }
+        )
+    });
+    before - actions.len()
+}
+
+/// Memory one instance of a function is charged in the budget, MB: its configured
+/// `memory_mb`, or the 90th percentile of its instances' measured cgroup memory when
+/// that is more. Never less than configured: the cgroup limit is `memory_mb`, so an
+/// instance may grow to it while it serves, and the budget must hold that.
+pub fn charged_memory_mb(configured_mb: f64, measured_p90_mb: Option<f64>) -> f64 {
+    measured_p90_mb
+        .filter(|m| m.is_finite())
+        .map_or(configured_mb, |m| configured_mb.max(m))
+}
+
 /// Rule 5 on the reconcile's own actions: release by [`make_room`], then drop the
 /// background starts (and stages) that still do not fit.
 fn enforce_budget(fns: &[FunctionView], budget_mb: f64, actions: &mut Vec<Action>) {
@@ -772,6 +804,78 @@ mod tests {
         assert_eq!(a, vec![stop("idle")]);
         let mut a = Vec::new();
         assert!(!make_room(&[f], 150.0, 100.0, &mut a));
+    }
+
+    #[test]
+    fn pressure_holds_back_only_speculative_work() {
+        let mut p = plan(10.0, 0.0, 0.0);
+        p.targets = TierTargets {
+            hot: 2,
+            warm: 2,
+            staged: true,
+        };
+        let mut f = func(
+            ImageState::Disk,
+            vec![inst("old", Loaded::Hot, false, 0.0)],
+            p,
+        );
+        f.plan.keep_alive = KeepAlive::hot(1.0);
+        let mut a = decide(5.0, &[f], None);
+        let start = |into| Action::Start {
+            function: 0,
+            into,
+            why: StartWhy::Target,
+        };
+        assert!(a.contains(&start(Loaded::Warm)), "{a:?}");
+        assert!(a.contains(&Action::Stage { function: 0 }), "{a:?}");
+        let dropped = hold_back(&mut a);
+        // The second hot instance the forecast needs still starts; the warm ones and the
+        // stage wait.
+        assert_eq!(dropped, 3, "{a:?}");
+        assert_eq!(a, vec![start(Loaded::Hot)]);
+        // A due pre-warm is speculative too; a stop is not.
+        let mut pw = plan(5.0, 0.0, 0.0);
+        pw.pre_warm = 30.0;
+        let mut g = func(ImageState::Disk, vec![], pw);
+        g.pending_load = Some(30.0);
+        g.image_busy = true;
+        let mut a = decide(31.0, &[g], None);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(hold_back(&mut a), 1);
+        let mut a = vec![stop("x"), Action::Unstage { function: 0 }];
+        assert_eq!(hold_back(&mut a), 0);
+        assert_eq!(a.len(), 2);
+    }
+
+    #[test]
+    fn measured_memory_is_charged_when_it_exceeds_the_declaration() {
+        assert_eq!(charged_memory_mb(256.0, None), 256.0);
+        assert_eq!(charged_memory_mb(256.0, Some(120.0)), 256.0);
+        assert_eq!(charged_memory_mb(256.0, Some(300.0)), 300.0);
+        assert_eq!(charged_memory_mb(256.0, Some(f64::NAN)), 256.0);
+        // The budget then counts it: two 100 MB-declared instances measured at 150 MB do
+        // not fit 250 MB, and the least recently invoked one's idle instance goes.
+        let keep = plan(100.0, 0.0, 0.0);
+        let mut a = func(
+            ImageState::Disk,
+            vec![inst("a", Loaded::Hot, false, 5.0)],
+            keep,
+        );
+        a.last_invoked = Some(1.0);
+        a.image_busy = true; // no stage in the way
+        let mut b = func(
+            ImageState::Disk,
+            vec![inst("b", Loaded::Hot, false, 5.0)],
+            keep,
+        );
+        b.last_invoked = Some(2.0);
+        b.image_busy = true;
+        let declared = [a.clone(), b.clone()];
+        assert!(decide(6.0, &declared, Some(250.0)).is_empty());
+        a.memory_mb = charged_memory_mb(100.0, Some(150.0));
+        b.memory_mb = charged_memory_mb(100.0, Some(150.0));
+        let acts = decide(6.0, &[a, b], Some(250.0));
+        assert_eq!(acts, vec![stop("a")]);
     }
 
     #[test]
