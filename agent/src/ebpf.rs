@@ -33,11 +33,20 @@
 //!   and adds what their block I/O counters grew (`blkio.throttle.io_service_bytes` and
 //!   `io_serviced` on v1, `io.stat` on v2) to their function's totals.
 //!
+//! - keeps each function's last [`MEMORY_SAMPLES`] per-instance memory reads and
+//!   publishes their 90th percentile: the memory one instance of it takes, which the
+//!   pool manager charges in its budget when it exceeds the configured `memory_mb`.
+//!   Per-instance reads rather than the function's sum over its instance count: the
+//!   listing and the pool's count disagree while instances start and stop, and a
+//!   distribution per instance shows what one instance needs at its peak;
+//! - reads the node's pressure (PSI, `/proc/pressure/{cpu,memory}`) for the pool
+//!   manager's gate ([`crate::pool::pressure`]); without PSI it says so once.
+//!
 //! An instance found by listing (not registered) is counted from when the collector
 //! first saw it: at most one interval of its start is missed, and it has no timeline.
 //! Its I/O counts from its cgroup's creation (the cgroup files count from there).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -48,6 +57,24 @@ use tokio::sync::watch;
 
 use crate::driver::StartHook;
 use crate::metrics::{FunctionNodeStats, IoStats, NodeMetrics, StartTier};
+use crate::pool::pressure::read_node_pressure;
+
+/// Per-instance memory reads kept per function (one per instance per pass: with a
+/// pass every 1–5 s, the last minute or so of a few instances).
+pub const MEMORY_SAMPLES: usize = 64;
+
+/// Where the kernel publishes PSI.
+pub const PSI_DIR: &str = "/proc/pressure";
+
+/// The 90th percentile of memory reads, bytes; `None` without any.
+pub fn memory_p90(samples: &VecDeque<u64>) -> Option<u64> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v: Vec<f64> = samples.iter().map(|&b| b as f64).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    Some(crate::forecast::exec::quantile_sorted(&v, 0.9).round() as u64)
+}
 
 /// Where the cgroup hierarchies the collector reads are mounted.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -265,6 +292,11 @@ pub struct NodeCollector {
     totals: BTreeMap<String, FunctionNodeStats>,
     metrics: Arc<NodeMetrics>,
     warned_watch: bool,
+    /// Recent per-instance memory reads, by function.
+    memory_samples: HashMap<String, VecDeque<u64>>,
+    /// PSI's directory (`None`: not read).
+    pressure_dir: Option<PathBuf>,
+    warned_pressure: bool,
 }
 
 impl NodeCollector {
@@ -329,9 +361,18 @@ impl NodeCollector {
             totals,
             metrics,
             warned_watch: false,
+            memory_samples: HashMap::new(),
+            pressure_dir: Some(PathBuf::from(PSI_DIR)),
+            warned_pressure: false,
         };
         c.metrics.set_functions(c.totals.clone());
         c
+    }
+
+    /// Reads PSI from `dir` instead of [`PSI_DIR`] (`None`: not at all).
+    pub fn with_pressure_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.pressure_dir = dir;
+        self
     }
 
     pub fn bpf_loaded(&self) -> bool {
@@ -536,9 +577,34 @@ impl NodeCollector {
         for (id, function) in &instances {
             if let Some(b) = self.memory_bytes(id) {
                 out.entry(function.clone()).or_default().memory_bytes += b;
+                let q = self.memory_samples.entry(function.clone()).or_default();
+                if q.len() == MEMORY_SAMPLES {
+                    q.pop_front();
+                }
+                q.push_back(b);
             }
         }
+        for (function, s) in out.iter_mut() {
+            s.instance_memory_p90_bytes = self.memory_samples.get(function).and_then(memory_p90);
+        }
         self.metrics.set_functions(out);
+        self.read_pressure();
+    }
+
+    fn read_pressure(&mut self) {
+        let Some(dir) = &self.pressure_dir else {
+            return;
+        };
+        match read_node_pressure(dir) {
+            Ok(p) => self.metrics.set_pressure(Some(p)),
+            Err(e) => {
+                if !self.warned_pressure {
+                    tracing::warn!(error = %e, "no node pressure (PSI): speculative pre-warming is never held back");
+                    self.warned_pressure = true;
+                }
+                self.metrics.set_pressure(None);
+            }
+        }
     }
 
     /// Collects every `interval` until `stop` turns true; unwatches every cgroup then.
@@ -759,6 +825,89 @@ Total 32
         assert_eq!(hello.memory_bytes, 234);
         assert_eq!(hello.io.read_bytes, 1048576);
         assert!(c.timeline("hello-fedcba9876543210").is_none());
+    }
+
+    /// Memory per instance: the 90th percentile of the per-instance reads, not the sum;
+    /// and PSI from the pressure directory, or none (said once) without it.
+    #[test]
+    fn memory_per_instance_and_node_pressure_are_published() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("unified");
+        let set = |id: &str, mb: u64| {
+            let d = root.join("k8s.io").join(id);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("memory.current"), format!("{}\n", mb << 20)).unwrap();
+        };
+        let psi = tmp.path().join("pressure");
+        fs::create_dir_all(&psi).unwrap();
+        fs::write(
+            psi.join("cpu"),
+            "some avg10=95.10 avg60=50.00 avg300=10.00 total=1\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )
+        .unwrap();
+        fs::write(
+            psi.join("memory"),
+            "some avg10=1.50 avg60=0.00 avg300=0.00 total=2\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n",
+        )
+        .unwrap();
+        let m = Metrics::new();
+        let mut c = NodeCollector::new(
+            None,
+            CgroupLayout {
+                v2_root: Some(root.clone()),
+                v1_memory_root: None,
+                v1_blkio_root: None,
+            },
+            "k8s.io",
+            ["hello"],
+            m.node.clone(),
+        )
+        .with_pressure_dir(Some(psi.clone()));
+        // Nine instances at 100 MB, one just restored at 10 MB, one at 300 MB.
+        for i in 0..9 {
+            set(&format!("hello-{i:016x}"), 100);
+        }
+        set("hello-00000000000000aa", 10);
+        set("hello-00000000000000bb", 300);
+        c.collect();
+        let hello = m.node.function("hello").unwrap();
+        assert_eq!(hello.memory_bytes, (9 * 100 + 10 + 300) << 20);
+        // p90 of 11 reads: between the 100s and the 300 (linear interpolation).
+        assert_eq!(hello.instance_memory_p90_bytes, Some(100 << 20));
+        let p = m.node.pressure().expect("PSI read");
+        assert_eq!((p.cpu_some_pct, p.memory_some_pct), (95.1, 1.5));
+        let t = m.encode();
+        for want in [
+            "rekindle_node_pressure{resource=\"cpu\"} 95.1\n",
+            "rekindle_node_pressure{resource=\"memory\"} 1.5\n",
+            "rekindle_function_instance_memory_bytes{function=\"hello\"} 104857600\n",
+        ] {
+            assert!(t.contains(want), "{want} missing in:\n{t}");
+        }
+        // The window keeps the last reads: the big ones take over.
+        for _ in 0..(MEMORY_SAMPLES / 11 + 1) {
+            for i in 0..9 {
+                set(&format!("hello-{i:016x}"), 400);
+            }
+            c.collect();
+        }
+        assert_eq!(
+            m.node.function("hello").unwrap().instance_memory_p90_bytes,
+            Some(400 << 20)
+        );
+        // No PSI: nothing published, and the manager's gate stays open.
+        fs::remove_dir_all(&psi).unwrap();
+        c.collect();
+        assert_eq!(m.node.pressure(), None);
+        assert!(!m.encode().contains("rekindle_node_pressure"));
+    }
+
+    #[test]
+    fn memory_p90_interpolates_and_is_none_without_reads() {
+        assert_eq!(memory_p90(&VecDeque::new()), None);
+        assert_eq!(memory_p90(&VecDeque::from(vec![7])), Some(7));
+        let v: VecDeque<u64> = (1..=11).map(|x| x * 10).collect();
+        assert_eq!(memory_p90(&v), Some(100));
     }
 
     /// A cgroup v2 host (no v1 controllers): memory from `memory.current`, I/O from

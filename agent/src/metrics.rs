@@ -17,6 +17,8 @@
 //! | `rekindle_function_processes_exec_total` | `function` | successful `execve`s in its instances (eBPF) |
 //! | `rekindle_function_processes_exit_total` | `function` | processes (thread-group leaders) that exited in its instances (eBPF) |
 //! | `rekindle_function_memory_bytes` | `function` | memory charged to its instances' cgroups now, summed (`memory.usage_in_bytes` on cgroup v1, `memory.current` on v2; with or without eBPF) |
+//! | `rekindle_function_instance_memory_bytes` | `function` | memory one instance of the function takes: the 90th percentile of its instances' recent cgroup memory reads (the last 64, one per instance per collection) |
+//! | `rekindle_node_pressure` | `resource` | the node's pressure, Linux PSI "some" avg10 (percent of the last 10 s in which a task stalled on `cpu` or `memory`); absent without PSI |
 //! | `rekindle_function_io_bytes_total` | `function`, `direction` | block I/O of its instances, `direction` `read` or `write` (cgroup files: `blkio.throttle.io_service_bytes` on v1, `io.stat` on v2; with or without eBPF) |
 //! | `rekindle_function_io_operations_total` | `function`, `direction` | block I/O operations of its instances (`blkio.throttle.io_serviced` on v1, `io.stat` on v2) |
 //! | `rekindle_function_startup_seconds` | `function`, `tier` | start-up timeline of an instance started for a request (`tier` `restore_staged`, `restore_disk` or `cold`): from the first time a task of its cgroup ran (eBPF, watched from just before Tasks.Start) to the agent receiving the instance's answer to that request; the pool's own background starts (targets, pre-warm) answer no request and have none |
@@ -24,7 +26,9 @@
 //! | `rekindle_observed_arrivals` | `function` | requests that arrived in the current window so far |
 //! | `rekindle_forecast_window_seconds` | | the window's length in real seconds (one policy minute: 60 / `time_scale`) |
 //! | `rekindle_memory_budget_bytes` | | the node's memory budget for the pools (absent without one) |
-//! | `rekindle_pool_memory_bytes` | `function` | memory the budget counts for the function now: its instances (running, frozen, starting) at `memory_mb` each, and its staged image |
+//! | `rekindle_pool_memory_bytes` | `function` | memory the budget counts for the function now: its instances (running, frozen, starting) at `memory_mb` each — or at `rekindle_function_instance_memory_bytes` when that is more — and its staged image |
+//! | `rekindle_exec_seconds` | `function` | the execution time the policy predicts for the function (IQR-filtered mean of its recent measured durations) and sizes its hot target with; absent for policies that do not size by it |
+//! | `rekindle_pressure_hold_back` | | 1 while the node's pressure holds back speculative pool work (pre-warm loads, warm-target starts, stages), 0 otherwise |
 //!
 //! The `rekindle_function_*` metrics are sampled by the node collector ([`crate::ebpf`])
 //! every few seconds; the eBPF ones (CPU, run-queue latency, page faults, exec/exit,
@@ -329,6 +333,8 @@ pub struct FunctionNodeStats {
     pub execs: u64,
     pub exits: u64,
     pub memory_bytes: u64,
+    /// The 90th percentile of its instances' recent memory reads, bytes.
+    pub instance_memory_p90_bytes: Option<u64>,
     /// Block I/O summed over its instances' samples (cgroup files), bytes and operations.
     pub io: IoStats,
 }
@@ -425,6 +431,8 @@ struct NodeState {
     /// `None` until the collector has started: nothing is exported.
     bpf_loaded: Option<bool>,
     functions: BTreeMap<String, FunctionNodeStats>,
+    /// PSI, when the kernel has it.
+    pressure: Option<crate::pool::pressure::NodePressure>,
     /// Start-up timelines by (function, tier).
     startup: BTreeMap<(String, &'static str), Buckets>,
     /// First answers not yet matched by the collector.
@@ -444,6 +452,15 @@ impl NodeMetrics {
 
     pub fn function(&self, name: &str) -> Option<FunctionNodeStats> {
         self.state.lock().unwrap().functions.get(name).cloned()
+    }
+
+    /// The node's pressure now (`None`: no PSI).
+    pub fn set_pressure(&self, p: Option<crate::pool::pressure::NodePressure>) {
+        self.state.lock().unwrap().pressure = p;
+    }
+
+    pub fn pressure(&self) -> Option<crate::pool::pressure::NodePressure> {
+        self.state.lock().unwrap().pressure
     }
 
     /// The agent has just received the first answer of `instance`, started for that
@@ -495,6 +512,8 @@ struct PoolState {
     /// `None` until the pool manager has published: nothing is exported.
     window_secs: Option<f64>,
     functions: BTreeMap<String, FunctionPoolStats>,
+    /// Whether node pressure holds back speculative work now.
+    hold_back: bool,
 }
 
 /// One function's arrivals and budgeted memory, as the pool manager sees them now.
@@ -507,6 +526,8 @@ pub struct FunctionPoolStats {
     pub observed_arrivals: u64,
     /// What the memory budget counts for the function now, bytes.
     pub memory_bytes: u64,
+    /// The execution time the policy predicts, seconds (`None`: it does not size by one).
+    pub exec_secs: Option<f64>,
 }
 
 impl PoolMetrics {
@@ -527,6 +548,15 @@ impl PoolMetrics {
 
     pub fn function(&self, name: &str) -> Option<FunctionPoolStats> {
         self.state.lock().unwrap().functions.get(name).cloned()
+    }
+
+    /// Whether node pressure holds back speculative work now.
+    pub fn set_hold_back(&self, held: bool) {
+        self.state.lock().unwrap().hold_back = held;
+    }
+
+    pub fn hold_back(&self) -> bool {
+        self.state.lock().unwrap().hold_back
     }
 }
 
@@ -576,12 +606,27 @@ impl Collector for PoolMetrics {
         encode_family(
             &mut encoder,
             "rekindle_pool_memory_bytes",
-            "Memory the budget counts for the function now (instances at memory_mb, staged image)",
+            "Memory the budget counts for the function now (instances at memory_mb or their measured p90 if more, staged image)",
             st.functions
                 .iter()
                 .map(|(f, s)| (label(f), ConstGauge::new(s.memory_bytes as i64))),
             MetricType::Gauge,
         )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_exec_seconds",
+            "Execution time the policy predicts for the function (IQR-filtered recent durations)",
+            st.functions
+                .iter()
+                .filter_map(|(f, s)| s.exec_secs.map(|e| (label(f), ConstGauge::new(e)))),
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(st.hold_back)).encode(encoder.encode_descriptor(
+            "rekindle_pressure_hold_back",
+            "1 while node pressure holds back speculative pool work (pre-warm, warm starts, stages)",
+            None,
+            MetricType::Gauge,
+        )?)?;
         Ok(())
     }
 }
@@ -589,6 +634,11 @@ impl Collector for PoolMetrics {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FnLabel {
     function: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResourceLabel {
+    resource: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -694,6 +744,26 @@ impl Collector for NodeMetrics {
                 .map(|(f, s)| (label(f), ConstGauge::new(s.memory_bytes as i64))),
             MetricType::Gauge,
         )?;
+        encode_family(
+            &mut encoder,
+            "rekindle_function_instance_memory_bytes",
+            "Memory of one instance of the function: p90 of its instances' recent cgroup reads",
+            fns.iter().filter_map(|(f, s)| {
+                s.instance_memory_p90_bytes
+                    .map(|b| (label(f), ConstGauge::new(b as i64)))
+            }),
+            MetricType::Gauge,
+        )?;
+        if let Some(p) = st.pressure {
+            encode_family(
+                &mut encoder,
+                "rekindle_node_pressure",
+                "The node's pressure: PSI some avg10, percent of time a task stalled on the resource",
+                [("cpu", p.cpu_some_pct), ("memory", p.memory_some_pct)]
+                    .map(|(resource, v)| (ResourceLabel { resource }, ConstGauge::new(v))),
+                MetricType::Gauge,
+            )?;
+        }
         let directions = |pick: fn(&IoStats) -> [u64; 2]| {
             fns.iter().flat_map(move |(f, s)| {
                 let [read, write] = pick(&s.io);
@@ -906,11 +976,18 @@ mod tests {
                 "hello".to_string(),
                 FunctionNodeStats {
                     cpu_ns: 1,
+                    instance_memory_p90_bytes: Some(1 << 27),
                     ..Default::default()
                 },
             )]
             .into(),
         );
+        m.node
+            .set_pressure(Some(crate::pool::pressure::NodePressure {
+                cpu_some_pct: 12.5,
+                memory_some_pct: 0.0,
+            }));
+        m.pool.set_hold_back(true);
         m.node.observe_startup("hello", StartTier::Cold, 0.1);
         m.pool.set_node(Some(1 << 30), 60.0);
         m.pool.set_function(
@@ -919,6 +996,7 @@ mod tests {
                 forecast_arrivals: Some(2.5),
                 observed_arrivals: 3,
                 memory_bytes: 1 << 28,
+                exec_secs: Some(0.25),
             },
         );
         m
