@@ -296,6 +296,12 @@ pub struct Config {
     pub memory_budget_mb: Option<u64>,
     /// Instance starts (restores, cold starts) in flight at once, at most.
     pub max_parallel_starts: u32,
+    /// Node pressure at which the pools hold back speculative work (pre-warm loads,
+    /// warm-target starts, stages): Linux PSI `some` avg10 of `/proc/pressure/cpu`,
+    /// percent. Above 100: never.
+    pub pressure_cpu_pct: f64,
+    /// The same for `/proc/pressure/memory`.
+    pub pressure_memory_pct: f64,
     /// containerd snapshotter of the function images.
     pub snapshotter: String,
     /// runc's `--root` for the instances' tasks; unset: the runtime's default.
@@ -332,6 +338,9 @@ impl Default for Config {
             time_scale: 1.0,
             memory_budget_mb: None,
             max_parallel_starts: 2,
+            pressure_cpu_pct: crate::pool::pressure::PressureThresholds::default().cpu_some_pct,
+            pressure_memory_pct: crate::pool::pressure::PressureThresholds::default()
+                .memory_some_pct,
             snapshotter: "overlayfs".into(),
             runc_root: None,
             netns_dir: "/run/netns".into(),
@@ -426,6 +435,16 @@ impl Config {
         if self.max_parallel_starts == 0 {
             return Err(Error::Invalid("max_parallel_starts is 0".into()));
         }
+        for (name, v) in [
+            ("pressure_cpu_pct", self.pressure_cpu_pct),
+            ("pressure_memory_pct", self.pressure_memory_pct),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(Error::Invalid(format!(
+                    "{name} is {v}: a positive percentage (above 100: never hold back)"
+                )));
+            }
+        }
         for (name, path) in [
             ("netns_dir", &self.netns_dir),
             ("instance_log_dir", &self.instance_log_dir),
@@ -514,6 +533,20 @@ mod tests {
         let e = Config::from_toml("metrics_adr = \"127.0.0.1:1\"\n", p).unwrap_err();
         assert!(e.to_string().contains("metrics_adr"), "{e}");
         assert!(Config::from_toml("metrics_addr = \"localhost\"\n", p).is_err());
+    }
+
+    #[test]
+    fn pressure_thresholds_default_and_are_checked() {
+        let p = Path::new("agent.toml");
+        let c = Config::default();
+        assert_eq!((c.pressure_cpu_pct, c.pressure_memory_pct), (90.0, 20.0));
+        let c =
+            Config::from_toml("pressure_cpu_pct = 101\npressure_memory_pct = 5.5\n", p).unwrap();
+        c.validate().unwrap();
+        assert_eq!((c.pressure_cpu_pct, c.pressure_memory_pct), (101.0, 5.5));
+        let c = Config::from_toml("pressure_memory_pct = 0\n", p).unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("pressure_memory_pct"), "{e}");
     }
 
     #[test]

@@ -35,6 +35,12 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     rekindle-sim replays: rekindle, hybrid or fixed) plans each function's keep-alive ladder and
     targets from the arrivals it saw, and the agent moves the pools there, within the
     node's memory budget (least recently invoked function released first);
+  - what feeds it, measured live: each request's duration (its predicted execution
+    time, IQR-filtered, sizes the hot target: rate x time x buffer), the gaps between
+    arrivals (the keep-alive ladder), the memory of each function's instances (p90 per
+    instance, charged in the budget when above memory_mb), and the node's pressure
+    (PSI: at pressure_cpu_pct / pressure_memory_pct pre-warm loads, warm-target starts
+    and stages wait; hot targets still start);
   - Prometheus /metrics on --metrics-addr: rekindle_starts_total{function,tier},
     rekindle_start_failures_total{function,tier,reason},
     rekindle_start_latency_seconds{tier}, rekindle_pool_instances{function,tier},
@@ -75,6 +81,8 @@ Configuration file (TOML; every key optional, command-line options win over it):
   time_scale = 1.0                     # policy seconds per real second
   memory_budget_mb = 4096              # unset: no budget
   max_parallel_starts = 2
+  pressure_cpu_pct = 90                # PSI /proc/pressure/cpu \"some\" avg10 at which
+  pressure_memory_pct = 20             #   (or memory's) speculative pool work waits; >100: never
   snapshotter = \"overlayfs\"
   runc_root = \"/run/containerd/runc/k8s.io\"   # unset: the runtime's default
   netns_dir = \"/run/netns\"
@@ -264,6 +272,10 @@ impl Agent {
                 memory_budget_mb: config.memory_budget_mb.map(|m| m as f64),
                 max_parallel_starts: config.max_parallel_starts as usize,
                 policy,
+                pressure: crate::pool::pressure::PressureThresholds {
+                    cpu_some_pct: config.pressure_cpu_pct,
+                    memory_some_pct: config.pressure_memory_pct,
+                },
             },
             metrics.clone(),
         );

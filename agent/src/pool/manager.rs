@@ -26,9 +26,10 @@ use hyper::Method;
 use tokio::sync::{oneshot, Notify, Semaphore};
 
 use super::admission::{self, Admission, Counts, Limits, Refusal, Room};
+use super::pressure::{PressureGate, PressureThresholds};
 use super::{
-    decide, make_room, real_plan, Action, FunctionView, ImageState, InstanceView, Loaded,
-    PlanBounds, StartWhy,
+    charged_memory_mb, decide, hold_back, make_room, real_plan, Action, FunctionView, ImageState,
+    InstanceView, Loaded, PlanBounds, StartWhy,
 };
 use crate::config::FunctionConfig;
 use crate::driver::{
@@ -50,6 +51,8 @@ pub struct PoolOptions {
     pub max_parallel_starts: usize,
     /// The policy (the same code the simulator replays).
     pub policy: Box<dyn Policy + Send>,
+    /// Node pressure (PSI, from the node collector) at which speculative work waits.
+    pub pressure: PressureThresholds,
 }
 
 #[derive(Debug)]
@@ -79,13 +82,39 @@ struct FnRt {
     /// forecaster expects for that interval.
     window_arrivals: u64,
     forecast: Option<f64>,
+    /// What one instance is charged in the budget, MB ([`charged_memory_mb`]), and
+    /// what the policy was last told.
+    charged_mb: f64,
+    /// The execution time the policy predicts, policy seconds.
+    exec: Option<f64>,
 }
 
 impl FnRt {
+    fn new(cfg: &FunctionConfig) -> Self {
+        FnRt {
+            cfg: cfg.clone(),
+            spec: cfg.spec(),
+            image: ImageState::None,
+            image_busy: false,
+            slots: Vec::new(),
+            starting_hot: 0,
+            starting_warm: 0,
+            last_invoked: None,
+            last_end: None,
+            pending_load: None,
+            plan: Plan::default(),
+            rr: 0,
+            window_arrivals: 0,
+            forecast: None,
+            charged_mb: cfg.memory_mb as f64,
+            exec: None,
+        }
+    }
+
     fn view(&self) -> FunctionView {
         FunctionView {
             name: self.cfg.name.clone(),
-            memory_mb: self.cfg.memory_mb as f64,
+            memory_mb: self.charged_mb,
             image: self.image,
             image_busy: self.image_busy,
             instances: self
@@ -136,6 +165,8 @@ struct State {
     /// The requests waiting for an instance, per function index, oldest first.
     queues: HashMap<usize, VecDeque<Waiter>>,
     next_waiter: u64,
+    /// Whether node pressure holds back speculative work.
+    gate: PressureGate,
 }
 
 /// A queued request.
@@ -253,6 +284,7 @@ struct Shared {
     epoch: Instant,
     time_scale: f64,
     budget_mb: Option<f64>,
+    pressure: PressureThresholds,
     closing: AtomicBool,
     ops: AtomicUsize,
     ops_done: Notify,
@@ -445,22 +477,7 @@ impl PoolManager {
                     trigger: Some(Trigger::Http),
                 },
             );
-            let mut rt = FnRt {
-                cfg: cfg.clone(),
-                spec: cfg.spec(),
-                image: ImageState::None,
-                image_busy: false,
-                slots: Vec::new(),
-                starting_hot: 0,
-                starting_warm: 0,
-                last_invoked: None,
-                last_end: None,
-                pending_load: None,
-                plan: Plan::default(),
-                rr: 0,
-                window_arrivals: 0,
-                forecast: None,
-            };
+            let mut rt = FnRt::new(cfg);
             rt.plan = real_plan(&policy.plan(id, 0.0), opts.time_scale, &rt.bounds());
             by_name.insert(cfg.name.clone(), i);
             fns.push(rt);
@@ -479,12 +496,14 @@ impl PoolManager {
                     next_tick: INTERVAL,
                     queues: HashMap::new(),
                     next_waiter: 0,
+                    gate: PressureGate::default(),
                 }),
                 metrics,
                 starts: Semaphore::new(opts.max_parallel_starts.max(1)),
                 epoch: Instant::now(),
                 time_scale: opts.time_scale,
                 budget_mb: opts.memory_budget_mb,
+                pressure: opts.pressure,
                 closing: AtomicBool::new(false),
                 ops: AtomicUsize::new(0),
                 ops_done: Notify::new(),
@@ -554,6 +573,36 @@ impl PoolManager {
         let mut st = self.s.state.lock().unwrap();
         {
             let mut policy = self.s.policy.lock().unwrap();
+            // Memory per instance as measured (the node collector's p90 per instance):
+            // charged from now on when it exceeds memory_mb, and the policy told so it
+            // fits its targets to the budget with it too.
+            for (i, f) in st.fns.iter_mut().enumerate() {
+                let measured = self
+                    .s
+                    .metrics
+                    .node
+                    .function(&f.cfg.name)
+                    .and_then(|n| n.instance_memory_p90_bytes)
+                    .map(|b| b as f64 / MIB);
+                let charged = charged_memory_mb(f.cfg.memory_mb as f64, measured);
+                if (charged - f.charged_mb).abs() >= 1.0 {
+                    tracing::info!(
+                        function = %f.cfg.name,
+                        memory_mb = f.cfg.memory_mb,
+                        charged_mb = charged,
+                        "memory per instance charged as measured"
+                    );
+                    f.charged_mb = charged;
+                    policy.register(
+                        i as FunctionId,
+                        &FunctionInfo {
+                            app: i as FunctionId,
+                            memory_mb: charged,
+                            trigger: Some(Trigger::Http),
+                        },
+                    );
+                }
+            }
             let ticked = pnow >= st.next_tick;
             if ticked {
                 policy.tick(pnow);
@@ -570,10 +619,30 @@ impl PoolManager {
                     f.window_arrivals = 0;
                 }
                 f.forecast = policy.arrival_forecast(i as FunctionId);
+                f.exec = policy.exec_estimate(i as FunctionId);
             }
         }
         let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
-        let actions = decide(now, &views, self.s.budget_mb);
+        let mut actions = decide(now, &views, self.s.budget_mb);
+        let was_held = st.gate.held();
+        let held = st
+            .gate
+            .update(self.s.metrics.node.pressure(), &self.s.pressure);
+        if held != was_held {
+            tracing::info!(
+                held,
+                pressure = ?self.s.metrics.node.pressure(),
+                "node pressure: speculative pool work {}",
+                if held { "held back" } else { "resumed" }
+            );
+        }
+        if held {
+            let n = hold_back(&mut actions);
+            if n > 0 {
+                tracing::debug!(actions = n, "held back under node pressure");
+            }
+        }
+        self.s.metrics.pool.set_hold_back(held);
         for a in &actions {
             self.claim(&mut st, a);
         }
@@ -639,6 +708,8 @@ impl PoolManager {
                     observed_arrivals: f.window_arrivals,
                     // What make_room and decide count against the budget.
                     memory_bytes: (f.view().memory_now() * MIB) as u64,
+                    // Policy seconds to real ones.
+                    exec_secs: f.exec.map(|e| e / self.s.time_scale),
                 },
             );
         }
@@ -935,12 +1006,13 @@ impl PoolManager {
             if let Some(r) = e.refusal() {
                 self.s.metrics.refused(function, r.label());
             }
-            // The request ended without an answer; the policy still sees its end.
-            self.s.policy.lock().unwrap().on_end(
-                fi as FunctionId,
-                self.policy_time(self.now()),
-                0.0,
-            );
+            // The request ended without an answer; the policy still sees its end, but
+            // no execution time.
+            self.s
+                .policy
+                .lock()
+                .unwrap()
+                .on_abandon(fi as FunctionId, self.policy_time(self.now()));
         }
         result
     }
@@ -1040,7 +1112,7 @@ impl PoolManager {
             return Room::Fits;
         };
         let views: Vec<FunctionView> = st.fns.iter().map(FnRt::view).collect();
-        if make_room(&views, budget, st.fns[fi].cfg.memory_mb as f64, evict) {
+        if make_room(&views, budget, st.fns[fi].charged_mb, evict) {
             return Room::Fits;
         }
         evict.clear();
@@ -1488,22 +1560,7 @@ impl PoolManager {
                 trigger: Some(Trigger::Http),
             },
         );
-        let mut rt = FnRt {
-            cfg: cfg.clone(),
-            spec: cfg.spec(),
-            image: ImageState::None,
-            image_busy: false,
-            slots: Vec::new(),
-            starting_hot: 0,
-            starting_warm: 0,
-            last_invoked: None,
-            last_end: None,
-            pending_load: None,
-            plan: Plan::default(),
-            rr: 0,
-            window_arrivals: 0,
-            forecast: None,
-        };
+        let mut rt = FnRt::new(&cfg);
         rt.plan = real_plan(
             &policy.plan(id, self.policy_time(now)),
             self.s.time_scale,
@@ -1908,6 +1965,7 @@ mod tests {
                 memory_budget_mb: None,
                 max_parallel_starts: 2,
                 policy: Box::new(FixedKeepAlive::ten_minutes()),
+                pressure: PressureThresholds::default(),
             },
             Arc::new(Metrics::new()),
         )
@@ -1955,6 +2013,7 @@ mod tests {
                 memory_budget_mb: Some(1024.0),
                 max_parallel_starts: 2,
                 policy: crate::sim::RunOptions::new(1).policy(crate::policy::PolicyKind::Rekindle),
+                pressure: PressureThresholds::default(),
             },
             metrics.clone(),
         );
@@ -2002,6 +2061,99 @@ mod tests {
             )),
             "{t}"
         );
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// What the live node measures feeds the pool: request durations the policy's
+    /// execution-time estimate (outliers and failed requests left out), the collector's
+    /// memory per instance the budget, PSI the pressure gate.
+    #[tokio::test]
+    async fn measured_durations_memory_and_pressure_feed_the_pool() {
+        let metrics = Arc::new(Metrics::new());
+        let fake = Arc::new(Fake::default());
+        let pool = PoolManager::new(
+            fake.clone(),
+            &[FunctionConfig::new("f", "img", 8080)],
+            PoolOptions {
+                time_scale: 1.0,
+                memory_budget_mb: Some(1024.0),
+                max_parallel_starts: 2,
+                policy: crate::sim::RunOptions::new(1).policy(crate::policy::PolicyKind::Rekindle),
+                pressure: PressureThresholds::default(),
+            },
+            metrics.clone(),
+        );
+        // Ten requests of 50 ms and two stuck ones of 500 ms.
+        for ms in [50, 50, 50, 50, 500, 50, 50, 50, 50, 500, 50, 50] {
+            fake.serve_ms.store(ms, Ordering::SeqCst);
+            pool.invoke("f", "/").await.unwrap();
+        }
+        pool.reconcile();
+        let exec = metrics
+            .pool
+            .function("f")
+            .unwrap()
+            .exec_secs
+            .expect("estimated");
+        // The plain mean would be 125 ms.
+        assert!((0.045..0.09).contains(&exec), "exec {exec}");
+        let t = metrics.encode();
+        assert!(
+            t.contains("rekindle_exec_seconds{function=\"f\"} 0.0"),
+            "{t}"
+        );
+        // One instance, declared 256 MB, measured at 300 MB per instance: charged 300.
+        assert!(
+            t.contains("rekindle_pool_memory_bytes{function=\"f\"} 268435456\n"),
+            "{t}"
+        );
+        metrics.node.set_functions(
+            [(
+                "f".to_string(),
+                crate::metrics::FunctionNodeStats {
+                    instance_memory_p90_bytes: Some(300 << 20),
+                    ..Default::default()
+                },
+            )]
+            .into(),
+        );
+        pool.reconcile();
+        assert_eq!(
+            metrics.pool.function("f").unwrap().memory_bytes,
+            300 << 20,
+            "{}",
+            metrics.encode()
+        );
+        // A request that fails after it was sent (a POST: not repeated) teaches no
+        // duration.
+        fake.fail_sent.store(1, Ordering::SeqCst);
+        let post = ForwardRequest {
+            method: Method::POST,
+            path: "/".into(),
+            headers: hyper::HeaderMap::new(),
+            body: hyper::body::Bytes::new(),
+        };
+        assert!(pool.forward("f", post).await.is_err());
+        pool.reconcile();
+        assert_eq!(metrics.pool.function("f").unwrap().exec_secs, Some(exec));
+        // Pressure: held back at the threshold, resumed well below it; without PSI, never.
+        let psi = |cpu| {
+            Some(crate::pool::pressure::NodePressure {
+                cpu_some_pct: cpu,
+                memory_some_pct: 0.0,
+            })
+        };
+        assert!(metrics.encode().contains("rekindle_pressure_hold_back 0\n"));
+        metrics.node.set_pressure(psi(95.0));
+        pool.reconcile();
+        assert!(metrics.pool.hold_back());
+        assert!(metrics.encode().contains("rekindle_pressure_hold_back 1\n"));
+        metrics.node.set_pressure(psi(60.0));
+        pool.reconcile();
+        assert!(!metrics.pool.hold_back());
+        metrics.node.set_pressure(None);
+        pool.reconcile();
+        assert!(!metrics.pool.hold_back());
         pool.shutdown(Duration::from_secs(1)).await;
     }
 
