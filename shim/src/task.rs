@@ -4,7 +4,7 @@
 //! shim's typed [`Error`]; the `Task` impl at the bottom is a thin adapter
 //! that converts to ttrpc statuses in one place.
 
-use std::{collections::HashMap, path::Path, sync::Arc};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
 use containerd_shim::{
@@ -622,7 +622,7 @@ impl TaskService {
         // restore the result.
         let result = match c.direct_running() {
             Some(d) => {
-                d.pages_settled().await;
+                d.pages_settled(Duration::from_secs(120)).await;
                 let oci = read_spec(&c.bundle).await.map_err(|e| {
                     Error::FailedPrecondition(format!(
                         "read the OCI spec {}: {e}",
@@ -1207,6 +1207,12 @@ pub(crate) fn criu_errors(log: &str) -> String {
 }
 
 async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result<i32> {
+    if let Some(d) = c.direct_running() {
+        // Tools run by exec (ps, a debugger) read init's memory from outside:
+        // give them a whole process, as after runc restore (bounded, so a
+        // stuck daemon does not hold the exec).
+        d.pages_settled(Duration::from_secs(5)).await;
+    }
     let owner = owner(c, namespace);
     let bundle = c.bundle.clone();
     let container_id = c.id.clone();

@@ -714,10 +714,12 @@ impl Running {
         }
     }
 
-    /// Waits (bounded) until the lazy-pages daemon has sent every page: a
-    /// checkpoint must not race it.
-    pub async fn pages_settled(&self) {
-        let deadline = Instant::now() + Duration::from_secs(120);
+    /// Waits, at most `limit`, until the lazy-pages daemon has sent every
+    /// page: a checkpoint must not race it, and a page not sent yet reads as
+    /// missing to another process (`/proc/<pid>/cmdline`, `process_vm_readv`:
+    /// the kernel does not wait on the userfaultfd for a remote access).
+    pub async fn pages_settled(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
         while self.lazy.as_ref().is_some_and(|h| !h.is_finished()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
