@@ -13,6 +13,7 @@ mod harness;
 
 mod agent_admin;
 mod agent_driver;
+mod agent_forecast;
 mod agent_gateway;
 mod agent_live;
 mod checkpoint_restore;
