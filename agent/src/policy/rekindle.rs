@@ -517,7 +517,10 @@ impl Policy for Rekindle {
     }
 
     fn register(&mut self, f: FunctionId, info: &FunctionInfo) {
-        self.state(f).info = info.clone();
+        let s = self.state(f);
+        s.info = info.clone();
+        // The ladder prices memory: a new memory per instance re-plans it.
+        s.dirty = true;
     }
 
     fn on_arrival(&mut self, f: FunctionId, at: Secs) {
@@ -835,6 +838,44 @@ mod tests {
         let busy = p.plan(21, t + 61.1);
         assert_ne!(p.cluster_of(21), p.cluster_of(20));
         assert_eq!(busy.pre_warm, 0.0, "borrowed the busy pattern: {busy:?}");
+    }
+
+    #[test]
+    fn measured_memory_given_again_at_registration_counts_in_the_budget() {
+        let mut cfg = RekindleConfig::new(costs());
+        cfg.memory_budget_mb = Some(600.0);
+        let mut p = Rekindle::new(cfg);
+        for f in 0..2 {
+            p.register(f, &info());
+        }
+        let run = |p: &mut Rekindle, from: f64| {
+            let mut t = from;
+            while t < from + 1800.0 {
+                for f in 0..2 {
+                    p.on_arrival(f, t + f as f64);
+                    p.on_end(f, t + f as f64 + 0.5, 0.5);
+                }
+                t += 30.0;
+                if (t % 60.0).abs() < 1e-9 {
+                    p.tick(t);
+                }
+            }
+        };
+        // Two functions of 256 MB each keep an idle instance: 512 MB fit 600.
+        run(&mut p, 0.0);
+        assert_eq!(p.budget_demotions(), 0);
+        // Measured at 400 MB an instance: the two no longer fit.
+        for f in 0..2 {
+            p.register(
+                f,
+                &FunctionInfo {
+                    memory_mb: 400.0,
+                    ..info()
+                },
+            );
+        }
+        run(&mut p, 1800.0);
+        assert!(p.budget_demotions() > 0);
     }
 
     #[test]

@@ -38,6 +38,10 @@
 //!    this rule is the hard cap on what is actually held.) Busy instances are never
 //!    released, and a request's own start is admitted only if [`make_room`] finds room.
 //! 6. One action at a time per instance (busy instances are left alone) and per image.
+//! 7. Memory per instance is what [`charged_memory_mb`] says: `memory_mb`, or the measured
+//!    p90 of the function's instances when that is more.
+//! 8. Under node pressure ([`pressure`]) the manager drops the speculative actions
+//!    ([`hold_back`]): pre-warm loads, starts for warm targets, stages.
 //!
 //! The gateway's requests are admitted by [`admission`] (serve on an idle instance, start
 //! one within `max_instances` and the budget, queue with a bounded wait, or refuse), also
