@@ -143,6 +143,8 @@ for l in "${LIBCRIU[@]}" libcriu.so; do
   fi
 done
 chroot "$ROOTFS" /sbin/ldconfig
+# its aux cache records inodes and ctimes: different on every run, and only a speed-up
+rm -f "$ROOTFS/var/cache/ldconfig/aux-cache"
 # every binary resolves all of its libraries inside the rootfs
 for f in "${BINARIES[@]/#//usr/local/bin/}" /usr/local/sbin/criu; do
   out=$(chroot "$ROOTFS" /usr/bin/ldd "$f") || die "ldd $f in the rootfs failed"
