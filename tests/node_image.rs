@@ -7,7 +7,8 @@
 //! `rekindle-restored --version`, `rekindle-agent --help`, `rekindle --version` and
 //! `criu --version` (4.2.1, the build `hack/setup.sh` installs) run; `ldd` finds every
 //! library of every binary inside the image; `criu check` passes in a privileged
-//! container (as the DaemonSet's containers are). After each container: the harness's
+//! container (as the DaemonSet's containers are); the image and the commands
+//! `deploy/node-daemonset.yaml` names are in the archive. After each container: the harness's
 //! leak check (no process, mount, cgroup, runc state or shim socket left), and after
 //! containerd stops, nothing under its temp dir.
 //!
@@ -219,6 +220,34 @@ fn the_node_image_runs_its_binaries() {
         out.contains("libcriu.so.2 => /usr/local/lib/libcriu.so.2"),
         "{out}"
     );
+
+    // deploy/node-daemonset.yaml names this image and binaries that are in it
+    let manifest = include_str!("../deploy/node-daemonset.yaml");
+    let mut images = Vec::new();
+    let mut commands = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("image:") {
+            images.push(rest.split('#').next().unwrap_or("").trim().to_string());
+        }
+        if let Some(rest) = line.strip_prefix("command: [\"") {
+            commands.push(rest.split('"').next().unwrap_or("").to_string());
+        }
+    }
+    assert!(
+        !images.is_empty() && images.len() == commands.len(),
+        "{images:?} {commands:?}"
+    );
+    for (image, command) in images.iter().zip(&commands) {
+        assert!(
+            names.contains(&image.as_str()),
+            "the DaemonSet runs {image}, the archive holds {names:?}"
+        );
+        let (ok, out) = run(&cd, image, next(), false, &[command, "--version"]);
+        assert!(
+            ok && out.trim().ends_with(env!("CARGO_PKG_VERSION")),
+            "{command}: {out}"
+        );
+    }
 
     // privileged, like the DaemonSet's containers
     let (ok, out) = run(
