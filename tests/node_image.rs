@@ -13,7 +13,8 @@
 //! containerd stops, nothing under its temp dir.
 //!
 //! Skipped (with the reason printed) when the archive is missing: build it with
-//! `bash hack/build-node-image.sh` (hack/test.sh does). Run as root:
+//! `bash hack/build-node-image.sh` (hack/test.sh does not: it would need a release build).
+//! Run as root:
 //! `cargo test --test node_image` (`REKINDLE_CONTAINERD=1.6` for containerd 1.6).
 
 #[allow(dead_code, unused_imports)]
