@@ -133,8 +133,10 @@ put() {  # put SRC DEST MODE
 for b in "${BINARIES[@]}"; do put "$TARGET/$b" "/usr/local/bin/$b" 0755; done
 put "$CRIU" /usr/local/sbin/criu 0755
 # libcriu as setup.sh lays it out: the file(s), then the same symlinks
-find "$ROOTFS/usr/local/lib" -maxdepth 1 -name 'libcriu.so*' \
-  ! -name "${LIBCRIU[0]}" -delete 2>/dev/null || true
+for l in "$ROOTFS"/usr/local/lib/libcriu.so*; do   # ones the host no longer has
+  [ -e "$l" ] || [ -L "$l" ] || continue
+  [ -e "/usr/local/lib/${l##*/}" ] || [ -L "/usr/local/lib/${l##*/}" ] || rm -f "$l"
+done
 for l in "${LIBCRIU[@]}" libcriu.so; do
   if [ -L "/usr/local/lib/$l" ]; then
     ln -sfn "$(readlink "/usr/local/lib/$l")" "$ROOTFS/usr/local/lib/$l"

@@ -72,7 +72,13 @@ fn run(
         cmd.arg("--privileged");
     }
     cmd.arg(image).arg(&id).args(args);
-    let out = cmd.output().expect("running ctr run");
+    // bounded: a hung container fails the test (containerd's shutdown then cleans up)
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(cmd.output()));
+    let out = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .unwrap_or_else(|_| panic!("`ctr run {id} {}` took over 120 s", args.join(" ")))
+        .expect("running ctr run");
     let ok = out.status.success();
     let said = text(&out);
     eprintln!(
