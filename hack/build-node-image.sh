@@ -5,6 +5,10 @@
 #   bash hack/build-node-image.sh           # build (or reuse) the image
 #   bash hack/build-node-image.sh --force   # repack the archive even if its inputs are unchanged
 #   bash hack/build-node-image.sh --build   # run `cargo build --release --workspace --bins` first
+#   bash hack/build-node-image.sh --profile debug
+#                                           # from target/debug into rekindle-node-debug.oci.tar:
+#                                           # what hack/test.sh packs for tests/node_image.rs
+#                                           # (no release build needed), never for a node
 #
 # Output: $REKINDLE_CACHE/images/rekindle-node.oci.tar (default cache /var/cache/rekindle),
 # named docker.io/rekindle/node:<workspace version> and docker.io/rekindle/node:latest.
@@ -38,9 +42,7 @@ MIRROR=${REKINDLE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 NAME=rekindle-node
 REPOSITORY=docker.io/rekindle/node
 ROOTFS=$CACHE/rootfs/$NAME
-OUT=$CACHE/images/$NAME.oci.tar
 SUITE=bookworm
-TARGET=${CARGO_TARGET_DIR:-$REPO/target}/release
 BINARIES=(containerd-shim-rekindle-v2 rekindle-criu-tar rekindle-restored rekindle-agent
           rekindle rekindle-extender)
 CRIU=/usr/local/sbin/criu
@@ -49,15 +51,23 @@ export LC_ALL=C
 log() { echo "==> $*"; }
 die() { echo "!!! $*" >&2; exit 1; }
 
-FORCE=0; BUILD=0
+FORCE=0; BUILD=0; PROFILE=release; next_profile=0
 for a in "$@"; do
+  if [ "$next_profile" = 1 ]; then PROFILE=$a; next_profile=0; continue; fi
   case "$a" in
     --force) FORCE=1 ;;
     --build) BUILD=1 ;;
+    --profile) next_profile=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument: $a" ;;
   esac
 done
+case "$PROFILE" in
+  release) OUT=$CACHE/images/$NAME.oci.tar; CARGO_PROFILE=(--release) ;;
+  debug) OUT=$CACHE/images/$NAME-debug.oci.tar; CARGO_PROFILE=() ;;
+  *) die "--profile release|debug, not $PROFILE" ;;
+esac
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}/$PROFILE
 [ "$(id -u)" = 0 ] || die "run as root (debootstrap, chroot)"
 mkdir -p "$CACHE/images" "$CACHE/rootfs"
 
@@ -67,8 +77,8 @@ mkdir -p "$CACHE/images" "$CACHE/rootfs"
 missing=0
 for b in "${BINARIES[@]}"; do [ -x "$TARGET/$b" ] || missing=1; done
 if [ "$BUILD" = 1 ] || [ "$missing" = 1 ]; then
-  log "cargo build --release --workspace --bins"
-  (cd "$REPO" && cargo build --release --workspace --bins)
+  log "cargo build ${CARGO_PROFILE[*]} --workspace --bins"
+  (cd "$REPO" && cargo build "${CARGO_PROFILE[@]}" --workspace --bins)
 fi
 for b in "${BINARIES[@]}"; do [ -x "$TARGET/$b" ] || die "$TARGET/$b missing after the build"; done
 [ -x "$CRIU" ] || die "$CRIU missing: run hack/setup.sh"

@@ -18,6 +18,10 @@ cargo clippy --workspace --all-targets -- -D warnings
 log "build"
 cargo build --workspace --bins
 
+log "node image (from this debug build, for tests/node_image.rs)"
+bash hack/build-node-image.sh --profile debug
+export REKINDLE_NODE_IMAGE=${REKINDLE_CACHE:-/var/cache/rekindle}/images/rekindle-node-debug.oci.tar
+
 log "unit tests and integration tests (containerd 2.x)"
 REKINDLE_CONTAINERD=2 cargo test --workspace --no-fail-fast
 

@@ -39,8 +39,13 @@ const BINARIES: [&str; 7] = [
     "/usr/local/sbin/criu",
 ];
 
+/// `REKINDLE_NODE_IMAGE`, else the release image hack/build-node-image.sh
+/// writes (hack/test.sh points this at the image it packs from the debug
+/// build it just made, so CI needs no release build).
 fn archive() -> PathBuf {
-    cache_dir().join("images/rekindle-node.oci.tar")
+    std::env::var_os("REKINDLE_NODE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("images/rekindle-node.oci.tar"))
 }
 
 fn text(out: &Output) -> String {
