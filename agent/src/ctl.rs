@@ -79,8 +79,23 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FORMAT", value_enum, default_value_t = Output::Text)]
     pub output: Output,
 
+    /// Short for `--output json`.
+    #[arg(long, global = true, conflicts_with = "output")]
+    pub json: bool,
+
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The output format asked for (`--json` or `--output`).
+    pub fn format(&self) -> Output {
+        if self.json {
+            Output::Json
+        } else {
+            self.output
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -534,7 +549,7 @@ pub fn run_agent(cli: &Cli) -> Option<Result<(), AgentCommandError>> {
 
 async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
     let client = Client::new(&cli.socket);
-    let out = cli.output;
+    let out = cli.format();
     match &cli.command {
         Command::Status => {
             let s = client.status().await?;
@@ -634,13 +649,13 @@ pub fn init_and_run(cli: &Cli) -> Result<(), Error> {
 /// [`run_agent`] itself, for their exit statuses; here their errors are
 /// [`Error::Io`].)
 pub fn run(cli: &Cli) -> Result<(), Error> {
-    tracing::debug!(command = cli.command.name(), socket = %cli.socket.display(), output = ?cli.output, "running");
+    tracing::debug!(command = cli.command.name(), socket = %cli.socket.display(), output = ?cli.format(), "running");
     if let Command::Image(cmd) = &cli.command {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))?;
-        return runtime.block_on(image::run(cmd, &cli.restored_socket, cli.output));
+        return runtime.block_on(image::run(cmd, &cli.restored_socket, cli.format()));
     }
     if let Some(result) = run_agent(cli) {
         return result.map_err(|e| Error::Io {
@@ -716,6 +731,11 @@ mod tests {
             assert!(cli.command.name().starts_with("image "));
         }
         assert!(Cli::try_parse_from(["rekindle", "image", "gc", "--max-bytes", "lots"]).is_err());
+        let cli = Cli::try_parse_from(["rekindle", "status", "--json"]).unwrap();
+        assert_eq!(cli.format(), Output::Json);
+        let cli = Cli::try_parse_from(["rekindle", "status"]).unwrap();
+        assert_eq!(cli.format(), Output::Text);
+        assert!(Cli::try_parse_from(["rekindle", "status", "--json", "--output", "text"]).is_err());
     }
 
     #[test]
