@@ -44,8 +44,8 @@ struct {
 } timelines SEC(".maps");
 
 /*
- * Per CPU: the watched task now running here (its thread id), since when, and its fault
- * counters at switch-in; cgid 0 = none. A task runs on one CPU between its switch-in and
+ * Per CPU: the watched task now running here (its thread id) and since when; cgid 0 =
+ * none. A task runs on one CPU between its switch-in and
  * its switch-out, so the task leaving the CPU is normally the one recorded here — but a
  * switch can go unseen (a missed program run; on the machines this was written on, no
  * tracepoint fires while the sandbox's own init threads are current), so the slot is
@@ -54,8 +54,6 @@ struct {
 struct oncpu {
 	__u64 cgid;
 	__u64 since_ns;
-	__u64 min_flt;
-	__u64 maj_flt;
 	__u64 tid;
 };
 
@@ -74,6 +72,24 @@ struct {
 	__type(value, __u64);
 } queued_at SEC(".maps");
 
+/*
+ * Per task: its fault counters when last seen in a watched cgroup. Faults are counted as
+ * the growth of the task's own counters between sightings (switch-in, switch-out, exit),
+ * so a switch that goes unseen (see oncpu) delays a task's faults to its next sighting
+ * instead of losing them. Freed with the task.
+ */
+struct fault_mark {
+	__u64 min_flt;
+	__u64 maj_flt;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct fault_mark);
+} fault_seen SEC(".maps");
+
 static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 {
 	/*
@@ -86,6 +102,25 @@ static __always_inline __u64 task_cgroup_id(struct task_struct *t)
 static __always_inline struct cgroup_stats *watched(__u64 cgid)
 {
 	return bpf_map_lookup_elem(&cgroups, &cgid);
+}
+
+/* Adds the faults `t` took since it was last seen; the first sighting only marks. */
+static __always_inline void account_faults(struct task_struct *t, struct cgroup_stats *s)
+{
+	struct fault_mark *m = bpf_task_storage_get(&fault_seen, t, 0, 0);
+
+	if (!m) {
+		m = bpf_task_storage_get(&fault_seen, t, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+		if (m) {
+			m->min_flt = t->min_flt;
+			m->maj_flt = t->maj_flt;
+		}
+		return;
+	}
+	__sync_fetch_and_add(&s->faults_minor, t->min_flt - m->min_flt);
+	__sync_fetch_and_add(&s->faults_major, t->maj_flt - m->maj_flt);
+	m->min_flt = t->min_flt;
+	m->maj_flt = t->maj_flt;
 }
 
 static __always_inline void mark_queued(struct task_struct *p, __u64 now)
@@ -149,13 +184,14 @@ int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct tas
 	if (!cpu)
 		return 0;
 
-	/* The task leaving: its slice, the faults it took in it, and whether it queues again. */
+	/* The task leaving: the faults it took, its slice, and whether it queues again. */
+	s = watched(task_cgroup_id(prev));
+	if (s)
+		account_faults(prev, s);
 	if (cpu->cgid) {
 		s = cpu->tid == (__u64)prev->pid ? watched(cpu->cgid) : NULL;
 		if (s) {
 			__sync_fetch_and_add(&s->cpu_ns, now - cpu->since_ns);
-			__sync_fetch_and_add(&s->faults_minor, prev->min_flt - cpu->min_flt);
-			__sync_fetch_and_add(&s->faults_major, prev->maj_flt - cpu->maj_flt);
 			if (preempt || prev_state == TASK_RUNNING)
 				mark_queued(prev, now);
 		}
@@ -167,10 +203,9 @@ int BPF_PROG(rekindle_switch, bool preempt, struct task_struct *prev, struct tas
 	s = watched(cgid);
 	if (!s)
 		return 0;
+	account_faults(next, s);
 	cpu->cgid = cgid;
 	cpu->since_ns = now;
-	cpu->min_flt = next->min_flt;
-	cpu->maj_flt = next->maj_flt;
 	cpu->tid = next->pid;
 	tl = bpf_map_lookup_elem(&timelines, &cgid);
 	if (tl)
@@ -211,12 +246,12 @@ int BPF_PROG(rekindle_exec, struct task_struct *p, pid_t old_pid, struct linux_b
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(rekindle_exit, struct task_struct *p)
 {
-	struct cgroup_stats *s;
+	struct cgroup_stats *s = watched(task_cgroup_id(p));
 
-	if (p->pid != p->tgid)
+	if (!s)
 		return 0;
-	s = watched(task_cgroup_id(p));
-	if (s)
+	account_faults(p, s);
+	if (p->pid == p->tgid)
 		__sync_fetch_and_add(&s->exits, 1);
 	return 0;
 }

@@ -37,7 +37,9 @@
 //! - Run-queue latency: from becoming runnable (woken, new, or preempted while runnable)
 //!   to the next switch-in, as a log2 histogram in microseconds (see [`runq_bucket_upper_us`]).
 //! - Page faults: the kernel's own per-task `min_flt`/`maj_flt` (what `getrusage` and
-//!   `/proc/<pid>/stat` report), read at switch-in and switch-out. The
+//!   `/proc/<pid>/stat` report): their growth between a task's sightings in a watched
+//!   cgroup (switch-in, switch-out, exit), kept per task, so a switch that goes unseen
+//!   delays faults to the next sighting instead of losing them. The
 //!   `exceptions:page_fault_user` tracepoint is not used: it fires before the fault is
 //!   handled, so it cannot tell minor from major, and it would put a hook on every
 //!   fault of the machine.
