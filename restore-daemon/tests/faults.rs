@@ -374,14 +374,14 @@ async fn kill_and_check_client<T: std::fmt::Debug>(
     // The connection ends without an answer: the client says so, naming the daemon and
     // its socket (not an error code the daemon never sent, not "not running").
     assert!(
-        matches!(e, rekindle_restore_api::Error::Protocol { .. }),
+        matches!(e, rekindle_restore_api::Error::Closed { .. }),
         "{e:?}"
     );
     let msg = e.to_string();
     assert!(msg.contains("rekindle-restored on"), "{msg}");
     assert!(msg.contains(&*daemon.socket.to_string_lossy()), "{msg}");
     assert!(
-        msg.contains("connection closed without a response"),
+        msg.contains("closed the connection without answering"),
         "{msg}"
     );
 }

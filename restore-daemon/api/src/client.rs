@@ -38,6 +38,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The connection ended before any answer: the daemon stopped (or crashed)
+    /// while it handled the request.
+    #[error(
+        "rekindle-restored on {} closed the connection without answering: it stopped or \
+         crashed during the request (see its log, e.g. `journalctl -u rekindle-restored`)",
+        .socket.display()
+    )]
+    Closed { socket: PathBuf },
     /// The daemon answered something this client does not understand.
     #[error("rekindle-restored on {} sent an invalid response: {reason}", .socket.display())]
     Protocol { socket: PathBuf, reason: String },
@@ -116,9 +124,9 @@ impl Client {
             return Err(self.protocol(format!("response longer than {MAX_RESPONSE_BYTES} bytes")));
         }
         if response.is_empty() {
-            return Err(
-                self.protocol("connection closed without a response (did the daemon stop?)".into())
-            );
+            return Err(Error::Closed {
+                socket: self.socket.clone(),
+            });
         }
         match serde_json::from_slice::<Response<T>>(&response) {
             Ok(Response::Ok(body)) => Ok(body),
