@@ -242,7 +242,8 @@ impl Store {
             name: name.map(str::to_string),
             tmp: None,
         };
-        let original = read_archive(archive, source, &self.limits, &mut unpack)?;
+        let full = |e: Error| e.if_full(&self.root, super::STORE_FULL_FIX);
+        let original = read_archive(archive, source, &self.limits, &mut unpack).map_err(full)?;
         let (Some(name), Some(tmp)) = (unpack.name, unpack.tmp) else {
             // read_archive calls `manifest` before it returns Ok.
             return Err(Error::Io {
@@ -252,7 +253,7 @@ impl Store {
         };
         let mut m = Manifest { name, ..original };
         manifest::fill_totals(&mut m);
-        self.commit(tmp, &m)?;
+        self.commit(tmp, &m).map_err(full)?;
         Ok(m)
     }
 }

@@ -89,7 +89,25 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// The file system being written is full (ENOSPC) or over quota (EDQUOT): `dir` is
+    /// where the write went, `fix` what frees room there.
+    #[error("no space left on the device of {dir} ({errno}): {what}: {source}; {fix}")]
+    NoSpace {
+        dir: String,
+        errno: &'static str,
+        what: String,
+        #[source]
+        source: io::Error,
+        fix: &'static str,
+    },
 }
+
+/// What frees room in the store.
+pub const STORE_FULL_FIX: &str = "free space there: `rekindle image gc` removes the images \
+     not used lately, `rekindle image remove <name>` one image";
+/// What frees room in the staging area.
+pub const STAGE_FULL_FIX: &str = "free memory there: unstage images (`rekindle image unstage \
+     <name>`), release finished restores, or raise stage_tmpfs_size";
 
 impl Error {
     pub fn code(&self) -> ErrorCode {
@@ -99,7 +117,29 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Error::Corrupt { .. } | Error::Archive { .. } => ErrorCode::Corrupt,
-            Error::Io { .. } => ErrorCode::Internal,
+            Error::Io { .. } | Error::NoSpace { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// An I/O error that is the file system under `dir` being full becomes
+    /// [`Error::NoSpace`], which says so and what to do (`fix`); others are unchanged.
+    pub(crate) fn if_full(self, dir: &Path, fix: &'static str) -> Error {
+        match self {
+            Error::Io { what, source } => {
+                let errno = match source.raw_os_error() {
+                    Some(libc::ENOSPC) => "ENOSPC",
+                    Some(libc::EDQUOT) => "EDQUOT",
+                    _ => return Error::Io { what, source },
+                };
+                Error::NoSpace {
+                    dir: dir.display().to_string(),
+                    errno,
+                    what,
+                    source,
+                    fix,
+                }
+            }
+            e => e,
         }
     }
 
@@ -210,6 +250,17 @@ impl Store {
     /// Stores the CRIU image directory `source` as image `name`. When `owner` is given
     /// (a non-root client), the directory and every file in it must belong to that uid.
     pub fn store_dir(
+        &self,
+        name: &str,
+        source: &Path,
+        meta: NewImage,
+        owner: Option<u32>,
+    ) -> Result<Manifest> {
+        self.store_dir_in(name, source, meta, owner)
+            .map_err(|e| e.if_full(&self.root, STORE_FULL_FIX))
+    }
+
+    fn store_dir_in(
         &self,
         name: &str,
         source: &Path,
@@ -533,12 +584,18 @@ impl Store {
     /// Decompresses image `name` into the new directory `dest` (which must not exist),
     /// verifying every file against the manifest; a failure leaves nothing at `dest`.
     /// Written in a temporary sibling of `dest` and renamed into place. Returns the
-    /// manifest and the bytes written.
+    /// manifest and the bytes written. A full file system there is [`Error::NoSpace`]
+    /// (see [`STAGE_FULL_FIX`]).
     pub fn extract(&self, name: &str, dest: &Path) -> Result<(Manifest, u64)> {
-        let m = self.get(name)?;
         let parent = dest.parent().ok_or_else(|| {
             Error::InvalidArgument(format!("{} has no parent directory", dest.display()))
         })?;
+        self.extract_in(name, dest, parent)
+            .map_err(|e| e.if_full(parent, STAGE_FULL_FIX))
+    }
+
+    fn extract_in(&self, name: &str, dest: &Path, parent: &Path) -> Result<(Manifest, u64)> {
+        let m = self.get(name)?;
         let tmp = TempDir::new_in(parent, TMP_PREFIX).map_err(Error::io(format!(
             "cannot create a directory in {}",
             parent.display()

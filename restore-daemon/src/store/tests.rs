@@ -838,3 +838,36 @@ fn import_refuses_names_that_are_not_utf8() {
     let (_, reason) = import_error(&f, &archive);
     assert!(reason.contains("not UTF-8"), "{reason}");
 }
+
+#[test]
+fn a_full_file_system_is_named_with_its_directory_and_the_fix() {
+    let store = Path::new("/var/lib/rekindle/images");
+    let full =
+        Error::io("cannot write pages-1.img.lz4")(io::Error::from_raw_os_error(libc::ENOSPC))
+            .if_full(store, STORE_FULL_FIX);
+    assert!(matches!(full, Error::NoSpace { .. }), "{full:?}");
+    assert_eq!(full.code(), ErrorCode::Internal);
+    let msg = full.to_string();
+    assert!(
+        msg.starts_with("no space left on the device of /var/lib/rekindle/images (ENOSPC): "),
+        "{msg}"
+    );
+    assert!(msg.contains("cannot write pages-1.img.lz4"), "{msg}");
+    assert!(msg.contains("rekindle image gc"), "{msg}");
+
+    let quota = Error::io("cannot write x")(io::Error::from_raw_os_error(libc::EDQUOT))
+        .if_full(Path::new("/run/rekindle/staged/.leases"), STAGE_FULL_FIX);
+    let msg = quota.to_string();
+    assert!(
+        msg.contains("/run/rekindle/staged/.leases (EDQUOT)"),
+        "{msg}"
+    );
+    assert!(msg.contains("stage_tmpfs_size"), "{msg}");
+
+    // Other errors are left as they were.
+    let other = Error::io("cannot write x")(io::Error::from_raw_os_error(libc::EIO))
+        .if_full(store, STORE_FULL_FIX);
+    assert!(matches!(other, Error::Io { .. }), "{other:?}");
+    let corrupt = Error::corrupt_image("a", "b", "c").if_full(store, STORE_FULL_FIX);
+    assert!(matches!(corrupt, Error::Corrupt { .. }), "{corrupt:?}");
+}
