@@ -7,13 +7,14 @@
 //! `containerd.task.v2.Task`. So the shim answers `start` with the plain
 //! address every containerd since 1.2 accepts, and serves the Task service
 //! under both names (v2 and v3 differ only in the service name). The rest —
-//! spawning the server, the fifo logger, the reaper's monitor, the event
-//! publisher — comes from the crate.
+//! spawning the server, the fifo logger, the reaper's monitor — comes from the
+//! crate; the event publisher is ours (`crate::publisher`: it reconnects after
+//! a containerd restart).
 
 use std::{collections::HashMap, os::unix::net::UnixListener, path::Path, sync::Arc};
 
 use containerd_shim::{
-    asynchronous::{monitor::monitor_notify_by_pid, publisher::RemotePublisher},
+    asynchronous::monitor::monitor_notify_by_pid,
     protos::{
         protobuf::Message,
         shim_async::{create_task, Task},
@@ -36,6 +37,7 @@ use tokio::{
 };
 use tracing::{debug, error, info, warn};
 
+use crate::publisher::EventPublisher;
 use crate::service::{Service, RUNTIME_TYPE};
 
 const TTRPC_ADDRESS: &str = "TTRPC_ADDRESS";
@@ -227,10 +229,11 @@ async fn serve(
 
     let ttrpc_address = std::env::var(TTRPC_ADDRESS)
         .map_err(|_| format!("{TTRPC_ADDRESS} is not set: containerd sets it for its shims"))?;
-    let publisher = RemotePublisher::new(&ttrpc_address)
+    let publisher = EventPublisher::new(&ttrpc_address)
         .await
         .map_err(|e| format!("connect to containerd's event service: {e}"))?;
-    let task: Arc<dyn Task + Send + Sync> = Arc::new(shim.create_task_service(publisher).await);
+    let (task, events) = shim.task_service(publisher).await;
+    let task: Arc<dyn Task + Send + Sync> = Arc::new(task);
 
     let listener = Listener::try_from(listener).map_err(|e| format!("ttrpc listener: {e}"))?;
     let mut server = Server::new().add_listener(listener);
@@ -243,6 +246,8 @@ async fn serve(
     info!(socket = %flags.socket, "shim serving the task API (v2 and v3)");
 
     shim.wait().await;
+    // The last events (exit, delete) reach containerd before the process ends.
+    events.drain(std::time::Duration::from_secs(3)).await;
     info!("shim shutting down");
     server.shutdown().await.unwrap_or_default();
     let _ = std::fs::remove_file(&path);

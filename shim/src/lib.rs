@@ -21,6 +21,7 @@ pub mod criu_tar;
 pub mod direct;
 pub mod error;
 pub mod nsexec;
+pub mod publisher;
 pub mod runc;
 pub mod service;
 pub mod stdio;

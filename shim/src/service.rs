@@ -1,7 +1,14 @@
 //! The shim process itself: how containerd starts it (`start`), cleans up
 //! after it (`delete`), and the loops that carry exits and events.
 
-use std::{env::current_dir, sync::Arc, time::Duration};
+use std::{
+    env::current_dir,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use async_trait::async_trait;
 use containerd_shim::{
@@ -12,7 +19,6 @@ use containerd_shim::{
     },
     monitor::{Subject, Topic},
     mount::umount_recursive,
-    protos::ttrpc::context::with_duration,
     util::{
         read_file_to_str, read_options, read_pid_from_file, read_runtime, timestamp,
         write_str_to_file,
@@ -24,8 +30,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::{
+    publisher::EventPublisher,
     runc::{new_runc, INIT_PID_FILE},
-    task::TaskService,
+    task::{EventTx, TaskService},
 };
 
 /// The runtime type containerd knows this shim by.
@@ -141,12 +148,59 @@ impl Shim for Service {
         self.exit.wait().await;
     }
 
+    /// The crate's publisher does not survive a containerd restart: only its
+    /// address is used (see [`Service::task_service`], which the shim calls).
     async fn create_task_service(&self, publisher: RemotePublisher) -> TaskService {
+        self.task_service(EventPublisher::unconnected(&publisher.address))
+            .await
+            .0
+    }
+}
+
+impl Service {
+    /// The task service, its events forwarded to containerd by `publisher`, and
+    /// the queue of those events (for the shim to drain before it exits).
+    pub async fn task_service(&self, publisher: EventPublisher) -> (TaskService, EventQueue) {
         let (tx, rx) = mpsc::channel(128);
+        let queue = EventQueue {
+            tx: tx.clone(),
+            busy: Arc::default(),
+        };
         let task = TaskService::new(&self.namespace, tx, self.exit.clone());
         forward_exits(&task).await;
-        forward_events(publisher, self.namespace.clone(), rx);
-        task
+        forward_events(publisher, self.namespace.clone(), rx, queue.busy.clone());
+        (task, queue)
+    }
+}
+
+/// The events on their way to containerd. The shim's last events (`/tasks/exit`,
+/// `/tasks/delete`) come just before it exits; one that needs a reconnect (after a
+/// containerd restart) would otherwise be lost with the process.
+pub struct EventQueue {
+    tx: EventTx,
+    /// Set while the forwarding loop holds an event it has not handed over yet.
+    busy: Arc<AtomicBool>,
+}
+
+impl EventQueue {
+    /// Waits (at most `limit`) until every queued event was forwarded or given up.
+    pub async fn drain(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut idle = 0;
+        while tokio::time::Instant::now() < deadline {
+            let empty = self.tx.capacity() == self.tx.max_capacity();
+            if empty && !self.busy.load(Ordering::SeqCst) {
+                // Twice in a row: the loop may be between receiving and marking busy.
+                idle += 1;
+                if idle == 2 {
+                    return;
+                }
+            } else {
+                idle = 0;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        warn!("exiting with events not yet forwarded to containerd");
     }
 }
 
@@ -187,26 +241,20 @@ async fn forward_exits(task: &TaskService) {
 }
 
 fn forward_events(
-    publisher: RemotePublisher,
+    publisher: EventPublisher,
     namespace: String,
     mut rx: mpsc::Receiver<(
         String,
         Box<dyn containerd_shim::protos::protobuf::MessageDyn>,
     )>,
+    busy: Arc<AtomicBool>,
 ) {
     tokio::spawn(async move {
         while let Some((topic, event)) = rx.recv().await {
-            if let Err(e) = publisher
-                .publish(
-                    with_duration(Duration::from_secs(5)),
-                    &topic,
-                    &namespace,
-                    event,
-                )
-                .await
-            {
-                warn!(topic, error = %e, "publish event to containerd");
-            }
+            busy.store(true, Ordering::SeqCst);
+            // A failure is logged by the publisher (after its retries).
+            let _ = publisher.publish(&topic, &namespace, event).await;
+            busy.store(false, Ordering::SeqCst);
         }
     });
 }

@@ -1,0 +1,109 @@
+//! Events to containerd (`Events.Forward` on containerd's ttrpc socket), surviving a
+//! containerd restart.
+//!
+//! The crate's `RemotePublisher` reconnects only when ttrpc reports `RemoteClosed` or
+//! `LocalClosed`; a connection whose server went away reports
+//! `Others("reserve channel capacity failed: channel closed")` instead, so after a
+//! restart of containerd every event of the shim (`/tasks/exit`, `/tasks/exec-added`,
+//! ...) was retried on the dead connection and dropped — CRI never learnt that a
+//! container exited. This one reconnects after any failed forward, as containerd's Go
+//! shims do, and retries a few times with a growing pause (the new containerd may
+//! still be starting), keeping the events in order.
+
+use std::time::Duration;
+
+use containerd_shim::{
+    protos::{
+        protobuf::MessageDyn,
+        shim::{event::Envelope, events::ForwardRequest},
+        shim_async::{Client, EventsClient},
+        ttrpc::context::with_duration,
+    },
+    util::{connect, convert_to_any, timestamp},
+};
+use tokio::sync::Mutex;
+use tracing::{debug, warn};
+
+/// Pauses between the attempts to forward one event: none before the first reconnect
+/// (the usual case: containerd was restarted and is back), then about 8 s in all, for a
+/// containerd still starting, short enough that a containerd gone for good does not
+/// hold the events behind for long.
+const RETRY_PAUSES_MS: [u64; 6] = [0, 100, 500, 1000, 2000, 4000];
+
+pub struct EventPublisher {
+    address: String,
+    client: Mutex<Option<EventsClient>>,
+}
+
+impl EventPublisher {
+    /// Connects to containerd's ttrpc socket at `address`.
+    pub async fn new(address: &str) -> Result<Self, String> {
+        let client = Self::connect(address).await?;
+        Ok(EventPublisher {
+            address: address.to_string(),
+            client: Mutex::new(Some(client)),
+        })
+    }
+
+    /// A publisher that connects at its first event.
+    pub fn unconnected(address: &str) -> Self {
+        EventPublisher {
+            address: address.to_string(),
+            client: Mutex::new(None),
+        }
+    }
+
+    async fn connect(address: &str) -> Result<EventsClient, String> {
+        let addr = address.to_string();
+        let fd = tokio::task::spawn_blocking(move || connect(addr))
+            .await
+            .map_err(|e| format!("connect to {address}: {e}"))?
+            .map_err(|e| format!("connect to {address}: {e}"))?;
+        // SAFETY: `fd` is the connected unix socket `connect` returned; the client
+        // takes ownership of it.
+        Ok(EventsClient::new(unsafe {
+            Client::from_raw_unix_socket_fd(fd)
+        }))
+    }
+
+    /// Forwards one event, reconnecting and retrying if containerd does not take it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        namespace: &str,
+        event: Box<dyn MessageDyn>,
+    ) -> Result<(), String> {
+        let mut envelope = Envelope::new();
+        envelope.set_topic(topic.to_string());
+        envelope.set_namespace(namespace.to_string());
+        envelope.set_timestamp(timestamp().map_err(|e| e.to_string())?);
+        envelope.set_event(convert_to_any(event).map_err(|e| e.to_string())?);
+        let mut req = ForwardRequest::new();
+        req.set_envelope(envelope);
+
+        let mut client = self.client.lock().await;
+        let mut last = String::new();
+        for pause in RETRY_PAUSES_MS.iter().map(|ms| Some(*ms)).chain([None]) {
+            if client.is_none() {
+                match Self::connect(&self.address).await {
+                    Ok(c) => *client = Some(c),
+                    Err(e) => last = e,
+                }
+            }
+            if let Some(c) = client.as_ref() {
+                match c.forward(with_duration(Duration::from_secs(5)), &req).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => {
+                        debug!(topic, error = %e, "forward failed: reconnecting to containerd");
+                        last = e.to_string();
+                        *client = None;
+                    }
+                }
+            }
+            let Some(ms) = pause else { break };
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        warn!(topic, error = %last, "containerd did not take the event: dropped");
+        Err(last)
+    }
+}
