@@ -172,25 +172,7 @@ impl PrivateContainerd {
             .with_context(|| format!("writing {}", paths.config.display()))?;
 
         let log = fs::File::create(&paths.log).context("creating containerd.log")?;
-        let mut cmd = Command::new(&containerd);
-        cmd.arg("--config")
-            .arg(&paths.config)
-            .arg("--log-level")
-            .arg(std::env::var("REKINDLE_IT_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
-            .env("PATH", search_path(&paths))
-            // The shims inherit containerd's environment: bound a CRIU restore
-            // below the stories' 10 s bound on Start, so a restore that hangs
-            // is the shim's error to report, not the harness's.
-            .env(
-                "REKINDLE_RESTORE_TIMEOUT_MS",
-                std::env::var("REKINDLE_RESTORE_TIMEOUT_MS").unwrap_or_else(|_| "5000".into()),
-            )
-            // The shims' recorded working sets stay in this run's dir, not the
-            // host's /var/lib/rekindle.
-            .env("REKINDLE_WORKING_SETS", paths.dir.join("working-sets"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+        let cmd = containerd_command(&paths, log)?;
         let (child, keeper) = spawn_from_keeper_thread(cmd)
             .with_context(|| format!("spawning {}", containerd.display()))?;
 
@@ -210,6 +192,77 @@ impl PrivateContainerd {
         Ok(me)
     }
 
+    /// Stops containerd (SIGTERM, waits for it to exit) and starts it again with the
+    /// same root, state, sockets and config, as an operator's `systemctl restart
+    /// containerd` does. The shims and their tasks are left running (no leak check):
+    /// the new containerd is expected to reconnect to them. Its log is appended to
+    /// the same containerd.log. Only for a story's own containerd
+    /// ([`super::own_containerd`]), never the shared one.
+    #[allow(dead_code)] // tests/integration/containerd_restart.rs only
+    pub fn restart(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("containerd is not running")?;
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if child.try_wait()?.is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("containerd (pid {pid}) ignored SIGTERM for 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        drop(self.keeper.take());
+        {
+            use std::io::Write as _;
+            let mut log = fs::OpenOptions::new().append(true).open(&self.paths.log)?;
+            let _ = writeln!(
+                log,
+                "----- [rekindle-it] containerd restarted by the test -----"
+            );
+        }
+        let log = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.paths.log)
+            .context("opening containerd.log")?;
+        let cmd = containerd_command(&self.paths, log)?;
+        let (child, keeper) = spawn_from_keeper_thread(cmd).context("respawning containerd")?;
+        self.child = Some(child);
+        self.keeper = Some(keeper);
+        self.wait_ready(Duration::from_secs(30))
+    }
+}
+
+/// containerd's command line and environment for `paths`, its output to `log`.
+fn containerd_command(paths: &Paths, log: fs::File) -> Result<Command> {
+    let containerd = paths.bin_dir.join("containerd");
+    let mut cmd = Command::new(&containerd);
+    cmd.arg("--config")
+        .arg(&paths.config)
+        .arg("--log-level")
+        .arg(std::env::var("REKINDLE_IT_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
+        .env("PATH", search_path(paths))
+        // The shims inherit containerd's environment: bound a CRIU restore
+        // below the stories' 10 s bound on Start, so a restore that hangs
+        // is the shim's error to report, not the harness's.
+        .env(
+            "REKINDLE_RESTORE_TIMEOUT_MS",
+            std::env::var("REKINDLE_RESTORE_TIMEOUT_MS").unwrap_or_else(|_| "5000".into()),
+        )
+        // The shims' recorded working sets stay in this run's dir, not the
+        // host's /var/lib/rekindle.
+        .env("REKINDLE_WORKING_SETS", paths.dir.join("working-sets"))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    Ok(cmd)
+}
+
+impl PrivateContainerd {
     /// Waits until containerd answers a Version call on its socket.
     fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -190,7 +190,33 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
-    let shared = shared();
+    try_story_on(name, shared(), body)
+}
+
+/// A containerd of a story's own (not the shared one), with the reference image
+/// imported: for stories that do to containerd what the others must not see (restart
+/// it). Run the story on it with [`try_story_on`] (or `restore::restore_story_on`);
+/// drop or [`PrivateContainerd::shutdown`] it afterwards (that reports its leaks).
+#[allow(dead_code)] // tests/integration/containerd_restart.rs only
+pub fn own_containerd() -> Result<(PrivateContainerd, Shared)> {
+    let image_tar = containerd::cache_dir().join("images/python-fn.oci.tar");
+    if !image_tar.is_file() {
+        bail!("{} is missing: run hack/setup.sh", image_tar.display());
+    }
+    let cd = PrivateContainerd::start(Version::from_env()?)?;
+    cd.import_image_into(NAMESPACE, &image_tar)?;
+    let shared = Shared {
+        paths: cd.paths.clone(),
+    };
+    Ok((cd, shared))
+}
+
+/// [`try_story`] against the containerd `shared` describes.
+pub fn try_story_on<F, Fut>(name: &str, shared: &Shared, body: F) -> std::result::Result<(), String>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

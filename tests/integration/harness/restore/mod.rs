@@ -126,11 +126,34 @@ where
     F: FnOnce(Ctx, Restored) -> Fut,
     Fut: Future<Output = Result<()>> + Send + 'static,
 {
+    restore_story_inner(name, None, body)
+}
+
+/// [`restore_story`] against a containerd of the story's own
+/// ([`super::own_containerd`]). Its shims find the daemon as the shared one's do:
+/// `REKINDLE_RESTORED_SOCKET` is in this process's environment before main.
+#[allow(dead_code)] // tests/integration/containerd_restart.rs only
+pub fn restore_story_on<F, Fut>(name: &str, on: &super::Shared, body: F)
+where
+    F: FnOnce(Ctx, Restored) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    restore_story_inner(name, Some(on), body)
+}
+
+fn restore_story_inner<F, Fut>(name: &str, on: Option<&super::Shared>, body: F)
+where
+    F: FnOnce(Ctx, Restored) -> Fut,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
     let _turn = TURN.lock().unwrap_or_else(PoisonError::into_inner);
     let daemon = RestoreDaemon::start(&restored_socket())
         .unwrap_or_else(|e| panic!("{name}: starting rekindle-restored: {e:#}"));
     let handle = daemon.handle.clone();
-    let outcome = try_story(name, move |ctx| body(ctx, handle));
+    let outcome = match on {
+        Some(shared) => super::try_story_on(name, shared, move |ctx| body(ctx, handle)),
+        None => try_story(name, move |ctx| body(ctx, handle)),
+    };
     let log = daemon.handle.log_tail(40);
     let left = daemon.stop_and_check();
     let mut report = Vec::new();
