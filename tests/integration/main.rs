@@ -17,6 +17,7 @@ mod agent_forecast;
 mod agent_gateway;
 mod agent_live;
 mod checkpoint_restore;
+mod containerd_restart;
 mod errors;
 mod events;
 mod exec;
