@@ -23,7 +23,6 @@ use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
@@ -36,15 +35,10 @@ const MAX_QUEUE: u32 = 8;
 const REQUESTS: usize = 40;
 const MAX_BODY: usize = 4096;
 
-struct Answer {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
+use crate::harness::http::Answer;
 
 /// One HTTP/1.1 request (connection closed after).
 async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
     let mut raw = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
          Content-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
@@ -52,28 +46,7 @@ async fn request(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Res
     )
     .into_bytes();
     raw.extend_from_slice(body);
-    s.write_all(&raw).await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(180), s.read_to_end(&mut raw))
-        .await
-        .context("no answer within 180 s")??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok(Answer {
-        status,
-        headers,
-        body: body.to_string(),
-    })
+    crate::harness::http::exchange(addr, &raw, Duration::from_secs(180)).await
 }
 
 /// What one POST of the burst got.

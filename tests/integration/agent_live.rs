@@ -20,7 +20,6 @@ use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
 use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
@@ -28,30 +27,8 @@ use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
 const FUNCTION: &str = "live-fn";
 const BURST: usize = 4;
 
-/// One HTTP/1.1 GET (connection closed after): status, headers (lowercase names), body.
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, String>, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(60), s.read_to_end(&mut raw))
-        .await
-        .context("no answer within 60 s")??;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
-    let mut lines = head.lines();
-    let status: u16 = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad status line in {head:?}"))?;
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect();
-    Ok((status, headers, body.to_string()))
+    crate::harness::http::get_with_headers(addr, path).await
 }
 
 /// A request through the gateway: its tier and instance, after checking the answer.

@@ -1,6 +1,6 @@
 //! Just enough HTTP/1.0 to talk to the reference function on 127.0.0.1.
 
-use std::time::Duration;
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use anyhow::{bail, Context as _, Result};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -44,6 +44,52 @@ pub fn parse_response(raw: &[u8], path: &str, addr: &str) -> Result<(u16, String
         .and_then(|s| s.parse().ok())
         .with_context(|| format!("no status code in {head:?}"))?;
     Ok((status, body.to_string()))
+}
+
+/// An HTTP/1.1 answer with its headers (names lowercased).
+pub struct Answer {
+    pub status: u16,
+    pub headers: BTreeMap<String, String>,
+    pub body: String,
+}
+
+/// Sends `request` (a whole HTTP/1.1 request, `Connection: close`) to `addr` and reads
+/// the answer to the end, within `timeout`.
+pub async fn exchange(addr: SocketAddr, request: &[u8], timeout: Duration) -> Result<Answer> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(request).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(timeout, s.read_to_end(&mut raw))
+        .await
+        .with_context(|| format!("no answer within {timeout:?}"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no end of headers")?;
+    let mut lines = head.lines();
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("bad status line in {head:?}"))?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Ok(Answer {
+        status,
+        headers,
+        body: body.to_string(),
+    })
+}
+
+/// `GET path` over HTTP/1.1 on `addr` (the agent's gateway or /metrics): status,
+/// headers, body.
+pub async fn get_with_headers(
+    addr: SocketAddr,
+    path: &str,
+) -> Result<(u16, BTreeMap<String, String>, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let a = exchange(addr, request.as_bytes(), Duration::from_secs(60)).await?;
+    Ok((a.status, a.headers, a.body))
 }
 
 /// `GET /` on the reference function: its invocation counter.
