@@ -11,24 +11,21 @@
 //! (the test mounts the tmpfs, the daemon mounts its own staging tmpfs); skipped with a
 //! reason otherwise. Every tmpfs is unmounted when the test ends, failed or not.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 use rekindle_restore_api::{Client, ErrorCode};
+
+mod common;
+use common::*;
 
 /// The small file system's size, as `mount -o size=` takes it, and in bytes.
 const SMALL: &str = "48m";
 const SMALL_BYTES: u64 = 48 << 20;
 /// The large image's pages file: more than the small file system holds.
 const BIG_SIZE: usize = 64 << 20;
-/// How long any wait may take before the test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
-
 /// Whether the test can mount: root, or skipped with the reason printed.
 fn can_mount(test: &str) -> bool {
     // SAFETY: plain geteuid(2).
@@ -79,180 +76,6 @@ impl Drop for Mount {
         // Already unmounted (by the daemon's guard) is fine.
         let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
     }
-}
-
-/// A daemon on `<dir>/restored.sock`, store `<dir>/store`, staging area `<dir>/stage`.
-/// Dropped: SIGTERM, which also unmounts the staging tmpfs.
-struct Daemon {
-    child: Option<Child>,
-    dir: PathBuf,
-    socket: PathBuf,
-    store: PathBuf,
-    stage: PathBuf,
-    /// Starts so far, to keep each run's log.
-    runs: u32,
-}
-
-impl Daemon {
-    fn start(dir: &Path) -> Daemon {
-        let mut d = Daemon {
-            child: None,
-            dir: dir.to_path_buf(),
-            socket: dir.join("restored.sock"),
-            store: dir.join("store"),
-            stage: dir.join("stage"),
-            runs: 0,
-        };
-        d.restart();
-        d
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.join(format!("restored-{}.log", self.runs))
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.log_path()).unwrap_or_default()
-    }
-
-    /// Starts the daemon (again) on the same socket, store and staging area, and waits
-    /// until it answers.
-    fn restart(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        self.runs += 1;
-        fs::create_dir_all(&self.dir).unwrap();
-        let config = self.dir.join("restored.toml");
-        fs::write(&config, "lease_ttl_secs = 600\n").unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rekindle-restored"))
-            .arg("--config")
-            .arg(&config)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--store")
-            .arg(&self.store)
-            .arg("--stage-dir")
-            .arg(&self.stage)
-            .arg("--log-format")
-            .arg("json")
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(self.log_path()).unwrap())
-            .spawn()
-            .expect("start rekindle-restored");
-        self.child = Some(child);
-        let deadline = Instant::now() + DEADLINE;
-        // The socket of a killed daemon is still there: wait for an answer, not a file.
-        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            assert!(
-                exited.is_none() && Instant::now() < deadline,
-                "rekindle-restored did not listen ({exited:?}); log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn stop(&mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        // SAFETY: plain kill(2) on our child.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        child.wait().unwrap()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if self.child.is_some() {
-            self.stop();
-        }
-        // The daemon unmounts a tmpfs it mounted when it stops; not if it died. (A tmpfs
-        // the test mounted there is unmounted here or by its [`Mount`], whichever is first.)
-        let _ = nix::mount::umount2(&self.stage, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// Writes `size` bytes of xorshift noise: incompressible for LZ4 and zstd alike.
-fn noise(path: &Path, size: usize, seed: u64) {
-    let mut f = BufWriter::new(fs::File::create(path).unwrap());
-    let mut x = seed | 1;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = size;
-    while left > 0 {
-        for c in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            c.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(buf.len());
-        f.write_all(&buf[..n]).unwrap();
-        left -= n;
-    }
-    f.into_inner().unwrap().sync_all().unwrap();
-}
-
-/// A CRIU-like image directory: inventory, pagemap and a pages file of `pages` bytes.
-fn image_source(dir: &Path, pages: usize, seed: u64) -> PathBuf {
-    fs::create_dir_all(dir).unwrap();
-    fs::write(dir.join("inventory.img"), format!("inventory {seed}")).unwrap();
-    fs::write(
-        dir.join("pagemap-1.img"),
-        format!("pagemap {seed}").repeat(50),
-    )
-    .unwrap();
-    noise(&dir.join("pages-1.img"), pages, seed);
-    dir.to_path_buf()
-}
-
-/// Relative path → bytes of every file under `dir`.
-fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in fs::read_dir(dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                walk(base, &p, out);
-            } else {
-                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
-                out.insert(rel, fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
-/// Asserts that `got` holds the same files with the same bytes as `want` (without
-/// printing megabytes when they differ).
-fn assert_same_tree(got: &Path, want: &Path) {
-    let (g, w) = (tree(got), tree(want));
-    assert_eq!(
-        g.keys().collect::<Vec<_>>(),
-        w.keys().collect::<Vec<_>>(),
-        "{} and {} hold different files",
-        got.display(),
-        want.display()
-    );
-    for (k, v) in &w {
-        assert!(
-            g[k] == *v,
-            "{k} differs between {} and {}",
-            got.display(),
-            want.display()
-        );
-    }
-}
-
-fn names(dir: &Path) -> BTreeSet<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
-
-fn set(items: &[&str]) -> BTreeSet<String> {
-    items.iter().map(|s| s.to_string()).collect()
 }
 
 /// What is shared by the tests, made once: the large image's source, the store holding
