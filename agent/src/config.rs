@@ -20,6 +20,8 @@ pub const DEFAULT_HOOK_SOCKET: &str = "/run/rekindle/agent.sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rekindle/admin.sock";
 pub const DEFAULT_RESTORED_SOCKET: &str = "/run/rekindle/restored.sock";
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// One agent per node: one id is enough unless two agents share a containerd namespace.
+pub const DEFAULT_AGENT_ID: &str = "default";
 /// The namespace the CRI plugin (and so Kubernetes) uses.
 pub const DEFAULT_CONTAINERD_NAMESPACE: &str = "k8s.io";
 
@@ -281,6 +283,10 @@ pub struct Config {
     pub containerd_address: PathBuf,
     /// containerd namespace of the function containers.
     pub containerd_namespace: String,
+    /// This agent's id, put on every container it makes (label
+    /// `io.rekindle.agent/owner`): a restarted agent adopts or removes the instances
+    /// with its own id and never touches another agent's in the same namespace.
+    pub agent_id: String,
     /// Address of the invoke gateway (edge boxes without Kubernetes); off when unset.
     pub gateway_addr: Option<SocketAddr>,
     /// Log format on stderr.
@@ -331,6 +337,7 @@ impl Default for Config {
             restored_socket: DEFAULT_RESTORED_SOCKET.into(),
             containerd_address: DEFAULT_CONTAINERD_ADDRESS.into(),
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.into(),
+            agent_id: DEFAULT_AGENT_ID.into(),
             gateway_addr: None,
             log_format: LogFormat::Text,
             policy: PolicyName::default(),
@@ -412,6 +419,19 @@ impl Config {
         }
         if self.containerd_namespace.is_empty() {
             return Err(Error::Invalid("containerd_namespace is empty".into()));
+        }
+        // A containerd label value; kept to what reads well in a filter.
+        if self.agent_id.is_empty()
+            || self.agent_id.len() > 63
+            || !self
+                .agent_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(Error::Invalid(format!(
+                "agent_id {:?} must be 1-63 characters of [A-Za-z0-9._-]",
+                self.agent_id
+            )));
         }
         // Port 0 on both is fine: the system picks two ports.
         if Some(self.metrics_addr) == self.gateway_addr && self.metrics_addr.port() != 0 {
@@ -660,5 +680,14 @@ mod tests {
         );
         let c = load(&["rekindle-agent", "--admin-socket", "/run/a.sock"]).unwrap();
         assert_eq!(c.admin_socket, Path::new("/run/a.sock"));
+        for bad in ["", "a b", "x/y", &"a".repeat(64)] {
+            let c = Config {
+                agent_id: bad.to_string(),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err();
+            assert!(e.to_string().contains("agent_id"), "{e}");
+        }
+        assert_eq!(Config::default().agent_id, "default");
     }
 }

@@ -63,7 +63,10 @@ What it does now (one agent per node, next to containerd and rekindle-restored):
     checkpoint on request, invoke; the `rekindle` CLI speaks it, and so does
     `curl --unix-socket /run/rekindle/admin.sock http://agent/v1/status`.
 
-SIGTERM or SIGINT stops every instance the agent started, then it exits 0.";
+SIGTERM or SIGINT stops every instance the agent started, then it exits 0. Killed
+instead (SIGKILL, a crash), it leaves its instances running: started again with the same
+agent_id, it adopts the ones that still answer (hot; frozen ones warm) and removes the
+rest before its first reconcile.";
 
 const AFTER_LONG_HELP: &str = "\
 Configuration file (TOML; every key optional, command-line options win over it):
@@ -73,6 +76,7 @@ Configuration file (TOML; every key optional, command-line options win over it):
   restored_socket = \"/run/rekindle/restored.sock\"
   containerd_address = \"/run/containerd/containerd.sock\"
   containerd_namespace = \"k8s.io\"
+  agent_id = \"default\"                 # label on its containers; a restart adopts them
   gateway_addr = \"127.0.0.1:8080\"      # unset: no invoke gateway
   log_format = \"text\"                  # or \"json\"
   policy = \"rekindle\"                  # or \"hybrid\", \"fixed\"
@@ -226,6 +230,7 @@ impl Agent {
     pub async fn start(config: &Config) -> Result<Agent, Error> {
         let mut dc =
             ContainerdConfig::new(&config.containerd_address, &config.containerd_namespace);
+        dc.owner = config.agent_id.clone();
         dc.restored_socket = config.restored_socket.clone();
         dc.snapshotter = config.snapshotter.clone();
         dc.runc_root = config.runc_root.clone();
@@ -286,6 +291,17 @@ impl Agent {
                 Ok(info) => pool.set_image(&f.name, info.staged),
                 Err(e) => tracing::debug!(function = %f.name, error = %e, "no stored image yet"),
             }
+        }
+        // What an earlier run left (it was killed, or restarted): adopted or removed
+        // before the first reconcile, so no instance is orphaned or started twice.
+        let found = driver.discover().await.map_err(Box::new)?;
+        if !found.is_empty() {
+            let a = pool.adopt(found).await;
+            tracing::info!(
+                adopted = a.adopted.len(),
+                removed = a.removed.len(),
+                "instances of an earlier run taken over"
+            );
         }
         let (stop, stop_rx) = watch::channel(false);
         let metrics_addr = metrics_listener.local_addr().map_err(|e| Error::Listen {

@@ -86,6 +86,9 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
         }
         let socket: PathBuf = ctx.paths().dir.join("agent-admin.sock");
         let config = Config {
+            // Its own id: stories run side by side in one containerd namespace, and an
+            // agent adopts (or removes) at start the instances labelled with its id.
+            agent_id: "it-agent-admin".to_string(),
             metrics_addr: "127.0.0.1:0".parse()?,
             admin_socket: socket.clone(),
             // Not the host's /run/rekindle/agent.sock: a real agent may run here.

@@ -189,6 +189,9 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
         // the pre-warm plan's window (60 policy s = 3 s) is within it.
         f.keep_alive_max_secs = 5.0;
         let config = Config {
+            // Its own id: stories run side by side in one containerd namespace, and an
+            // agent adopts (or removes) at start the instances labelled with its id.
+            agent_id: "it-agent-forecast".to_string(),
             metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
             restored_socket: restored.socket.clone(),

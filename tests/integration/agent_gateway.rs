@@ -169,6 +169,9 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
         impatient.max_instances = 1;
         impatient.max_queue_wait_secs = 0.1;
         let config = Config {
+            // Its own id: stories run side by side in one containerd namespace, and an
+            // agent adopts (or removes) at start the instances labelled with its id.
+            agent_id: "it-agent-gateway".to_string(),
             metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
             restored_socket: restored.socket.clone(),

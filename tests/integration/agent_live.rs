@@ -128,6 +128,9 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
         f.max_instances = BURST as u32;
         f.keep_alive_max_secs = 3.0;
         let config = Config {
+            // Its own id: stories run side by side in one containerd namespace, and an
+            // agent adopts (or removes) at start the instances labelled with its id.
+            agent_id: "it-agent-live".to_string(),
             metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
             restored_socket: restored.socket.clone(),

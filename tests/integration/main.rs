@@ -16,6 +16,7 @@ mod agent_driver;
 mod agent_forecast;
 mod agent_gateway;
 mod agent_live;
+mod agent_restart;
 mod checkpoint_restore;
 mod containerd_restart;
 mod errors;

@@ -31,7 +31,8 @@ use containerd_client::services::v1::{
     containers_client::ContainersClient, images_client::ImagesClient, tasks_client::TasksClient,
     CheckpointTaskRequest, Container, CreateContainerRequest, CreateTaskRequest,
     DeleteContainerRequest, DeleteTaskRequest, GetImageRequest, GetRequest, KillRequest,
-    PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest, WaitRequest,
+    ListContainersRequest, PauseTaskRequest, ReadContentRequest, ResumeTaskRequest, StartRequest,
+    WaitRequest,
 };
 use containerd_client::tonic::{self, transport::Channel, Code, Request};
 use containerd_client::types::v1::Status;
@@ -45,9 +46,9 @@ use sha2::Digest as _;
 
 use super::netns;
 use super::{
-    Cause, DriverError, ForwardError, ForwardRequest, ForwardResponse, FunctionSpec, Instance,
-    InstanceDriver, NetMode, Op, Response, StageOutcome, StartHook, TaskState, FUNCTION_LABEL,
-    IMAGE_ANNOTATION, STORE_AS_ANNOTATION,
+    Cause, DriverError, ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec,
+    Instance, InstanceDriver, NetMode, Op, Response, StageOutcome, StartHook, TaskState,
+    FUNCTION_LABEL, IMAGE_ANNOTATION, OWNER_LABEL, STORE_AS_ANNOTATION,
 };
 
 pub const REKINDLE_RUNTIME: &str = "io.containerd.rekindle.v2";
@@ -82,6 +83,9 @@ pub struct ContainerdConfig {
     pub containerd_socket: PathBuf,
     /// The containerd namespace of the instances (and their images).
     pub namespace: String,
+    /// The agent's id, on every container it makes ([`OWNER_LABEL`]): what
+    /// [`InstanceDriver::discover`] finds again after a restart (default `default`).
+    pub owner: String,
     /// Default [`REKINDLE_RUNTIME`].
     pub runtime: String,
     /// rekindle-restored's socket (stage, unstage). The shims find the daemon through
@@ -110,6 +114,7 @@ impl ContainerdConfig {
         ContainerdConfig {
             containerd_socket: containerd_socket.into(),
             namespace: namespace.to_string(),
+            owner: "default".to_string(),
             runtime: REKINDLE_RUNTIME.to_string(),
             restored_socket: PathBuf::from(rekindle_restore_api::DEFAULT_SOCKET),
             snapshotter: "overlayfs".to_string(),
@@ -523,7 +528,10 @@ impl ContainerdDriver {
         let container = Container {
             id: inst.id.clone(),
             image: f.image_ref.clone(),
-            labels: HashMap::from([(FUNCTION_LABEL.to_string(), f.name.clone())]),
+            labels: HashMap::from([
+                (FUNCTION_LABEL.to_string(), f.name.clone()),
+                (OWNER_LABEL.to_string(), self.config.owner.clone()),
+            ]),
             runtime: Some(Runtime {
                 name: self.config.runtime.clone(),
                 options: options.clone(),
@@ -835,6 +843,103 @@ impl ContainerdDriver {
         failed
     }
 
+    /// [`InstanceDriver::discover`]: this agent's containers read back, then what an
+    /// interrupted launch left without a container swept.
+    async fn discover_steps(&self) -> Result<Vec<Found>, Cause> {
+        let limit = self.config.rpc_timeout;
+        let containers = rpc(
+            "Containers.List",
+            limit,
+            self.containers()
+                .list(self.req(ListContainersRequest { filters: vec![] })),
+        )
+        .await?
+        .containers;
+        let all_ids: std::collections::HashSet<String> =
+            containers.iter().map(|c| c.id.clone()).collect();
+        let mut found = Vec::new();
+        for c in containers {
+            if c.labels.get(OWNER_LABEL) != Some(&self.config.owner) {
+                continue;
+            }
+            let Some(function) = c.labels.get(FUNCTION_LABEL).cloned() else {
+                continue;
+            };
+            let spec = c.spec.as_ref().map(|a| a.value.as_slice()).unwrap_or(&[]);
+            let mut instance = match instance_from_spec(&c.id, &function, spec) {
+                Ok(i) => i,
+                Err(why) => {
+                    // Still ours to remove: found with what is known (no netns, no port).
+                    tracing::warn!(instance = %c.id, function, "unreadable spec: {why}");
+                    Instance {
+                        id: c.id.clone(),
+                        function: function.clone(),
+                        pid: 0,
+                        port: 0,
+                        netns: None,
+                        restored_from: None,
+                        store_as: String::new(),
+                    }
+                }
+            };
+            let state = match rpc(
+                "Tasks.Get",
+                limit,
+                self.tasks().get(self.req(GetRequest {
+                    container_id: c.id.clone(),
+                    exec_id: String::new(),
+                })),
+            )
+            .await
+            {
+                Ok(r) => {
+                    let p = r.process.unwrap_or_default();
+                    instance.pid = p.pid;
+                    Some(task_state(p.status()))
+                }
+                Err(c) if is_not_found(&c) => None,
+                Err(c) => return Err(c),
+            };
+            found.push(Found { instance, state });
+        }
+        // A launch interrupted between its network namespace (or log) and its container
+        // left them behind; no container will ever name them again.
+        let orphan = |name: &str, prefix: &str, suffix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|n| n.strip_suffix(suffix))
+                .is_some_and(|id| !id.is_empty() && !all_ids.contains(id))
+        };
+        for (dir, prefix, suffix) in [
+            (&self.config.netns_dir, "rekindle-", ""),
+            (&self.config.log_dir, "", ".log"),
+        ] {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if !orphan(&name, prefix, suffix) {
+                    continue;
+                }
+                let path = e.path();
+                let r = if prefix.is_empty() {
+                    std::fs::remove_file(&path)
+                } else {
+                    netns::remove(&path)
+                };
+                match r {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed, left by an interrupted start")
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot remove what an interrupted start left")
+                    }
+                }
+            }
+        }
+        Ok(found)
+    }
+
     async fn task_status(&self, id: &str) -> Result<Status, Cause> {
         let r = rpc(
             "Tasks.Get",
@@ -949,6 +1054,47 @@ fn chain_id(diff_ids: &[String]) -> Option<String> {
         );
     }
     Some(chain)
+}
+
+/// An instance as its container's OCI spec (written by [`ContainerdDriver::build_spec`])
+/// describes it; the pid is the task's, filled in by the caller.
+fn instance_from_spec(id: &str, function: &str, spec_json: &[u8]) -> Result<Instance, String> {
+    let spec: Spec = serde_json::from_slice(spec_json).map_err(|e| e.to_string())?;
+    let annotations = spec.annotations().clone().unwrap_or_default();
+    let store_as = annotations
+        .get(STORE_AS_ANNOTATION)
+        .cloned()
+        .ok_or_else(|| format!("no {STORE_AS_ANNOTATION} annotation"))?;
+    let port = spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.env().as_ref())
+        .and_then(|env| {
+            // The driver puts PORT after the image's environment, and the function's own
+            // entries after it: the first PORT= from the end that parses.
+            env.iter()
+                .rev()
+                .find_map(|kv| kv.strip_prefix("PORT=")?.parse::<u16>().ok())
+        })
+        .ok_or("no PORT in the process environment")?;
+    let netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|ns| {
+            ns.iter()
+                .find(|n| n.typ() == LinuxNamespaceType::Network)
+                .and_then(|n| n.path().clone())
+        });
+    Ok(Instance {
+        id: id.to_string(),
+        function: function.to_string(),
+        pid: 0,
+        port,
+        netns,
+        restored_from: annotations.get(IMAGE_ANNOTATION).cloned(),
+        store_as,
+    })
 }
 
 fn task_state(s: Status) -> TaskState {
@@ -1082,6 +1228,18 @@ impl InstanceDriver for ContainerdDriver {
                 }
                 .err(Cause::Restored(e))
             })
+    }
+
+    async fn discover(&self) -> Result<Vec<Found>, DriverError> {
+        self.discover_steps().await.map_err(|c| {
+            Scope {
+                op: Op::Discover,
+                function: "",
+                instance: None,
+                image: None,
+            }
+            .err(c)
+        })
     }
 
     fn set_start_hook(&self, hook: Arc<dyn StartHook>) {
@@ -1234,6 +1392,13 @@ mod tests {
         assert_eq!(net[0]["path"], "/run/netns/rekindle-hello-1");
         assert_eq!(json["annotations"][STORE_AS_ANNOTATION], "hello");
         assert_eq!(json["annotations"][IMAGE_ANNOTATION], "hello");
+        // A restarted agent reads the instance back from the spec (pid from the task).
+        let back = instance_from_spec(&inst.id, &f.name, &serde_json::to_vec(&spec).unwrap());
+        assert_eq!(back, Ok(inst.clone()));
+        assert!(instance_from_spec("x", "f", b"{}")
+            .unwrap_err()
+            .contains(STORE_AS_ANNOTATION));
+        assert!(instance_from_spec("x", "f", b"not json").is_err());
 
         // Host network, no limits, a cold start: no netns entry, no image annotation.
         let f = FunctionSpec {
@@ -1255,5 +1420,14 @@ mod tests {
             .all(|n| n["type"] != "network"));
         assert!(json["annotations"].get(IMAGE_ANNOTATION).is_none());
         assert_eq!(json["annotations"][STORE_AS_ANNOTATION], "hello");
+        let spec = driver.build_spec(&f, &image, None, &inst).unwrap();
+        let back = instance_from_spec(&inst.id, &f.name, &serde_json::to_vec(&spec).unwrap());
+        assert_eq!(
+            back,
+            Ok(Instance {
+                restored_from: None,
+                ..inst
+            })
+        );
     }
 }

@@ -36,6 +36,10 @@ pub const IMAGE_ANNOTATION: &str = "io.rekindle.image";
 pub const STORE_AS_ANNOTATION: &str = "io.rekindle.checkpoint.store-as";
 /// The label the driver puts on every container it makes: the function's name.
 pub const FUNCTION_LABEL: &str = "io.rekindle.agent/function";
+/// The label naming the agent that made the container (its `agent_id`): an agent
+/// restarted adopts or removes only its own instances, never another agent's sharing
+/// the containerd namespace.
+pub const OWNER_LABEL: &str = "io.rekindle.agent/owner";
 
 /// Which network namespace an instance runs in.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,6 +122,14 @@ pub enum TaskState {
     Unknown,
 }
 
+/// An instance found in containerd by [`InstanceDriver::discover`]: made by an earlier
+/// run of this agent (same owner label), with its task's state (`None`: no task).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    pub instance: Instance,
+    pub state: Option<TaskState>,
+}
+
 /// What [`InstanceDriver::stage`] did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StageOutcome {
@@ -173,6 +185,7 @@ pub enum ForwardError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     Connect,
+    Discover,
     ColdStart,
     Restore,
     Checkpoint,
@@ -189,6 +202,7 @@ impl fmt::Display for Op {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Op::Connect => "connect",
+            Op::Discover => "discover",
             Op::ColdStart => "cold start",
             Op::Restore => "restore",
             Op::Checkpoint => "checkpoint",
@@ -353,6 +367,15 @@ pub trait InstanceDriver: Send + Sync {
         timeout: Duration,
         max_response_bytes: usize,
     ) -> Result<ForwardResponse, ForwardError>;
+
+    /// The instances an earlier run of this agent left in containerd (an agent killed,
+    /// or restarted while its instances run), read back from their containers: id,
+    /// function, pid, port, network namespace, image, store name, task state. Also
+    /// removes what such a run left without a container (a network namespace or a log
+    /// made before the container was). A driver without containers finds none.
+    async fn discover(&self) -> Result<Vec<Found>, DriverError> {
+        Ok(Vec::new())
+    }
 
     /// Calls `hook` before each instance's Tasks.Start from now on (replacing any
     /// earlier one). A driver without tasks to start ignores it.

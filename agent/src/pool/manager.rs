@@ -33,7 +33,8 @@ use super::{
 };
 use crate::config::FunctionConfig;
 use crate::driver::{
-    ForwardError, ForwardRequest, ForwardResponse, FunctionSpec, Instance, InstanceDriver, Response,
+    ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec, Instance, InstanceDriver,
+    Response, TaskState,
 };
 use crate::metrics::{self, FunctionPoolStats, Metrics, StartTier};
 use crate::policy::{FunctionId, FunctionInfo, Plan, Policy, Trigger, INTERVAL};
@@ -293,6 +294,18 @@ struct Shared {
     recent: Mutex<VecDeque<RecentStart>>,
 }
 
+/// What [`PoolManager::adopt`] did with the instances an earlier run left.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Adopted {
+    /// Joined the pools: instance id and tier.
+    pub adopted: Vec<(String, Loaded)>,
+    /// Stopped and removed: instance id and why.
+    pub removed: Vec<(String, String)>,
+}
+
+/// Bound on the ready check of an instance found running at start-up.
+const ADOPT_READY_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// How many starts [`PoolManager::recent_starts`] remembers.
 pub const RECENT_STARTS: usize = 256;
 
@@ -528,6 +541,105 @@ impl PoolManager {
 
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.s.metrics
+    }
+
+    /// Takes over what an earlier run of the agent left in containerd (it was killed,
+    /// or restarted while its instances ran), before the first reconcile so nothing is
+    /// started twice: a running instance of a registered function that answers its
+    /// ready path joins the pool hot, a frozen one warm; the rest (a function no longer
+    /// registered or stored under another name, a task stopped, never started or gone,
+    /// an instance not answering, one past `max_instances`) is stopped with everything it
+    /// holds. Each decision is logged with its reason and counted
+    /// (`rekindle_pool_actions_total{action="adopt"|"discard"}`).
+    pub async fn adopt(&self, found: Vec<Found>) -> Adopted {
+        let mut out = Adopted::default();
+        for Found { instance, state } in found {
+            let id = instance.id.clone();
+            let function = instance.function.clone();
+            let keep = self.adoptable(&instance, state).await;
+            let kept = match keep {
+                Ok(loaded) => {
+                    let now = self.now();
+                    let mut st = self.s.state.lock().unwrap();
+                    let fi = st.by_name.get(&function).copied();
+                    match fi {
+                        Some(fi)
+                            if (st.fns[fi].slots.len() as u32) < st.fns[fi].cfg.max_instances =>
+                        {
+                            st.fns[fi].slots.push(Slot {
+                                inst: instance.clone(),
+                                loaded,
+                                busy: false,
+                                idle_since: now,
+                                prewarmed: false,
+                            });
+                            Ok(loaded)
+                        }
+                        _ => Err("past the function's max_instances".to_string()),
+                    }
+                }
+                Err(why) => Err(why),
+            };
+            match kept {
+                Ok(loaded) => {
+                    tracing::info!(
+                        %function, instance = %id, pid = instance.pid, tier = ?loaded,
+                        "adopted an instance of an earlier run"
+                    );
+                    self.s.metrics.action(&function, "adopt", true);
+                    self.s.made.lock().unwrap().push(id.clone());
+                    out.adopted.push((id, loaded));
+                }
+                Err(why) => {
+                    tracing::info!(
+                        %function, instance = %id, state = ?state,
+                        "removing an instance of an earlier run: {why}"
+                    );
+                    let stopped = self.stop_instance(&function, instance).await;
+                    self.s.metrics.action(&function, "discard", stopped);
+                    out.removed.push((id, why));
+                }
+            }
+        }
+        let st = self.s.state.lock().unwrap();
+        self.publish(&st);
+        out
+    }
+
+    /// Whether an instance found in containerd can serve as it is, and in which tier.
+    async fn adoptable(&self, inst: &Instance, state: Option<TaskState>) -> Result<Loaded, String> {
+        let (ready_path, store_as) = {
+            let st = self.s.state.lock().unwrap();
+            let Some(&fi) = st.by_name.get(&inst.function) else {
+                return Err("its function is not registered".into());
+            };
+            let f = &st.fns[fi];
+            (f.spec.ready_path.clone(), f.spec.store_as.clone())
+        };
+        if inst.store_as != store_as {
+            return Err(format!(
+                "it stores its checkpoints as {:?}, the function now as {store_as:?}",
+                inst.store_as
+            ));
+        }
+        match state {
+            Some(TaskState::Running) => {
+                match self
+                    .s
+                    .driver
+                    .invoke(inst, &ready_path, ADOPT_READY_TIMEOUT)
+                    .await
+                {
+                    Ok(r) if r.status == 200 => Ok(Loaded::Hot),
+                    Ok(r) => Err(format!("GET {ready_path} answered {}", r.status)),
+                    Err(e) => Err(format!("GET {ready_path} failed: {e}")),
+                }
+            }
+            // Frozen by the earlier run (warm), or caught mid-freeze: thawed on demand.
+            Some(TaskState::Paused | TaskState::Pausing) => Ok(Loaded::Warm),
+            Some(s) => Err(format!("its task is {s:?}")),
+            None => Err("it has no task".into()),
+        }
     }
 
     /// Real seconds since the manager started.
@@ -1997,6 +2109,95 @@ mod tests {
             pool.invoke("f", "/").await,
             Err(InvokeError::ShuttingDown)
         ));
+    }
+
+    /// An earlier run's instances: the answering and the frozen ones join the pool (and
+    /// serve the next request without a start), the rest is stopped with its reason;
+    /// shutdown stops the adopted ones too.
+    #[tokio::test]
+    async fn instances_of_an_earlier_run_are_adopted_or_removed() {
+        let fake = Arc::new(Fake::default());
+        let mut cfg = FunctionConfig::new("f", "img", 8080);
+        cfg.max_instances = 2;
+        let pool = manager_of(fake.clone(), cfg);
+        let inst = |id: &str, function: &str, store_as: &str| Instance {
+            id: id.into(),
+            function: function.into(),
+            pid: 7,
+            port: 8080,
+            netns: None,
+            restored_from: None,
+            store_as: store_as.into(),
+        };
+        let found = vec![
+            Found {
+                instance: inst("f-run", "f", "f"),
+                state: Some(TaskState::Running),
+            },
+            Found {
+                instance: inst("f-frozen", "f", "f"),
+                state: Some(TaskState::Paused),
+            },
+            Found {
+                instance: inst("f-stopped", "f", "f"),
+                state: Some(TaskState::Stopped),
+            },
+            Found {
+                instance: inst("f-notask", "f", "f"),
+                state: None,
+            },
+            Found {
+                instance: inst("g-1", "g", "g"),
+                state: Some(TaskState::Running),
+            },
+            Found {
+                instance: inst("f-renamed", "f", "old"),
+                state: Some(TaskState::Running),
+            },
+            Found {
+                instance: inst("f-extra", "f", "f"),
+                state: Some(TaskState::Running),
+            },
+        ];
+        let a = pool.adopt(found).await;
+        assert_eq!(
+            a.adopted,
+            vec![
+                ("f-run".to_string(), Loaded::Hot),
+                ("f-frozen".to_string(), Loaded::Warm)
+            ]
+        );
+        let removed: Vec<&str> = a.removed.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            removed,
+            ["f-stopped", "f-notask", "g-1", "f-renamed", "f-extra"]
+        );
+        let why = |id: &str| a.removed.iter().find(|r| r.0 == id).unwrap().1.clone();
+        assert!(why("f-stopped").contains("Stopped"), "{}", why("f-stopped"));
+        assert!(why("g-1").contains("not registered"), "{}", why("g-1"));
+        assert!(why("f-renamed").contains("\"old\""), "{}", why("f-renamed"));
+        assert!(
+            why("f-extra").contains("max_instances"),
+            "{}",
+            why("f-extra")
+        );
+        assert_eq!(fake.stopped.load(Ordering::SeqCst), 5);
+        let text = pool.metrics().encode();
+        assert!(
+            text.contains(
+                "rekindle_pool_actions_total{function=\"f\",action=\"adopt\",outcome=\"ok\"} 2"
+            ),
+            "{text}"
+        );
+        // The adopted hot instance serves, no start.
+        let s = pool.invoke("f", "/").await.unwrap();
+        assert_eq!((s.tier, s.instance.as_str()), (StartTier::Hot, "f-run"));
+        assert_eq!(fake.next.load(Ordering::SeqCst), 0, "nothing started");
+        assert_eq!(
+            pool.instances_made(),
+            vec!["f-run".to_string(), "f-frozen".to_string()]
+        );
+        assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 2);
     }
 
     /// /metrics: the arrivals of the current window next to the Rekindle policy's
