@@ -1,13 +1,14 @@
 //! The real `rekindle-restored` killed (SIGKILL) in the middle of an image import, a
 //! store (the shim's checkpoint), a prepare_restore that decompresses into a lease
-//! directory, and a stage. Each time: the client in flight gets a clear error instead of
+//! directory, a stage, and an export into a user's directory. Each time: the client in flight gets a clear error instead of
 //! hanging; the daemon restarted on the same store and staging area lists no half-written
 //! image, keeps every earlier image intact (prepared and compared byte for byte), leaves
 //! no temporary file or lease directory behind, and does the same operation again.
 //!
 //! "In the middle" is seen, not guessed: the test polls for the temporary directory the
 //! operation writes into (`<store>/.tmp-<name>-*`, `<stage>/.tmp-*`,
-//! `<stage>/.leases/.tmp-*`) and kills once the large file has appeared there; the
+//! `<stage>/.leases/.tmp-*`; for an export, which writes an unnamed file, the daemon's
+//! open descriptor of it) and kills once the large file has appeared there; the
 //! image is large (96 MiB of noise, which neither LZ4 nor zstd shrinks), so the
 //! operation lasts seconds in a debug build. Needs root (the daemon mounts its tmpfs).
 
@@ -369,5 +370,76 @@ async fn killed_during_a_stage_it_leaves_nothing_staged() {
     let p = s.client.prepare_restore("big", false).await.unwrap();
     assert!(p.staged);
     s.client.release_restore(&p.lease).await.unwrap();
+    assert!(s.daemon.stop().success());
+}
+
+/// The daemon's open descriptor (`/proc/<pid>/fd/<n>`) of an unnamed (`O_TMPFILE`) file
+/// in `dir` that holds data already: the kernel shows its target as `<dir>/#<inode>
+/// (deleted)`.
+fn unnamed_file_in(pid: u32, dir: &Path) -> Option<PathBuf> {
+    let prefix = format!("{}/#", dir.display());
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|fd| {
+            fs::read_link(fd).is_ok_and(|target| {
+                let target = target.to_string_lossy();
+                target.starts_with(&prefix) && target.ends_with(" (deleted)")
+            }) && fs::metadata(fd).is_ok_and(|m| m.is_file() && m.len() > 0)
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_during_an_export_it_leaves_nothing_in_the_destination() {
+    let fx = fixture();
+    let mut s = setup(true).await;
+    let out = s.dir.join("out");
+    fs::create_dir(&out).unwrap();
+    let dest = out.join("big.tar.zst");
+    let pid = s.daemon.child.as_ref().unwrap().id();
+    let c = s.client.clone();
+    let to = dest.clone();
+    let in_flight = tokio::spawn(async move { c.export_image("big", to, None).await });
+    let fd = poll_for("the export's unnamed file", &in_flight, || {
+        // Nothing named in the directory while the archive is written.
+        let named = names(&out);
+        assert!(named.is_empty(), "the export named {named:?} while writing");
+        unnamed_file_in(pid, &out)
+    })
+    .await;
+    kill_and_check_client(&mut s.daemon, in_flight).await;
+    assert!(!fd.exists(), "the daemon's descriptor outlived it");
+    // Nothing to clean, not even by a restart: no archive, no `.partial-*`.
+    assert!(
+        names(&out).is_empty(),
+        "the killed export left {:?}",
+        names(&out)
+    );
+
+    s.daemon.restart();
+    assert!(
+        names(&out).is_empty(),
+        "after the restart: {:?}",
+        names(&out)
+    );
+    check_consistent(&s, &["big", "keep"], &[("keep", &s.keep_src)]).await;
+
+    // The same export to the same path works now, and its archive imports.
+    let exported = s.client.export_image("big", &dest, None).await.unwrap();
+    assert_eq!(names(&out), set(&["big.tar.zst"]));
+    assert_eq!(exported.bytes, fs::metadata(&dest).unwrap().len());
+    let imported = s
+        .client
+        .import_image(&dest, Some("big-copy".into()))
+        .await
+        .unwrap();
+    assert_eq!(imported.manifest.name, "big-copy");
+    check_consistent(
+        &s,
+        &["big", "big-copy", "keep"],
+        &[("big-copy", &fx.big_src)],
+    )
+    .await;
     assert!(s.daemon.stop().success());
 }

@@ -71,7 +71,8 @@ fn entry_kind(t: EntryType) -> &'static str {
 
 impl Store {
     /// Writes image `name` as a zstd-compressed tar to `dest`, which must not exist (it
-    /// is written beside itself and renamed into place). When `owner` is given (a
+    /// is written as an unnamed file in `dest`'s directory and linked into place when
+    /// complete, so that a killed export leaves nothing there). When `owner` is given (a
     /// non-root client), `dest`'s directory must belong to that uid, and so will the
     /// archive. Returns the manifest and the archive's size.
     pub fn export(
@@ -120,18 +121,39 @@ impl Store {
             what: "cannot encode the manifest".into(),
             source: io::Error::other(e),
         })?;
-        let tmp_path = parent.join(format!(
-            ".{}.partial-{}",
-            file_name.to_string_lossy(),
-            fsutil::random_hex(6).map_err(Error::io("cannot get random bytes"))?
-        ));
-        let file = fsutil::create_new_private(&tmp_path)
-            .map_err(Error::io(format!("cannot create {}", tmp_path.display())))?;
-        let mut partial = PartialFile {
-            path: tmp_path.clone(),
-            armed: true,
+        // Written unnamed and linked into place once complete, so that an export killed
+        // midway (SIGKILL, power loss) leaves nothing in the user's directory; a named
+        // `.<dest>.partial-<hex>` beside it, renamed into place, where the file system
+        // has no O_TMPFILE (that one an error removes, a kill leaves).
+        let (file, mut partial) = match fsutil::create_anonymous_in(parent) {
+            Ok(file) => (file, None),
+            Err(e) if fsutil::anonymous_unsupported(&e) => {
+                let tmp_path = parent.join(format!(
+                    ".{}.partial-{}",
+                    file_name.to_string_lossy(),
+                    fsutil::random_hex(6).map_err(Error::io("cannot get random bytes"))?
+                ));
+                let file = fsutil::create_new_private(&tmp_path)
+                    .map_err(Error::io(format!("cannot create {}", tmp_path.display())))?;
+                let partial = PartialFile {
+                    path: tmp_path,
+                    armed: true,
+                };
+                (file, Some(partial))
+            }
+            Err(e) => {
+                return Err(Error::io(format!(
+                    "cannot create an unnamed file in {}",
+                    parent.display()
+                ))(e))
+            }
         };
-        let write_err = Error::io(format!("cannot write {}", tmp_path.display()));
+        // What the file is called in errors until it is in place.
+        let writing = match &partial {
+            Some(p) => p.path.display().to_string(),
+            None => format!("{} (unnamed until complete)", dest.display()),
+        };
+        let write_err = Error::io(format!("cannot write {writing}"));
         let encoder = zstd::Encoder::new(
             BufWriter::with_capacity(super::codec::COPY_BUF, file),
             level,
@@ -164,7 +186,7 @@ impl Store {
                 format!("{ARCHIVE_IMAGE_PREFIX}{stored}"),
                 file.take(f.compressed_size),
             )
-            .map_err(Error::io(format!("cannot write {}", tmp_path.display())))?;
+            .map_err(Error::io(format!("cannot write {writing}")))?;
         }
         let finished = (|| {
             let encoder = tar.into_inner()?;
@@ -174,20 +196,29 @@ impl Store {
                 std::os::unix::fs::fchown(&file, Some(uid), None)?;
             }
             file.sync_all()?;
-            file.metadata().map(|meta| meta.len())
+            let bytes = file.metadata()?.len();
+            Ok::<_, io::Error>((file, bytes))
         })();
-        let bytes = finished.map_err(Error::io(format!("cannot write {}", tmp_path.display())))?;
-        fsutil::rename_noreplace(&tmp_path, dest).map_err(|e| {
+        let (file, bytes) = finished.map_err(Error::io(format!("cannot write {writing}")))?;
+        let published = match &partial {
+            None => fsutil::link_anonymous(&file, dest),
+            Some(p) => fsutil::rename_noreplace(&p.path, dest),
+        };
+        drop(file);
+        published.map_err(|e| {
             if e.kind() == io::ErrorKind::AlreadyExists {
                 Error::AlreadyExists(format!(
                     "{} exists; export writes a new file",
                     dest.display()
                 ))
             } else {
-                Error::io(format!("cannot rename into {}", dest.display()))(e)
+                let verb = if partial.is_some() { "rename" } else { "link" };
+                Error::io(format!("cannot {verb} into {}", dest.display()))(e)
             }
         })?;
-        partial.armed = false;
+        if let Some(p) = &mut partial {
+            p.armed = false;
+        }
         fsutil::fsync_dir(parent)
             .map_err(Error::io(format!("cannot fsync {}", parent.display())))?;
         Ok((m, bytes))

@@ -94,6 +94,64 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Opens a new unnamed file in directory `dir` (`O_TMPFILE`, mode 0600), for writing a
+/// file that appears under its name only once it is complete ([`link_anonymous`]).
+///
+/// Why not a named temporary file renamed into place: a drop guard removes that on an
+/// error, but nothing does when the process is SIGKILLed (or the machine loses power)
+/// mid-write, and it stays in the user's directory forever. An unnamed file has no
+/// directory entry: when the last descriptor closes, however the process ended, the
+/// kernel frees it, and there is nothing to clean.
+///
+/// Fails with an error for which [`anonymous_unsupported`] holds where this cannot be
+/// done: file systems without `O_TMPFILE`, or no `/proc` to link the file through.
+pub fn create_anonymous_in(dir: &Path) -> io::Result<File> {
+    // linkat(2) of an unnamed file goes through /proc/self/fd (AT_EMPTY_PATH would need
+    // CAP_DAC_READ_SEARCH): without it the file could be written but never published.
+    if !Path::new("/proc/self/fd").is_dir() {
+        return Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP));
+    }
+    OpenOptions::new()
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+        .open(dir)
+}
+
+/// Whether `e`, from [`create_anonymous_in`], says that the file system (or kernel) has no
+/// `O_TMPFILE`: `EOPNOTSUPP` from the file system, `EISDIR` from a kernel that ignores
+/// the flag and opens the directory itself, `EINVAL` for the flag combination.
+pub fn anonymous_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+    )
+}
+
+/// Gives the unnamed file `file` (from [`create_anonymous_in`]) the name `dest`, in the
+/// directory it was created in; fails with `AlreadyExists` if `dest` exists
+/// (`linkat(AT_SYMLINK_FOLLOW)` of `/proc/self/fd/<fd>`, which never replaces).
+pub fn link_anonymous(file: &File, dest: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from_c = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let to_c = CString::new(dest.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; plain syscall.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Checks that `meta` is owned by `owner` (when one is required): a non-root client may
 /// only have the daemon read and write files that it owns itself.
 pub fn check_owner(meta: &fs::Metadata, owner: Option<u32>, path: &Path) -> Result<(), String> {
@@ -175,6 +233,29 @@ mod tests {
         let c = dir.path().join("c");
         rename_noreplace(&a, &c).unwrap();
         assert!(c.is_dir() && !a.exists());
+    }
+
+    #[test]
+    fn anonymous_files_appear_only_when_linked() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = match create_anonymous_in(dir.path()) {
+            Err(e) if anonymous_unsupported(&e) => return,
+            r => r.unwrap(),
+        };
+        let mut w = &file;
+        io::Write::write_all(&mut w, b"archive").unwrap();
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0);
+        let dest = dir.path().join("a");
+        link_anonymous(&file, &dest).unwrap();
+        assert_eq!(fs::read(&dest).unwrap(), b"archive");
+        assert_eq!(fs::metadata(&dest).unwrap().mode() & 0o777, 0o600);
+        // Never over an existing file.
+        let other = create_anonymous_in(dir.path()).unwrap();
+        let e = link_anonymous(&other, &dest).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&dest).unwrap(), b"archive");
+        drop((file, other));
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -447,6 +447,57 @@ fn export_then_import_gives_the_same_manifest_and_bytes() {
     assert_same_tree(&f.src, &dest);
 }
 
+#[test]
+fn export_leaves_only_the_archive_and_never_overwrites() {
+    use std::os::unix::fs::MetadataExt;
+    let f = fixture();
+    store_one(&f, "fn-1");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&f.out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let archive = f.out.join("fn-1.tar.zst");
+    let (_, bytes) = f.store.export("fn-1", &archive, 3, None).unwrap();
+    // Only the archive: no temporary file beside it.
+    assert_eq!(names(), ["fn-1.tar.zst"]);
+    let meta = fs::metadata(&archive).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.len(), bytes);
+    assert_eq!(meta.mode() & 0o777, 0o600);
+    // It imports.
+    let imported = f.store.import(&archive, Some("fn-2"), None).unwrap();
+    assert_eq!(imported.files, f.store.get("fn-1").unwrap().files);
+
+    // An existing file is refused, and left as it was, with nothing beside it.
+    let other = f.out.join("other");
+    fs::write(&other, b"mine").unwrap();
+    for dest in [&archive, &other] {
+        let before = fs::read(dest).unwrap();
+        let e = f.store.export("fn-1", dest, 3, None).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
+        assert!(
+            e.to_string().contains(&format!(
+                "{} exists; export writes a new file",
+                dest.display()
+            )),
+            "{e}"
+        );
+        assert_eq!(fs::read(dest).unwrap(), before);
+    }
+    assert_eq!(names(), ["fn-1.tar.zst", "other"]);
+    // So is a symlink, even a dangling one (not followed).
+    let link = f.out.join("link");
+    symlink(f.out.join("nowhere"), &link).unwrap();
+    let e = f.store.export("fn-1", &link, 3, None).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::AlreadyExists, "{e}");
+    assert!(!f.out.join("nowhere").exists());
+    assert_eq!(names(), ["fn-1.tar.zst", "link", "other"]);
+}
+
 /// Builds a zstd tar with a valid manifest for `files` and then the entries `extra`
 /// writes (raw headers, so that it can hold what tar-rs would refuse to write).
 fn hostile_archive(
