@@ -359,6 +359,40 @@ pub fn criu_binary() -> String {
     "criu".into()
 }
 
+/// [`criu_binary`] resolved (a bare name through `PATH`), or why CRIU cannot run
+/// here, with the fix: checked before a checkpoint so a node without CRIU gets an
+/// error naming it rather than runc's or CRIU's own.
+pub fn criu_executable() -> std::result::Result<PathBuf, String> {
+    resolve_criu(&criu_binary(), std::env::var_os("PATH").as_deref())
+}
+
+fn resolve_criu(
+    name: &str,
+    path_var: Option<&std::ffi::OsStr>,
+) -> std::result::Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let exec = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    let found = if name.contains('/') {
+        Some(PathBuf::from(name)).filter(|p| exec(p))
+    } else {
+        path_var.and_then(|path| {
+            std::env::split_paths(path)
+                .map(|d| d.join(name))
+                .find(|p| exec(p))
+        })
+    };
+    found.ok_or_else(|| {
+        format!(
+            "CRIU is not available: {name} is not an executable file{}: install CRIU 4.2 or \
+             later (hack/setup.sh builds it into /usr/local/sbin), or point REKINDLE_CRIU at it \
+             in containerd's environment",
+            if name.contains('/') { "" } else { " on PATH" }
+        )
+    })
+}
+
 /// What `runc checkpoint` is asked to do (containerd.runc.v1.CheckpointOptions).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CheckpointSpec {
@@ -881,6 +915,31 @@ SystemdCgroup = true
         let mut invalid_utf8 = runtime_options("", "", "");
         invalid_utf8.value = vec![0x1a, 2, 0xff, 0xfe];
         assert!(refusal(&invalid_utf8).contains("not UTF-8"));
+    }
+
+    #[test]
+    fn a_missing_criu_is_named_with_the_fix() {
+        let e = resolve_criu("/nonexistent/criu", None).unwrap_err();
+        assert!(
+            e.contains("/nonexistent/criu")
+                && e.contains("REKINDLE_CRIU")
+                && e.contains("hack/setup.sh"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let e = resolve_criu("criu", Some(dir.path().as_os_str())).unwrap_err();
+        assert!(e.contains("criu is not an executable file on PATH"), "{e}");
+        // A file that is not executable is not CRIU either; an executable one is found.
+        let bin = dir.path().join("criu");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        assert!(resolve_criu("criu", Some(dir.path().as_os_str())).is_err());
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            resolve_criu("criu", Some(dir.path().as_os_str())).unwrap(),
+            bin
+        );
+        assert_eq!(resolve_criu(bin.to_str().unwrap(), None).unwrap(), bin);
     }
 
     #[test]

@@ -586,6 +586,7 @@ impl TaskService {
             )));
         }
         let opts = decode_checkpoint_options(req.options.as_ref())?;
+        crate::runc::criu_executable().map_err(Error::FailedPrecondition)?;
         let image_path = if !req.path.is_empty() {
             req.path.clone()
         } else if !opts.image_path.is_empty() {
