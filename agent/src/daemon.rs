@@ -212,6 +212,9 @@ async fn wait_for_signal() -> Result<(), Error> {
     Ok(())
 }
 
+/// How often rekindle-restored is asked whether the fast path works.
+const FAST_PATH_PROBE_EVERY: Duration = Duration::from_secs(5);
+
 /// A running agent: its pools, its HTTP endpoints and its reconcile loop.
 pub struct Agent {
     pub pool: PoolManager,
@@ -346,6 +349,17 @@ impl Agent {
         driver.set_start_hook(node.start_hook());
         let node_every = Duration::from_millis(config.reconcile_interval_ms.clamp(1000, 5000));
         tasks.push(tokio::spawn(node.run(node_every, stop_rx.clone())));
+        // Known before the first reconcile: without CRIU, no doomed checkpoint is planned.
+        let fp = crate::fast_path::FastPath::probe(&config.restored_socket).await;
+        pool.metrics().set_fast_path(fp.available);
+        pool.set_fast_path(fp);
+        tasks.push(tokio::spawn(crate::fast_path::watch(
+            pool.clone(),
+            pool.metrics().clone(),
+            config.restored_socket.clone(),
+            FAST_PATH_PROBE_EVERY,
+            stop_rx.clone(),
+        )));
         let interval = Duration::from_millis(config.reconcile_interval_ms);
         let p = pool.clone();
         tasks.push(tokio::spawn(async move { p.run(interval, stop_rx).await }));

@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod driver;
 pub mod ebpf;
+pub mod fast_path;
 pub mod gateway;
 pub mod hook;
 pub mod image;

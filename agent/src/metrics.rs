@@ -10,6 +10,7 @@
 //! | `rekindle_pool_instances` | `function`, `tier` | instances now: `hot` (running, busy included), `warm` (frozen); the image: `staged`, `disk` (0 or 1) |
 //! | `rekindle_pool_target` | `function`, `tier` | the policy's targets now: `hot`, `warm`, `staged` (0 or 1) |
 //! | `rekindle_pool_actions_total` | `function`, `action`, `outcome` | the pool's own actions (`start`, `checkpoint`, `freeze`, `thaw`, `stop`, `stage`, `unstage`; `ok` or `failed`) |
+//! | `rekindle_fast_path_available` | | 1 while checkpoints and restores work (rekindle-restored reachable and its CRIU working), 0 while instances start cold (the reason is in the log and in `rekindle status`) |
 //! | `rekindle_bpf_loaded` | | 1 when the eBPF probes are loaded and read, 0 when the agent goes on with cgroup statistics alone (the reason is in its log) |
 //! | `rekindle_function_cpu_seconds_total` | `function` | CPU time of the function's instances (eBPF, `sched_switch`; accounted when a task leaves a CPU) |
 //! | `rekindle_function_runqueue_latency_seconds` | `function` | histogram of the waits of its instances' tasks from runnable to running (eBPF; log2 buckets from 2 µs) |
@@ -92,7 +93,7 @@ impl StartTier {
 }
 
 /// The values of the `reason` label: bounded, enum-like.
-pub const REASONS: [&str; 10] = [
+pub const REASONS: [&str; 11] = [
     "containerd",
     "timeout",
     "not_ready",
@@ -103,6 +104,9 @@ pub const REASONS: [&str; 10] = [
     "invoke",
     "budget",
     "shutdown",
+    // A restore wanted while checkpoints and restores do not work here (no CRIU,
+    // rekindle-restored down): not tried, the request started cold.
+    "fast_path_unavailable",
 ];
 
 /// The `reason` label of a driver failure.
@@ -170,6 +174,8 @@ pub struct Metrics {
     pub pool_actions: Family<FnAction, Counter>,
     /// The gateway's 503s, by reason.
     pub refused: Family<FnReason, Counter>,
+    /// 1 while checkpoints and restores work on this node ([`crate::fast_path`]).
+    pub fast_path: Gauge,
     /// Per-function node statistics (eBPF and cgroups), written by [`crate::ebpf`].
     pub node: Arc<NodeMetrics>,
     /// Forecast vs. observed arrivals and memory budget use, written by the pool manager.
@@ -192,6 +198,14 @@ impl Metrics {
         let pool_target = Family::<FnTier, Gauge>::default();
         let pool_actions = Family::<FnAction, Counter>::default();
         let refused = Family::<FnReason, Counter>::default();
+        let fast_path = Gauge::default();
+        // Until the first probe says otherwise.
+        fast_path.set(1);
+        registry.register(
+            "rekindle_fast_path_available",
+            "1 while checkpoints and restores work (rekindle-restored reachable, its CRIU working); 0: instances start cold",
+            fast_path.clone(),
+        );
         registry.register(
             "rekindle_starts",
             "Requests served, by how their instance was had (hot, warm, restore_staged, restore_disk, cold)",
@@ -240,6 +254,7 @@ impl Metrics {
             pool_target,
             pool_actions,
             refused,
+            fast_path,
             node,
             pool,
         }
@@ -289,6 +304,10 @@ impl Metrics {
                 outcome: if ok { "ok" } else { "failed" }.into(),
             })
             .inc();
+    }
+
+    pub fn set_fast_path(&self, available: bool) {
+        self.fast_path.set(available as i64);
     }
 
     pub fn set_pool(&self, function: &str, tier: &'static str, instances: i64) {

@@ -19,6 +19,7 @@ mod agent_live;
 mod agent_restart;
 mod checkpoint_restore;
 mod containerd_restart;
+mod criu_missing;
 mod errors;
 mod events;
 mod exec;

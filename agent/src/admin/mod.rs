@@ -223,6 +223,8 @@ pub struct NodeStatus {
     /// The registered functions' images in the store.
     pub images: Vec<ImageStatus>,
     pub restored: RestoredStatus,
+    /// Whether checkpoints and restores work on this node, and why not.
+    pub fast_path: crate::fast_path::FastPath,
     /// Over the last starts served to requests (at most
     /// [`crate::pool::manager::RECENT_STARTS`]), by tier, fastest tier first.
     pub start_latencies: Vec<TierLatency>,
@@ -393,7 +395,7 @@ impl From<crate::pool::manager::ManageError> for ApiError {
             M::Exists(_) | M::ImageTaken { .. } | M::NoInstance(_) => ApiError::Conflict(m),
             M::Busy { .. } | M::ImageBusy(_) => ApiError::Conflict(m),
             M::Checkpoint { .. } => ApiError::Failed(m),
-            M::ShuttingDown => ApiError::Unavailable(m),
+            M::ShuttingDown | M::NoFastPath(_) => ApiError::Unavailable(m),
         }
     }
 }

@@ -98,6 +98,17 @@ pub fn status_text(s: &NodeStatus) -> String {
             s.restored.error.as_deref().unwrap_or("?")
         )
     };
+    out += &if s.fast_path.available {
+        format!(
+            "fast path (checkpoint, restore): available, CRIU {}\n",
+            s.fast_path.criu_version.as_deref().unwrap_or("?")
+        )
+    } else {
+        format!(
+            "fast path (checkpoint, restore): UNAVAILABLE, instances start cold: {}\n",
+            s.fast_path.reason.as_deref().unwrap_or("?")
+        )
+    };
 
     out += "\nPOOLS\n";
     if s.functions.is_empty() {
@@ -344,6 +355,11 @@ mod tests {
                 images_total: 3,
                 images_staged: 1,
             },
+            fast_path: crate::fast_path::FastPath {
+                available: true,
+                criu_version: Some("4.2.1".into()),
+                reason: None,
+            },
             start_latencies: tier_latencies(&[
                 (crate::metrics::StartTier::Hot, 0.0004),
                 (crate::metrics::StartTier::Cold, 2.5),
@@ -372,6 +388,7 @@ mod tests {
             "rekindle-agent 0.1.0, up 1h 2m, policy rekindle",
             "memory: 1.0 GiB of a 4.0 GiB budget (25%)",
             "rekindle-restored: 3 image(s) in the store, 1 staged",
+            "fast path (checkpoint, restore): available, CRIU 4.2.1",
             "FUNCTION  HOT  WARM  STAGED  BUSY  STARTING  CHECKPOINT  TARGET H/W/S  MEMORY",
             "hello     2    1     1       1     0         staged      1/1/1         768.0 MiB",
             "hello-1a2b  hello     hot   idle 12s  restored from hello",
@@ -386,6 +403,11 @@ mod tests {
         let mut down = status();
         down.restored.reachable = false;
         down.restored.error = Some("connection refused".into());
+        down.fast_path = crate::fast_path::FastPath {
+            available: false,
+            criu_version: None,
+            reason: Some("rekindle-restored found no working CRIU".into()),
+        };
         down.memory.budget_bytes = None;
         down.functions.clear();
         down.instances.clear();
@@ -394,6 +416,7 @@ mod tests {
         let t = status_text(&down);
         for needle in [
             "NOT REACHABLE on /run/rekindle/restored.sock: connection refused",
+            "UNAVAILABLE, instances start cold: rekindle-restored found no working CRIU",
             "(no budget)",
             "no functions registered",
             "none loaded",

@@ -193,6 +193,7 @@ impl AdminState {
             instances,
             images,
             restored,
+            fast_path: self.pool.fast_path(),
             start_latencies: tier_latencies(&starts),
         }
     }

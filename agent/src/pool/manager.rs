@@ -28,14 +28,15 @@ use tokio::sync::{oneshot, Notify, Semaphore};
 use super::admission::{self, Admission, Counts, Limits, Refusal, Room};
 use super::pressure::{PressureGate, PressureThresholds};
 use super::{
-    charged_memory_mb, decide, hold_back, make_room, real_plan, Action, FunctionView, ImageState,
-    InstanceView, Loaded, PlanBounds, StartWhy,
+    charged_memory_mb, decide, hold_back, make_room, real_plan, without_fast_path, Action,
+    FunctionView, ImageState, InstanceView, Loaded, PlanBounds, StartWhy,
 };
 use crate::config::FunctionConfig;
 use crate::driver::{
     ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec, Instance, InstanceDriver,
     Response, TaskState,
 };
+use crate::fast_path::FastPath;
 use crate::metrics::{self, FunctionPoolStats, Metrics, StartTier};
 use crate::policy::{FunctionId, FunctionInfo, Plan, Policy, Trigger, INTERVAL};
 
@@ -290,6 +291,9 @@ struct Shared {
     ops: AtomicUsize,
     ops_done: Notify,
     made: Mutex<Vec<String>>,
+    /// Whether checkpoints and restores work ([`crate::fast_path`]); starts are cold and
+    /// no checkpoint or stage is planned while not.
+    fast_path: Mutex<FastPath>,
     /// The last starts served to requests, newest last (the admin API's status).
     recent: Mutex<VecDeque<RecentStart>>,
 }
@@ -362,6 +366,8 @@ pub enum ManageError {
     },
     #[error("the agent is shutting down")]
     ShuttingDown,
+    #[error("no checkpoint: the fast path is unavailable: {0}")]
+    NoFastPath(String),
 }
 
 /// What [`PoolManager::checkpoint`] did.
@@ -521,6 +527,11 @@ impl PoolManager {
                 ops: AtomicUsize::new(0),
                 ops_done: Notify::new(),
                 made: Mutex::new(Vec::new()),
+                fast_path: Mutex::new(FastPath {
+                    available: true,
+                    criu_version: None,
+                    reason: None,
+                }),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_STARTS)),
             }),
         }
@@ -537,6 +548,19 @@ impl PoolManager {
                 ImageState::Disk
             };
         }
+    }
+
+    /// What the fast-path probe found ([`crate::fast_path::watch`]).
+    pub fn set_fast_path(&self, fp: FastPath) {
+        *self.s.fast_path.lock().unwrap() = fp;
+    }
+
+    pub fn fast_path(&self) -> FastPath {
+        self.s.fast_path.lock().unwrap().clone()
+    }
+
+    fn fast_path_available(&self) -> bool {
+        self.s.fast_path.lock().unwrap().available
     }
 
     pub fn metrics(&self) -> &Arc<Metrics> {
@@ -755,6 +779,12 @@ impl PoolManager {
             }
         }
         self.s.metrics.pool.set_hold_back(held);
+        if !self.fast_path_available() {
+            let n = without_fast_path(&mut actions);
+            if n > 0 {
+                tracing::debug!(actions = n, "checkpoints and stages dropped: no fast path");
+            }
+        }
         for a in &actions {
             self.claim(&mut st, a);
         }
@@ -974,8 +1004,10 @@ impl PoolManager {
         let image = self.s.state.lock().unwrap().fns[fi].image;
         let d = &self.s.driver;
         let r = match image {
-            ImageState::None => d.cold_start(spec).await,
-            _ => d.restore(spec, &spec.store_as).await,
+            ImageState::Disk | ImageState::Staged if self.fast_path_available() => {
+                d.restore(spec, &spec.store_as).await
+            }
+            _ => d.cold_start(spec).await,
         };
         let inst = r.map_err(|e| e.to_string())?;
         self.s.made.lock().unwrap().push(inst.id.clone());
@@ -1546,7 +1578,16 @@ impl PoolManager {
             ImageState::Disk => Some(StartTier::RestoreDisk),
             ImageState::None => None,
         };
-        if let Some(tier) = restore_tier {
+        if let Some(tier) = restore_tier.filter(|&tier| {
+            // Counted as the restore it would have been: the request wanted it.
+            let available = self.fast_path_available();
+            if !available {
+                self.s
+                    .metrics
+                    .failure(function, tier, "fast_path_unavailable");
+            }
+            available
+        }) {
             match d.restore(spec, &spec.store_as).await {
                 Ok(i) => {
                     self.s.made.lock().unwrap().push(i.id.clone());
@@ -1755,6 +1796,10 @@ impl PoolManager {
     ) -> Result<Checkpointed, ManageError> {
         if self.s.closing.load(Ordering::SeqCst) {
             return Err(ManageError::ShuttingDown);
+        }
+        let fp = self.fast_path();
+        if !fp.available {
+            return Err(ManageError::NoFastPath(fp.reason.unwrap_or_default()));
         }
         let _guard = OpGuard::new(&self.s);
         let (fi, inst, store_as) = {
@@ -2198,6 +2243,46 @@ mod tests {
             vec!["f-run".to_string(), "f-frozen".to_string()]
         );
         assert_eq!(pool.shutdown(Duration::from_secs(1)).await, 2);
+    }
+
+    /// Without the fast path (CRIU missing, rekindle-restored down) a function with a
+    /// stored image starts cold, counted as the restore it wanted; checkpoints are
+    /// neither planned nor accepted; when it is back, restores are.
+    #[tokio::test]
+    async fn without_the_fast_path_starts_are_cold_and_nothing_is_checkpointed() {
+        let fake = Arc::new(Fake::default());
+        let pool = manager(fake.clone());
+        pool.set_image("f", false);
+        pool.set_fast_path(FastPath {
+            available: false,
+            criu_version: None,
+            reason: Some("no CRIU".into()),
+        });
+        let s = pool.invoke("f", "/").await.unwrap();
+        assert_eq!(s.tier, StartTier::Cold);
+        let text = pool.metrics().encode();
+        assert!(
+            text.contains("rekindle_start_failures_total{function=\"f\",tier=\"restore_disk\",reason=\"fast_path_unavailable\"} 1"),
+            "{text}"
+        );
+        match pool.checkpoint("f", None, true).await {
+            Err(ManageError::NoFastPath(why)) => assert_eq!(why, "no CRIU"),
+            other => panic!("{other:?}"),
+        }
+        assert!(pool
+            .reconcile()
+            .iter()
+            .all(|a| !matches!(a, Action::Checkpoint { .. } | Action::Stage { .. })));
+        pool.set_fast_path(FastPath {
+            available: true,
+            criu_version: Some("4.2.1".into()),
+            reason: None,
+        });
+        // The hot instance is busy-free: a second concurrent request restores.
+        let (a, b) = tokio::join!(pool.invoke("f", "/"), pool.invoke("f", "/"));
+        let tiers = [a.unwrap().tier, b.unwrap().tier];
+        assert!(tiers.contains(&StartTier::RestoreDisk), "{tiers:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
     }
 
     /// /metrics: the arrivals of the current window next to the Rekindle policy's

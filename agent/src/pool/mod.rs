@@ -536,6 +536,14 @@ pub fn hold_back(actions: &mut Vec<Action>) -> usize {
     before - actions.len()
 }
 
+/// Drops what needs the fast path (CRIU, rekindle-restored) while it is unavailable:
+/// checkpoints and stages could only fail. Returns how many.
+pub fn without_fast_path(actions: &mut Vec<Action>) -> usize {
+    let before = actions.len();
+    actions.retain(|a| !matches!(a, Action::Checkpoint { .. } | Action::Stage { .. }));
+    before - actions.len()
+}
+
 /// Memory one instance of a function is charged in the budget, MB: its configured
 /// `memory_mb`, or the 90th percentile of its instances' measured cgroup memory when
 /// that is more. Never less than configured: the cgroup limit is `memory_mb`, so an

@@ -81,6 +81,9 @@ pub struct Paths {
     pub io: PathBuf,
     pub bin_dir: PathBuf,
     pub shim_dir: PathBuf,
+    /// Added to containerd's environment, which its shims inherit (e.g. a CRIU that
+    /// does not exist, for the story of a node without CRIU).
+    pub shim_env: Vec<(String, String)>,
 }
 
 impl Paths {
@@ -116,17 +119,24 @@ pub struct PrivateContainerd {
 
 impl PrivateContainerd {
     pub fn start(version: Version) -> Result<Self> {
-        Self::start_inner(version, None)
+        Self::start_inner(version, None, &[])
+    }
+
+    /// [`PrivateContainerd::start`] with `env` added to containerd's environment (and
+    /// so to its shims').
+    #[allow(dead_code)] // tests/integration/criu_missing.rs only
+    pub fn start_with_env(version: Version, env: &[(&str, &str)]) -> Result<Self> {
+        Self::start_inner(version, None, env)
     }
 
     /// [`PrivateContainerd::start`] with containerd's CRI plugin enabled and configured
     /// by `cri` (the default start keeps CRI disabled): the tests of the Kubernetes path.
     #[allow(dead_code)] // tests/cri.rs; the integration binary has no CRI test
     pub fn start_with_cri(version: Version, cri: &CriSetup) -> Result<Self> {
-        Self::start_inner(version, Some(cri))
+        Self::start_inner(version, Some(cri), &[])
     }
 
-    fn start_inner(version: Version, cri: Option<&CriSetup>) -> Result<Self> {
+    fn start_inner(version: Version, cri: Option<&CriSetup>, env: &[(&str, &str)]) -> Result<Self> {
         sweep_stale_dirs();
         let bin_dir = cache_dir().join(version.dir_name()).join("usr/bin");
         let containerd = bin_dir.join("containerd");
@@ -160,6 +170,10 @@ impl PrivateContainerd {
             io: dir.join("io"),
             bin_dir,
             shim_dir,
+            shim_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir,
         };
         for d in [&paths.root, &paths.state, &paths.runc_root, &paths.io] {
@@ -256,6 +270,7 @@ fn containerd_command(paths: &Paths, log: fs::File) -> Result<Command> {
         // The shims' recorded working sets stay in this run's dir, not the
         // host's /var/lib/rekindle.
         .env("REKINDLE_WORKING_SETS", paths.dir.join("working-sets"))
+        .envs(paths.shim_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
@@ -693,6 +708,7 @@ fn sweep_stale_dirs() {
             io: dir.join("io"),
             bin_dir: PathBuf::new(),
             shim_dir: PathBuf::new(),
+            shim_env: Vec::new(),
             dir: dir.clone(),
         };
         let leaked = leaks::after_containerd(&paths);

@@ -199,11 +199,18 @@ where
 /// drop or [`PrivateContainerd::shutdown`] it afterwards (that reports its leaks).
 #[allow(dead_code)] // tests/integration/containerd_restart.rs only
 pub fn own_containerd() -> Result<(PrivateContainerd, Shared)> {
+    own_containerd_with_env(&[])
+}
+
+/// [`own_containerd`] with `env` added to containerd's (and so its shims')
+/// environment.
+#[allow(dead_code)] // tests/integration/criu_missing.rs and own_containerd only
+pub fn own_containerd_with_env(env: &[(&str, &str)]) -> Result<(PrivateContainerd, Shared)> {
     let image_tar = containerd::cache_dir().join("images/python-fn.oci.tar");
     if !image_tar.is_file() {
         bail!("{} is missing: run hack/setup.sh", image_tar.display());
     }
-    let cd = PrivateContainerd::start(Version::from_env()?)?;
+    let cd = PrivateContainerd::start_with_env(Version::from_env()?, env)?;
     cd.import_image_into(NAMESPACE, &image_tar)?;
     let shared = Shared {
         paths: cd.paths.clone(),

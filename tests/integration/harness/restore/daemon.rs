@@ -35,6 +35,12 @@ impl RestoreDaemon {
     /// Starts the daemon in a fresh directory under [`restored_dir`], listening on
     /// `socket`, and waits until it answers.
     pub fn start(socket: &Path) -> Result<Self> {
+        Self::start_with_config(socket, "")
+    }
+
+    /// [`RestoreDaemon::start`] with `config` as its configuration file's text
+    /// (restored.toml keys, e.g. `criu_binary`).
+    pub fn start_with_config(socket: &Path, config: &str) -> Result<Self> {
         sweep_stale_dirs();
         let binary = profile_dir()?.join("rekindle-restored");
         if !binary.is_file() {
@@ -57,6 +63,8 @@ impl RestoreDaemon {
         };
         let _ = fs::remove_file(socket);
         let log = fs::File::create(&handle.log)?;
+        let config_path = dir.join("restored.toml");
+        fs::write(&config_path, config)?;
         let mut cmd = Command::new(&binary);
         cmd.arg("--socket")
             .arg(socket)
@@ -65,7 +73,7 @@ impl RestoreDaemon {
             .arg("--stage-dir")
             .arg(&handle.stage)
             .arg("--config")
-            .arg("/dev/null")
+            .arg(&config_path)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
