@@ -2,8 +2,10 @@
 //! rekindle-restored — works, as rekindle-restored reports it. When it does not (CRIU
 //! missing or broken, the daemon down), the agent says so (log, `/metrics`, admin
 //! status), starts instances cold, and stops planning checkpoints and stages that could
-//! only fail; when it comes back, so does the fast path.
+//! only fail; when it comes back, so does the fast path. The same loop keeps the pools'
+//! view of the functions' images in line with the store's.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -72,6 +74,24 @@ impl FastPath {
     }
 }
 
+/// The images in rekindle-restored's store (name → staged), or `None` when it cannot
+/// tell now.
+async fn store_images(socket: &Path) -> Option<HashMap<String, bool>> {
+    let client = rekindle_restore_api::Client::new(socket);
+    match tokio::time::timeout(PROBE_TIMEOUT, client.list_images()).await {
+        Ok(Ok(list)) => Some(
+            list.into_iter()
+                .map(|i| (i.manifest.name, i.staged))
+                .collect(),
+        ),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "listing the store's images");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
 /// Probes every `every` until `stop`: tells the pool and `/metrics`, and logs each change
 /// (a warning with the reason when the fast path goes, info when it comes back).
 pub async fn watch(
@@ -97,8 +117,15 @@ pub async fn watch(
         }
         metrics.set_fast_path(fp.available);
         pool.set_fast_path(fp);
+        // The store decides which images exist (an operator's `rekindle image rm`, a
+        // GC, a restarted daemon that staged nothing yet).
+        let ops = pool.image_ops();
+        if let Some(images) = store_images(&socket).await {
+            pool.sync_images(&images, ops);
+        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
+            _ = pool.resync_wanted() => {}
             _ = stop.changed() => {}
         }
         if *stop.borrow() {

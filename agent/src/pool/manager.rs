@@ -294,6 +294,12 @@ struct Shared {
     /// Whether checkpoints and restores work ([`crate::fast_path`]); starts are cold and
     /// no checkpoint or stage is planned while not.
     fast_path: Mutex<FastPath>,
+    /// Asks [`crate::fast_path::watch`] to read the store's images again now (after an
+    /// image operation failed: the agent's view may be stale).
+    resync: Notify,
+    /// Image operations finished so far: a list of the store's images taken before one
+    /// finished is stale ([`PoolManager::sync_images`]).
+    image_ops: AtomicUsize,
     /// The last starts served to requests, newest last (the admin API's status).
     recent: Mutex<VecDeque<RecentStart>>,
 }
@@ -532,6 +538,8 @@ impl PoolManager {
                     criu_version: None,
                     reason: None,
                 }),
+                resync: Notify::new(),
+                image_ops: AtomicUsize::new(0),
                 recent: Mutex::new(VecDeque::with_capacity(RECENT_STARTS)),
             }),
         }
@@ -541,6 +549,7 @@ impl PoolManager {
     /// the agent), so their next start is a restore. `staged`: decompressed in memory.
     pub fn set_image(&self, function: &str, staged: bool) {
         let mut st = self.s.state.lock().unwrap();
+        self.s.image_ops.fetch_add(1, Ordering::SeqCst);
         if let Some(&i) = st.by_name.get(function) {
             st.fns[i].image = if staged {
                 ImageState::Staged
@@ -553,6 +562,47 @@ impl PoolManager {
     /// What the fast-path probe found ([`crate::fast_path::watch`]).
     pub fn set_fast_path(&self, fp: FastPath) {
         *self.s.fast_path.lock().unwrap() = fp;
+    }
+
+    /// The functions' images as rekindle-restored holds them (name → staged), which wins
+    /// over the agent's view: an image removed by an operator or a GC, or unstaged by a
+    /// restart of the daemon, is no longer restored from (and the next cold start is
+    /// checkpointed again). Functions with an image operation in flight are left alone.
+    /// `ops_before`: [`PoolManager::image_ops`] before the list was asked for; if an
+    /// image operation finished since, the list may predate it and is not applied.
+    pub fn sync_images(&self, images: &HashMap<String, bool>, ops_before: usize) {
+        let mut st = self.s.state.lock().unwrap();
+        if self.s.image_ops.load(Ordering::SeqCst) != ops_before {
+            return;
+        }
+        for f in st.fns.iter_mut().filter(|f| !f.image_busy) {
+            let now = match images.get(&f.spec.store_as) {
+                None => ImageState::None,
+                Some(true) => ImageState::Staged,
+                Some(false) => ImageState::Disk,
+            };
+            if now != f.image {
+                tracing::info!(
+                    function = %f.cfg.name,
+                    image = %f.spec.store_as,
+                    was = ?f.image,
+                    now = ?now,
+                    "image state taken from rekindle-restored"
+                );
+                f.image = now;
+            }
+        }
+    }
+
+    /// How many image operations (checkpoint, stage, unstage) have finished.
+    pub fn image_ops(&self) -> usize {
+        self.s.image_ops.load(Ordering::SeqCst)
+    }
+
+    /// Resolves when an image operation failed since the last call (see
+    /// [`PoolManager::sync_images`]).
+    pub async fn resync_wanted(&self) {
+        self.s.resync.notified().await
     }
 
     pub fn fast_path(&self) -> FastPath {
@@ -857,7 +907,8 @@ impl PoolManager {
         }
     }
 
-    async fn act(&self, a: Action) {
+    /// Carries out one action; whether it did what it set out to.
+    async fn act(&self, a: Action) -> bool {
         let fi = a.function();
         let (name, spec, store_as) = {
             let st = self.s.state.lock().unwrap();
@@ -872,14 +923,21 @@ impl PoolManager {
                     Some(i) => d.checkpoint(i, &store_as).await.map_err(|e| e.to_string()),
                     None => Err("instance gone".into()),
                 };
-                let mut st = self.s.state.lock().unwrap();
-                let f = &mut st.fns[fi];
-                f.image_busy = false;
-                if r.is_ok() {
-                    f.image = ImageState::Disk;
+                {
+                    let mut st = self.s.state.lock().unwrap();
+                    self.s.image_ops.fetch_add(1, Ordering::SeqCst);
+                    let f = &mut st.fns[fi];
+                    f.image_busy = false;
+                    if r.is_ok() {
+                        f.image = ImageState::Disk;
+                    }
+                    if let Some(s) = f.slot(instance) {
+                        s.busy = false;
+                    }
                 }
-                if let Some(s) = f.slot(instance) {
-                    s.busy = false;
+                if r.is_err() {
+                    // E.g. the image exists already (stored behind the agent's back).
+                    self.s.resync.notify_one();
                 }
                 log_result(&name, &a, &r);
                 r.is_ok()
@@ -887,7 +945,7 @@ impl PoolManager {
             Action::Freeze { instance, .. } | Action::Thaw { instance, .. } => {
                 let freeze = matches!(a, Action::Freeze { .. });
                 let Some(inst) = self.instance(fi, instance) else {
-                    return;
+                    return false;
                 };
                 let r = if freeze {
                     d.freeze(&inst).await
@@ -925,7 +983,7 @@ impl PoolManager {
                 };
                 match slot {
                     Some(s) => self.stop_instance(&name, s.inst).await,
-                    None => return,
+                    None => return false,
                 }
             }
             Action::Start { into, why, .. } => {
@@ -968,15 +1026,23 @@ impl PoolManager {
                     d.unstage(&store_as).await
                 }
                 .map_err(|e| e.to_string());
-                let mut st = self.s.state.lock().unwrap();
-                let f = &mut st.fns[fi];
-                f.image_busy = false;
-                if r.is_ok() {
-                    f.image = if stage {
-                        ImageState::Staged
-                    } else {
-                        ImageState::Disk
-                    };
+                {
+                    let mut st = self.s.state.lock().unwrap();
+                    self.s.image_ops.fetch_add(1, Ordering::SeqCst);
+                    let f = &mut st.fns[fi];
+                    f.image_busy = false;
+                    if r.is_ok() {
+                        f.image = if stage {
+                            ImageState::Staged
+                        } else {
+                            ImageState::Disk
+                        };
+                    }
+                }
+                if r.is_err() {
+                    // Removed from the store behind the agent's back, or the daemon
+                    // restarted: what rekindle-restored holds decides.
+                    self.s.resync.notify_one();
                 }
                 log_result(&name, &a, &r);
                 r.is_ok()
@@ -985,6 +1051,7 @@ impl PoolManager {
         self.s.metrics.action(&name, a.name(), ok);
         // Whatever it did may free an instance or room for a queued request.
         self.pump_all();
+        ok
     }
 
     fn instance(&self, fi: usize, id: &str) -> Option<Instance> {
@@ -1005,7 +1072,11 @@ impl PoolManager {
         let d = &self.s.driver;
         let r = match image {
             ImageState::Disk | ImageState::Staged if self.fast_path_available() => {
-                d.restore(spec, &spec.store_as).await
+                let r = d.restore(spec, &spec.store_as).await;
+                if r.is_err() {
+                    self.s.resync.notify_one();
+                }
+                r
             }
             _ => d.cold_start(spec).await,
         };
@@ -1394,15 +1465,39 @@ impl PoolManager {
     }
 
     /// Spawns actions already claimed.
+    /// Runs the actions concurrently, except that starts (and the rest) wait until the
+    /// releases of the same batch (stops, unstages) are done: the memory budget holds
+    /// for what the node really uses, not only for what the pools count.
     fn spawn_actions(&self, actions: Vec<Action>) {
-        for a in actions {
-            let me = self.clone();
-            let guard = OpGuard::new(&self.s);
-            tokio::spawn(async move {
-                me.act(a).await;
-                drop(guard);
-            });
+        if actions.is_empty() {
+            return;
         }
+        let me = self.clone();
+        let guard = OpGuard::new(&self.s);
+        tokio::spawn(async move {
+            let (releases, rest): (Vec<_>, Vec<_>) = actions
+                .into_iter()
+                .partition(|a| matches!(a, Action::Stop { .. } | Action::Unstage { .. }));
+            me.run_all(releases).await;
+            me.run_all(rest).await;
+            drop(guard);
+        });
+    }
+
+    /// Runs the actions concurrently; whether all of them succeeded.
+    async fn run_all(&self, actions: Vec<Action>) -> bool {
+        let tasks: Vec<_> = actions
+            .into_iter()
+            .map(|a| {
+                let me = self.clone();
+                tokio::spawn(async move { me.act(a).await })
+            })
+            .collect();
+        let mut ok = true;
+        for t in tasks {
+            ok &= t.await.unwrap_or(false);
+        }
+        ok
     }
 
     /// An instance for a request: served, started or waited for, as admission says.
@@ -1441,7 +1536,17 @@ impl PoolManager {
                     (Step::Now(g), evict)
                 }
             };
-            self.spawn_actions(evict);
+            // The instances and images released to make room go first: the start
+            // waits for them (a request start's memory is not there twice).
+            let evicted = if evict.is_empty() {
+                true
+            } else {
+                let _guard = OpGuard::new(&self.s);
+                self.run_all(evict).await
+            };
+            if !evicted {
+                tracing::debug!(function, "a release for a request's start failed");
+            }
             let mut queued = None;
             let grant = match step {
                 Step::Now(g) => g,
@@ -1596,6 +1701,7 @@ impl PoolManager {
                 Err(e) => {
                     self.s.metrics.failure(function, tier, metrics::reason(&e));
                     tracing::warn!(function, error = %e, "restore failed; cold start instead");
+                    self.s.resync.notify_one();
                 }
             }
         }
@@ -1847,6 +1953,7 @@ impl PoolManager {
         let stop = {
             let now = self.now();
             let mut st = self.s.state.lock().unwrap();
+            self.s.image_ops.fetch_add(1, Ordering::SeqCst);
             let f = &mut st.fns[fi];
             f.image_busy = false;
             if r.is_ok() && f.image == ImageState::None {
@@ -2282,6 +2389,30 @@ mod tests {
         let (a, b) = tokio::join!(pool.invoke("f", "/"), pool.invoke("f", "/"));
         let tiers = [a.unwrap().tier, b.unwrap().tier];
         assert!(tiers.contains(&StartTier::RestoreDisk), "{tiers:?}");
+        pool.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// The store decides which images exist: removed behind the agent's back → the next
+    /// start is cold (no doomed restore); staged by someone else → a staged restore; a
+    /// list taken before an image operation finished is not applied.
+    #[tokio::test]
+    async fn the_image_state_follows_the_store() {
+        let fake = Arc::new(Fake::default());
+        let pool = manager(fake.clone());
+        pool.set_image("f", false);
+        let ops = pool.image_ops();
+        pool.sync_images(&HashMap::new(), ops);
+        assert_eq!(pool.snapshot()[0].image, ImageState::None);
+        let s = pool.invoke("f", "/").await.unwrap();
+        assert_eq!(s.tier, StartTier::Cold, "no restore of a removed image");
+        let ops = pool.image_ops();
+        pool.sync_images(&HashMap::from([("f".to_string(), true)]), ops);
+        assert_eq!(pool.snapshot()[0].image, ImageState::Staged);
+        // Stale: an image operation finished after the list was asked for.
+        let ops = pool.image_ops();
+        pool.set_image("f", false);
+        pool.sync_images(&HashMap::new(), ops);
+        assert_eq!(pool.snapshot()[0].image, ImageState::Disk);
         pool.shutdown(Duration::from_secs(1)).await;
     }
 
