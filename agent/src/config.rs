@@ -81,6 +81,20 @@ fn default_max_queue_wait() -> f64 {
     10.0
 }
 
+/// Upper bounds on a function's fields (agent.toml and the admin API alike).
+pub mod limits {
+    pub const IMAGE_REF: usize = 512;
+    pub const PATH: usize = 1024;
+    pub const ENV_ENTRIES: usize = 256;
+    pub const ENV_BYTES: usize = 64 << 10;
+    pub const MEMORY_MB: u64 = 1 << 20;
+    pub const INSTANCES: u32 = 1000;
+    pub const QUEUE: u32 = 100_000;
+    pub const BODY_BYTES: usize = 1 << 30;
+    /// A week.
+    pub const SECS: f64 = 7.0 * 86_400.0;
+}
+
 /// One function the agent serves (`[[function]]` in the file).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -247,6 +261,74 @@ impl FunctionConfig {
         }
         if !finite(self.max_queue_wait_secs) {
             return bad("max_queue_wait_secs must be 0 or more".into());
+        }
+        // Bounds: these come from the admin API too (untrusted sizes), and each ends up
+        // in an OCI spec, a cgroup file or a queue.
+        let printable = |v: &str| !v.chars().any(char::is_control);
+        if self.image_ref.len() > limits::IMAGE_REF || !printable(&self.image_ref) {
+            return bad(format!(
+                "image_ref must be at most {} printable characters",
+                limits::IMAGE_REF
+            ));
+        }
+        for (key, path) in [
+            ("ready_path", &self.ready_path),
+            ("invoke_path", &self.invoke_path),
+        ] {
+            if path.len() > limits::PATH || path.chars().any(|c| c.is_control() || c == ' ') {
+                return bad(format!(
+                    "{key} must be at most {} characters, without spaces or control characters",
+                    limits::PATH
+                ));
+            }
+        }
+        if self.env.len() > limits::ENV_ENTRIES
+            || self.env.iter().map(String::len).sum::<usize>() > limits::ENV_BYTES
+        {
+            return bad(format!(
+                "env: at most {} entries and {} bytes in all",
+                limits::ENV_ENTRIES,
+                limits::ENV_BYTES
+            ));
+        }
+        if let Some(e) = self
+            .env
+            .iter()
+            .find(|e| e.split_once('=').is_none_or(|(k, _)| k.is_empty()) || e.contains('\0'))
+        {
+            return bad(format!("env entry {e:?} is not KEY=value"));
+        }
+        if self.memory_mb > limits::MEMORY_MB {
+            return bad(format!(
+                "memory_mb is more than {} (1 TiB)",
+                limits::MEMORY_MB
+            ));
+        }
+        // cgroup v1's cpu.shares range.
+        if self.cpu_shares.is_some_and(|s| !(2..=262_144).contains(&s)) {
+            return bad("cpu_shares must be within 2-262144".into());
+        }
+        if self.max_instances > limits::INSTANCES || self.max_queue > limits::QUEUE {
+            return bad(format!(
+                "max_instances is at most {} and max_queue at most {}",
+                limits::INSTANCES,
+                limits::QUEUE
+            ));
+        }
+        if self.max_body_bytes > limits::BODY_BYTES || self.max_response_bytes > limits::BODY_BYTES
+        {
+            return bad(format!(
+                "max_body_bytes and max_response_bytes are at most {} (1 GiB)",
+                limits::BODY_BYTES
+            ));
+        }
+        let long = [
+            ("keep_alive_max_secs", self.keep_alive_max_secs),
+            ("invoke_timeout_secs", self.invoke_timeout_secs),
+            ("max_queue_wait_secs", self.max_queue_wait_secs),
+        ];
+        if let Some((key, v)) = long.iter().find(|(_, v)| *v > limits::SECS) {
+            return bad(format!("{key} = {v} is more than a week"));
         }
         Ok(())
     }
@@ -649,6 +731,40 @@ mod tests {
         bad_fn("port2 = 1", "port2");
         bad_fn("invoke_path = \"invoke\"", "invoke_path");
         bad_fn("max_queue_wait_secs = -1.0", "max_queue_wait_secs");
+        // Bounded: these come from the admin API too.
+        let bounded = |change: &dyn Fn(&mut FunctionConfig), want: &str| {
+            let mut f = FunctionConfig::new("f", "img", 8080);
+            change(&mut f);
+            let e = f.validate().unwrap_err();
+            assert!(e.to_string().contains(want), "{e} (wanted {want:?})");
+        };
+        bounded(
+            &|f| f.image_ref = "a".repeat(513),
+            "image_ref must be at most 512",
+        );
+        bounded(&|f| f.image_ref = "a\nb".into(), "printable");
+        bounded(&|f| f.ready_path = "/a b".into(), "ready_path must be");
+        bounded(
+            &|f| f.invoke_path = format!("/{}", "x".repeat(1024)),
+            "invoke_path",
+        );
+        bounded(&|f| f.env = vec!["NOEQUALS".into()], "is not KEY=value");
+        bounded(&|f| f.env = vec!["=x".into()], "is not KEY=value");
+        bounded(
+            &|f| f.env = (0..300).map(|i| format!("K{i}=v")).collect(),
+            "at most 256 entries",
+        );
+        bounded(
+            &|f| f.env = vec![format!("K={}", "v".repeat(70_000))],
+            "bytes in all",
+        );
+        bounded(&|f| f.memory_mb = 2_000_000, "1 TiB");
+        bounded(&|f| f.cpu_shares = Some(1), "cpu_shares");
+        bounded(&|f| f.max_instances = 5000, "max_instances is at most 1000");
+        bounded(&|f| f.max_queue = 1_000_000, "max_queue at most");
+        bounded(&|f| f.max_body_bytes = 2 << 30, "1 GiB");
+        bounded(&|f| f.invoke_timeout_secs = 1e12, "more than a week");
+        assert!(FunctionConfig::new("f", "img", 8080).validate().is_ok());
         let e = Config::from_toml(
             "[[function]]\nname = \"a b\"\nimage_ref = \"i\"\nport = 1\n",
             p,
