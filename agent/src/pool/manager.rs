@@ -62,6 +62,10 @@ struct Slot {
     inst: Instance,
     loaded: Loaded,
     busy: bool,
+    /// Claimed by a stop (an eviction): its memory is released already as far as the
+    /// plans and the budget are concerned, and whatever waits for the room waits for
+    /// the stop itself.
+    stopping: bool,
     idle_since: f64,
     prewarmed: bool,
 }
@@ -72,6 +76,8 @@ struct FnRt {
     spec: FunctionSpec,
     image: ImageState,
     image_busy: bool,
+    /// An unstage is claimed: the staged copy counts as released (as a stopping slot).
+    unstaging: bool,
     slots: Vec<Slot>,
     starting_hot: u32,
     starting_warm: u32,
@@ -98,6 +104,7 @@ impl FnRt {
             spec: cfg.spec(),
             image: ImageState::None,
             image_busy: false,
+            unstaging: false,
             slots: Vec::new(),
             starting_hot: 0,
             starting_warm: 0,
@@ -117,11 +124,16 @@ impl FnRt {
         FunctionView {
             name: self.cfg.name.clone(),
             memory_mb: self.charged_mb,
-            image: self.image,
+            image: if self.unstaging && self.image == ImageState::Staged {
+                ImageState::Disk
+            } else {
+                self.image
+            },
             image_busy: self.image_busy,
             instances: self
                 .slots
                 .iter()
+                .filter(|s| !s.stopping)
                 .map(|s| InstanceView {
                     id: s.inst.id.clone(),
                     loaded: s.loaded,
@@ -183,7 +195,8 @@ struct Waiter {
 enum Grant {
     Hot(Instance),
     Warm(Instance),
-    Start,
+    /// A start, after these releases (claimed already) are done.
+    Start(Vec<Action>),
     Refused(Refusal),
 }
 
@@ -254,12 +267,14 @@ impl Drop for Ticket<'_> {
         };
         let evict = {
             let mut st = self.pool.s.state.lock().unwrap();
+            let mut evict = Vec::new();
             if !Self::leave(&mut st, self.fi, self.id) {
                 if let Ok(g) = rx.try_recv() {
-                    PoolManager::give_back(&mut st, self.fi, g);
+                    evict = PoolManager::give_back(&mut st, self.fi, g);
                 }
             }
-            self.pool.pump_locked(&mut st, self.fi)
+            evict.extend(self.pool.pump_locked(&mut st, self.fi));
+            evict
         };
         self.pool.spawn_actions(evict);
     }
@@ -644,6 +659,7 @@ impl PoolManager {
                                 inst: instance.clone(),
                                 loaded,
                                 busy: false,
+                                stopping: false,
                                 idle_since: now,
                                 prewarmed: false,
                             });
@@ -865,6 +881,7 @@ impl PoolManager {
                 // Reserved for the stop: no request takes it meanwhile.
                 if let Some(s) = f.slot(instance) {
                     s.busy = true;
+                    s.stopping = true;
                 }
             }
             Action::Start { into, why, .. } => {
@@ -876,7 +893,11 @@ impl PoolManager {
                     f.pending_load = None;
                 }
             }
-            Action::Stage { .. } | Action::Unstage { .. } => f.image_busy = true,
+            Action::Stage { .. } => f.image_busy = true,
+            Action::Unstage { .. } => {
+                f.image_busy = true;
+                f.unstaging = true;
+            }
         }
     }
 
@@ -1002,6 +1023,7 @@ impl PoolManager {
                                 inst,
                                 loaded: *into,
                                 busy: false,
+                                stopping: false,
                                 idle_since: self.now(),
                                 prewarmed: *why == StartWhy::PreWarm,
                             });
@@ -1031,6 +1053,7 @@ impl PoolManager {
                     self.s.image_ops.fetch_add(1, Ordering::SeqCst);
                     let f = &mut st.fns[fi];
                     f.image_busy = false;
+                    f.unstaging = false;
                     if r.is_ok() {
                         f.image = if stage {
                             ImageState::Staged
@@ -1377,7 +1400,7 @@ impl PoolManager {
                     self.claim(st, a);
                 }
                 st.fns[fi].starting_hot += 1;
-                Grant::Start
+                Grant::Start(evict.to_vec())
             }
             Admission::Refuse(r) => Grant::Refused(r),
             Admission::Queue | Admission::Wait => unreachable!("not a reservation: {a:?}"),
@@ -1385,16 +1408,21 @@ impl PoolManager {
     }
 
     /// Undoes a grant nobody took (its request gave up).
-    fn give_back(st: &mut State, fi: usize, g: Grant) {
+    /// Returns the releases the grant carried (claimed: they are carried out anyway).
+    fn give_back(st: &mut State, fi: usize, g: Grant) -> Vec<Action> {
         let f = &mut st.fns[fi];
         match g {
             Grant::Hot(i) | Grant::Warm(i) => {
                 if let Some(s) = f.slot(&i.id) {
                     s.busy = false;
                 }
+                Vec::new()
             }
-            Grant::Start => f.starting_hot -= 1,
-            Grant::Refused(_) => {}
+            Grant::Start(evict) => {
+                f.starting_hot -= 1;
+                evict
+            }
+            Grant::Refused(_) => Vec::new(),
         }
     }
 
@@ -1422,11 +1450,12 @@ impl PoolManager {
                 .get_mut(&fi)
                 .and_then(VecDeque::pop_front)
                 .expect("a waiter");
+            // The releases go with the grant: its request carries them out before it
+            // starts (or, given back, they are spawned here).
             if let Err(g) = w.tx.send(grant) {
-                Self::give_back(st, fi, g);
+                spawn.extend(Self::give_back(st, fi, g));
             }
             let released = !evict.is_empty();
-            spawn.extend(evict);
             // The releases take effect later: make_room would count them again.
             if released {
                 break;
@@ -1509,7 +1538,7 @@ impl PoolManager {
     ) -> Result<Got, InvokeError> {
         let arrival = Instant::now();
         loop {
-            let (step, evict) = {
+            let step = {
                 let mut st = self.s.state.lock().unwrap();
                 let (c, l) = Self::counts(&st, fi);
                 let mut evict = Vec::new();
@@ -1522,31 +1551,16 @@ impl PoolManager {
                         .entry(fi)
                         .or_default()
                         .push_back(Waiter { id, tx });
-                    (
-                        Step::Wait(Ticket {
-                            pool: self,
-                            fi,
-                            id,
-                            rx: Some(rx),
-                        }),
-                        Vec::new(),
-                    )
+                    Step::Wait(Ticket {
+                        pool: self,
+                        fi,
+                        id,
+                        rx: Some(rx),
+                    })
                 } else {
-                    let g = self.reserve(&mut st, fi, a, &evict);
-                    (Step::Now(g), evict)
+                    Step::Now(self.reserve(&mut st, fi, a, &evict))
                 }
             };
-            // The instances and images released to make room go first: the start
-            // waits for them (a request start's memory is not there twice).
-            let evicted = if evict.is_empty() {
-                true
-            } else {
-                let _guard = OpGuard::new(&self.s);
-                self.run_all(evict).await
-            };
-            if !evicted {
-                tracing::debug!(function, "a release for a request's start failed");
-            }
             let mut queued = None;
             let grant = match step {
                 Step::Now(g) => g,
@@ -1599,7 +1613,15 @@ impl PoolManager {
                         }
                     }
                 },
-                Grant::Start => {
+                Grant::Start(evict) => {
+                    // The instances and images released to make room go first: the
+                    // start waits for them (its memory is not there twice).
+                    if !evict.is_empty() {
+                        let _guard = OpGuard::new(&self.s);
+                        if !self.run_all(evict).await {
+                            tracing::debug!(function, "a release for a request's start failed");
+                        }
+                    }
                     let began = Instant::now();
                     let (inst, tier) = self.start_reserved(fi, function).await?;
                     return Ok(Got {
@@ -1646,6 +1668,7 @@ impl PoolManager {
                     inst: inst.clone(),
                     loaded: Loaded::Hot,
                     busy: true,
+                    stopping: false,
                     idle_since: self.now(),
                     prewarmed: false,
                 });

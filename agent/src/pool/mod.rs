@@ -504,7 +504,9 @@ pub fn make_room(
         if total <= budget_mb + 1e-9 {
             return true;
         }
-        if staged_after(f, fi, actions) && !f.image_busy {
+        // Not while its starts run: a restore from the staged copy holds it (the daemon
+        // refuses the unstage, and the memory stays).
+        if staged_after(f, fi, actions) && !f.image_busy && f.starting_hot + f.starting_warm == 0 {
             actions.retain(|a| !(matches!(a, Action::Stage { .. }) && a.function() == fi));
             if f.image == ImageState::Staged {
                 actions.push(Action::Unstage { function: fi });
@@ -816,6 +818,24 @@ mod tests {
         assert_eq!(a, vec![stop("idle")]);
         let mut a = Vec::new();
         assert!(!make_room(&[f], 150.0, 100.0, &mut a));
+    }
+
+    /// A staged image whose function has starts in flight (restores holding it) is not
+    /// counted as memory that an unstage frees: rekindle-restored would refuse.
+    #[test]
+    fn a_staged_image_in_use_by_starts_is_not_unstaged_for_room() {
+        let mut f = func(ImageState::Staged, vec![], plan(10.0, 0.0, 0.0));
+        f.starting_hot = 1;
+        let mut a = Vec::new();
+        // 100 starting + 60 staged + 100 needed: 260 > 200, and nothing can go.
+        assert!(!make_room(std::slice::from_ref(&f), 200.0, 100.0, &mut a));
+        assert!(a.is_empty(), "{a:?}");
+        assert!(!a.contains(&Action::Unstage { function: 0 }), "{a:?}");
+        // Without starts: 60 staged + 100 needed > 150 fits once unstaged.
+        f.starting_hot = 0;
+        let mut a = Vec::new();
+        assert!(make_room(&[f], 150.0, 100.0, &mut a));
+        assert_eq!(a, vec![Action::Unstage { function: 0 }]);
     }
 
     #[test]
