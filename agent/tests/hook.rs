@@ -268,6 +268,67 @@ async fn placement_watch_health_and_reflection_over_a_unix_socket() {
     assert!(!sock.exists(), "the socket is removed at stop");
 }
 
+/// Defence in depth behind the socket's mode: a peer that is neither root nor the
+/// agent's user is dropped at once (SO_PEERCRED), even on a socket opened up to it. The
+/// other user is a real process (python3 as nobody) speaking HTTP/2's preface.
+#[tokio::test]
+async fn a_peer_that_is_not_root_is_refused_even_if_the_mode_lets_it_connect() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root (to run the other peer as nobody)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let bound = Bound::bind(&Listen::Unix(sock.clone())).await.unwrap();
+    let server = serve(bound).await;
+    // Opened up (as an operator's mistake would): only the peer check is left.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let _ = channel(&sock).await;
+    // Sends the HTTP/2 client preface and an empty SETTINGS frame, prints how many bytes
+    // the server answered before closing (a served peer gets the server's SETTINGS).
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX)
+s.connect(sys.argv[1])
+s.settimeout(5)
+n = 0
+try:
+    # Refused: the server has closed already (EPIPE/ECONNRESET here, or EOF below).
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    while True:
+        b = s.recv(4096)
+        if not b:
+            break
+        n += len(b)
+        if n >= 9:
+            break
+except (socket.timeout, BrokenPipeError, ConnectionResetError):
+    pass
+print(n)
+"#;
+    // Async: the server runs on this test's runtime.
+    let run = |uid: Option<u32>| {
+        let mut cmd = tokio::process::Command::new("python3");
+        cmd.arg("-c").arg(script).arg(&sock);
+        if let Some(uid) = uid {
+            cmd.uid(uid).gid(uid);
+        }
+        async move {
+            let out = cmd.output().await.expect("python3 runs");
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout)
+                .trim()
+                .parse::<usize>()
+                .unwrap()
+        }
+    };
+    assert!(run(None).await >= 9, "root was not answered");
+    assert_eq!(run(Some(65534)).await, 0, "nobody was answered");
+    let _ = server.stop.send(true);
+    let _ = server.task.await;
+}
+
 #[tokio::test]
 async fn a_stale_socket_is_replaced_and_a_live_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();

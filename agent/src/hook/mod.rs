@@ -365,8 +365,18 @@ pub async fn serve_with(
     };
     let r = match bound {
         Bound::Unix(l, path) => {
+            // Mode 0600 keeps others from connecting; the peer's credentials are checked
+            // as well (a socket whose mode was changed, or passed on): root, or the
+            // agent's own user.
+            // SAFETY: geteuid(2) cannot fail and touches no memory.
+            let me = unsafe { libc::geteuid() };
+            let incoming =
+                tokio_stream::StreamExt::filter(UnixListenerStream::new(l), move |c| match c {
+                    Ok(stream) => peer_allowed(stream, me),
+                    Err(_) => true,
+                });
             let r = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown)
+                .serve_with_incoming_shutdown(incoming, shutdown)
                 .await;
             let _ = std::fs::remove_file(&path);
             r
@@ -379,6 +389,26 @@ pub async fn serve_with(
     };
     if let Err(e) = r {
         tracing::error!(error = %e, "the scheduler hook stopped");
+    }
+}
+
+/// Whether the peer on a hook connection may use it: uid 0 or `me` (SO_PEERCRED). A
+/// refused connection is logged and dropped.
+fn peer_allowed(stream: &tokio::net::UnixStream, me: u32) -> bool {
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == me => true,
+        Ok(c) => {
+            tracing::warn!(
+                uid = c.uid(),
+                pid = ?c.pid(),
+                "hook socket: refused a connection from a user that is neither root nor the agent's"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "hook socket: cannot read the peer's credentials: refused");
+            false
+        }
     }
 }
 
