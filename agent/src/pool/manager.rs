@@ -1507,10 +1507,43 @@ impl PoolManager {
             let (releases, rest): (Vec<_>, Vec<_>) = actions
                 .into_iter()
                 .partition(|a| matches!(a, Action::Stop { .. } | Action::Unstage { .. }));
-            me.run_all(releases).await;
+            let released = me.run_all(releases).await;
+            let rest = if released {
+                rest
+            } else {
+                // A release failed (an unstage refused while a restore holds the
+                // image, a stop that failed): the memory the starts and stages were
+                // to use may still be held. They are dropped; the next reconcile
+                // plans again from what is there.
+                let (dropped, kept): (Vec<_>, Vec<_>) = rest
+                    .into_iter()
+                    .partition(|a| matches!(a, Action::Start { .. } | Action::Stage { .. }));
+                if !dropped.is_empty() {
+                    tracing::debug!(actions = dropped.len(), "starts dropped: a release failed");
+                    let mut st = me.s.state.lock().unwrap();
+                    for a in &dropped {
+                        Self::unclaim(&mut st, a);
+                    }
+                }
+                kept
+            };
             me.run_all(rest).await;
+            me.pump_all();
             drop(guard);
         });
+    }
+
+    /// Undoes [`Self::claim`] of a start or a stage that will not run.
+    fn unclaim(st: &mut State, a: &Action) {
+        let f = &mut st.fns[a.function()];
+        match a {
+            Action::Start { into, .. } => match into {
+                Loaded::Hot => f.starting_hot -= 1,
+                Loaded::Warm => f.starting_warm -= 1,
+            },
+            Action::Stage { .. } => f.image_busy = false,
+            _ => {}
+        }
     }
 
     /// Runs the actions concurrently; whether all of them succeeded.
@@ -1619,7 +1652,18 @@ impl PoolManager {
                     if !evict.is_empty() {
                         let _guard = OpGuard::new(&self.s);
                         if !self.run_all(evict).await {
+                            // The room is not there after all: back to admission.
                             tracing::debug!(function, "a release for a request's start failed");
+                            {
+                                let mut st = self.s.state.lock().unwrap();
+                                st.fns[fi].starting_hot -= 1;
+                            }
+                            self.pump_all();
+                            if Instant::now() >= deadline {
+                                return Err(InvokeError::Budget(function.into()));
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
                         }
                     }
                     let began = Instant::now();
