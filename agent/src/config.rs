@@ -20,6 +20,8 @@ pub const DEFAULT_HOOK_SOCKET: &str = "/run/rekindle/agent.sock";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/rekindle/admin.sock";
 pub const DEFAULT_RESTORED_SOCKET: &str = "/run/rekindle/restored.sock";
 pub const DEFAULT_CONTAINERD_ADDRESS: &str = "/run/containerd/containerd.sock";
+/// The functions registered through the admin API (`rekindle functions add`).
+pub const DEFAULT_FUNCTIONS_DIR: &str = "/var/lib/rekindle/functions";
 /// One agent per node: one id is enough unless two agents share a containerd namespace.
 pub const DEFAULT_AGENT_ID: &str = "default";
 /// The namespace the CRI plugin (and so Kubernetes) uses.
@@ -96,7 +98,7 @@ pub mod limits {
 }
 
 /// One function the agent serves (`[[function]]` in the file).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionConfig {
     /// Its name: the gateway's `/invoke/<name>/...` and its instances' id prefix.
@@ -365,6 +367,9 @@ pub struct Config {
     pub containerd_address: PathBuf,
     /// containerd namespace of the function containers.
     pub containerd_namespace: String,
+    /// Where functions registered through the admin API are kept (one TOML file each),
+    /// read back at start-up: they survive a restart.
+    pub functions_dir: PathBuf,
     /// This agent's id, put on every container it makes (label
     /// `io.rekindle.agent/owner`): a restarted agent adopts or removes the instances
     /// with its own id and never touches another agent's in the same namespace.
@@ -420,6 +425,7 @@ impl Default for Config {
             containerd_address: DEFAULT_CONTAINERD_ADDRESS.into(),
             containerd_namespace: DEFAULT_CONTAINERD_NAMESPACE.into(),
             agent_id: DEFAULT_AGENT_ID.into(),
+            functions_dir: DEFAULT_FUNCTIONS_DIR.into(),
             gateway_addr: None,
             log_format: LogFormat::Text,
             policy: PolicyName::default(),
@@ -501,6 +507,12 @@ impl Config {
         }
         if self.containerd_namespace.is_empty() {
             return Err(Error::Invalid("containerd_namespace is empty".into()));
+        }
+        if !self.functions_dir.is_absolute() {
+            return Err(Error::Invalid(format!(
+                "functions_dir {} must be an absolute path",
+                self.functions_dir.display()
+            )));
         }
         // A containerd label value; kept to what reads well in a filter.
         if self.agent_id.is_empty()

@@ -77,6 +77,7 @@ Configuration file (TOML; every key optional, command-line options win over it):
   containerd_address = \"/run/containerd/containerd.sock\"
   containerd_namespace = \"k8s.io\"
   agent_id = \"default\"                 # label on its containers; a restart adopts them
+  functions_dir = \"/var/lib/rekindle/functions\"   # `rekindle functions add` kept here
   gateway_addr = \"127.0.0.1:8080\"      # unset: no invoke gateway
   log_format = \"text\"                  # or \"json\"
   policy = \"rekindle\"                  # or \"hybrid\", \"fixed\"
@@ -272,9 +273,53 @@ impl Agent {
         }
         let policy = opts.policy(config.policy.kind());
         let metrics = Arc::new(Metrics::new());
+        // Functions registered through the admin API by an earlier run; agent.toml wins
+        // over a file of the same name.
+        let (kept, problems) = crate::admin::persist::load(&config.functions_dir);
+        for p in &problems {
+            tracing::error!(
+                "skipped a function file: {p} (fix or remove it; `rekindle functions add` \
+                 writes them)"
+            );
+        }
+        let mut functions = config.functions.clone();
+        let mut persisted = Vec::new();
+        for f in kept {
+            if functions
+                .iter()
+                .any(|c| c.name == f.name || c.store_as() == f.store_as())
+            {
+                tracing::warn!(
+                    function = %f.name,
+                    dir = %config.functions_dir.display(),
+                    "a function registered through the API has the name or store_as of one \
+                     in the configuration file, which wins: its file is ignored"
+                );
+                continue;
+            }
+            persisted.push(f.name.clone());
+            functions.push(f);
+        }
+        if !persisted.is_empty() {
+            tracing::info!(
+                functions = ?persisted,
+                dir = %config.functions_dir.display(),
+                "functions registered through the API, read back"
+            );
+        }
+        let all = Config {
+            functions: functions.clone(),
+            ..config.clone()
+        };
+        if let Err(e) = all.validate() {
+            // E.g. together they exceed the memory budget: the files are left out.
+            tracing::error!(error = %e, "the functions registered through the API do not fit next to agent.toml's: they are left out");
+            functions = config.functions.clone();
+            persisted.clear();
+        }
         let pool = PoolManager::new(
             driver.clone(),
-            &config.functions,
+            &functions,
             PoolOptions {
                 time_scale: config.time_scale,
                 memory_budget_mb: config.memory_budget_mb.map(|m| m as f64),
@@ -289,7 +334,7 @@ impl Agent {
         );
         // Images already in the store: the next start is a restore.
         let restored = rekindle_restore_api::Client::new(&config.restored_socket);
-        for f in &config.functions {
+        for f in &functions {
             match restored.get_image(f.store_as()).await {
                 Ok(info) => pool.set_image(&f.name, info.staged),
                 Err(e) => tracing::debug!(function = %f.name, error = %e, "no stored image yet"),
@@ -322,12 +367,15 @@ impl Agent {
         tasks.push(tokio::spawn(crate::admin::serve(
             admin,
             config.admin_socket.clone(),
-            Arc::new(crate::admin::AdminState::new(
-                pool.clone(),
-                config.restored_socket.clone(),
-                config.memory_budget_mb,
-                format!("{:?}", config.policy).to_lowercase(),
-            )),
+            Arc::new(
+                crate::admin::AdminState::new(
+                    pool.clone(),
+                    config.restored_socket.clone(),
+                    config.memory_budget_mb,
+                    format!("{:?}", config.policy).to_lowercase(),
+                )
+                .with_functions_dir(config.functions_dir.clone(), &persisted),
+            ),
             crate::admin::Access::default(),
             stop_rx.clone(),
         )));
@@ -342,7 +390,7 @@ impl Agent {
         }
         let node = crate::ebpf::NodeCollector::start(
             &config.containerd_namespace,
-            config.functions.iter().map(|f| f.name.as_str()),
+            functions.iter().map(|f| f.name.as_str()),
             pool.metrics().node.clone(),
         );
         // Each new instance's cgroup is watched from just before its Tasks.Start.
@@ -367,7 +415,7 @@ impl Agent {
             %metrics_addr,
             gateway_addr = ?gateway_addr,
             admin_socket = %config.admin_socket.display(),
-            functions = config.functions.len(),
+            functions = functions.len(),
             policy = ?config.policy,
             "rekindle-agent running"
         );

@@ -85,6 +85,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             return Ok(());
         }
         let socket: PathBuf = ctx.paths().dir.join("agent-admin.sock");
+        let functions_dir = ctx.paths().dir.join("agent-admin-functions");
         let config = Config {
             // Its own id: stories run side by side in one containerd namespace, and an
             // agent adopts (or removes) at start the instances labelled with its id.
@@ -103,6 +104,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             snapshotter: SNAPSHOTTER.to_string(),
             runc_root: Some(ctx.paths().runc_root.clone()),
             instance_log_dir: ctx.paths().dir.join("agent-admin-logs"),
+            functions_dir: functions_dir.clone(),
             netns_dir: ctx.paths().dir.join("netns"),
             ..Config::default()
         };
@@ -145,8 +147,15 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             }
             let added = api.add_function(&table).await?;
             ensure!(
-                added.name == FUNCTION && added.source == "api" && !added.persisted,
+                added.name == FUNCTION && added.source == "api" && added.persisted,
                 "{added:?}"
+            );
+            // Kept for the next start: its table in functions_dir.
+            let (kept, problems) = rekindle_agent::admin::persist::load(&functions_dir);
+            ensure!(problems.is_empty(), "{problems:?}");
+            ensure!(
+                kept.len() == 1 && kept[0].name == FUNCTION && kept[0].store_as() == store_as,
+                "{kept:?}"
             );
             match api.add_function(&table).await {
                 Err(ClientError::Refused { status: 409, .. }) => {}
@@ -166,7 +175,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             ensure!(listed["image"] == "none", "{listed}");
             let (code, text, err) = cli(&socket, &["functions"], None).await?;
             ensure!(code == 0 && text.starts_with("NAME"), "{code} {text} {err}");
-            ensure!(text.contains("(until restart)"), "{text}");
+            ensure!(!text.contains("(until restart)"), "{text}");
 
             // 3. invoke through the API: a cold start, then the same instance hot.
             let first = api.invoke(FUNCTION, &InvokeRequest::default()).await?;
@@ -312,6 +321,14 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             }
             let (code, _, err) = cli(&socket, &["functions", "rm", FUNCTION], None).await?;
             ensure!(code == 1 && err.contains("no function"), "{code}: {err}");
+            ensure!(
+                rekindle_agent::admin::persist::load(&functions_dir)
+                    .0
+                    .is_empty(),
+                "its file is left after functions rm"
+            );
+            // Added again, for the restart below.
+            api.add_function(&table).await?;
             Ok(())
         }
         .await;
@@ -333,6 +350,27 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             "[agent-admin] {} instance(s) made and stopped",
             adopted.len()
         );
-        Ok(())
+
+        // 8. Restarted, the agent serves the function the API registered (its file read
+        //    back), as `api` and persisted; removed again, its file goes.
+        let agent = Agent::start(&config).await?;
+        let api = Client::new(&socket);
+        let again = async {
+            let fs = api.functions().await?;
+            ensure!(
+                fs.len() == 1 && fs[0].name == FUNCTION && fs[0].source == "api" && fs[0].persisted,
+                "after a restart: {fs:?}"
+            );
+            ensure!(fs[0].spec.store_as == store_as, "{:?}", fs[0].spec);
+            api.remove_function(FUNCTION).await?;
+            ensure!(
+                !rekindle_agent::admin::persist::path_of(&functions_dir, FUNCTION).exists(),
+                "its file is left after functions rm"
+            );
+            Ok(())
+        }
+        .await;
+        agent.shutdown().await;
+        again
     });
 }

@@ -28,6 +28,7 @@
 //! them to agent.toml to keep them); the answer says so (`persisted: false`).
 
 pub mod client;
+pub mod persist;
 pub mod render;
 pub mod server;
 

@@ -59,8 +59,10 @@ pub struct AdminState {
     pub memory_budget_mb: Option<u64>,
     /// The pool policy's name, for status.
     pub policy: String,
-    /// Functions registered through the API (the others come from agent.toml).
+    /// Functions registered through the API (the others come from agent.toml), kept in
+    /// `functions_dir` across restarts.
     added: Mutex<HashSet<String>>,
+    functions_dir: Option<PathBuf>,
 }
 
 impl AdminState {
@@ -76,7 +78,16 @@ impl AdminState {
             memory_budget_mb,
             policy,
             added: Mutex::new(HashSet::new()),
+            functions_dir: None,
         }
+    }
+
+    /// Keeps the functions the API registers in `dir` (see [`super::persist`]);
+    /// `persisted` are those read back from it at start-up.
+    pub fn with_functions_dir(mut self, dir: PathBuf, persisted: &[String]) -> Self {
+        self.functions_dir = Some(dir);
+        self.added = Mutex::new(persisted.iter().cloned().collect());
+        self
     }
 
     fn functions(&self) -> Vec<FunctionStatus> {
@@ -100,7 +111,7 @@ impl AdminState {
                 Some(FunctionStatus {
                     name: cfg.name.clone(),
                     source: if api { "api" } else { "config" }.into(),
-                    persisted: !api,
+                    persisted: !api || self.functions_dir.is_some(),
                     spec: FunctionSpecView::from(&cfg),
                     instances: Tiers {
                         hot: p.hot,
@@ -211,7 +222,24 @@ impl AdminState {
     async fn add(&self, body: &[u8]) -> Result<FunctionStatus, ApiError> {
         let cfg = parse_function(body)?;
         validate_function(&cfg, &self.pool.functions(), self.memory_budget_mb)?;
-        self.pool.add_function(cfg.clone())?;
+        // Written first: a function the agent serves is one it will serve after a
+        // restart too.
+        if let Some(dir) = &self.functions_dir {
+            let path = super::persist::save(dir, &cfg).map_err(|e| {
+                ApiError::Failed(format!(
+                    "cannot keep function {:?} in {}: {e}: nothing was registered",
+                    cfg.name,
+                    dir.display()
+                ))
+            })?;
+            tracing::info!(function = %cfg.name, path = %path.display(), "function kept");
+        }
+        if let Err(e) = self.pool.add_function(cfg.clone()) {
+            if let Some(dir) = &self.functions_dir {
+                let _ = super::persist::remove(dir, &cfg.name);
+            }
+            return Err(e.into());
+        }
         self.added.lock().unwrap().insert(cfg.name.clone());
         // As at start-up: an image already in the store makes the next start a restore.
         let client = rekindle_restore_api::Client::new(&self.restored_socket);
@@ -222,7 +250,12 @@ impl AdminState {
             }
             Err(_) => tracing::warn!(function = %cfg.name, "rekindle-restored did not answer"),
         }
-        tracing::info!(function = %cfg.name, image_ref = %cfg.image_ref, "function added through the admin API (until the agent restarts)");
+        tracing::info!(
+            function = %cfg.name,
+            image_ref = %cfg.image_ref,
+            persisted = self.functions_dir.is_some(),
+            "function added through the admin API"
+        );
         self.functions()
             .into_iter()
             .find(|f| f.name == cfg.name)
@@ -231,7 +264,18 @@ impl AdminState {
 
     async fn remove(&self, name: &str) -> Result<Removed, ApiError> {
         let n = self.pool.remove_function(name, REMOVE_GRACE).await?;
-        self.added.lock().unwrap().remove(name);
+        let was_api = self.added.lock().unwrap().remove(name);
+        if let (true, Some(dir)) = (was_api, &self.functions_dir) {
+            if let Err(e) = super::persist::remove(dir, name) {
+                // Removed now; it would come back at the next start.
+                return Err(ApiError::Failed(format!(
+                    "function {name:?} removed, but its file in {} could not be: {e}: \
+                     remove {} by hand or it is registered again at the next start",
+                    dir.display(),
+                    super::persist::path_of(dir, name).display()
+                )));
+            }
+        }
         Ok(Removed {
             name: name.to_string(),
             instances_stopped: n,
