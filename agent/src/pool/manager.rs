@@ -76,8 +76,12 @@ struct FnRt {
     spec: FunctionSpec,
     image: ImageState,
     image_busy: bool,
-    /// An unstage is claimed: the staged copy counts as released (as a stopping slot).
+    /// An unstage is claimed: the staged copy counts as released (as a stopping slot)
+    /// until it is done or, failed, until what was to use the room has given it back.
     unstaging: bool,
+    /// A stage is claimed: the copy counts as held from the claim on, so no start takes
+    /// the room it will use.
+    staging: bool,
     slots: Vec<Slot>,
     starting_hot: u32,
     starting_warm: u32,
@@ -105,6 +109,7 @@ impl FnRt {
             image: ImageState::None,
             image_busy: false,
             unstaging: false,
+            staging: false,
             slots: Vec::new(),
             starting_hot: 0,
             starting_warm: 0,
@@ -124,7 +129,9 @@ impl FnRt {
         FunctionView {
             name: self.cfg.name.clone(),
             memory_mb: self.charged_mb,
-            image: if self.unstaging && self.image == ImageState::Staged {
+            image: if self.staging {
+                ImageState::Staged
+            } else if self.unstaging && self.image == ImageState::Staged {
                 ImageState::Disk
             } else {
                 self.image
@@ -893,7 +900,10 @@ impl PoolManager {
                     f.pending_load = None;
                 }
             }
-            Action::Stage { .. } => f.image_busy = true,
+            Action::Stage { .. } => {
+                f.image_busy = true;
+                f.staging = true;
+            }
             Action::Unstage { .. } => {
                 f.image_busy = true;
                 f.unstaging = true;
@@ -1052,8 +1062,14 @@ impl PoolManager {
                     let mut st = self.s.state.lock().unwrap();
                     self.s.image_ops.fetch_add(1, Ordering::SeqCst);
                     let f = &mut st.fns[fi];
-                    f.image_busy = false;
-                    f.unstaging = false;
+                    f.staging = false;
+                    if r.is_ok() || stage {
+                        f.image_busy = false;
+                        f.unstaging = false;
+                    }
+                    // A failed unstage stays claimed (still counted as released, no
+                    // other image operation) until the caller has given back what was
+                    // to use the room: see settle_releases.
                     if r.is_ok() {
                         f.image = if stage {
                             ImageState::Staged
@@ -1507,7 +1523,7 @@ impl PoolManager {
             let (releases, rest): (Vec<_>, Vec<_>) = actions
                 .into_iter()
                 .partition(|a| matches!(a, Action::Stop { .. } | Action::Unstage { .. }));
-            let released = me.run_all(releases).await;
+            let released = me.run_all(releases.clone()).await;
             let rest = if released {
                 rest
             } else {
@@ -1520,11 +1536,12 @@ impl PoolManager {
                     .partition(|a| matches!(a, Action::Start { .. } | Action::Stage { .. }));
                 if !dropped.is_empty() {
                     tracing::debug!(actions = dropped.len(), "starts dropped: a release failed");
-                    let mut st = me.s.state.lock().unwrap();
-                    for a in &dropped {
-                        Self::unclaim(&mut st, a);
-                    }
                 }
+                let mut st = me.s.state.lock().unwrap();
+                for a in &dropped {
+                    Self::unclaim(&mut st, a);
+                }
+                Self::settle_releases(&mut st, &releases);
                 kept
             };
             me.run_all(rest).await;
@@ -1541,8 +1558,26 @@ impl PoolManager {
                 Loaded::Hot => f.starting_hot -= 1,
                 Loaded::Warm => f.starting_warm -= 1,
             },
-            Action::Stage { .. } => f.image_busy = false,
+            Action::Stage { .. } => {
+                f.image_busy = false;
+                f.staging = false;
+            }
             _ => {}
+        }
+    }
+
+    /// After a batch of releases: a failed unstage is no longer counted as released
+    /// (its image is held after all). Call under the same lock as the give-back of what
+    /// was to use its room, so the count never shows both.
+    fn settle_releases(st: &mut State, releases: &[Action]) {
+        for a in releases {
+            if let Action::Unstage { function } = a {
+                let f = &mut st.fns[*function];
+                if f.unstaging {
+                    f.unstaging = false;
+                    f.image_busy = false;
+                }
+            }
         }
     }
 
@@ -1651,12 +1686,13 @@ impl PoolManager {
                     // start waits for them (its memory is not there twice).
                     if !evict.is_empty() {
                         let _guard = OpGuard::new(&self.s);
-                        if !self.run_all(evict).await {
+                        if !self.run_all(evict.clone()).await {
                             // The room is not there after all: back to admission.
                             tracing::debug!(function, "a release for a request's start failed");
                             {
                                 let mut st = self.s.state.lock().unwrap();
                                 st.fns[fi].starting_hot -= 1;
+                                Self::settle_releases(&mut st, &evict);
                             }
                             self.pump_all();
                             if Instant::now() >= deadline {
