@@ -23,6 +23,7 @@ use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver};
 
 use crate::harness::containerd::profile_dir;
+use crate::harness::http::count_in;
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
 
@@ -56,15 +57,6 @@ async fn cli_json(socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
     let (code, out, err) = cli(socket, &all, None).await?;
     ensure!(code == 0, "rekindle {args:?} exited {code}: {err}");
     serde_json::from_str(&out).with_context(|| format!("rekindle {args:?}: not JSON: {out}"))
-}
-
-/// The function's counter from its answer.
-fn count(body: &str) -> Result<u64> {
-    let v: serde_json::Value =
-        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?;
-    v.get("count")
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no count in {v}"))
 }
 
 /// Puts every instance the agent made under the harness' clean-up and leak check.
@@ -186,13 +178,16 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             );
             ensure!(first.status == 200, "{first:?}");
             ensure!(first.tier == "cold", "{first:?}");
-            let c1 = count(&first.body)?;
+            let c1 = count_in(&first.body)?;
             let second = api.invoke(FUNCTION, &InvokeRequest::default()).await?;
             ensure!(
                 second.tier == "hot" && second.instance == first.instance,
                 "{second:?}"
             );
-            ensure!(count(&second.body)? == c1 + 1, "{first:?} then {second:?}");
+            ensure!(
+                count_in(&second.body)? == c1 + 1,
+                "{first:?} then {second:?}"
+            );
             // A body goes to the function's handler (POST invoke_path), as the gateway's
             // POST /invoke/<function>; --path with a method is the passthrough.
             let posted = api
@@ -218,7 +213,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
                     },
                 )
                 .await?;
-            ensure!(count(&got.body)? == c1 + 3, "{got:?}");
+            ensure!(count_in(&got.body)? == c1 + 3, "{got:?}");
             // The binary: the function's answer on stdout.
             let body = ctx.paths().dir.join("agent-admin-body.json");
             std::fs::write(&body, "[1, 2, 3]")?;

@@ -27,14 +27,6 @@ const FUNCTION: &str = "nocriu-fn";
 const AGENT_ID: &str = "it-criu-missing";
 const NO_CRIU: &str = "/nonexistent/criu";
 
-fn count(body: &str) -> Result<u64> {
-    let v: serde_json::Value =
-        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?;
-    v.get("count")
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no count in {v}"))
-}
-
 async fn story(ctx: Ctx) -> Result<()> {
     if let Some(skip) = needs_rekindle(&ctx, "criu-missing") {
         eprintln!("{skip}");
@@ -118,10 +110,10 @@ async fn with_daemon(ctx: &Ctx, dir: &std::path::Path, daemon: &RestoreDaemon) -
             ctx.adopt(&id, &driver.cgroups_path(&id));
         }
         ensure!(first.status == 200 && first.tier == "cold", "{first:?}");
-        let c1 = count(&first.body)?;
+        let c1 = http::count_in(&first.body)?;
         let second = api.invoke(FUNCTION, &InvokeRequest::default()).await?;
         ensure!(
-            second.status == 200 && second.tier == "hot" && count(&second.body)? == c1 + 1,
+            second.status == 200 && second.tier == "hot" && http::count_in(&second.body)? == c1 + 1,
             "{first:?} then {second:?}"
         );
 
@@ -171,7 +163,7 @@ async fn with_daemon(ctx: &Ctx, dir: &std::path::Path, daemon: &RestoreDaemon) -
             "{third:?}"
         );
         ensure!(
-            count(&third.body)? == c1 + 2,
+            http::count_in(&third.body)? == c1 + 2,
             "the function lost its state: {third:?}"
         );
         Ok(())

@@ -104,3 +104,12 @@ pub async fn count(port: u16, timeout: Duration) -> Result<u64> {
         .and_then(serde_json::Value::as_u64)
         .with_context(|| format!("GET / body has no numeric \"count\": {body}"))
 }
+
+/// The reference function's counter in one of its JSON answers (`{"count": n, ...}`).
+pub fn count_in(body: &str) -> Result<u64> {
+    let v: serde_json::Value =
+        serde_json::from_str(body).with_context(|| format!("not JSON: {body:?}"))?;
+    v.get("count")
+        .and_then(serde_json::Value::as_u64)
+        .with_context(|| format!("no count in {v}"))
+}
