@@ -25,7 +25,7 @@ use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver};
 use crate::harness::containerd::profile_dir;
 use crate::harness::http::count_in;
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
 
 const FUNCTION: &str = "admin-fn";
 
@@ -57,16 +57,6 @@ async fn cli_json(socket: &Path, args: &[&str]) -> Result<serde_json::Value> {
     let (code, out, err) = cli(socket, &all, None).await?;
     ensure!(code == 0, "rekindle {args:?} exited {code}: {err}");
     serde_json::from_str(&out).with_context(|| format!("rekindle {args:?}: not JSON: {out}"))
-}
-
-/// Puts every instance the agent made under the harness' clean-up and leak check.
-fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
-    for id in agent.pool.instances_made() {
-        if !adopted.contains(&id) {
-            ctx.adopt(&id, &driver.cgroups_path(&id));
-            adopted.push(id);
-        }
-    }
 }
 
 #[test]
@@ -171,7 +161,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
 
             // 3. invoke through the API: a cold start, then the same instance hot.
             let first = api.invoke(FUNCTION, &InvokeRequest::default()).await?;
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             eprintln!(
                 "[agent-admin] first invoke: {} by {} in {:.2}s",
                 first.tier, first.instance, first.secs
@@ -327,7 +317,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             Ok(())
         }
         .await;
-        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
         let pool = agent.pool.clone();
         agent.shutdown().await;
         outcome?;

@@ -51,7 +51,7 @@ use rekindle_agent::pool::ImageState;
 use rekindle_agent::sim::{LatencyTable, RunOptions};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
 
 const FUNCTION: &str = "forecast-fn";
 const BURST: usize = 3;
@@ -130,16 +130,6 @@ fn show(t0: Instant, what: &str, p: &PoolSnapshot) {
         p.plan.keep_alive.staged,
         p.plan.targets
     );
-}
-
-/// Puts every instance the agent made under the harness' clean-up and leak check.
-fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
-    for id in agent.pool.instances_made() {
-        if !adopted.contains(&id) {
-            ctx.adopt(&id, &driver.cgroups_path(&id));
-            adopted.push(id);
-        }
-    }
 }
 
 /// The samples of `metric{function="forecast-fn",<label>="..."[,...]}` by that label's
@@ -237,7 +227,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
             let mut answered = Instant::now();
             ensure!(first == "cold", "the first request was served {first}");
             seen.push(first);
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             let until = Instant::now() + Duration::from_secs(40);
             while pool(&agent).image == ImageState::None {
                 ensure!(Instant::now() < until, "no checkpoint image within 40 s");
@@ -253,7 +243,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                 let mut shown_empty = false;
                 let mut shown_raised = false;
                 loop {
-                    adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+                    adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
                     let p = pool(&agent);
                     if loaded(&p) == 0 {
                         emptied = true;
@@ -283,7 +273,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
 
                 let tiers = burst(gw, BURST).await?;
                 answered = Instant::now();
-                adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+                adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
                 show(t0, &format!("burst {k} served {tiers:?}"), &pool(&agent));
                 ensure!(
                     !tiers.iter().any(|t| t == "cold"),
@@ -315,7 +305,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
             // After the last burst: demoted to nothing again.
             let until = Instant::now() + Duration::from_secs(5);
             loop {
-                adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+                adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
                 let p = pool(&agent);
                 if loaded(&p) == 0 {
                     show(t0, "after the last burst", &p);
@@ -356,7 +346,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
             Ok(())
         }
         .await;
-        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
         let end = pool_handle.snapshot().remove(0);

@@ -25,7 +25,7 @@ use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
 
 const FUNCTION: &str = "gw-fn";
 /// A second function, of one instance and a 100 ms queue wait: shorter than its start.
@@ -116,16 +116,6 @@ async fn post_to(gw: SocketAddr, function: &str, size: usize) -> Result<Outcome>
 
 async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
     post_to(gw, FUNCTION, size).await
-}
-
-/// Puts every instance the agent made under the harness' clean-up and leak check.
-fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
-    for id in agent.pool.instances_made() {
-        if !adopted.contains(&id) {
-            ctx.adopt(&id, &driver.cgroups_path(&id));
-            adopted.push(id);
-        }
-    }
 }
 
 /// `<family>{function="<function>",<label>="<value>"} n` summed by value.
@@ -224,7 +214,7 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             }
             done.store(true, Ordering::SeqCst);
             sampler.await?;
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             let mut tiers: BTreeMap<String, u64> = BTreeMap::new();
             let mut refused: BTreeMap<String, u64> = BTreeMap::new();
             let mut instances = std::collections::BTreeSet::new();
@@ -364,11 +354,11 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
                 got == BTreeMap::from([("queue_timeout".to_string(), 1)]),
                 "/metrics refusals of {IMPATIENT}: {got:?}"
             );
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             Ok(())
         }
         .await;
-        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
         let end = pool_handle.snapshot();

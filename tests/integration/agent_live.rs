@@ -22,7 +22,7 @@ use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
 
 const FUNCTION: &str = "live-fn";
 const BURST: usize = 4;
@@ -85,16 +85,6 @@ fn show(t0: Instant, what: &str, p: &PoolSnapshot) {
         p.plan.keep_alive.staged,
         p.plan.targets
     );
-}
-
-/// Puts every instance the agent made under the harness' clean-up and leak check.
-fn adopt_all(ctx: &Ctx, driver: &ContainerdDriver, agent: &Agent, adopted: &mut Vec<String>) {
-    for id in agent.pool.instances_made() {
-        if !adopted.contains(&id) {
-            ctx.adopt(&id, &driver.cgroups_path(&id));
-            adopted.push(id);
-        }
-    }
 }
 
 /// `rekindle_starts_total{function="live-fn",tier=...}` from the exposition.
@@ -173,7 +163,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             let (first, _) = invoke(gw).await?;
             seen.push(first.clone());
             ensure!(first == "cold", "the first request was served {first}");
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             let until = Instant::now() + Duration::from_secs(40);
             while pool(&agent).image == ImageState::None {
                 ensure!(Instant::now() < until, "no checkpoint image within 40 s");
@@ -184,7 +174,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             // 2. A burst: served hot or by restores, never cold; the pool scales up (the
             // concurrent requests are served by several instances at once).
             let served = burst(gw, BURST).await?;
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             let tiers: Vec<String> = served.iter().map(|(t, _)| t.clone()).collect();
             let instances: std::collections::BTreeSet<&String> =
                 served.iter().map(|(_, i)| i).collect();
@@ -207,7 +197,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             let mut lowest = peak;
             while idle_from.elapsed() < Duration::from_secs(5) {
                 tokio::time::sleep(Duration::from_millis(250)).await;
-                adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+                adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
                 let p = pool(&agent);
                 lowest = lowest.min(p.hot + p.warm);
             }
@@ -228,7 +218,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
 
             // 4. A second burst: no cold start (the image is there).
             let served = burst(gw, BURST).await?;
-            adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+            adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
             let tiers: Vec<String> = served.into_iter().map(|(t, _)| t).collect();
             show(t0, &format!("burst 2 served {tiers:?}"), &pool(&agent));
             ensure!(
@@ -283,7 +273,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             Ok(())
         }
         .await;
-        adopt_all(&ctx, &paths_driver, &agent, &mut adopted);
+        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
         let end = pool_handle.snapshot().remove(0);

@@ -313,3 +313,20 @@ pub fn grpc_code(err: &anyhow::Error) -> Option<containerd_client::tonic::Code> 
         .find_map(|e| e.downcast_ref::<containerd_client::tonic::Status>())
         .map(containerd_client::tonic::Status::code)
 }
+
+/// Puts every instance an in-process agent made so far under the story's clean-up and
+/// leak check, each once (`adopted`: those already put).
+#[allow(dead_code)] // the agent stories only
+pub fn adopt_agent_instances(
+    ctx: &Ctx,
+    driver: &rekindle_agent::driver::ContainerdDriver,
+    agent: &rekindle_agent::daemon::Agent,
+    adopted: &mut Vec<String>,
+) {
+    for id in agent.pool.instances_made() {
+        if !adopted.contains(&id) {
+            ctx.adopt(&id, &driver.cgroups_path(&id));
+            adopted.push(id);
+        }
+    }
+}
