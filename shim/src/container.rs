@@ -153,6 +153,12 @@ pub struct Container {
     pub netns_path: Option<PathBuf>,
     /// Set when the direct engine (not runc) restores and runs this container.
     pub direct: Option<Direct>,
+    /// The temporary directory containerd extracted the checkpoint into for a
+    /// CreateTask with a checkpoint (`<tmp>/ctrd-checkpoint<digits>`). containerd
+    /// never removes it (plugins/services/tasks/local.go: MkdirTemp, no RemoveAll),
+    /// so every such restore would leave one behind; nothing reads it once the
+    /// container is gone, and the shim removes it at Delete.
+    pub containerd_checkpoint: Option<PathBuf>,
 }
 
 /// The direct engine's part of a container: prepared from Create on, running
@@ -301,5 +307,41 @@ mod tests {
         linux.set_namespaces(Some(vec![]));
         spec.set_linux(Some(linux));
         assert!(shares_pid_namespace(&spec));
+    }
+}
+
+/// Whether `path` is a checkpoint directory containerd made for one CreateTask
+/// (`os.MkdirTemp(..., "ctrd-checkpoint")`: the prefix and random digits), as opposed
+/// to a path a client named (CRI's `RestoreFromPath`, `<container dir>/ctrd-checkpoint`
+/// without digits, or a user's directory), which is never removed.
+pub fn is_containerd_temp_checkpoint(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("ctrd-checkpoint"))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
+#[cfg(test)]
+mod checkpoint_dir_tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn only_containerd_temp_checkpoint_dirs_are_recognised() {
+        assert!(is_containerd_temp_checkpoint(Path::new(
+            "/tmp/ctrd-checkpoint1081236500"
+        )));
+        assert!(is_containerd_temp_checkpoint(Path::new(
+            "/run/user/0/ctrd-checkpoint42"
+        )));
+        for not in [
+            "/var/lib/containerd/io.containerd.grpc.v1.cri/containers/x/ctrd-checkpoint",
+            "/tmp/ctrd-checkpoint12a",
+            "/srv/images/my-checkpoint",
+            "/tmp/ctrd-checkpoint1/..",
+            "/",
+        ] {
+            assert!(!is_containerd_temp_checkpoint(Path::new(not)), "{not}");
+        }
     }
 }

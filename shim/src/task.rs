@@ -171,6 +171,9 @@ impl TaskService {
                         .and_then(|ns| ns.path().clone())
                 }),
             direct: None,
+            containerd_checkpoint: Some(Path::new(&req.checkpoint))
+                .filter(|p| crate::container::is_containerd_temp_checkpoint(p))
+                .map(Path::to_path_buf),
         };
         let pid = match source {
             // As containerd's runc shim does: the restore itself happens at
@@ -311,6 +314,15 @@ impl TaskService {
         }
         if c.rootfs_mounted {
             unmount(&c.bundle.join("rootfs"));
+        }
+        if let Some(dir) = c.containerd_checkpoint.take() {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => debug!(dir = %dir.display(), "removed containerd's checkpoint copy"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    warn!(dir = %dir.display(), error = %e, "cannot remove containerd's checkpoint copy")
+                }
+            }
         }
         let resp = delete_response(&c.init);
         self.send(TaskDelete {

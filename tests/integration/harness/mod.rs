@@ -68,6 +68,32 @@ static SHARED: OnceLock<std::result::Result<Shared, String>> = OnceLock::new();
 static OWNER: Mutex<Option<PrivateContainerd>> = Mutex::new(None);
 /// Whether runc's default state dir for our namespace existed before the run.
 static DEFAULT_RUNC_DIR_EXISTED: AtomicBool = AtomicBool::new(true);
+/// When the shared containerd started: a containerd checkpoint copy
+/// (`<tmp>/ctrd-checkpoint<digits>`) made after it and still there at exit leaked.
+static RUN_STARTED: OnceLock<std::time::SystemTime> = OnceLock::new();
+
+/// containerd's checkpoint copies (Tasks.Create with a checkpoint) made since `since`
+/// in the temp dirs containerd uses (`$XDG_RUNTIME_DIR`, else the temp dir).
+fn checkpoint_copies_since(since: std::time::SystemTime) -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![std::env::temp_dir()];
+    if let Some(x) = std::env::var_os("XDG_RUNTIME_DIR") {
+        dirs.push(x.into());
+    }
+    dirs.iter()
+        .flat_map(|d| std::fs::read_dir(d).into_iter().flatten().flatten())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with("ctrd-checkpoint")
+        })
+        .filter(|e| {
+            e.metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t >= since)
+        })
+        .map(|e| e.path())
+        .collect()
+}
 
 /// runc's default `--root` for [`NAMESPACE`]. The tests hand every task a runc root in
 /// the temp dir (`containerd.runc.v1.Options.root`), so nothing should appear here.
@@ -102,6 +128,7 @@ fn start_shared() -> Result<Shared> {
     }
 
     DEFAULT_RUNC_DIR_EXISTED.store(default_runc_dir().exists(), Ordering::SeqCst);
+    let _ = RUN_STARTED.set(std::time::SystemTime::now());
     let cd = PrivateContainerd::start(Version::from_env()?)?;
     let paths = cd.paths.clone();
     // SAFETY: registering a plain extern "C" fn; it runs once at process exit.
@@ -159,6 +186,18 @@ extern "C" fn stop_shared_at_exit() {
             eprintln!("[rekindle-it] LEAK: {msg}");
             leaked.push(msg);
             let _ = std::fs::remove_dir(&runc_dir);
+        }
+        if let Some(since) = RUN_STARTED.get() {
+            for dir in checkpoint_copies_since(*since) {
+                let msg = format!(
+                    "{} (containerd's copy of a checkpoint for a restore) was left: the \
+                     shim removes it at Delete",
+                    dir.display()
+                );
+                eprintln!("[rekindle-it] LEAK: {msg}");
+                leaked.push(msg);
+                let _ = std::fs::remove_dir_all(&dir);
+            }
         }
         leaks::remove_empty_namespace_cgroups(NAMESPACE);
         drop(cd);
