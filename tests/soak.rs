@@ -40,12 +40,11 @@ use anyhow::{ensure, Context as _, Result};
 use rekindle_agent::admin::{CheckpointRequest, Client as AdminClient};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use rekindle_agent::driver::{ContainerdDriver, NetMode};
 
 use harness::restore::{needs_rekindle, restore_story, Restored, FIXTURE_STATE_MB};
-use harness::{Ctx, IMAGE, NAMESPACE, SNAPSHOTTER};
+use harness::{Ctx, IMAGE, NAMESPACE};
 
-const AGENT_ID: &str = "it-soak";
 /// Policy seconds per real second.
 const TIME_SCALE: f64 = 10.0;
 const MEMORY_MB: u64 = 160;
@@ -391,9 +390,6 @@ fn the_node_answers_every_request_of_a_mixed_soak_within_budget_and_leaks_nothin
 }
 
 async fn soak(ctx: Ctx, restored: Restored, secs: u64) -> Result<()> {
-    let dir = ctx.paths().dir.clone();
-    let netns_dir = dir.join("soak-netns");
-    let admin_socket = dir.join("soak-admin.sock");
     let functions: Vec<FunctionConfig> = PATTERNS
         .iter()
         .map(|(name, _)| {
@@ -411,14 +407,7 @@ async fn soak(ctx: Ctx, restored: Restored, secs: u64) -> Result<()> {
         })
         .collect();
     let config = Config {
-        agent_id: AGENT_ID.to_string(),
-        metrics_addr: "127.0.0.1:0".parse()?,
         gateway_addr: Some("127.0.0.1:0".parse()?),
-        admin_socket: admin_socket.clone(),
-        hook_socket: dir.join("soak-hook.sock"),
-        restored_socket: restored.socket.clone(),
-        containerd_address: ctx.paths().grpc.clone(),
-        containerd_namespace: NAMESPACE.to_string(),
         policy: PolicyName::Rekindle,
         reconcile_interval_ms: 250,
         time_scale: TIME_SCALE,
@@ -428,22 +417,18 @@ async fn soak(ctx: Ctx, restored: Restored, secs: u64) -> Result<()> {
         // pools' speculative work, which is part of what is soaked.
         pressure_cpu_pct: 1000.0,
         pressure_memory_pct: 1000.0,
-        snapshotter: SNAPSHOTTER.to_string(),
-        runc_root: Some(ctx.paths().runc_root.clone()),
-        instance_log_dir: dir.join("soak-logs"),
-        netns_dir: netns_dir.clone(),
         tier_latencies: Some(
             Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("tests/integration/data/restore-latencies.json"),
         ),
         functions: functions.clone(),
-        ..Config::default()
+        ..harness::agent_config(&ctx, "soak", &restored.socket)
     };
     config.validate()?;
+    let netns_dir = config.netns_dir.clone();
+    let admin_socket = config.admin_socket.clone();
     let before = census(&netns_dir, &ctx.paths().dir);
-    let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-    dc.runc_root = Some(ctx.paths().runc_root.clone());
-    let driver = ContainerdDriver::connect(dc).await?;
+    let driver = ContainerdDriver::connect(config.driver_config()).await?;
     let agent = Agent::start(&config).await?;
     let gw = agent.gateway_addr.context("no gateway address")?;
     let metrics = agent.metrics_addr;
@@ -554,10 +539,8 @@ async fn soak(ctx: Ctx, restored: Restored, secs: u64) -> Result<()> {
     let ops_log = ops.await?;
     done.store(true, Ordering::SeqCst);
     sampler.await?;
-    let starts = agent.pool.instances_made();
-    for id in &starts {
-        ctx.adopt(id, &driver.cgroups_path(id));
-    }
+    let mut starts = Vec::new();
+    harness::adopt_agent_instances(&ctx, &driver, &agent, &mut starts);
     agent.shutdown().await;
     drop(driver);
     // The shims exit and containerd removes the tasks' mounts shortly after the last

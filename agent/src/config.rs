@@ -484,6 +484,22 @@ impl Config {
         Ok(config)
     }
 
+    /// The instance driver's settings this configuration gives (what the agent connects
+    /// with; a test reading the agent's instances uses the same).
+    pub fn driver_config(&self) -> crate::driver::ContainerdConfig {
+        let mut dc = crate::driver::ContainerdConfig::new(
+            &self.containerd_address,
+            &self.containerd_namespace,
+        );
+        dc.owner = self.agent_id.clone();
+        dc.restored_socket = self.restored_socket.clone();
+        dc.snapshotter = self.snapshotter.clone();
+        dc.runc_root = self.runc_root.clone();
+        dc.netns_dir = self.netns_dir.clone();
+        dc.log_dir = self.instance_log_dir.clone();
+        dc
+    }
+
     /// Checks what can be checked without touching the system.
     pub fn validate(&self) -> Result<(), Error> {
         for (name, path) in [

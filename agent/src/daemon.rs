@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::config::{self, Config, LogFormat};
-use crate::driver::{ContainerdConfig, ContainerdDriver, InstanceDriver};
+use crate::driver::{ContainerdDriver, InstanceDriver};
 use crate::metrics::Metrics;
 use crate::pool::manager::{PoolManager, PoolOptions};
 use crate::sim::RunOptions;
@@ -232,15 +232,9 @@ pub struct Agent {
 impl Agent {
     /// Connects to containerd, listens, and starts reconciling.
     pub async fn start(config: &Config) -> Result<Agent, Error> {
-        let mut dc =
-            ContainerdConfig::new(&config.containerd_address, &config.containerd_namespace);
-        dc.owner = config.agent_id.clone();
-        dc.restored_socket = config.restored_socket.clone();
-        dc.snapshotter = config.snapshotter.clone();
-        dc.runc_root = config.runc_root.clone();
-        dc.netns_dir = config.netns_dir.clone();
-        dc.log_dir = config.instance_log_dir.clone();
-        let driver = ContainerdDriver::connect(dc).await.map_err(Box::new)?;
+        let driver = ContainerdDriver::connect(config.driver_config())
+            .await
+            .map_err(Box::new)?;
         Self::start_with(config, Arc::new(driver)).await
     }
 

@@ -20,12 +20,12 @@ use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::admin::{CheckpointRequest, Client, ClientError, InvokeRequest};
 use rekindle_agent::config::{Config, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver};
+use rekindle_agent::driver::ContainerdDriver;
 
 use crate::harness::containerd::profile_dir;
 use crate::harness::http::count_in;
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "admin-fn";
 
@@ -66,34 +66,17 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
             eprintln!("{skip}");
             return Ok(());
         }
-        let socket: PathBuf = ctx.paths().dir.join("agent-admin.sock");
-        let functions_dir = ctx.paths().dir.join("agent-admin-functions");
         let config = Config {
-            // Its own id: stories run side by side in one containerd namespace, and an
-            // agent adopts (or removes) at start the instances labelled with its id.
-            agent_id: "it-agent-admin".to_string(),
-            metrics_addr: "127.0.0.1:0".parse()?,
-            admin_socket: socket.clone(),
-            // Not the host's /run/rekindle/agent.sock: a real agent may run here.
-            hook_socket: ctx.paths().dir.join("agent-admin-hook.sock"),
-            restored_socket: restored.socket.clone(),
-            containerd_address: ctx.paths().grpc.clone(),
-            containerd_namespace: NAMESPACE.to_string(),
             policy: PolicyName::Fixed,
             // The pool acts only when asked, in this story.
             reconcile_interval_ms: 3_600_000,
             memory_budget_mb: Some(4096),
-            snapshotter: SNAPSHOTTER.to_string(),
-            runc_root: Some(ctx.paths().runc_root.clone()),
-            instance_log_dir: ctx.paths().dir.join("agent-admin-logs"),
-            functions_dir: functions_dir.clone(),
-            netns_dir: ctx.paths().dir.join("netns"),
-            ..Config::default()
+            ..agent_config(&ctx, "agent-admin", &restored.socket)
         };
         config.validate()?;
-        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-        dc.runc_root = Some(ctx.paths().runc_root.clone());
-        let paths_driver = ContainerdDriver::connect(dc).await?;
+        let socket: PathBuf = config.admin_socket.clone();
+        let functions_dir = config.functions_dir.clone();
+        let paths_driver = ContainerdDriver::connect(config.driver_config()).await?;
         let mut adopted = Vec::new();
         let store_as = ctx.new_id("admin-fn");
 

@@ -44,14 +44,14 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use rekindle_agent::driver::{ContainerdDriver, NetMode};
 use rekindle_agent::policy::{FunctionInfo, PolicyKind, Tier, Trigger, INTERVAL};
 use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
 use rekindle_agent::sim::{LatencyTable, RunOptions};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "forecast-fn";
 const BURST: usize = 3;
@@ -179,40 +179,24 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
         // the pre-warm plan's window (60 policy s = 3 s) is within it.
         f.keep_alive_max_secs = 5.0;
         let config = Config {
-            // Its own id: stories run side by side in one containerd namespace, and an
-            // agent adopts (or removes) at start the instances labelled with its id.
-            agent_id: "it-agent-forecast".to_string(),
-            metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
-            restored_socket: restored.socket.clone(),
-            containerd_address: ctx.paths().grpc.clone(),
-            containerd_namespace: NAMESPACE.to_string(),
             policy: PolicyName::Rekindle,
             reconcile_interval_ms: 200,
             time_scale: TIME_SCALE,
             memory_budget_mb: Some(4096),
             max_parallel_starts: 2,
-            snapshotter: SNAPSHOTTER.to_string(),
-            runc_root: Some(ctx.paths().runc_root.clone()),
-            instance_log_dir: ctx.paths().dir.join("agent-forecast-logs"),
-            // Not the host's /run/rekindle/agent.sock: a real agent may run here.
-            hook_socket: ctx.paths().dir.join("agent-forecast-hook.sock"),
-            admin_socket: ctx.paths().dir.join("agent-forecast-admin.sock"),
             // This machine's measured restore latencies: the prices the plan weighs.
             tier_latencies: Some(bench_latencies()),
-            netns_dir: ctx.paths().dir.join("netns"),
             functions: vec![f],
             // The story checks the forecast's pre-warm, not the pressure gate: a
             // busy CI machine (the other stories run alongside) must not hold it back.
             pressure_cpu_pct: 101.0,
             pressure_memory_pct: 101.0,
-            ..Config::default()
+            ..agent_config(&ctx, "agent-forecast", &restored.socket)
         };
         config.validate()?;
-        // The same driver settings, for the instances' cgroups paths (leak check).
-        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-        dc.runc_root = Some(ctx.paths().runc_root.clone());
-        let paths_driver = ContainerdDriver::connect(dc).await?;
+        // The agent's driver settings, for the instances' cgroups paths (leak check).
+        let paths_driver = ContainerdDriver::connect(config.driver_config()).await?;
         let mut adopted = Vec::new();
 
         let agent = Agent::start(&config).await?;

@@ -22,10 +22,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use rekindle_agent::driver::{ContainerdDriver, NetMode};
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "gw-fn";
 /// A second function, of one instance and a 100 ms queue wait: shorter than its start.
@@ -159,30 +159,15 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
         impatient.max_instances = 1;
         impatient.max_queue_wait_secs = 0.1;
         let config = Config {
-            // Its own id: stories run side by side in one containerd namespace, and an
-            // agent adopts (or removes) at start the instances labelled with its id.
-            agent_id: "it-agent-gateway".to_string(),
-            metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
-            restored_socket: restored.socket.clone(),
-            containerd_address: ctx.paths().grpc.clone(),
-            containerd_namespace: NAMESPACE.to_string(),
             policy: PolicyName::Fixed,
             reconcile_interval_ms: 200,
             max_parallel_starts: 2,
-            snapshotter: SNAPSHOTTER.to_string(),
-            runc_root: Some(ctx.paths().runc_root.clone()),
-            instance_log_dir: ctx.paths().dir.join("agent-gateway-logs"),
-            hook_socket: ctx.paths().dir.join("agent-gateway-hook.sock"),
-            admin_socket: ctx.paths().dir.join("agent-gateway-admin.sock"),
-            netns_dir: ctx.paths().dir.join("netns"),
             functions: vec![f, impatient],
-            ..Config::default()
+            ..agent_config(&ctx, "agent-gateway", &restored.socket)
         };
         config.validate()?;
-        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-        dc.runc_root = Some(ctx.paths().runc_root.clone());
-        let paths_driver = ContainerdDriver::connect(dc).await?;
+        let paths_driver = ContainerdDriver::connect(config.driver_config()).await?;
         let mut adopted = Vec::new();
 
         let agent = Agent::start(&config).await?;

@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, NetMode};
+use rekindle_agent::driver::{ContainerdDriver, NetMode};
 use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
 
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
-use crate::harness::{adopt_agent_instances, IMAGE, NAMESPACE, SNAPSHOTTER};
+use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "live-fn";
 const BURST: usize = 4;
@@ -118,38 +118,22 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
         f.max_instances = BURST as u32;
         f.keep_alive_max_secs = 3.0;
         let config = Config {
-            // Its own id: stories run side by side in one containerd namespace, and an
-            // agent adopts (or removes) at start the instances labelled with its id.
-            agent_id: "it-agent-live".to_string(),
-            metrics_addr: "127.0.0.1:0".parse()?,
             gateway_addr: Some("127.0.0.1:0".parse()?),
-            restored_socket: restored.socket.clone(),
-            containerd_address: ctx.paths().grpc.clone(),
-            containerd_namespace: NAMESPACE.to_string(),
             policy: PolicyName::Rekindle,
             reconcile_interval_ms: 200,
             time_scale: 60.0,
             memory_budget_mb: Some(4096),
             max_parallel_starts: 2,
-            snapshotter: SNAPSHOTTER.to_string(),
-            runc_root: Some(ctx.paths().runc_root.clone()),
-            instance_log_dir: ctx.paths().dir.join("agent-live-logs"),
-            // Not the host's /run/rekindle/agent.sock: a real agent may run here.
-            hook_socket: ctx.paths().dir.join("agent-hook.sock"),
-            admin_socket: ctx.paths().dir.join("agent-live-admin.sock"),
             // This machine's measured restore latencies (hack/bench.sh's output).
             tier_latencies: Some(
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/restore.json"),
             ),
-            netns_dir: ctx.paths().dir.join("netns"),
             functions: vec![f],
-            ..Config::default()
+            ..agent_config(&ctx, "agent-live", &restored.socket)
         };
         config.validate()?;
-        // The same driver settings, for the instances' cgroups paths (leak check).
-        let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-        dc.runc_root = Some(ctx.paths().runc_root.clone());
-        let paths_driver = ContainerdDriver::connect(dc).await?;
+        // The agent's driver settings, for the instances' cgroups paths (leak check).
+        let paths_driver = ContainerdDriver::connect(config.driver_config()).await?;
         let mut adopted = Vec::new();
 
         let agent = Agent::start(&config).await?;

@@ -15,16 +15,16 @@ use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::admin::{Client, ClientError, InvokeRequest};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
-use rekindle_agent::driver::{ContainerdConfig, ContainerdDriver, InstanceDriver};
+use rekindle_agent::driver::{ContainerdDriver, InstanceDriver};
 
 use crate::harness::restore::RestoreDaemon;
 use crate::harness::restore::{needs_rekindle, FIXTURE_STATE_MB};
 use crate::harness::{
-    http, millis, own_containerd_with_env, secs, try_story_on, Ctx, IMAGE, NAMESPACE, SNAPSHOTTER,
+    adopt_agent_instances, agent_config, http, millis, own_containerd_with_env, secs, try_story_on,
+    Ctx, IMAGE,
 };
 
 const FUNCTION: &str = "nocriu-fn";
-const AGENT_ID: &str = "it-criu-missing";
 const NO_CRIU: &str = "/nonexistent/criu";
 
 async fn story(ctx: Ctx) -> Result<()> {
@@ -38,7 +38,7 @@ async fn story(ctx: Ctx) -> Result<()> {
         &restored_socket,
         &format!("criu_binary = \"{NO_CRIU}\"\n"),
     )?;
-    let outcome = with_daemon(&ctx, &dir, &daemon).await;
+    let outcome = with_daemon(&ctx, &daemon).await;
     let log = daemon.handle.log_tail(30);
     // stop_and_check runs a runtime of its own: not on this one's thread.
     let left = tokio::task::spawn_blocking(move || daemon.stop_and_check()).await?;
@@ -49,44 +49,29 @@ async fn story(ctx: Ctx) -> Result<()> {
     }
 }
 
-async fn with_daemon(ctx: &Ctx, dir: &std::path::Path, daemon: &RestoreDaemon) -> Result<()> {
+async fn with_daemon(ctx: &Ctx, daemon: &RestoreDaemon) -> Result<()> {
     let stats = daemon.handle.client().stats().await?;
     ensure!(
         stats.criu_version.is_none(),
         "rekindle-restored found a CRIU at {NO_CRIU}: {stats:?}"
     );
-    let admin = dir.join("agent-nocriu-admin.sock");
     let mut f = FunctionConfig::new(FUNCTION, IMAGE, 8080);
     f.env = vec![format!("STATE_MB={FIXTURE_STATE_MB}")];
     f.memory_mb = 512;
     f.store_as = Some(ctx.new_id("nocriu"));
     f.max_instances = 2;
     let config = Config {
-        agent_id: AGENT_ID.to_string(),
-        metrics_addr: "127.0.0.1:0".parse()?,
-        admin_socket: admin.clone(),
-        hook_socket: dir.join("agent-nocriu-hook.sock"),
-        restored_socket: daemon.handle.socket.clone(),
-        containerd_address: ctx.paths().grpc.clone(),
-        containerd_namespace: NAMESPACE.to_string(),
         policy: PolicyName::Fixed,
         // Reconciles often: a checkpoint would be planned right after the cold start.
         reconcile_interval_ms: 200,
-        snapshotter: SNAPSHOTTER.to_string(),
-        runc_root: Some(ctx.paths().runc_root.clone()),
-        instance_log_dir: dir.join("agent-nocriu-logs"),
-        netns_dir: dir.join("agent-nocriu-netns"),
         functions: vec![f.clone()],
-        ..Config::default()
+        ..agent_config(ctx, "criu-missing", &daemon.handle.socket)
     };
     config.validate()?;
+    let admin = config.admin_socket.clone();
     let agent = Agent::start(&config).await?;
-    let mut dc = ContainerdConfig::new(&ctx.paths().grpc, NAMESPACE);
-    dc.runc_root = Some(ctx.paths().runc_root.clone());
-    dc.owner = AGENT_ID.to_string();
-    dc.netns_dir = config.netns_dir.clone();
-    dc.log_dir = config.instance_log_dir.clone();
-    let driver = ContainerdDriver::connect(dc).await?;
+    // The agent's own driver settings: discover() finds its instances.
+    let driver = ContainerdDriver::connect(config.driver_config()).await?;
     let api = Client::new(&admin);
     let outcome = async {
         // 1. Reported: status (reason and fix) and /metrics.
@@ -106,9 +91,7 @@ async fn with_daemon(ctx: &Ctx, dir: &std::path::Path, daemon: &RestoreDaemon) -
 
         // 2. Served: a cold start, then the same instance hot, counting on.
         let first = api.invoke(FUNCTION, &InvokeRequest::default()).await?;
-        for id in agent.pool.instances_made() {
-            ctx.adopt(&id, &driver.cgroups_path(&id));
-        }
+        adopt_agent_instances(ctx, &driver, &agent, &mut Vec::new());
         ensure!(first.status == 200 && first.tier == "cold", "{first:?}");
         let c1 = http::count_in(&first.body)?;
         let second = api.invoke(FUNCTION, &InvokeRequest::default()).await?;

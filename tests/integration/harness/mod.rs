@@ -369,3 +369,34 @@ pub fn adopt_agent_instances(
         }
     }
 }
+
+/// An in-process agent's configuration for a story: its id (`it-<tag>`, so that at
+/// start it adopts or removes only its own instances) and everything it touches —
+/// admin and hook sockets, network namespaces, instance logs, kept functions — under
+/// `<story dir>/<tag>-…`: never the host's /run/rekindle or /var/lib/rekindle, never
+/// another story's (an agent sweeps its netns_dir at start). On the story's containerd,
+/// runc root and `restored_socket`; metrics on a port the system picks; the rest is
+/// `Config::default()`, for the story to override.
+#[allow(dead_code)] // the agent stories only
+pub fn agent_config(
+    ctx: &Ctx,
+    tag: &str,
+    restored_socket: &std::path::Path,
+) -> rekindle_agent::config::Config {
+    let dir = &ctx.paths().dir;
+    rekindle_agent::config::Config {
+        agent_id: format!("it-{tag}"),
+        metrics_addr: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_socket: dir.join(format!("{tag}-admin.sock")),
+        hook_socket: dir.join(format!("{tag}-hook.sock")),
+        restored_socket: restored_socket.to_path_buf(),
+        containerd_address: ctx.paths().grpc.clone(),
+        containerd_namespace: NAMESPACE.to_string(),
+        snapshotter: SNAPSHOTTER.to_string(),
+        runc_root: Some(ctx.paths().runc_root.clone()),
+        instance_log_dir: dir.join(format!("{tag}-logs")),
+        netns_dir: dir.join(format!("{tag}-netns")),
+        functions_dir: dir.join(format!("{tag}-functions")),
+        ..rekindle_agent::config::Config::default()
+    }
+}
