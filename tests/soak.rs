@@ -277,24 +277,14 @@ fn census(netns_dir: &Path, containerd_dir: &Path) -> Census {
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")
         .map(|m| m.lines().count())
         .unwrap_or(0);
-    let mut cgroups = 0;
-    for hierarchy in std::fs::read_dir("/sys/fs/cgroup")
-        .into_iter()
-        .flatten()
-        .flatten()
-    {
-        let ns = hierarchy.path().join(NAMESPACE);
-        cgroups += std::fs::read_dir(&ns)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("soak-"))
-            .count();
-    }
-    // The unified hierarchy (cgroup v2, or v1 hybrid's unified mount) at its root.
-    cgroups += std::fs::read_dir(Path::new("/sys/fs/cgroup").join(NAMESPACE))
-        .into_iter()
-        .flatten()
+    // In every hierarchy (each v1 controller and the unified one).
+    let cgroups = harness::leaks::cgroup_roots()
+        .iter()
+        .flat_map(|root| {
+            std::fs::read_dir(root.join(NAMESPACE))
+                .into_iter()
+                .flatten()
+        })
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("soak-"))
         .count();

@@ -226,7 +226,7 @@ fn unmount_all(points: &mut [String]) {
 /// Mount points of every cgroup hierarchy: each v1 controller and the v2 (unified) one,
 /// once each (the same hierarchy may be mounted again elsewhere, e.g. in CRIU's
 /// cgroup yard): the mount of its root, preferring the one under /sys/fs/cgroup.
-fn cgroup_roots() -> BTreeSet<PathBuf> {
+pub fn cgroup_roots() -> BTreeSet<PathBuf> {
     let mut by_device: std::collections::BTreeMap<String, PathBuf> = Default::default();
     for m in mounts() {
         if (m.fstype != "cgroup" && m.fstype != "cgroup2") || m.root != "/" {
