@@ -326,14 +326,10 @@ impl Agent {
             },
             metrics.clone(),
         );
-        // Images already in the store: the next start is a restore.
-        let restored = rekindle_restore_api::Client::new(&config.restored_socket);
-        for f in &functions {
-            match restored.get_image(f.store_as()).await {
-                Ok(info) => pool.set_image(&f.name, info.staged),
-                Err(e) => tracing::debug!(function = %f.name, error = %e, "no stored image yet"),
-            }
-        }
+        // Before the first reconcile: images already in the store make the next start a
+        // restore; without CRIU no doomed checkpoint is planned.
+        let mut fast_path = None;
+        crate::fast_path::refresh(&pool, &config.restored_socket, &mut fast_path).await;
         // What an earlier run left (it was killed, or restarted): adopted or removed
         // before the first reconcile, so no instance is orphaned or started twice.
         let found = driver.discover().await.map_err(Box::new)?;
@@ -391,15 +387,11 @@ impl Agent {
         driver.set_start_hook(node.start_hook());
         let node_every = Duration::from_millis(config.reconcile_interval_ms.clamp(1000, 5000));
         tasks.push(tokio::spawn(node.run(node_every, stop_rx.clone())));
-        // Known before the first reconcile: without CRIU, no doomed checkpoint is planned.
-        let fp = crate::fast_path::FastPath::probe(&config.restored_socket).await;
-        pool.metrics().set_fast_path(fp.available);
-        pool.set_fast_path(fp);
         tasks.push(tokio::spawn(crate::fast_path::watch(
             pool.clone(),
-            pool.metrics().clone(),
             config.restored_socket.clone(),
             FAST_PATH_PROBE_EVERY,
+            fast_path,
             stop_rx.clone(),
         )));
         let interval = Duration::from_millis(config.reconcile_interval_ms);

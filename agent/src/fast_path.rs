@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Metrics;
 use crate::pool::manager::PoolManager;
 
 /// Bound on one probe of rekindle-restored.
@@ -92,37 +91,42 @@ async fn store_images(socket: &Path) -> Option<HashMap<String, bool>> {
     }
 }
 
-/// Probes every `every` until `stop`: tells the pool and `/metrics`, and logs each change
-/// (a warning with the reason when the fast path goes, info when it comes back).
+/// One look at rekindle-restored on `socket`: the fast path's state, told to the pool
+/// and `/metrics`, a change logged (a warning with the reason when it goes, info when it
+/// comes back; `last` is the state seen before, `None` at start); and the images in the
+/// store, which the pools' image state follows (an operator's `rekindle image rm`, a GC,
+/// a restarted daemon that staged nothing yet).
+pub async fn refresh(pool: &PoolManager, socket: &Path, last: &mut Option<bool>) {
+    let fp = FastPath::probe(socket).await;
+    if *last != Some(fp.available) {
+        if fp.available {
+            tracing::info!(criu_version = ?fp.criu_version, "fast path available");
+        } else {
+            tracing::warn!(
+                reason = fp.reason.as_deref().unwrap_or(""),
+                "fast path UNAVAILABLE: instances start cold until it is back"
+            );
+        }
+        *last = Some(fp.available);
+    }
+    pool.metrics().set_fast_path(fp.available);
+    pool.set_fast_path(fp);
+    let ops = pool.image_ops();
+    if let Some(images) = store_images(socket).await {
+        pool.sync_images(&images, ops);
+    }
+}
+
+/// [`refresh`] every `every`, and at once when an image operation failed, until `stop`;
+/// `last` as the agent's start-up [`refresh`] left it.
 pub async fn watch(
     pool: PoolManager,
-    metrics: std::sync::Arc<Metrics>,
     socket: PathBuf,
     every: Duration,
+    mut last: Option<bool>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut last: Option<bool> = None;
     loop {
-        let fp = FastPath::probe(&socket).await;
-        if last != Some(fp.available) {
-            if fp.available {
-                tracing::info!(criu_version = ?fp.criu_version, "fast path available");
-            } else {
-                tracing::warn!(
-                    reason = fp.reason.as_deref().unwrap_or(""),
-                    "fast path UNAVAILABLE: instances start cold until it is back"
-                );
-            }
-            last = Some(fp.available);
-        }
-        metrics.set_fast_path(fp.available);
-        pool.set_fast_path(fp);
-        // The store decides which images exist (an operator's `rekindle image rm`, a
-        // GC, a restarted daemon that staged nothing yet).
-        let ops = pool.image_ops();
-        if let Some(images) = store_images(&socket).await {
-            pool.sync_images(&images, ops);
-        }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = pool.resync_wanted() => {}
@@ -131,6 +135,7 @@ pub async fn watch(
         if *stop.borrow() {
             break;
         }
+        refresh(&pool, &socket, &mut last).await;
     }
 }
 
