@@ -333,8 +333,10 @@ print(n)
 async fn a_stale_socket_is_replaced_and_a_live_one_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sock = dir.path().join("agent.sock");
-    // stale: bound, then its listener gone
-    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    // Stale: a socket file nobody accepts on. Made by a datagram socket: a stream listener
+    // dropped here could still accept for a moment through the copy a fork by a parallel
+    // test holds until its exec (CI saw that once); a stream connect to this never succeeds.
+    drop(std::os::unix::net::UnixDatagram::bind(&sock).unwrap());
     assert!(sock.exists());
     let bound = Bound::bind(&Listen::Unix(sock.clone())).await.unwrap();
     let server = serve(bound).await;

@@ -4,7 +4,6 @@
 use std::fs;
 use std::future::Future;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,50 +35,11 @@ impl Access {
 }
 
 /// Binds the socket, mode 0600 (0660 and group `gid` when one is given, for the
-/// non-root uids of `allowed_uids`). A stale socket file is replaced; a live one (another
-/// daemon answers on it) is an error.
+/// non-root uids of `allowed_uids`) from its first moment. A stale socket file is replaced;
+/// a live one (another daemon answers on it) is an error (see
+/// [`rekindle_daemon_kit::socket::bind_private`]).
 pub fn bind(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
-    if let Some(parent) = path.parent() {
-        fs::create_dir_all(parent)?;
-    }
-    match fs::symlink_metadata(path) {
-        Ok(meta) => {
-            use std::os::unix::fs::FileTypeExt;
-            if !meta.file_type().is_socket() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!("{} exists and is not a socket", path.display()),
-                ));
-            }
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "another rekindle-restored is listening on {}",
-                        path.display()
-                    ),
-                ));
-            }
-            fs::remove_file(path)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    // Bind under a umask that leaves the socket root-only from its first moment.
-    // SAFETY: umask is always safe to call; it is restored right after.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let listener = bound?;
-    if let Some(gid) = gid {
-        std::os::unix::fs::chown(path, None, Some(gid))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o660))?;
-    } else {
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
-    }
-    listener.set_nonblocking(true)?;
-    UnixListener::from_std(listener)
+    UnixListener::from_std(rekindle_daemon_kit::socket::bind_private(path, gid)?)
 }
 
 /// Serves until `shutdown` completes, then stops accepting, lets the requests in flight

@@ -3,7 +3,6 @@
 
 use std::collections::HashSet;
 use std::convert::Infallible;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -459,55 +458,16 @@ async fn route(state: Arc<AdminState>, req: Request<Incoming>) -> Response<Body>
     }
 }
 
-/// Binds the admin socket at `path`: created root-only (umask 0177, then mode 0600) so
-/// there is no moment another user could connect; its directory made if missing. A
-/// socket nobody answers on (left by a dead agent) is replaced; a live one, or any other
-/// file there, is an error that says so.
+/// Binds the admin socket at `path`, root-only from its first moment; a stale one (left by a
+/// dead agent) is replaced, a live one or any other file there is an error (see
+/// [`rekindle_daemon_kit::socket::bind_private`]).
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
-    let io = |what: String| move |source| Error::Io { what, source };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::Io {
-                what: format!("admin socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket",
-                ),
-            });
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Io {
-                what: format!("admin socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "a live process listens on it (another rekindle-agent?)",
-                ),
-            });
-        }
-        std::fs::remove_file(path).map_err(io(format!(
-            "removing the stale admin socket {}",
-            path.display()
-        )))?;
-        tracing::info!(path = %path.display(), "removed a stale admin socket");
-    }
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(io(format!("creating the directory of {}", path.display())))?;
-        }
-    }
-    // SAFETY: umask only swaps the process' mask; restored right after the bind. Other
-    // threads creating files meanwhile get 0600 at worst, never more permissive.
-    let old = unsafe { libc::umask(0o177) };
-    let bound = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let l = bound.map_err(io(format!("binding the admin socket {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod 0600 {}", path.display())))?;
-    l.set_nonblocking(true)
-        .map_err(io(format!("admin socket {}", path.display())))?;
-    UnixListener::from_std(l).map_err(io(format!("admin socket {}", path.display())))
+    let io = |source| Error::Io {
+        what: format!("admin socket {}", path.display()),
+        source,
+    };
+    UnixListener::from_std(rekindle_daemon_kit::socket::bind_private(path, None).map_err(io)?)
+        .map_err(io)
 }
 
 /// Whether the peer on `stream` may use the API (SO_PEERCRED), with its uid and pid.
@@ -608,7 +568,9 @@ mod tests {
     }
 
     #[test]
-    fn the_socket_is_root_only_and_a_live_one_is_not_taken_over() {
+    fn the_socket_is_root_only_and_a_live_one_is_named_in_the_error() {
+        // The rules themselves (stale replaced, files left alone) are daemon-kit's tests.
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("run/admin.sock");
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -616,18 +578,14 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            let l = bind(&path).unwrap();
+            let _l = bind(&path).unwrap();
             let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600);
-            let e = bind(&path).unwrap_err();
-            assert!(e.to_string().contains("a live process listens"), "{e}");
-            drop(l);
-            // Left by a dead agent: replaced.
-            bind(&path).unwrap();
-            std::fs::remove_file(&path).unwrap();
-            std::fs::write(&path, "").unwrap();
-            let e = bind(&path).unwrap_err();
-            assert!(e.to_string().contains("not a socket"), "{e}");
+            let e = bind(&path).unwrap_err().to_string();
+            assert!(
+                e.contains("admin socket") && e.contains("a live process listens"),
+                "{e}"
+            );
         });
     }
 }

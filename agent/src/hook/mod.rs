@@ -16,7 +16,6 @@ pub mod placement;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -256,47 +255,16 @@ impl Bound {
     }
 }
 
-/// Binds a unix socket at `path`, mode 0600, creating its directory (0755) if missing. A
-/// socket file that nobody answers on (left by a dead agent) is removed first; one a live
-/// process accepts on is an error that says so, as is any other file there.
+/// Binds the hook's unix socket at `path`, mode 0600 from its first moment; a stale one
+/// (left by a dead agent) is replaced, a live one or any other file there is an error (see
+/// [`rekindle_daemon_kit::socket::bind_private`]).
 pub fn bind_unix(path: &Path) -> Result<UnixListener, Error> {
-    let io = |what: String| move |source| Error::Io { what, source };
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if !meta.file_type().is_socket() {
-            return Err(Error::Io {
-                what: format!("hook socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "the path exists and is not a socket",
-                ),
-            });
-        }
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(Error::Io {
-                what: format!("hook socket {}", path.display()),
-                source: std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    "a live process listens on it (another rekindle-agent?)",
-                ),
-            });
-        }
-        std::fs::remove_file(path).map_err(io(format!(
-            "removing the stale hook socket {}",
-            path.display()
-        )))?;
-        tracing::info!(path = %path.display(), "removed a stale hook socket");
-    }
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(io(format!("creating the directory of {}", path.display())))?;
-        }
-    }
-    let l = UnixListener::bind(path)
-        .map_err(io(format!("binding the hook socket {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .map_err(io(format!("chmod 0600 {}", path.display())))?;
-    Ok(l)
+    let io = |source| Error::Io {
+        what: format!("hook socket {}", path.display()),
+        source,
+    };
+    UnixListener::from_std(rekindle_daemon_kit::socket::bind_private(path, None).map_err(io)?)
+        .map_err(io)
 }
 
 /// Serves the hook, health (`SchedulerHook` and the server, "", SERVING; NOT_SERVING once
