@@ -3,6 +3,7 @@
 //! - [`hot_target`]: forecast arrival rate × mean execution time × a safety buffer
 //!   (Little's law: the mean number of busy instances), rounded up, clamped to min/max;
 //! - [`warm_target`]: the same from the forecast's upper quantile, minus what is hot;
+//!   [`priced_extra`]: how many of those are worth their memory;
 //! - [`keep_alive_from_gaps`]: a per-function keep-alive from observed inter-arrival gaps;
 //! - [`fit_budget`]: when the node's pools do not fit its memory budget, demote
 //!   (hot → warm → staged → out) the units whose loss — the expected cost of the misses
@@ -64,6 +65,36 @@ pub fn hot_target(rate: f64, exec: f64, buffer: f64, min: u32, max: u32) -> u32 
 pub fn warm_target(upper_rate: f64, exec: f64, buffer: f64, hot: u32, max: u32) -> u32 {
     let need = hot_target(upper_rate, exec, buffer, 0, max);
     need.saturating_sub(hot).min(max.saturating_sub(hot))
+}
+
+/// How many of `cap` instances beyond `hot` are worth holding frozen, priced the way the
+/// ladder prices a minute of idle memory: the `j`-th instance serves the requests that
+/// find `j - 1` busy (concurrency Poisson with mean `rate × exec`, what a request sees in
+/// an M/G/∞ system), saving `saved_ms` each, and costs `cost_ms_per_min` for each minute
+/// it is idle (`P(concurrency < j)`). Returns the highest `j - hot` whose value exceeds its
+/// cost, 0 if none does. Without this a bursty function with long executions held its
+/// whole upper-quantile need frozen all day (20 instances of one function on seed 5).
+pub fn priced_extra(
+    rate: f64,
+    exec: f64,
+    hot: u32,
+    cap: u32,
+    saved_ms: f64,
+    cost_ms_per_min: f64,
+) -> u32 {
+    let per_min = rate.max(0.0) * 60.0;
+    let mean = rate.max(0.0) * exec.max(0.0);
+    let mut best = 0;
+    for extra in 1..=cap {
+        let j = hot + extra;
+        let p_seen = poisson_tail(mean, j - 1) - poisson_tail(mean, j);
+        let value = per_min * p_seen * saved_ms;
+        let cost = cost_ms_per_min * (1.0 - poisson_tail(mean, j));
+        if value > cost {
+            best = extra;
+        }
+    }
+    best
 }
 
 /// A keep-alive window from observed gaps between arrivals: the `quantile` of the gaps
@@ -298,6 +329,21 @@ mod tests {
             latency_ms: [0.0, 5.0, 37.0, 200.0, 1000.0],
             memory_factor: [1.0, 1.0, 0.6, 0.0, 0.0],
         }
+    }
+
+    #[test]
+    fn priced_extra_holds_what_pays_for_its_memory() {
+        // 1 request/s of 10 s: ~10 busy. Each extra instance's requests save 100 ms.
+        let cheap = priced_extra(1.0, 10.0, 10, 10, 100.0, 1.0);
+        let dear = priced_extra(1.0, 10.0, 10, 10, 100.0, 200.0);
+        let none = priced_extra(1.0, 10.0, 10, 10, 100.0, 1e6);
+        assert!(
+            cheap > dear && dear > 0 && none == 0,
+            "{cheap} {dear} {none}"
+        );
+        assert!(cheap <= 10);
+        // Nothing arrives: nothing is worth holding.
+        assert_eq!(priced_extra(0.0, 10.0, 0, 5, 100.0, 1.0), 0);
     }
 
     #[test]

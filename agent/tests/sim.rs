@@ -197,3 +197,64 @@ fn replays_the_real_slice_with_every_policy() {
     let json = serde_json::to_value(&report).unwrap();
     assert_eq!(json["runs"][0]["results"].as_array().unwrap().len(), 5);
 }
+
+#[test]
+fn at_the_hybrid_policy_s_memory_rekindle_starts_faster_with_fewer_cold_starts() {
+    // The goal on a small fixed seed: Rekindle at the lowest price where it
+    // wastes no more memory than the hybrid histogram policy (either variant) has fewer
+    // full cold starts and a lower total start latency.
+    let mut p = WorkloadParams::new(5, 24, 0.5);
+    p.max_per_min = 5.0;
+    let t = workload::generate(&p).0;
+    let opts = RunOptions::new(5);
+    let variants = [
+        Variant {
+            kind: PolicyKind::Hybrid,
+            mode: NodeMode::AsPublished,
+        },
+        Variant {
+            kind: PolicyKind::Hybrid,
+            mode: NodeMode::WithImages,
+        },
+    ];
+    let r = sim::run_variants(&t, &variants, &opts);
+    let target = r[0].wasted_gb_min.min(r[1].wasted_gb_min);
+    let (price, rk) = sim::rekindle_at_memory(&t, &opts, target).expect("reachable");
+    println!(
+        "hybrid {:?}\nhybrid+images {:?}\nrekindle@{price} {rk:?}",
+        r[0], r[1]
+    );
+    assert!(
+        rk.wasted_gb_min <= target,
+        "{} > {target}",
+        rk.wasted_gb_min
+    );
+    // Against the policy as published (a miss is a cold start). Against the same policy
+    // on Rekindle's node (misses restored from disk) Rekindle wins on the README's
+    // one-day, 80-app seeds, not on a trace this short (half a day, 24 apps: too little
+    // history to learn from); `rekindle-sim --match-memory` shows both.
+    assert!(
+        rk.total_start_latency_s < r[0].total_start_latency_s,
+        "{} vs {}",
+        rk.total_start_latency_s,
+        r[0].total_start_latency_s
+    );
+    let cold = Tier::Cold.index();
+    assert!(
+        rk.starts[cold] < r[0].starts[cold],
+        "{:?} vs {:?}",
+        rk.starts,
+        r[0].starts
+    );
+    // The lowest such price: a clearly lower one wastes more than the target.
+    let mut lower = opts.clone();
+    lower.price_ms_per_gb_min = Some(price / 1.5);
+    let v = [Variant {
+        kind: PolicyKind::Rekindle,
+        mode: NodeMode::WithImages,
+    }];
+    if price / 1.5 >= 1.0 {
+        let below = &sim::run_variants(&t, &v, &lower)[0];
+        assert!(below.wasted_gb_min > target, "{below:?}");
+    }
+}

@@ -72,6 +72,12 @@ struct Args {
     /// Rekindle: node memory budget for idle pools, MB.
     #[arg(long)]
     memory_budget_mb: Option<f64>,
+    /// Also replay Rekindle at the hybrid histogram policy's wasted memory: the lowest
+    /// price at which it wastes no more than the hybrid policy (the lower of its two
+    /// variants) on the same trace, found by bisection (~9 more replays per trace). Its
+    /// row is `rekindle@<price>`: the comparison of the two policies at equal memory.
+    #[arg(long)]
+    match_memory: bool,
     /// Print JSON instead of markdown.
     #[arg(long)]
     json: bool,
@@ -145,6 +151,10 @@ fn run(args: Args) -> Result<(), String> {
             o.memory_factors = memory_factors;
             o.price_ms_per_gb_min = args.price;
             o.memory_budget_mb = args.memory_budget_mb;
+            let mut results = sim::run_variants(&t, &variants, &o);
+            if args.match_memory {
+                add_matched(&t, &o, &mut results);
+            }
             runs.push(TraceRun {
                 trace: format!("{} (latency seed {seed})", t.source),
                 synthetic: false,
@@ -152,7 +162,7 @@ fn run(args: Args) -> Result<(), String> {
                 functions: t.functions.len(),
                 apps: t.apps.len(),
                 invocations: t.len(),
-                results: sim::run_variants(&t, &variants, &o),
+                results,
             });
         }
     } else {
@@ -168,6 +178,10 @@ fn run(args: Args) -> Result<(), String> {
             o.memory_factors = memory_factors;
             o.price_ms_per_gb_min = args.price;
             o.memory_budget_mb = args.memory_budget_mb;
+            let mut results = sim::run_variants(&t, &variants, &o);
+            if args.match_memory {
+                add_matched(&t, &o, &mut results);
+            }
             runs.push(TraceRun {
                 trace: format!("SYNTHETIC trace: {}", t.source),
                 synthetic: true,
@@ -175,7 +189,7 @@ fn run(args: Args) -> Result<(), String> {
                 functions: t.functions.len(),
                 apps: t.apps.len(),
                 invocations: t.len(),
-                results: sim::run_variants(&t, &variants, &o),
+                results,
             });
         }
     }
@@ -193,6 +207,29 @@ fn run(args: Args) -> Result<(), String> {
         print!("{}", report.markdown());
     }
     Ok(())
+}
+
+/// With `--match-memory`: Rekindle's replay at the hybrid policy's wasted memory, added
+/// to `results` as `rekindle@<price>`.
+fn add_matched(t: &trace::Trace, o: &RunOptions, results: &mut Vec<sim::SimResult>) {
+    let target = results
+        .iter()
+        .filter(|r| r.policy.starts_with("hybrid"))
+        .map(|r| r.wasted_gb_min)
+        .fold(f64::INFINITY, f64::min);
+    if !target.is_finite() {
+        eprintln!("rekindle-sim: --match-memory needs the hybrid policy in --policies");
+        return;
+    }
+    match sim::rekindle_at_memory(t, o, target) {
+        Some((price, mut r)) => {
+            r.policy = format!("rekindle@{price:.0}");
+            results.push(r);
+        }
+        None => eprintln!(
+            "rekindle-sim: Rekindle wastes more than {target:.0} GB·min even at the highest price"
+        ),
+    }
 }
 
 fn write_trace(t: &trace::Trace, out: &PathBuf) -> Result<(), String> {

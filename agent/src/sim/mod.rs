@@ -575,3 +575,43 @@ pub fn run_variants(trace: &Trace, variants: &[Variant], opts: &RunOptions) -> V
         })
         .collect()
 }
+
+/// Rekindle at the same wasted memory as another policy: the lowest price of idle memory
+/// (bisected on a log scale over `[1, 5000]` ms per GB·minute, ~3 % apart) at which its
+/// replay of `trace` wastes no more than `target_gb_min`, and that replay. Policies are
+/// compared on a latency/memory curve (Shahrad et al. plot cold starts against wasted
+/// memory); this is the point of Rekindle's curve at the other policy's memory. `None`
+/// when not even the highest price gets there.
+pub fn rekindle_at_memory(
+    trace: &Trace,
+    opts: &RunOptions,
+    target_gb_min: f64,
+) -> Option<(f64, SimResult)> {
+    let replay = |price: f64| {
+        let mut o = opts.clone();
+        o.price_ms_per_gb_min = Some(price);
+        let v = [Variant {
+            kind: crate::policy::PolicyKind::Rekindle,
+            mode: NodeMode::WithImages,
+        }];
+        run_variants(trace, &v, &o).pop().expect("one variant")
+    };
+    let (mut lo, mut hi) = (1f64.ln(), 5000f64.ln());
+    let mut best = replay(hi.exp());
+    if best.wasted_gb_min > target_gb_min {
+        return None;
+    }
+    let mut price = hi.exp();
+    for _ in 0..8 {
+        let mid = (lo + hi) / 2.0;
+        let r = replay(mid.exp());
+        if r.wasted_gb_min <= target_gb_min {
+            hi = mid;
+            price = mid.exp();
+            best = r;
+        } else {
+            lo = mid;
+        }
+    }
+    Some((price, best))
+}
