@@ -13,26 +13,26 @@
 //! other two arrive while it is (none of the function's requests had ended in between)
 //! and record none. So every idle time is ~160 s, in the bin [120 s, 180 s): the hazard of
 //! a request is 0 in the first two minutes after a burst and 1 in the third. The policy
-//! prices each minute (hazard × start latency saved − idle memory × price, with this
-//! machine's measured latencies, `bench-results/restore.json`): holding anything through
-//! the first two minutes is pure cost, holding a hot 256 MB instance through the third
-//! saves a disk restore (~126 ms mean) for ~50 ms of memory, more than a warm instance or
-//! a staged image would. Its plan: pre-warm 120 s, then hot for 60 s — i.e. unload right
-//! after the burst, load one hot instance (a restore) 6 real seconds after the burst's
-//! end, keep it until 9 s; the next burst comes at 8 s. (At 512 MB the same prices
-//! prefer a staged image for that minute: only the image would be held, no instance.)
-//! The rate forecaster does not size this function: 3 requests every ~3 minutes stays
-//! below its 1-per-minute threshold during the story.
+//! prices each minute (latency saved − idle memory × price, with this machine's measured
+//! latencies, `bench-results/restore.json`): holding anything through the first two
+//! minutes is pure cost, holding a hot 256 MB instance through the third saves a disk
+//! restore (~126 ms mean) for a few ms of memory, more than a warm instance or a staged
+//! image would. Each burst after an idle time reached 3 concurrent requests, so each of
+//! the burst's instances is worth pre-warming too. Its plan: pre-warm 120 s, 3 instances
+//! (`pre_warm_extra` 2), then hot for 60 s — i.e. unload right after the burst, load three
+//! hot instances (restores) 6 real seconds after the burst's end, keep them until 9 s;
+//! the next burst comes at 8 s. The rate forecaster does not size this function: 3
+//! requests every ~3 minutes stays below its 1-per-minute threshold during the story.
 //!
 //! Checked, for every gap from the third burst on (the first has no history; the second
 //! may still follow the plan in force before the first idle time was counted): the pool
 //! falls to no instance after the burst (demotion), then — with no request for several
-//! seconds — the plan has a pre-warm and a hot or warm instance is up before the next
-//! burst's first request; the burst is served without a cold start, at least one request
-//! by that instance. Every request is answered 200 with the function's counter;
-//! `/metrics` counts the starts by tier exactly as the gateway reported them and the
-//! pool's own starts; after the last burst the pool is empty again; shutdown stops every
-//! instance, and the harness' leak check runs on each instance the agent made.
+//! seconds — the plan has a pre-warm of the burst's 3 instances, all up or starting when
+//! the burst's first request comes; the burst is served without a cold start, by each
+//! pre-warmed instance that was up. Every request is answered 200 with the function's
+//! counter; `/metrics` counts the starts by tier exactly as the gateway reported them and
+//! the pool's own starts; after the last burst the pool is empty again; shutdown stops
+//! every instance, and the harness' leak check runs on each instance the agent made.
 //! [`the_policy_plans_a_pre_warm_for_the_story_s_pattern`] replays the same pattern
 //! through the same policy offline, without containers.
 
@@ -277,9 +277,20 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                             && p.hot + p.warm >= 1,
                         "gap {k}: no instance pre-warmed before the burst: {gap:?}"
                     );
+                    // The pre-warm loads the burst's size, not one instance: all of them
+                    // up or on their way when the burst comes, and each one up serves.
                     ensure!(
-                        tiers.iter().any(|t| t == "hot" || t == "warm"),
-                        "burst {k}: the pre-warmed instance served none of {tiers:?}"
+                        p.plan.pre_warm_extra == BURST as u32 - 1
+                            && (p.hot + p.warm + p.starting) as usize == BURST,
+                        "gap {k}: the pre-warm did not load the burst's {BURST} instances: \
+                         {gap:?}"
+                    );
+                    let pre_served = tiers.iter().filter(|t| *t == "hot" || *t == "warm").count();
+                    ensure!(
+                        pre_served >= ((p.hot + p.warm) as usize).max(1),
+                        "burst {k}: {} instances were up, {pre_served} requests served by \
+                         them: {tiers:?}",
+                        p.hot + p.warm
                     );
                     prewarms += 1;
                 }
@@ -393,6 +404,7 @@ fn the_policy_plans_a_pre_warm_for_the_story_s_pattern() {
         eprintln!("[agent-forecast] replay: after burst {k}: {plan:?}");
     }
     assert_eq!(plan.pre_warm, 120.0, "{plan:?}");
+    assert_eq!(plan.pre_warm_extra, BURST as u32 - 1, "{plan:?}");
     assert_eq!(plan.keep_alive.first_tier(), Tier::Hot, "{plan:?}");
     assert!(
         plan.pre_warm + plan.keep_alive.loaded() >= gap + 10.0,

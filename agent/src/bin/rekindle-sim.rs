@@ -75,7 +75,7 @@ struct Args {
     /// Also replay Rekindle at the hybrid histogram policy's wasted memory: the lowest
     /// price at which it wastes no more than the hybrid policy (the lower of its two
     /// variants) on the same trace, found by bisection (~9 more replays per trace). Its
-    /// row is `rekindle@<price>`: the comparison of the two policies at equal memory.
+    /// row is `rekindle@hybrid-memory`: the two policies compared at equal memory.
     #[arg(long)]
     match_memory: bool,
     /// Print JSON instead of markdown.
@@ -223,7 +223,13 @@ fn add_matched(t: &trace::Trace, o: &RunOptions, results: &mut Vec<sim::SimResul
     }
     match sim::rekindle_at_memory(t, o, target) {
         Some((price, mut r)) => {
-            r.policy = format!("rekindle@{price:.0}");
+            r.policy = "rekindle@hybrid-memory".into();
+            r.note = Some(format!(
+                "`rekindle@hybrid-memory`: Rekindle at price {price:.1} ms per GB·min, the \
+                 lowest at which it wastes no more than the hybrid policy ({target:.0} GB·min)"
+            ));
+            // The same forecasts as the `rekindle` row: not printed twice.
+            r.forecast = None;
             results.push(r);
         }
         None => eprintln!(

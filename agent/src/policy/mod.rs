@@ -138,12 +138,17 @@ pub struct TierTargets {
 ///   instance is unloaded at once (Shahrad et al. §4.2: "unload the application right
 ///   after execution"), and `pre_warm` seconds after that end the function is loaded
 ///   again in the first tier of the ladder, which it then follows.
+/// - A pre-warm loads `1 + pre_warm_extra` instances: a function whose requests come in
+///   bursts after its idle times gets the burst's instances, not only the first.
 /// - At every interval the pool is topped up to `targets` (background loads, from the
 ///   fastest source available), and an instance whose ladder says "leave" stays while its
 ///   tier is at or below its target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Plan {
     pub pre_warm: Secs,
+    /// Instances a pre-warm loads beyond the first.
+    #[serde(default)]
+    pub pre_warm_extra: u32,
     pub keep_alive: KeepAlive,
     pub targets: TierTargets,
 }
@@ -153,6 +158,7 @@ impl Plan {
     pub fn windows(pre_warm: Secs, keep_alive: Secs) -> Self {
         Plan {
             pre_warm,
+            pre_warm_extra: 0,
             keep_alive: KeepAlive::hot(keep_alive),
             targets: TierTargets::default(),
         }

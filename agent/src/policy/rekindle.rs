@@ -85,6 +85,16 @@ impl RekindleConfig {
     }
 }
 
+/// Burst peaks kept per function for sizing pre-warms.
+const PEAKS_KEPT: usize = 16;
+
+/// Requests less than this apart (from the end of one to the next) are one burst: the gap
+/// is not an idle time (no instance could be let go and loaded again in it), and the
+/// burst's size is what a pre-warm should load. Without it a burst whose requests were
+/// served one after another by a hot instance looked like a function invoked every few
+/// milliseconds, planned "hold one hot instance", and restored the rest of every burst.
+pub const BURST_GRACE: Secs = 1.0;
+
 #[derive(Debug, Clone)]
 struct FnState {
     info: FunctionInfo,
@@ -103,6 +113,16 @@ struct FnState {
     it_m2: f64,
     rate: Option<RateModel>,
     cluster: Option<usize>,
+    /// The burst in progress (requests less than [`BURST_GRACE`] apart): its peak demand
+    /// (requests in flight, or arrived within the last `BURST_GRACE`, whichever is more),
+    /// whether it followed an idle time a pre-warm covers (a minute or more), and its
+    /// arrivals of the last `BURST_GRACE`.
+    period_peak: u32,
+    period_after_gap: bool,
+    burst_arrivals: std::collections::VecDeque<Secs>,
+    /// Peaks of the last busy periods that followed such idle times: how many instances
+    /// a pre-warm should load.
+    peaks: std::collections::VecDeque<u32>,
     ladder: Plan,
     dirty: bool,
     plan: Plan,
@@ -126,9 +146,26 @@ impl FnState {
             it_m2: 0.0,
             rate: None,
             cluster: None,
+            period_peak: 0,
+            period_after_gap: false,
+            burst_arrivals: std::collections::VecDeque::new(),
+            peaks: std::collections::VecDeque::new(),
             ladder: Plan::default(),
             dirty: true,
             plan: Plan::default(),
+        }
+    }
+
+    /// The burst in progress is over (a request came after an idle time): its peak counts
+    /// for pre-warms if it followed an idle time a pre-warm covers.
+    fn close_burst(&mut self) {
+        if self.period_after_gap {
+            if self.peaks.len() == PEAKS_KEPT {
+                self.peaks.pop_front();
+            }
+            self.peaks.push_back(self.period_peak);
+            self.period_after_gap = false;
+            self.dirty = true;
         }
     }
 
@@ -337,15 +374,35 @@ impl Rekindle {
             }
         };
         let mem_gb = s.info.memory_mb / 1024.0;
+        let costs = &self.cfg.costs;
+        let price = self.cfg.price_ms_per_gb_min;
         s.ladder = ladder_from_distribution(
             &p,
             s.idle.edges_secs(),
             &s.idle.within(),
-            &self.cfg.costs,
+            costs,
             s.image_on_disk,
             mem_gb,
-            self.cfg.price_ms_per_gb_min,
+            price,
         );
+        if s.ladder.pre_warm > 0.0 {
+            // Each instance beyond the first, priced like the ladder: the restore it saves
+            // when the burst needs it, against holding it from the load to the request
+            // (half the first tier's window on average).
+            let ka = s.ladder.keep_alive;
+            let first = ka.first_tier();
+            let window = match first {
+                Tier::Hot => ka.hot,
+                Tier::Warm => ka.warm,
+                _ => 0.0,
+            };
+            if window > 0.0 {
+                let saved = costs.base_latency(s.image_on_disk) - costs.latency(first);
+                let cost = 0.5 * window / 60.0 * costs.memory(first) * mem_gb * price;
+                s.ladder.pre_warm_extra = burst_extra(&s.peaks, saved, cost)
+                    .min(self.cfg.max_instances.saturating_sub(1));
+            }
+        }
     }
 
     fn apply_budget(&mut self, now: Secs, budget: f64) {
@@ -548,6 +605,7 @@ pub fn ladder_from_distribution(
     }
     Plan {
         pre_warm: start,
+        pre_warm_extra: 0,
         keep_alive: KeepAlive {
             hot: len(1),
             warm: len(2),
@@ -555,6 +613,32 @@ pub fn ladder_from_distribution(
         },
         targets: TierTargets::default(),
     }
+}
+
+/// Instances a pre-warm should load beyond the first: the `j`-th is worth it when the
+/// share of recent busy periods (after idle times) that reached `j` concurrent requests,
+/// times the `saved_ms` it saves then, exceeds what holding it costs (`cost_ms`).
+pub fn burst_extra<'a>(
+    peaks: impl IntoIterator<Item = &'a u32>,
+    saved_ms: f64,
+    cost_ms: f64,
+) -> u32 {
+    let peaks: Vec<u32> = peaks.into_iter().copied().collect();
+    if peaks.is_empty() {
+        return 0;
+    }
+    let n = peaks.len() as f64;
+    let max = peaks.iter().copied().max().unwrap_or(1);
+    let mut extra = 0;
+    for j in 2..=max {
+        let reach = peaks.iter().filter(|&&p| p >= j).count() as f64 / n;
+        if reach * saved_ms > cost_ms {
+            extra = j - 1;
+        } else {
+            break;
+        }
+    }
+    extra
 }
 
 /// Expected minutes an idle unit is held through a bin `width` seconds wide, given that
@@ -602,16 +686,33 @@ impl Policy for Rekindle {
         s.first_arrival.get_or_insert(at);
         s.this_minute += 1;
         s.busy += 1;
-        if let Some(end) = s.last_end {
-            if s.busy == 1 {
-                let it = (at - end).max(0.0);
-                s.idle.record(it);
-                s.it_n += 1;
-                let d = it - s.it_mean;
-                s.it_mean += d / s.it_n as f64;
-                s.it_m2 += d * (it - s.it_mean);
-                s.dirty = true;
-            }
+        let gap = if s.busy == 1 {
+            s.last_end.map(|e| (at - e).max(0.0))
+        } else {
+            None
+        };
+        if s.busy == 1 && gap.is_none_or(|g| g >= BURST_GRACE) {
+            s.close_burst();
+            s.period_after_gap = gap.is_some_and(|g| g >= INTERVAL);
+            s.period_peak = 0;
+            s.burst_arrivals.clear();
+        }
+        while s
+            .burst_arrivals
+            .front()
+            .is_some_and(|&a| a < at - BURST_GRACE)
+        {
+            s.burst_arrivals.pop_front();
+        }
+        s.burst_arrivals.push_back(at);
+        s.period_peak = s.period_peak.max(s.busy.max(s.burst_arrivals.len() as u32));
+        if let Some(it) = gap.filter(|&g| g >= BURST_GRACE) {
+            s.idle.record(it);
+            s.it_n += 1;
+            let d = it - s.it_mean;
+            s.it_mean += d / s.it_n as f64;
+            s.it_m2 += d * (it - s.it_mean);
+            s.dirty = true;
         }
     }
 
@@ -859,6 +960,73 @@ mod tests {
         assert_eq!(near.keep_alive.hot, 60.0, "{near:?}");
         assert!(held_minutes(1.0, 0.05, 60.0) < held_minutes(1.0, 0.5, 60.0));
         assert_eq!(held_minutes(0.0, 0.05, 60.0), 1.0);
+    }
+
+    #[test]
+    fn burst_extra_counts_the_instances_bursts_reach_often_enough() {
+        assert_eq!(burst_extra(&[], 100.0, 1.0), 0);
+        assert_eq!(burst_extra(&[1, 1, 1], 100.0, 1.0), 0);
+        assert_eq!(burst_extra(&[3, 3, 3, 3], 100.0, 1.0), 2);
+        // The third instance is needed in a quarter of the bursts: worth 25 ms, not 30.
+        assert_eq!(burst_extra(&[2, 2, 2, 3], 100.0, 30.0), 1);
+        assert_eq!(burst_extra(&[2, 2, 2, 3], 100.0, 20.0), 2);
+        assert_eq!(burst_extra(&[3, 3], 100.0, 1e6), 0);
+    }
+
+    #[test]
+    fn bursts_after_idle_times_are_pre_warmed_with_their_size() {
+        let mut p = Rekindle::new(RekindleConfig::new(costs()));
+        p.register(0, &info());
+        // Bursts of 3 concurrent requests every ~7 minutes (the agent_forecast story's
+        // shape, slower).
+        let mut t = 0.0;
+        let mut next_tick = 60.0;
+        let mut plan = Plan::default();
+        for _ in 0..12 {
+            while next_tick <= t {
+                p.tick(next_tick);
+                next_tick += 60.0;
+            }
+            for _ in 0..3 {
+                p.on_arrival(0, t);
+            }
+            for _ in 0..3 {
+                p.on_end(0, t + 1.0, 1.0);
+            }
+            plan = p.plan(0, t + 1.0);
+            t += 420.0;
+        }
+        assert_eq!(plan.pre_warm, 360.0, "{plan:?}");
+        assert_eq!(plan.pre_warm_extra, 2, "{plan:?}");
+        // The same bursts served one request after another (each ends before the next
+        // comes, 0.1 s apart): still a burst of 3, and no idle time of 0.1 s.
+        let mut r = Rekindle::new(RekindleConfig::new(costs()));
+        r.register(0, &info());
+        let mut t = 0.0;
+        let mut next_tick = 60.0;
+        let mut serial = Plan::default();
+        for _ in 0..12 {
+            while next_tick <= t {
+                r.tick(next_tick);
+                next_tick += 60.0;
+            }
+            for i in 0..3 {
+                let at = t + 0.1 * i as f64;
+                r.on_arrival(0, at);
+                r.on_end(0, at + 0.05, 0.05);
+            }
+            serial = r.plan(0, t + 0.3);
+            t += 420.0;
+        }
+        assert_eq!(serial.pre_warm, 360.0, "{serial:?}");
+        assert_eq!(serial.pre_warm_extra, 2, "{serial:?}");
+        // Requests one at a time: one instance.
+        let mut q = Rekindle::new(RekindleConfig::new(costs()));
+        q.register(0, &info());
+        let times: Vec<f64> = (0..12).map(|i| i as f64 * 420.0).collect();
+        let single = drive(&mut q, 0, &times, 1.0);
+        assert_eq!(single.pre_warm, 360.0, "{single:?}");
+        assert_eq!(single.pre_warm_extra, 0, "{single:?}");
     }
 
     #[test]

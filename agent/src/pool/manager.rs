@@ -1319,8 +1319,19 @@ impl PoolManager {
     /// The request's instance is free again: to the oldest queued request, if any.
     fn release(&self, fi: usize, id: &str, exec_secs: f64) {
         let now = self.now();
+        // The policy hears of the end first, and the pre-warm below follows the plan as of
+        // this end: the last reconcile's plan may predate the idle time this request's
+        // arrival recorded, and a pre-warm scheduled from it was lost when that plan had
+        // none. (The policy is locked alone here; reconcile locks state, then policy.)
+        let plan = {
+            let mut policy = self.s.policy.lock().unwrap();
+            let pnow = self.policy_time(now);
+            policy.on_end(fi as FunctionId, pnow, exec_secs * self.s.time_scale);
+            policy.plan(fi as FunctionId, pnow)
+        };
         let mut st = self.s.state.lock().unwrap();
         let f = &mut st.fns[fi];
+        f.plan = real_plan(&plan, self.s.time_scale, &f.bounds());
         if let Some(s) = f.slot(id) {
             s.busy = false;
             s.idle_since = now;
@@ -1333,11 +1344,6 @@ impl PoolManager {
         let evict = self.pump_locked(&mut st, fi);
         drop(st);
         self.spawn_actions(evict);
-        self.s.policy.lock().unwrap().on_end(
-            fi as FunctionId,
-            self.policy_time(now),
-            exec_secs * self.s.time_scale,
-        );
     }
 
     /// The function's pool and queue for [`admission`], and its limits.

@@ -20,8 +20,8 @@
 //! 2. Each idle instance follows the keep-alive ladder from the moment it became idle:
 //!    hot for `keep_alive.hot`, then warm (frozen) for `keep_alive.warm`, then stopped.
 //!    With a positive `pre_warm` an instance is stopped as soon as it is idle, and the
-//!    function is loaded again `pre_warm` after that end (pre-warm), then follows the
-//!    ladder from its load.
+//!    function is loaded again `pre_warm` after that end (pre-warm: `1 + pre_warm_extra`
+//!    instances, within `max_instances`), then follows the ladder from its load.
 //! 3. Targets are floors: idle instances are held hot (thawing warm ones if needed) until
 //!    `targets.hot` instances are hot (busy ones count), then warm (freezing hot ones)
 //!    until `targets.warm` are; what is still missing is started (restored when the image
@@ -248,6 +248,7 @@ pub fn real_plan(p: &Plan, time_scale: f64, b: &PlanBounds) -> Plan {
     let warm = p.targets.warm.min(b.max_instances - hot);
     Plan {
         pre_warm: p.pre_warm / s,
+        pre_warm_extra: p.pre_warm_extra.min(b.max_instances.saturating_sub(1)),
         keep_alive: ka,
         targets: TierTargets {
             hot,
@@ -391,11 +392,13 @@ fn decide_one(now: f64, fi: usize, f: &FunctionView, out: &mut Vec<Action>) {
         };
         if let Some(into) = into {
             if f.image != ImageState::None {
-                out.push(Action::Start {
-                    function: fi,
-                    into,
-                    why: StartWhy::PreWarm,
-                });
+                for _ in 0..(1 + plan.pre_warm_extra).min(room) {
+                    out.push(Action::Start {
+                        function: fi,
+                        into,
+                        why: StartWhy::PreWarm,
+                    });
+                }
             }
         }
     }
@@ -580,6 +583,7 @@ mod tests {
     fn plan(hot: f64, warm: f64, staged: f64) -> Plan {
         Plan {
             pre_warm: 0.0,
+            pre_warm_extra: 0,
             keep_alive: KeepAlive { hot, warm, staged },
             targets: TierTargets::default(),
         }
@@ -747,6 +751,33 @@ mod tests {
         }];
         assert!(!decide(32.0, std::slice::from_ref(&f), None).contains(&stop("p")));
         assert!(decide(36.0, &[f], None).contains(&stop("p")));
+    }
+
+    #[test]
+    fn a_pre_warm_loads_the_burst_s_instances_within_max_instances() {
+        let mut p = plan(5.0, 0.0, 0.0);
+        p.pre_warm = 30.0;
+        p.pre_warm_extra = 2;
+        let mut f = func(ImageState::Disk, vec![], p);
+        f.pending_load = Some(30.0);
+        let starts = |f: &FunctionView| {
+            decide(30.5, std::slice::from_ref(f), None)
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::Start {
+                            why: StartWhy::PreWarm,
+                            into: Loaded::Hot,
+                            ..
+                        }
+                    )
+                })
+                .count()
+        };
+        assert_eq!(starts(&f), 3);
+        f.max_instances = 2;
+        assert_eq!(starts(&f), 2);
     }
 
     #[test]
@@ -920,6 +951,7 @@ mod tests {
         };
         let p = Plan {
             pre_warm: 120.0,
+            pre_warm_extra: 5,
             keep_alive: KeepAlive {
                 hot: 240.0,
                 warm: 60.0,
@@ -933,6 +965,8 @@ mod tests {
         };
         let r = real_plan(&p, 60.0, &b);
         assert_eq!(r.pre_warm, 2.0);
+        // A pre-warm loads at most max_instances.
+        assert_eq!(r.pre_warm_extra, 2);
         assert_eq!(
             (r.keep_alive.hot, r.keep_alive.warm, r.keep_alive.staged),
             (4.0, 1.0, 0.0)

@@ -84,6 +84,9 @@ pub struct SimResult {
     pub background_loads: u64,
     pub sim_seconds: f64,
     pub forecast: Option<AccuracyReport>,
+    /// Printed under the table (how a row was obtained, e.g. a matched price).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 impl SimResult {
@@ -171,11 +174,13 @@ impl Engine<'_> {
         if let Some(at) = r.pending_load {
             if at <= now {
                 r.pending_load = None;
-                r.idle.push(IdleInst {
-                    since: at,
-                    pinned: None,
-                });
-                self.background += 1;
+                for _ in 0..1 + r.plan.pre_warm_extra {
+                    r.idle.push(IdleInst {
+                        since: at,
+                        pinned: None,
+                    });
+                    self.background += 1;
+                }
             }
         }
         let a = r.acc;
@@ -484,6 +489,7 @@ pub fn run(trace: &Trace, policy: &mut dyn Policy, cfg: &SimConfig) -> SimResult
         background_loads: eng.background,
         sim_seconds: started.elapsed().as_secs_f64(),
         forecast: policy.forecast_report(),
+        note: None,
     }
 }
 

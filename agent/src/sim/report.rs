@@ -79,6 +79,9 @@ impl Report {
                 }
             );
             table(&mut s, &run.results);
+            for note in run.results.iter().filter_map(|r| r.note.as_ref()) {
+                let _ = writeln!(s, "\n{note}");
+            }
             for r in &run.results {
                 if let Some(f) = &r.forecast {
                     forecast_table(&mut s, &r.policy, f);
