@@ -593,6 +593,7 @@ mod tests {
                     size: 3 << 20,
                     compressed_size: 1 << 20,
                     sha256: "ab".repeat(32),
+                    compressed_sha256: None,
                 }],
             },
             staged: true,

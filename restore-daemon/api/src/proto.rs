@@ -369,6 +369,13 @@ pub struct FileEntry {
     pub compressed_size: u64,
     /// SHA-256 of the original bytes, lowercase hex.
     pub sha256: String,
+    /// SHA-256 of the stored LZ4 frame, lowercase hex. A restore checks the frame it
+    /// decompresses against it — a quarter of the bytes to hash for a CRIU image, and the
+    /// same bytes always decompress to the same content — while `sha256` is checked when
+    /// the image is stored or imported. Images stored before it have none: their restores
+    /// hash the decompressed bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed_sha256: Option<String>,
 }
 
 /// An image as the daemon sees it now.

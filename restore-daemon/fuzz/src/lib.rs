@@ -332,6 +332,7 @@ pub fn plan_archive(plan: &[u8]) -> (Vec<u8>, bool) {
             size: path.len() as u64,
             compressed_size: frame.len() as u64,
             sha256: sha256(path.as_bytes()),
+            compressed_sha256: Some(sha256(&frame)),
         };
         plain &= op == b' ';
         if op != b'+' {

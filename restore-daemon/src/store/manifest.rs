@@ -240,6 +240,12 @@ fn validate_entry(f: &FileEntry, limits: &Limits) -> Result<(), String> {
             f.path, f.sha256
         ));
     }
+    if let Some(c) = f.compressed_sha256.as_deref().filter(|c| !is_sha256_hex(c)) {
+        return Err(format!(
+            "{}: compressed_sha256 {c:?} is not 64 lowercase hex digits",
+            f.path
+        ));
+    }
     Ok(())
 }
 
@@ -276,6 +282,7 @@ mod tests {
             size,
             compressed_size: size / 2,
             sha256: "ab".repeat(32),
+            compressed_sha256: None,
         }
     }
 

@@ -632,15 +632,22 @@ impl Store {
                     ),
                 };
                 // A failed file is left half-written in `tmp`, which goes with the error.
-                codec::decompress_verified(compressed, f.size, &f.sha256, &mut out, hasher)
-                    .map_err(|e| match e {
-                        codec::VerifyError::Corrupt(reason) => {
-                            Error::corrupt_image(name, &stored_name(f), reason)
-                        }
-                        codec::VerifyError::Io(e) => {
-                            Error::io(format!("cannot decompress {}", stored_name(f)))(e)
-                        }
-                    })?;
+                match &f.compressed_sha256 {
+                    Some(frame_sha) => codec::decompress_verified_frame(
+                        compressed, f.size, frame_sha, &mut out, hasher,
+                    ),
+                    None => {
+                        codec::decompress_verified(compressed, f.size, &f.sha256, &mut out, hasher)
+                    }
+                }
+                .map_err(|e| match e {
+                    codec::VerifyError::Corrupt(reason) => {
+                        Error::corrupt_image(name, &stored_name(f), reason)
+                    }
+                    codec::VerifyError::Io(e) => {
+                        Error::io(format!("cannot decompress {}", stored_name(f)))(e)
+                    }
+                })?;
             }
             total += f.size;
         }
@@ -708,7 +715,8 @@ impl Store {
         Ok(m)
     }
 
-    /// Verifies one stored file (decompressing it to nowhere).
+    /// Verifies one stored file (decompressing it to nowhere) against both digests of
+    /// the manifest: the content's and, when recorded, the stored frame's.
     pub(crate) fn verify_file(&self, m: &Manifest, f: &FileEntry) -> Result<()> {
         let mut reader = self.open_verified(m, f)?;
         let copied = codec::copy(&mut reader, &mut io::sink());
@@ -716,6 +724,31 @@ impl Store {
             return Err(Error::corrupt_image(&m.name, &stored_name(f), reason));
         }
         copied.map_err(Error::io(format!("cannot read {}", stored_name(f))))?;
+        if let Some(want) = &f.compressed_sha256 {
+            let mut stored = self.open_stored(m, f)?;
+            let mut hasher = sha2::Sha256::default();
+            let mut buf = vec![0u8; codec::COPY_BUF];
+            loop {
+                let n = stored
+                    .read(&mut buf)
+                    .map_err(Error::io(format!("cannot read {}", stored_name(f))))?;
+                if n == 0 {
+                    break;
+                }
+                sha2::Digest::update(&mut hasher, &buf[..n]);
+            }
+            let got = fsutil::hex(&sha2::Digest::finalize(hasher));
+            if got != *want {
+                return Err(Error::corrupt_image(
+                    &m.name,
+                    &stored_name(f),
+                    format!(
+                        "SHA-256 mismatch: the stored frame hashes to {got}, the manifest \
+                         says {want}"
+                    ),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -801,6 +834,7 @@ pub(crate) fn write_compressed<R: Read>(
         size: c.size,
         compressed_size: c.compressed_size,
         sha256: c.sha256,
+        compressed_sha256: Some(c.compressed_sha256),
     })
 }
 

@@ -248,6 +248,57 @@ fn a_flipped_byte_is_corrupt_and_names_the_file() {
 }
 
 #[test]
+fn restores_check_the_stored_frame_s_digest_and_older_images_their_content() {
+    let f = fixture();
+    let mut m = store_one(&f, "fn-1");
+    for e in &m.files {
+        let frame = fs::read(f.root.join(format!("fn-1/{}.lz4", e.path))).unwrap();
+        let want = crate::store::fsutil::hex(&<sha2::Sha256 as sha2::Digest>::digest(&frame));
+        assert_eq!(
+            e.compressed_sha256.as_deref(),
+            Some(want.as_str()),
+            "{}",
+            e.path
+        );
+    }
+    let write = |m: &Manifest| {
+        fs::write(
+            f.root.join("fn-1/manifest.json"),
+            serde_json::to_vec(m).unwrap(),
+        )
+        .unwrap()
+    };
+    // A frame digest that does not match: the large file (checked by its frame) and the
+    // whole-image verification both say so.
+    let pages = m
+        .files
+        .iter()
+        .position(|e| e.path == "pages-1.img")
+        .unwrap();
+    m.files[pages].compressed_sha256 = Some("0".repeat(64));
+    write(&m);
+    let (file, reason) = corrupt_of(f.store.extract("fn-1", &f.out.join("x")).unwrap_err());
+    assert_eq!(file, "pages-1.img.lz4");
+    assert!(reason.contains("stored frame"), "{reason}");
+    let (file, reason) = corrupt_of(f.store.verify("fn-1").unwrap_err());
+    assert_eq!(file, "pages-1.img.lz4");
+    assert!(reason.contains("stored frame"), "{reason}");
+    // An image stored before frame digests: restored by its content's digest.
+    for e in &mut m.files {
+        e.compressed_sha256 = None;
+    }
+    write(&m);
+    let dest = f.out.join("y");
+    f.store.extract("fn-1", &dest).unwrap();
+    assert_same_tree(&f.src, &dest);
+    m.files[pages].sha256 = "f".repeat(64);
+    write(&m);
+    let (file, reason) = corrupt_of(f.store.extract("fn-1", &f.out.join("z")).unwrap_err());
+    assert_eq!(file, "pages-1.img.lz4");
+    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+}
+
+#[test]
 fn a_truncated_file_is_corrupt() {
     let f = fixture();
     let m = store_one(&f, "fn-1");
@@ -653,6 +704,25 @@ fn import_refuses_wrong_sizes_checksums_and_missing_files() {
     let (file, reason) = import_error(&f, &archive);
     assert_eq!(file, "image/pages-1.img.lz4");
     assert!(reason.contains("SHA-256 mismatch"), "{reason}");
+
+    // A manifest whose frame digest does not match the (genuine) frame: restores would
+    // refuse it, so import does.
+    let archive = hostile_archive_with(
+        &f,
+        "framesha",
+        |m| {
+            let e = m
+                .files
+                .iter_mut()
+                .find(|e| e.path == "pages-1.img")
+                .unwrap();
+            e.compressed_sha256 = Some("0".repeat(64));
+        },
+        |tar, m| genuine_entries(&f, "framesha", tar, m),
+    );
+    let (file, reason) = import_error(&f, &archive);
+    assert_eq!(file, "image/pages-1.img.lz4");
+    assert!(reason.contains("compressed_sha256"), "{reason}");
 
     // A frame with a flipped byte (same size).
     let archive = hostile_archive(&f, "flip", |tar, m| {
