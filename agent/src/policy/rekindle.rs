@@ -973,51 +973,47 @@ mod tests {
         assert_eq!(burst_extra(&[3, 3], 100.0, 1e6), 0);
     }
 
-    #[test]
-    fn bursts_after_idle_times_are_pre_warmed_with_their_size() {
+    /// Twelve bursts of 3 requests, 7 minutes apart: all 3 at once, or one after another
+    /// 0.1 s apart (each ending before the next comes). The plan after the last.
+    fn replay_bursts(serial: bool) -> Plan {
         let mut p = Rekindle::new(RekindleConfig::new(costs()));
         p.register(0, &info());
-        // Bursts of 3 concurrent requests every ~7 minutes (the agent_forecast story's
-        // shape, slower).
-        let mut t = 0.0;
         let mut next_tick = 60.0;
         let mut plan = Plan::default();
-        for _ in 0..12 {
+        for k in 0..12 {
+            let t = k as f64 * 420.0;
             while next_tick <= t {
                 p.tick(next_tick);
                 next_tick += 60.0;
             }
-            for _ in 0..3 {
-                p.on_arrival(0, t);
-            }
-            for _ in 0..3 {
-                p.on_end(0, t + 1.0, 1.0);
+            if serial {
+                for i in 0..3 {
+                    let at = t + 0.1 * i as f64;
+                    p.on_arrival(0, at);
+                    p.on_end(0, at + 0.05, 0.05);
+                }
+            } else {
+                for _ in 0..3 {
+                    p.on_arrival(0, t);
+                }
+                for _ in 0..3 {
+                    p.on_end(0, t + 1.0, 1.0);
+                }
             }
             plan = p.plan(0, t + 1.0);
-            t += 420.0;
         }
+        plan
+    }
+
+    #[test]
+    fn bursts_after_idle_times_are_pre_warmed_with_their_size() {
+        // Bursts of 3 concurrent requests (the agent_forecast story's shape, slower).
+        let plan = replay_bursts(false);
         assert_eq!(plan.pre_warm, 360.0, "{plan:?}");
         assert_eq!(plan.pre_warm_extra, 2, "{plan:?}");
-        // The same bursts served one request after another (each ends before the next
-        // comes, 0.1 s apart): still a burst of 3, and no idle time of 0.1 s.
-        let mut r = Rekindle::new(RekindleConfig::new(costs()));
-        r.register(0, &info());
-        let mut t = 0.0;
-        let mut next_tick = 60.0;
-        let mut serial = Plan::default();
-        for _ in 0..12 {
-            while next_tick <= t {
-                r.tick(next_tick);
-                next_tick += 60.0;
-            }
-            for i in 0..3 {
-                let at = t + 0.1 * i as f64;
-                r.on_arrival(0, at);
-                r.on_end(0, at + 0.05, 0.05);
-            }
-            serial = r.plan(0, t + 0.3);
-            t += 420.0;
-        }
+        // The same bursts served one request after another: still a burst of 3, and no
+        // idle time of 0.1 s.
+        let serial = replay_bursts(true);
         assert_eq!(serial.pre_warm, 360.0, "{serial:?}");
         assert_eq!(serial.pre_warm_extra, 2, "{serial:?}");
         // Requests one at a time: one instance.

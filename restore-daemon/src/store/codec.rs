@@ -555,10 +555,35 @@ fn decode_into<R: Read, W: Write>(
     expected_size: u64,
     dst: &mut W,
 ) -> Result<u64, VerifyError> {
+    // One buffer, handed out and given back each round.
+    let spare = std::cell::Cell::new(Some(vec![0u8; PIPE_CHUNK]));
+    decode_chunks(
+        src,
+        expected_size,
+        || Ok(spare.take().unwrap_or_else(|| vec![0u8; PIPE_CHUNK])),
+        |chunk, n| {
+            dst.write_all(&chunk[..n]).map_err(VerifyError::Io)?;
+            spare.set(Some(chunk));
+            Ok(())
+        },
+    )
+}
+
+/// The one decoding loop: fills the buffers `next` hands out from the frame and passes
+/// each (with its length) to `emit`; stops a bomb at `expected_size`. Returns the bytes
+/// decoded.
+fn decode_chunks<R: Read>(
+    src: R,
+    expected_size: u64,
+    mut next: impl FnMut() -> Result<Vec<u8>, VerifyError>,
+    mut emit: impl FnMut(Vec<u8>, usize) -> Result<(), VerifyError>,
+) -> Result<u64, VerifyError> {
     let mut dec = FrameReader::new(src);
-    let mut buf = vec![0u8; PIPE_CHUNK];
     let mut count = 0u64;
     loop {
+        let mut buf = next()?;
+        // The decoder hands out what is left of its current block (up to 4 MiB), so
+        // one read fills the chunk but at a block's end.
         let n = dec.read(&mut buf)?;
         if n == 0 {
             return Ok(count);
@@ -567,7 +592,7 @@ fn decode_into<R: Read, W: Write>(
         if count > expected_size {
             return Err(VerifyError::Corrupt(too_large(expected_size)));
         }
-        dst.write_all(&buf[..n]).map_err(VerifyError::Io)?;
+        emit(buf, n)?;
     }
 }
 
@@ -618,25 +643,22 @@ fn pipe_chunks<R: Read, W: Write>(
     dst: &mut W,
     hasher: &mut Sha256Thread,
 ) -> Result<u64, VerifyError> {
-    let mut dec = FrameReader::new(compressed);
-    let mut count = 0u64;
-    loop {
-        let mut buf = hasher.buffer().map_err(VerifyError::Io)?;
-        // The decoder hands out what is left of its current block (up to 4 MiB), so
-        // one read fills the chunk but at a block's end.
-        let n = dec.read(&mut buf)?;
-        if n == 0 {
-            return Ok(count);
-        }
-        count += n as u64;
-        if count > expected_size {
-            return Err(VerifyError::Corrupt(too_large(expected_size)));
-        }
-        // Shared, so that the hasher starts on the chunk while it is written.
-        let buf = Arc::new(buf);
-        hasher.hash(Arc::clone(&buf), n).map_err(VerifyError::Io)?;
-        dst.write_all(&buf[..n]).map_err(VerifyError::Io)?;
-    }
+    // Both closures use the hasher, one after the other: shared through a cell.
+    let hasher = std::cell::RefCell::new(hasher);
+    decode_chunks(
+        compressed,
+        expected_size,
+        || hasher.borrow_mut().buffer().map_err(VerifyError::Io),
+        |buf, n| {
+            // Shared, so that the hasher starts on the chunk while it is written.
+            let buf = Arc::new(buf);
+            hasher
+                .borrow_mut()
+                .hash(Arc::clone(&buf), n)
+                .map_err(VerifyError::Io)?;
+            dst.write_all(&buf[..n]).map_err(VerifyError::Io)
+        },
+    )
 }
 
 #[cfg(test)]

@@ -687,42 +687,35 @@ fn genuine_entries(
 #[test]
 fn import_refuses_wrong_sizes_checksums_and_missing_files() {
     let f = fixture();
-    // A manifest whose SHA-256 does not match the (genuine) frame.
-    let archive = hostile_archive_with(
-        &f,
-        "sha",
-        |m| {
-            let e = m
-                .files
-                .iter_mut()
-                .find(|e| e.path == "pages-1.img")
-                .unwrap();
-            e.sha256 = "0".repeat(64);
-        },
-        |tar, m| genuine_entries(&f, "sha", tar, m),
-    );
-    let (file, reason) = import_error(&f, &archive);
-    assert_eq!(file, "image/pages-1.img.lz4");
-    assert!(reason.contains("SHA-256 mismatch"), "{reason}");
-
-    // A manifest whose frame digest does not match the (genuine) frame: restores would
-    // refuse it, so import does.
-    let archive = hostile_archive_with(
-        &f,
-        "framesha",
-        |m| {
-            let e = m
-                .files
-                .iter_mut()
-                .find(|e| e.path == "pages-1.img")
-                .unwrap();
-            e.compressed_sha256 = Some("0".repeat(64));
-        },
-        |tar, m| genuine_entries(&f, "framesha", tar, m),
-    );
-    let (file, reason) = import_error(&f, &archive);
-    assert_eq!(file, "image/pages-1.img.lz4");
-    assert!(reason.contains("compressed_sha256"), "{reason}");
+    // A manifest whose content SHA-256, or frame SHA-256 (what restores check), does
+    // not match the (genuine) frame.
+    type Tamper = fn(&mut FileEntry);
+    let tampers: [(&str, Tamper, &str); 2] = [
+        ("sha", |e| e.sha256 = "0".repeat(64), "SHA-256 mismatch"),
+        (
+            "framesha",
+            |e| e.compressed_sha256 = Some("0".repeat(64)),
+            "compressed_sha256",
+        ),
+    ];
+    for (tag, tamper, says) in tampers {
+        let archive = hostile_archive_with(
+            &f,
+            tag,
+            |m| {
+                tamper(
+                    m.files
+                        .iter_mut()
+                        .find(|e| e.path == "pages-1.img")
+                        .unwrap(),
+                )
+            },
+            |tar, m| genuine_entries(&f, tag, tar, m),
+        );
+        let (file, reason) = import_error(&f, &archive);
+        assert_eq!(file, "image/pages-1.img.lz4");
+        assert!(reason.contains(says), "{reason}");
+    }
 
     // A frame with a flipped byte (same size).
     let archive = hostile_archive(&f, "flip", |tar, m| {
