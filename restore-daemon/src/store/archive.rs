@@ -538,10 +538,10 @@ pub fn read_archive<R: Read, U: Unpack>(
         // Verified as it is written: the decoder pulls the entry's bytes through the tee,
         // and must read them to the end for the frame to pass.
         let mut tee = Tee {
-            inner: (&mut entry).take(size),
+            // The frame's digest, for the manifest's compressed_sha256.
+            inner: codec::HashingReader::new((&mut entry).take(size)),
             out: &mut out,
             count: 0,
-            hasher: sha2::Sha256::default(),
             read_err: None,
             write_err: None,
         };
@@ -550,8 +550,8 @@ pub fn read_archive<R: Read, U: Unpack>(
             want.size,
             &want.sha256,
         );
-        let frame_sha = crate::store::fsutil::hex(&sha2::Digest::finalize(tee.hasher));
         let (count, read_err, write_err) = (tee.count, tee.read_err, tee.write_err);
+        let frame_sha = tee.inner.digest();
         if let Some(e) = write_err {
             return Err(Error::io(format!(
                 "cannot write {}",
@@ -562,20 +562,6 @@ pub fn read_archive<R: Read, U: Unpack>(
             return Err(refused(ArchiveErrorKind::Tar(e.to_string())));
         }
         match verified {
-            // What restores will check the frame against must hold for these bytes.
-            Ok(_)
-                if count == size
-                    && want
-                        .compressed_sha256
-                        .as_ref()
-                        .is_some_and(|want_sha| *want_sha != frame_sha) =>
-            {
-                return Err(refused(ArchiveErrorKind::Frame(format!(
-                    "SHA-256 mismatch: the frame hashes to {frame_sha}, the manifest's \
-                     compressed_sha256 says {}",
-                    want.compressed_sha256.as_deref().unwrap_or_default()
-                ))))
-            }
             Ok(_) if count == size => {}
             Ok(_) => return Err(refused(ArchiveErrorKind::CutShort { read: count, size })),
             Err(codec::VerifyError::Corrupt(reason)) => {
@@ -583,6 +569,15 @@ pub fn read_archive<R: Read, U: Unpack>(
             }
             Err(codec::VerifyError::Io(e)) => {
                 return Err(refused(ArchiveErrorKind::Tar(e.to_string())))
+            }
+        }
+        // What restores will check the frame against must hold for these bytes.
+        if let Some(want_sha) = &want.compressed_sha256 {
+            if *want_sha != frame_sha {
+                return Err(refused(ArchiveErrorKind::Frame(format!(
+                    "{} (compressed_sha256)",
+                    codec::sha_mismatch("the stored frame", &frame_sha, want_sha)
+                ))));
             }
         }
         unpack.finish(want, out)?;
@@ -668,8 +663,6 @@ struct Tee<'a, R, W> {
     inner: R,
     out: &'a mut W,
     count: u64,
-    /// SHA-256 of the bytes passed through (the stored frame).
-    hasher: sha2::Sha256,
     read_err: Option<io::Error>,
     write_err: Option<io::Error>,
 }
@@ -690,7 +683,6 @@ impl<R: Read, W: Write> Read for Tee<'_, R, W> {
             self.write_err = Some(e);
             return Err(io::Error::new(kind, "cannot write the stored file"));
         }
-        sha2::Digest::update(&mut self.hasher, &buf[..n]);
         self.count += n as u64;
         Ok(n)
     }

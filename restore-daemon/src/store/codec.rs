@@ -186,7 +186,7 @@ impl<R: Read> Read for VerifyingReader<R> {
             }
             let sha = hex(&std::mem::take(&mut self.hasher).finalize());
             if sha != self.expected_sha256 {
-                return Err(self.fail(sha_mismatch(&sha, &self.expected_sha256)));
+                return Err(self.fail(sha_mismatch("content", &sha, &self.expected_sha256)));
             }
             self.done = true;
             return Ok(0);
@@ -313,8 +313,38 @@ fn too_large(expected: u64) -> String {
     format!("decompresses to more than the manifest's {expected} bytes (decompression bomb?)")
 }
 
-fn sha_mismatch(sha: &str, expected: &str) -> String {
-    format!("SHA-256 mismatch: content hashes to {sha}, the manifest says {expected}")
+/// `what`: "content" (the decompressed bytes) or "the stored frame".
+pub(crate) fn sha_mismatch(what: &str, sha: &str, expected: &str) -> String {
+    format!("SHA-256 mismatch: {what} hashes to {sha}, the manifest says {expected}")
+}
+
+/// A reader that hashes (SHA-256) what it passes on: the digest of a stored frame,
+/// taken while the frame is read for something else.
+pub struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R> HashingReader<R> {
+    pub fn new(inner: R) -> Self {
+        HashingReader {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// SHA-256 (lowercase hex) of everything read so far.
+    pub fn digest(self) -> String {
+        hex(&self.hasher.finalize())
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// Copies everything `src` yields to `dst` in large chunks; returns the byte count.
@@ -495,9 +525,26 @@ pub fn decompress_verified<R: Read, W: Write>(
     dst: &mut W,
     hasher: &mut Sha256Thread,
 ) -> Result<u64, VerifyError> {
-    let written = pipe_chunks(compressed, expected_size, dst, hasher);
-    // Always end the file on the hasher, even after a failure, so that it starts the
-    // next file afresh.
+    let written = decode_chunks(
+        compressed,
+        expected_size,
+        &mut Hashed {
+            dst,
+            hasher: &mut *hasher,
+        },
+    );
+    verdict(written, hasher, expected_size, "content", expected_sha256)
+}
+
+/// The end of a piped file, whatever happened: the file is ended on the hasher (so that
+/// it starts the next one afresh), then the size and the digest are checked.
+fn verdict(
+    written: Result<u64, VerifyError>,
+    hasher: &mut Sha256Thread,
+    expected_size: u64,
+    what: &str,
+    expected_sha256: &str,
+) -> Result<u64, VerifyError> {
     let sha = hasher.finish();
     let count = written?;
     let sha = sha.map_err(VerifyError::Io)?;
@@ -505,7 +552,11 @@ pub fn decompress_verified<R: Read, W: Write>(
         return Err(VerifyError::Corrupt(wrong_size(count, expected_size)));
     }
     if sha != expected_sha256 {
-        return Err(VerifyError::Corrupt(sha_mismatch(&sha, expected_sha256)));
+        return Err(VerifyError::Corrupt(sha_mismatch(
+            what,
+            &sha,
+            expected_sha256,
+        )));
     }
     Ok(count)
 }
@@ -526,62 +577,88 @@ pub fn decompress_verified_frame<R: Read, W: Write>(
 ) -> Result<u64, VerifyError> {
     let mut src = HashingSource {
         inner: compressed,
-        hasher,
+        hasher: &mut *hasher,
         chunk: None,
         pos: 0,
         len: 0,
     };
     // The frame reader reads to the end of the file (bytes after the frame are an error),
     // so the digest covers the whole stored file.
-    let written = decode_into(&mut src, expected_size, dst);
-    src.chunk = None;
-    let sha = src.hasher.finish();
-    let count = written?;
-    let sha = sha.map_err(VerifyError::Io)?;
-    if count != expected_size {
-        return Err(VerifyError::Corrupt(wrong_size(count, expected_size)));
-    }
-    if sha != expected_frame_sha256 {
-        return Err(VerifyError::Corrupt(format!(
-            "SHA-256 mismatch: the stored frame hashes to {sha}, the manifest says \
-             {expected_frame_sha256}"
-        )));
-    }
-    Ok(count)
-}
-
-fn decode_into<R: Read, W: Write>(
-    src: &mut R,
-    expected_size: u64,
-    dst: &mut W,
-) -> Result<u64, VerifyError> {
-    // One buffer, handed out and given back each round.
-    let spare = std::cell::Cell::new(Some(vec![0u8; PIPE_CHUNK]));
-    decode_chunks(
-        src,
+    let written = decode_chunks(
+        &mut src,
         expected_size,
-        || Ok(spare.take().unwrap_or_else(|| vec![0u8; PIPE_CHUNK])),
-        |chunk, n| {
-            dst.write_all(&chunk[..n]).map_err(VerifyError::Io)?;
-            spare.set(Some(chunk));
-            Ok(())
+        &mut Plain {
+            dst,
+            spare: Some(vec![0u8; PIPE_CHUNK]),
         },
+    );
+    drop(src);
+    verdict(
+        written,
+        hasher,
+        expected_size,
+        "the stored frame",
+        expected_frame_sha256,
     )
 }
 
-/// The one decoding loop: fills the buffers `next` hands out from the frame and passes
-/// each (with its length) to `emit`; stops a bomb at `expected_size`. Returns the bytes
-/// decoded.
+/// Where [`decode_chunks`] gets its buffers and puts what it decoded.
+trait Chunks {
+    fn buffer(&mut self) -> Result<Vec<u8>, VerifyError>;
+    /// `buf[..n]` was decoded.
+    fn emit(&mut self, buf: Vec<u8>, n: usize) -> Result<(), VerifyError>;
+}
+
+/// Decoded chunks written to `dst`, one buffer reused.
+struct Plain<'w, W> {
+    dst: &'w mut W,
+    spare: Option<Vec<u8>>,
+}
+
+impl<W: Write> Chunks for Plain<'_, W> {
+    fn buffer(&mut self) -> Result<Vec<u8>, VerifyError> {
+        Ok(self.spare.take().unwrap_or_else(|| vec![0u8; PIPE_CHUNK]))
+    }
+
+    fn emit(&mut self, buf: Vec<u8>, n: usize) -> Result<(), VerifyError> {
+        self.dst.write_all(&buf[..n]).map_err(VerifyError::Io)?;
+        self.spare = Some(buf);
+        Ok(())
+    }
+}
+
+/// Decoded chunks hashed on the hasher's thread while they are written to `dst`.
+struct Hashed<'w, 'h, W> {
+    dst: &'w mut W,
+    hasher: &'h mut Sha256Thread,
+}
+
+impl<W: Write> Chunks for Hashed<'_, '_, W> {
+    fn buffer(&mut self) -> Result<Vec<u8>, VerifyError> {
+        self.hasher.buffer().map_err(VerifyError::Io)
+    }
+
+    fn emit(&mut self, buf: Vec<u8>, n: usize) -> Result<(), VerifyError> {
+        // Shared, so that the hasher starts on the chunk while it is written.
+        let buf = Arc::new(buf);
+        self.hasher
+            .hash(Arc::clone(&buf), n)
+            .map_err(VerifyError::Io)?;
+        self.dst.write_all(&buf[..n]).map_err(VerifyError::Io)
+    }
+}
+
+/// The one decoding loop: fills the buffers `chunks` hands out from the frame and passes
+/// each back decoded; stops a bomb at `expected_size`. Returns the bytes decoded.
 fn decode_chunks<R: Read>(
     src: R,
     expected_size: u64,
-    mut next: impl FnMut() -> Result<Vec<u8>, VerifyError>,
-    mut emit: impl FnMut(Vec<u8>, usize) -> Result<(), VerifyError>,
+    chunks: &mut impl Chunks,
 ) -> Result<u64, VerifyError> {
     let mut dec = FrameReader::new(src);
     let mut count = 0u64;
     loop {
-        let mut buf = next()?;
+        let mut buf = chunks.buffer()?;
         // The decoder hands out what is left of its current block (up to 4 MiB), so
         // one read fills the chunk but at a block's end.
         let n = dec.read(&mut buf)?;
@@ -592,7 +669,7 @@ fn decode_chunks<R: Read>(
         if count > expected_size {
             return Err(VerifyError::Corrupt(too_large(expected_size)));
         }
-        emit(buf, n)?;
+        chunks.emit(buf, n)?;
     }
 }
 
@@ -635,30 +712,6 @@ impl<R: Read> Read for HashingSource<'_, R> {
         self.pos += k;
         Ok(k)
     }
-}
-
-fn pipe_chunks<R: Read, W: Write>(
-    compressed: R,
-    expected_size: u64,
-    dst: &mut W,
-    hasher: &mut Sha256Thread,
-) -> Result<u64, VerifyError> {
-    // Both closures use the hasher, one after the other: shared through a cell.
-    let hasher = std::cell::RefCell::new(hasher);
-    decode_chunks(
-        compressed,
-        expected_size,
-        || hasher.borrow_mut().buffer().map_err(VerifyError::Io),
-        |buf, n| {
-            // Shared, so that the hasher starts on the chunk while it is written.
-            let buf = Arc::new(buf);
-            hasher
-                .borrow_mut()
-                .hash(Arc::clone(&buf), n)
-                .map_err(VerifyError::Io)?;
-            dst.write_all(&buf[..n]).map_err(VerifyError::Io)
-        },
-    )
 }
 
 #[cfg(test)]

@@ -716,36 +716,24 @@ impl Store {
     }
 
     /// Verifies one stored file (decompressing it to nowhere) against both digests of
-    /// the manifest: the content's and, when recorded, the stored frame's.
+    /// the manifest: the content's and, when recorded, the stored frame's (taken as the
+    /// frame is read: the frame reader reads the file to its end).
     pub(crate) fn verify_file(&self, m: &Manifest, f: &FileEntry) -> Result<()> {
-        let mut reader = self.open_verified(m, f)?;
+        let mut stored = codec::HashingReader::new(self.open_stored(m, f)?);
+        let mut reader = VerifyingReader::new(&mut stored, f.size, &f.sha256);
         let copied = codec::copy(&mut reader, &mut io::sink());
         if let Some(reason) = reader.failure() {
             return Err(Error::corrupt_image(&m.name, &stored_name(f), reason));
         }
         copied.map_err(Error::io(format!("cannot read {}", stored_name(f))))?;
+        drop(reader);
         if let Some(want) = &f.compressed_sha256 {
-            let mut stored = self.open_stored(m, f)?;
-            let mut hasher = sha2::Sha256::default();
-            let mut buf = vec![0u8; codec::COPY_BUF];
-            loop {
-                let n = stored
-                    .read(&mut buf)
-                    .map_err(Error::io(format!("cannot read {}", stored_name(f))))?;
-                if n == 0 {
-                    break;
-                }
-                sha2::Digest::update(&mut hasher, &buf[..n]);
-            }
-            let got = fsutil::hex(&sha2::Digest::finalize(hasher));
+            let got = stored.digest();
             if got != *want {
                 return Err(Error::corrupt_image(
                     &m.name,
                     &stored_name(f),
-                    format!(
-                        "SHA-256 mismatch: the stored frame hashes to {got}, the manifest \
-                         says {want}"
-                    ),
+                    codec::sha_mismatch("the stored frame", &got, want),
                 ));
             }
         }
