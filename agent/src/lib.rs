@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod driver;
 pub mod ebpf;
 pub mod fast_path;
+pub mod files;
 pub mod gateway;
 pub mod hook;
 pub mod image;

@@ -4,8 +4,8 @@
 //! read back at start-up. agent.toml wins over a file of the same name.
 
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use crate::config::FunctionConfig;
@@ -21,30 +21,12 @@ pub fn save(dir: &Path, f: &FunctionConfig) -> io::Result<PathBuf> {
     fs::create_dir_all(dir)?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let path = path_of(dir, &f.name);
-    let tmp = dir.join(format!(".{}.toml.tmp", f.name));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(
-            format!(
-                "# Registered through the admin API (`rekindle functions add`); removed by\n\
-                 # `rekindle functions rm {}`.\n{text}",
-                f.name
-            )
-            .as_bytes(),
-        )?;
-        file.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
+    let text = format!(
+        "# Registered through the admin API (`rekindle functions add`); removed by\n\
+         # `rekindle functions rm {}`.\n{text}",
+        f.name
+    );
+    crate::files::write_atomic(&path, text.as_bytes(), 0o600)?;
     Ok(path)
 }
 

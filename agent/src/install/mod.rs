@@ -14,7 +14,7 @@ pub mod containerd;
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -331,27 +331,9 @@ fn read_config(path: &Path) -> Result<Option<String>, Error> {
     }
 }
 
-/// Writes `bytes` to `path` through a temp file in the same directory and a rename, so
-/// that a reader (or a running binary being replaced) never sees half a file.
+/// [`crate::files::write_atomic`], with the path in the error.
 fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err("create", dir))?;
-    let name = path
-        .file_name()
-        .map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
-    let tmp = dir.join(format!(".{name}.rekindle-install"));
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("write", path)(e));
-    }
-    Ok(())
+    crate::files::write_atomic(path, bytes, mode).map_err(io_err("write", path))
 }
 
 fn remove_file(path: &Path) -> Result<(), Error> {
