@@ -30,6 +30,7 @@ pub fn bind_private(path: &Path, gid: Option<u32>) -> io::Result<UnixListener> {
                 ));
             }
             std::fs::remove_file(path)?;
+            tracing::info!(path = %path.display(), "removed a stale socket");
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
