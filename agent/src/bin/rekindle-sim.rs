@@ -129,6 +129,19 @@ fn run(args: Args) -> Result<(), String> {
     let apps = args.apps.unwrap_or(apps);
     let days = args.days.unwrap_or(days);
     let variants = sim::default_variants(&kinds);
+    // Every variant on `t`, with the latency draws of `seed`.
+    let replay = |t: &trace::Trace, seed: u64| {
+        let mut o = RunOptions::new(seed);
+        o.latencies = latencies.clone();
+        o.memory_factors = memory_factors;
+        o.price_ms_per_gb_min = args.price;
+        o.memory_budget_mb = args.memory_budget_mb;
+        let mut results = sim::run_variants(t, &variants, &o);
+        if args.match_memory {
+            add_matched(t, &o, &mut results);
+        }
+        results
+    };
     let mut runs = Vec::new();
     let seeds = if args.seeds.is_empty() {
         vec![1]
@@ -146,15 +159,7 @@ fn run(args: Args) -> Result<(), String> {
             return write_trace(&t, out);
         }
         for &seed in &seeds {
-            let mut o = RunOptions::new(seed);
-            o.latencies = latencies.clone();
-            o.memory_factors = memory_factors;
-            o.price_ms_per_gb_min = args.price;
-            o.memory_budget_mb = args.memory_budget_mb;
-            let mut results = sim::run_variants(&t, &variants, &o);
-            if args.match_memory {
-                add_matched(&t, &o, &mut results);
-            }
+            let results = replay(&t, seed);
             runs.push(TraceRun {
                 trace: format!("{} (latency seed {seed})", t.source),
                 synthetic: false,
@@ -173,15 +178,7 @@ fn run(args: Args) -> Result<(), String> {
             if let Some(out) = &args.write_trace {
                 return write_trace(&t, out);
             }
-            let mut o = RunOptions::new(seed);
-            o.latencies = latencies.clone();
-            o.memory_factors = memory_factors;
-            o.price_ms_per_gb_min = args.price;
-            o.memory_budget_mb = args.memory_budget_mb;
-            let mut results = sim::run_variants(&t, &variants, &o);
-            if args.match_memory {
-                add_matched(&t, &o, &mut results);
-            }
+            let results = replay(&t, seed);
             runs.push(TraceRun {
                 trace: format!("SYNTHETIC trace: {}", t.source),
                 synthetic: true,
@@ -210,7 +207,7 @@ fn run(args: Args) -> Result<(), String> {
 }
 
 /// With `--match-memory`: Rekindle's replay at the hybrid policy's wasted memory, added
-/// to `results` as `rekindle@<price>`.
+/// to `results` as `rekindle@hybrid-memory` (its price in the row's note).
 fn add_matched(t: &trace::Trace, o: &RunOptions, results: &mut Vec<sim::SimResult>) {
     let target = results
         .iter()

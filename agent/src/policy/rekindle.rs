@@ -117,11 +117,11 @@ struct FnState {
     /// (requests in flight, or arrived within the last `BURST_GRACE`, whichever is more),
     /// whether it followed an idle time a pre-warm covers (a minute or more), and its
     /// arrivals of the last `BURST_GRACE`.
-    period_peak: u32,
-    period_after_gap: bool,
+    burst_peak: u32,
+    burst_after_gap: bool,
     burst_arrivals: std::collections::VecDeque<Secs>,
-    /// Peaks of the last busy periods that followed such idle times: how many instances
-    /// a pre-warm should load.
+    /// Peaks of the last bursts that followed such idle times: how many instances a
+    /// pre-warm should load.
     peaks: std::collections::VecDeque<u32>,
     ladder: Plan,
     dirty: bool,
@@ -146,8 +146,8 @@ impl FnState {
             it_m2: 0.0,
             rate: None,
             cluster: None,
-            period_peak: 0,
-            period_after_gap: false,
+            burst_peak: 0,
+            burst_after_gap: false,
             burst_arrivals: std::collections::VecDeque::new(),
             peaks: std::collections::VecDeque::new(),
             ladder: Plan::default(),
@@ -159,12 +159,12 @@ impl FnState {
     /// The burst in progress is over (a request came after an idle time): its peak counts
     /// for pre-warms if it followed an idle time a pre-warm covers.
     fn close_burst(&mut self) {
-        if self.period_after_gap {
+        if self.burst_after_gap {
             if self.peaks.len() == PEAKS_KEPT {
                 self.peaks.pop_front();
             }
-            self.peaks.push_back(self.period_peak);
-            self.period_after_gap = false;
+            self.peaks.push_back(self.burst_peak);
+            self.burst_after_gap = false;
             self.dirty = true;
         }
     }
@@ -562,10 +562,7 @@ pub fn ladder_from_distribution(
             } else {
                 (0..=state)
                     .map(|q| (q, best[q]))
-                    .fold(
-                        (0, f64::NEG_INFINITY),
-                        |acc, x| if x.1 > acc.1 { x } else { acc },
-                    )
+                    .fold((0, f64::NEG_INFINITY), first_best)
             };
             next[state] = v + value(state);
             back[state] = prev;
@@ -578,14 +575,11 @@ pub fn ladder_from_distribution(
     if bins == 0 {
         return Plan::default();
     }
-    let (mut state, total) =
-        best.iter()
-            .copied()
-            .enumerate()
-            .fold(
-                (0, f64::NEG_INFINITY),
-                |acc, x| if x.1 > acc.1 { x } else { acc },
-            );
+    let (mut state, total) = best
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, f64::NEG_INFINITY), first_best);
     if total <= 1e-12 {
         return Plan::default();
     }
@@ -615,8 +609,17 @@ pub fn ladder_from_distribution(
     }
 }
 
+/// For a fold over `(state, value)`: the first of the highest values.
+fn first_best(acc: (usize, f64), x: (usize, f64)) -> (usize, f64) {
+    if x.1 > acc.1 {
+        x
+    } else {
+        acc
+    }
+}
+
 /// Instances a pre-warm should load beyond the first: the `j`-th is worth it when the
-/// share of recent busy periods (after idle times) that reached `j` concurrent requests,
+/// share of recent bursts (after idle times) that reached `j` concurrent requests,
 /// times the `saved_ms` it saves then, exceeds what holding it costs (`cost_ms`).
 pub fn burst_extra<'a>(
     peaks: impl IntoIterator<Item = &'a u32>,
@@ -693,8 +696,8 @@ impl Policy for Rekindle {
         };
         if s.busy == 1 && gap.is_none_or(|g| g >= BURST_GRACE) {
             s.close_burst();
-            s.period_after_gap = gap.is_some_and(|g| g >= INTERVAL);
-            s.period_peak = 0;
+            s.burst_after_gap = gap.is_some_and(|g| g >= INTERVAL);
+            s.burst_peak = 0;
             s.burst_arrivals.clear();
         }
         while s
@@ -705,7 +708,7 @@ impl Policy for Rekindle {
             s.burst_arrivals.pop_front();
         }
         s.burst_arrivals.push_back(at);
-        s.period_peak = s.period_peak.max(s.busy.max(s.burst_arrivals.len() as u32));
+        s.burst_peak = s.burst_peak.max(s.busy.max(s.burst_arrivals.len() as u32));
         if let Some(it) = gap.filter(|&g| g >= BURST_GRACE) {
             s.idle.record(it);
             s.it_n += 1;

@@ -607,17 +607,16 @@ pub fn rekindle_at_memory(
     if best.wasted_gb_min > target_gb_min {
         return None;
     }
-    let mut price = hi.exp();
+    // `best` is always the replay at `hi`.
     for _ in 0..8 {
         let mid = (lo + hi) / 2.0;
         let r = replay(mid.exp());
         if r.wasted_gb_min <= target_gb_min {
             hi = mid;
-            price = mid.exp();
             best = r;
         } else {
             lo = mid;
         }
     }
-    Some((price, best))
+    Some((hi.exp(), best))
 }
