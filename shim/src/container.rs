@@ -261,6 +261,17 @@ pub fn shares_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
     !own
 }
 
+/// Whether `path` is a checkpoint directory containerd made for one CreateTask
+/// (`os.MkdirTemp(..., "ctrd-checkpoint")`: the prefix and random digits), as opposed
+/// to a path a client named (CRI's `RestoreFromPath`, `<container dir>/ctrd-checkpoint`
+/// without digits, or a user's directory), which is never removed.
+pub fn is_containerd_temp_checkpoint(path: &std::path::Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("ctrd-checkpoint"))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,30 +319,13 @@ mod tests {
         spec.set_linux(Some(linux));
         assert!(shares_pid_namespace(&spec));
     }
-}
-
-/// Whether `path` is a checkpoint directory containerd made for one CreateTask
-/// (`os.MkdirTemp(..., "ctrd-checkpoint")`: the prefix and random digits), as opposed
-/// to a path a client named (CRI's `RestoreFromPath`, `<container dir>/ctrd-checkpoint`
-/// without digits, or a user's directory), which is never removed.
-pub fn is_containerd_temp_checkpoint(path: &std::path::Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("ctrd-checkpoint"))
-        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-}
-
-#[cfg(test)]
-mod checkpoint_dir_tests {
-    use super::*;
-    use std::path::Path;
 
     #[test]
     fn only_containerd_temp_checkpoint_dirs_are_recognised() {
-        assert!(is_containerd_temp_checkpoint(Path::new(
+        assert!(is_containerd_temp_checkpoint(std::path::Path::new(
             "/tmp/ctrd-checkpoint1081236500"
         )));
-        assert!(is_containerd_temp_checkpoint(Path::new(
+        assert!(is_containerd_temp_checkpoint(std::path::Path::new(
             "/run/user/0/ctrd-checkpoint42"
         )));
         for not in [
@@ -341,7 +335,10 @@ mod checkpoint_dir_tests {
             "/tmp/ctrd-checkpoint1/..",
             "/",
         ] {
-            assert!(!is_containerd_temp_checkpoint(Path::new(not)), "{not}");
+            assert!(
+                !is_containerd_temp_checkpoint(std::path::Path::new(not)),
+                "{not}"
+            );
         }
     }
 }
