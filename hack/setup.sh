@@ -52,7 +52,7 @@ PKGS=(
   # CRIU build dependencies (and patch, for hack/criu-patches)
   build-essential patch pkg-config libprotobuf-c-dev protobuf-c-compiler protobuf-compiler
   libprotobuf-dev libnl-3-dev libnet1-dev libcap-dev libbsd-dev python3-protobuf
-  libgnutls28-dev libnftables-dev uuid-dev libdrm-dev
+  uuid-dev libdrm-dev
   # what the Rust crates need to build (containerd-client protos, libbpf-sys, BPF, bindgen)
   clang libclang-dev libelf-dev zlib1g-dev libseccomp-dev
 )
@@ -129,8 +129,12 @@ CRIU_PATCHES=()
 for p in "$REPO"/hack/criu-patches/*.patch; do
   [ -f "$p" ] && CRIU_PATCHES+=("$p")
 done
+# Without GnuTLS and libnftables (hack/criu-patches/0004): Rekindle uses neither, and
+# an exec of criu, on every restore's path, loads 7 libraries instead of 21.
+CRIU_MAKE_FLAGS=(RUNDIR="$CRIU_RUNDIR" NO_GNUTLS=1 NO_NFTABLES=1)
 if [ "${#CRIU_PATCHES[@]}" -gt 0 ]; then
-  CRIU_PATCHES_SUM=$(cat "${CRIU_PATCHES[@]}" | sha256sum | awk '{print $1}')
+  # The build flags count as part of the patch set: other flags, another build.
+  CRIU_PATCHES_SUM=$({ cat "${CRIU_PATCHES[@]}"; echo "${CRIU_MAKE_FLAGS[*]}"; } | sha256sum | awk '{print $1}')
 else
   CRIU_PATCHES_SUM=none
 fi
@@ -191,12 +195,12 @@ build_criu() {
     echo "$CRIU_PATCHES_SUM" > "$dir.tmp/.rekindle-patches"
     mv "$dir.tmp" "$dir"
   fi
-  log "building CRIU $ver (make -j2 criu lib RUNDIR=$CRIU_RUNDIR) in $dir"
+  log "building CRIU $ver (make -j2 criu lib ${CRIU_MAKE_FLAGS[*]}) in $dir"
   local t0=$SECONDS
   # RUNDIR is compiled into kerndat.o only: a tree built with another one starts clean.
   make -C "$dir" clean >/dev/null 2>&1 || true
-  make -C "$dir" -j2 criu RUNDIR="$CRIU_RUNDIR" >"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "CRIU build failed"; }
-  make -C "$dir" -j2 lib >>"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "libcriu build failed"; }
+  make -C "$dir" -j2 criu "${CRIU_MAKE_FLAGS[@]}" >"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "CRIU build failed"; }
+  make -C "$dir" -j2 lib "${CRIU_MAKE_FLAGS[@]}" >>"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "libcriu build failed"; }
   echo "    built in $((SECONDS - t0)) s (log: $src/criu-build.log)"
 
   log "installing CRIU $ver to /usr/local"
