@@ -226,8 +226,9 @@ pub async fn prepare(
     } else {
         None
     };
-    // The lazy-pages daemon starts (CRIU start-up, detection cache, image
-    // parsing: ~4 ms) while swrk is spawned and moved.
+    // The lazy-pages daemon is spawned while swrk is spawned and moved; its
+    // start-up (~4 ms, more under load) runs alongside the restore, which
+    // finds the daemon's socket listening already (see spawn_lazy_pages).
     let lazy_daemon = async {
         if !lazy {
             return None;
@@ -422,6 +423,16 @@ pub async fn restore(
     on_pages_done: impl FnOnce() + Send + 'static,
 ) -> std::result::Result<(i32, Running), (Error, Prepared)> {
     let started = Instant::now();
+    if let Some(code) = p.lazy.as_mut().and_then(swrk::Watched::exited) {
+        // Dead before the restore began: every page is restored first instead.
+        warn!(
+            code,
+            log = %p.work.join("lazy-pages.log").display(),
+            "criu lazy-pages exited before the restore; restoring every page first"
+        );
+        p.lazy = None;
+        p.working_set = None;
+    }
     if let Err(e) = mount_criu_root(&p) {
         return Err((e, p));
     }
@@ -440,10 +451,17 @@ pub async fn restore(
             let log = p.work.join("restore.log");
             let text = read_tail(&log).await;
             let says = crate::task::criu_errors(&text);
+            let lazy = match p.lazy.as_mut().and_then(swrk::Watched::exited) {
+                Some(code) => format!(
+                    "; criu lazy-pages exited with {code} (its log: {})",
+                    p.work.join("lazy-pages.log").display()
+                ),
+                None => String::new(),
+            };
             return Err((
                 Error::Runtime {
                     action: "criu restore".into(),
-                    message: format!("{e}; CRIU: {says} (CRIU log: {})", log.display()),
+                    message: format!("{e}; CRIU: {says} (CRIU log: {}){lazy}", log.display()),
                 },
                 p,
             ));

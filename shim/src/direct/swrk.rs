@@ -97,6 +97,21 @@ impl Watched {
         code
     }
 
+    /// The exit code if the reaper has reported the exit already (no wait).
+    pub fn exited(&mut self) -> Option<i32> {
+        if self.exit.is_none() {
+            if let Some(sub) = self.sub.as_mut() {
+                while let Ok(ev) = sub.rx.try_recv() {
+                    if matches!(ev.subject, Subject::Pid(p) if p == self.pid) {
+                        self.exit = Some(ev.exit_code);
+                        break;
+                    }
+                }
+            }
+        }
+        self.exit
+    }
+
     /// SIGKILL to the child (best effort).
     pub fn kill(&self) {
         if self.exit.is_none() && self.pid > 0 {
@@ -321,19 +336,32 @@ pub async fn spawn_swrk(
     })
 }
 
+/// The socket a restore connects to in its work dir (CRIU's LAZY_PAGES_SOCK_NAME).
+const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
+
 /// Starts `criu lazy-pages` serving `images` to the restore that runs with
-/// `work` as its work dir (CRIU finds the daemon through `lazy-pages.socket`
-/// there), and waits until it says it is ready. `env` is handed to the
-/// daemon (the working set it records or prefetches, see `super::WorkingSet`).
+/// `work` as its work dir. `env` is handed to the daemon (the working set it
+/// records or prefetches, see `super::WorkingSet`).
+///
+/// The shim binds and listens on `work/lazy-pages.socket` itself and hands
+/// the socket over (`CRIU_LAZY_PAGES_LISTEN_FD`, hack/criu-patches/0003), so
+/// the restore may begin as soon as this returns: its connection and uffds
+/// wait in the socket until the daemon accepts. Waiting for the daemon to say
+/// it is ready cost 4-10 ms of every Start on a loaded 2-core machine. The
+/// daemon then holds the only copy of the socket: if it dies before
+/// accepting, the restore's "restore finished" message (sent before the tree
+/// is resumed) fails and so does the restore.
 pub async fn spawn_lazy_pages(
     criu: &Path,
     images: &Path,
     work: &Path,
     env: Option<(&str, &Path)>,
 ) -> Result<Watched> {
-    let (r, w) =
-        nix::unistd::pipe().map_err(|e| Error::io("pipe for criu lazy-pages")(e.into()))?;
-    let status_fd = w.as_raw_fd();
+    let listener = listen_in(work, LAZY_PAGES_SOCKET).map_err(Error::io(format!(
+        "listen on {}",
+        work.join(LAZY_PAGES_SOCKET).display()
+    )))?;
+    let fd = listener.as_raw_fd();
     let mut cmd = Command::new(criu);
     cmd.arg("lazy-pages")
         .arg("--images-dir")
@@ -341,8 +369,7 @@ pub async fn spawn_lazy_pages(
         .arg("--work-dir")
         .arg(work)
         .args(["--log-file", "lazy-pages.log", "-v1"])
-        .arg("--status-fd")
-        .arg(status_fd.to_string())
+        .env("CRIU_LAZY_PAGES_LISTEN_FD", fd.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -353,31 +380,109 @@ pub async fn spawn_lazy_pages(
     // SAFETY: only fcntl between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            // The daemon keeps the write end: clear close-on-exec in the child only.
-            if libc::fcntl(status_fd, libc::F_SETFD, 0) < 0 {
+            // The daemon keeps the socket: clear close-on-exec in the child only.
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let mut daemon = Watched::spawn(&mut cmd, "criu lazy-pages").await?;
-    drop(w);
-    let ready = tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let mut b = [0u8; 1];
-        std::fs::File::from(r).read(&mut b)
-    })
-    .await;
-    if !matches!(ready, Ok(Ok(1))) {
-        daemon.kill();
-        daemon.wait(Duration::from_secs(2)).await;
-        return Err(Error::Runtime {
-            action: "criu lazy-pages".into(),
-            message: format!(
-                "did not get ready (see {})",
-                work.join("lazy-pages.log").display()
-            ),
-        });
-    }
+    let daemon = Watched::spawn(&mut cmd, "criu lazy-pages").await?;
+    drop(listener);
     Ok(daemon)
+}
+
+/// A listening unix stream socket (close-on-exec) at `dir/name`, bound
+/// through `/proc/self/fd`: a bundle's path can be longer than a socket
+/// address may be (107 bytes).
+fn listen_in(dir: &Path, name: &str) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+    let dirfd = nix::fcntl::open(
+        dir,
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let path = format!("/proc/self/fd/{}/{name}", dirfd.as_raw_fd());
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let sock = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket::bind(sock.as_raw_fd(), &UnixAddr::new(path.as_str())?)?;
+    socket::listen(&sock, Backlog::new(16)?)?;
+    Ok(sock)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    use super::*;
+
+    /// `/proc/self/fd/<fd of dir>/<name>`: how a test reaches a socket whose
+    /// full path is too long for an address, as CRIU does from its work dir.
+    fn short_path(dir: &Path, name: &str) -> (OwnedFd, String) {
+        let fd = OwnedFd::from(std::fs::File::open(dir).unwrap());
+        let path = format!("/proc/self/fd/{}/{name}", fd.as_raw_fd());
+        (fd, path)
+    }
+
+    #[test]
+    fn the_lazy_pages_socket_is_bound_in_a_directory_too_long_for_an_address() {
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("b".repeat(100)).join("direct-work");
+        std::fs::create_dir_all(&dir).unwrap();
+        assert!(dir.join(LAZY_PAGES_SOCKET).as_os_str().len() > 107);
+        // A stale socket from an earlier attempt is replaced.
+        let listener = listen_in(&dir, LAZY_PAGES_SOCKET).unwrap();
+        drop(listener);
+        let listener = UnixListener::from(listen_in(&dir, LAZY_PAGES_SOCKET).unwrap());
+        let (_dirfd, path) = short_path(&dir, LAZY_PAGES_SOCKET);
+        let mut client = UnixStream::connect(&path).unwrap();
+        let (mut server, _) = listener.accept().unwrap();
+        use std::io::{Read, Write};
+        client.write_all(b"pid").unwrap();
+        let mut got = [0u8; 3];
+        server.read_exact(&mut got).unwrap();
+        assert_eq!(&got, b"pid");
+    }
+
+    /// The daemon holds the only copy of the socket the shim bound: once it
+    /// has exited, a restore's connection is refused instead of waiting in a
+    /// socket nobody will accept on (and the restore fails, see
+    /// spawn_lazy_pages).
+    #[tokio::test]
+    async fn a_lazy_pages_daemon_that_exits_leaves_no_socket_listening() {
+        let criu = PathBuf::from(crate::runc::criu_binary());
+        let images = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        // No image at all: the daemon exits as soon as it looks for one.
+        let daemon = spawn_lazy_pages(&criu, images.path(), work.path(), None)
+            .await
+            .unwrap();
+        let (_dirfd, path) = short_path(work.path(), LAZY_PAGES_SOCKET);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let refused = loop {
+            match UnixStream::connect(&path) {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break true,
+                _ if std::time::Instant::now() > deadline => break false,
+                _ => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        daemon.kill();
+        assert!(
+            refused,
+            "the socket still accepts connections 10 s after criu lazy-pages started with no image"
+        );
+        let log = std::fs::read_to_string(work.path().join("lazy-pages.log")).unwrap_or_default();
+        assert!(
+            !log.contains("CRIU_LAZY_PAGES_LISTEN_FD"),
+            "the daemon refused the socket it was handed: {log}"
+        );
+    }
 }
