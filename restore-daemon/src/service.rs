@@ -259,8 +259,17 @@ impl Service {
                 source_dir,
                 labels,
                 spec_digest,
+                replace,
             } => {
                 let _guard = self.write_lock(&name).await;
+                if replace {
+                    let held = self.state().staged_leases_of(&name);
+                    if held > 0 {
+                        return Err(precondition(format!(
+                            "the staged copy of image {name} is in use by {held} restore                              lease(s) and would change under them; release them                              (release_restore) or wait for them to expire, then replace"
+                        )));
+                    }
+                }
                 let store = self.store.clone();
                 let meta = NewImage {
                     labels,
@@ -269,7 +278,18 @@ impl Service {
                     kernel_release: self.host.kernel_release.clone(),
                 };
                 let owner = peer.owner();
-                let m = blocking(move || store.store_dir(&name, &source_dir, meta, owner)).await?;
+                let n = name.clone();
+                let m = blocking(move || {
+                    if replace {
+                        store.replace_dir(&n, &source_dir, meta, owner)
+                    } else {
+                        store.store_dir(&n, &source_dir, meta, owner)
+                    }
+                })
+                .await?;
+                if replace {
+                    self.restage(&name).await;
+                }
                 let bytes = m.total_size;
                 let created = m.created_unix;
                 outcome(self.info(m, created), bytes)
@@ -485,6 +505,44 @@ impl Service {
             },
             bytes,
         )
+    }
+
+    /// After a replace: a staged copy of the old image is dropped and the new one
+    /// staged in its place (the caller holds the image's write lock, and no lease
+    /// holds the staged copy). A new copy that cannot be made leaves the image
+    /// unstaged, with a warning: the replace itself stands.
+    async fn restage(&self, name: &str) {
+        let Some(old) = self.state().staged.remove(name) else {
+            return;
+        };
+        let store = self.store.clone();
+        let dir = self.stage.staged_dir(name);
+        let (n, d) = (name.to_string(), dir.clone());
+        let staged = blocking(move || {
+            std::fs::remove_dir_all(&old.dir).map_err(store::Error::io(format!(
+                "cannot remove {}",
+                old.dir.display()
+            )))?;
+            store.extract(&n, &d)
+        })
+        .await;
+        match staged {
+            Ok((m, bytes)) => {
+                tracing::info!(image = %name, bytes, "staged the replaced image anew");
+                self.state().staged.insert(
+                    name.to_string(),
+                    StagedImage {
+                        dir,
+                        bytes,
+                        manifest: Arc::new(m),
+                    },
+                );
+            }
+            Err(e) => tracing::warn!(
+                image = %name, error = %e.message,
+                "the replaced image is no longer staged: its new copy could not be made"
+            ),
+        }
     }
 
     async fn unstage(&self, name: String) -> OpResult {
@@ -834,7 +892,53 @@ mod tests {
             source_dir: f.src.clone(),
             labels: BTreeMap::new(),
             spec_digest: None,
+            replace: false,
         }
+    }
+
+    fn replace_op(f: &Fixture, name: &str) -> Op {
+        Op::StoreImage {
+            name: name.into(),
+            source_dir: f.src.clone(),
+            labels: BTreeMap::new(),
+            spec_digest: None,
+            replace: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replaced_staged_image_is_staged_anew_unless_a_lease_holds_it() {
+        let f = fixture(Some("4.2.1"), "6.18.0", Duration::from_secs(60));
+        let _: ImageInfo = call(&f.service, store_op(&f, "a")).await.unwrap();
+        let e = call::<ImageInfo>(&f.service, store_op(&f, "a"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::AlreadyExists);
+        let s: Staged = call(&f.service, Op::StageImage { name: "a".into() })
+            .await
+            .unwrap();
+        // A restore holds the staged copy: replacing it would change it under it.
+        let p: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        assert!(p.staged);
+        fs::write(f.src.join("inventory.img"), b"inventory, newer").unwrap();
+        let e = call::<ImageInfo>(&f.service, replace_op(&f, "a"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::FailedPrecondition);
+        assert!(e.message.contains("release"), "{}", e.message);
+        assert_eq!(fs::read(s.dir.join("inventory.img")).unwrap(), b"inventory");
+        let _: Released = call(&f.service, Op::ReleaseRestore { lease: p.lease })
+            .await
+            .unwrap();
+        // Released: the replace goes through, and the next restore is of the new image,
+        // from a staged copy.
+        let _: ImageInfo = call(&f.service, replace_op(&f, "a")).await.unwrap();
+        let p: Prepared = call(&f.service, prepare("a", false)).await.unwrap();
+        assert!(p.staged, "the replaced image is no longer staged");
+        assert_eq!(
+            fs::read(p.image_dir.join("inventory.img")).unwrap(),
+            b"inventory, newer"
+        );
     }
 
     fn prepare(name: &str, allow_mismatch: bool) -> Op {

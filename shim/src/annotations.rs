@@ -14,6 +14,10 @@ pub const IMAGE: &str = "io.rekindle.image";
 pub const FALLBACK: &str = "io.rekindle.fallback";
 /// After a Checkpoint, also store the image in `rekindle-restored` under this name.
 pub const STORE_AS: &str = "io.rekindle.checkpoint.store-as";
+/// `true`: a checkpoint stored under [`STORE_AS`] replaces an image of that name
+/// (in one step: restores find the old image or the new); `false` (the default):
+/// it is refused with `already exists`, and the checkpoint stays where CRIU wrote it.
+pub const REPLACE: &str = "io.rekindle.checkpoint.replace";
 
 const MAX_NAME: usize = 128;
 
@@ -32,6 +36,7 @@ pub struct RestorePolicy {
     pub image: Option<String>,
     pub fallback: Fallback,
     pub store_as: Option<String>,
+    pub replace: bool,
 }
 
 impl RestorePolicy {
@@ -48,10 +53,21 @@ impl RestorePolicy {
                 )))
             }
         };
+        let replace = match a.get(REPLACE).map(|s| s.trim()) {
+            None | Some("") | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(Error::InvalidArgument(format!(
+                    "annotation {REPLACE}={:?}: expected \"true\" or \"false\"",
+                    other.chars().take(32).collect::<String>()
+                )))
+            }
+        };
         Ok(Self {
             image: image_name(a, IMAGE)?,
             fallback,
             store_as: image_name(a, STORE_AS)?,
+            replace,
         })
     }
 }
@@ -108,6 +124,13 @@ mod tests {
         assert_eq!(p.image.as_deref(), Some("python-fn.v1"));
         assert_eq!(p.fallback, Fallback::Cold);
         assert_eq!(p.store_as.as_deref(), Some("python-fn_2"));
+        assert!(!p.replace, "a stored image is replaced only when asked");
+        let p = RestorePolicy::from_annotations(Some(&ann(&[
+            (STORE_AS, "python-fn_2"),
+            (REPLACE, "true"),
+        ])))
+        .unwrap();
+        assert!(p.replace);
     }
 
     #[test]
@@ -121,6 +144,7 @@ mod tests {
             (IMAGE, long.as_str()),
             (STORE_AS, "x y"),
             (FALLBACK, "warm"),
+            (REPLACE, "yes"),
         ] {
             let err = RestorePolicy::from_annotations(Some(&ann(&[(k, v)]))).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument(_)), "{k}={v}");

@@ -671,19 +671,34 @@ impl TaskService {
                 ("namespace".to_string(), self.namespace.clone()),
             ]
             .into();
-            restored_client()
-                .store_image(name, &spec.image_path, labels, None)
-                .await
-                .map_err(|e| {
-                    store_error(
-                        e,
-                        &format!(
-                            "checkpoint written to {}, but storing it as image {name}",
-                            spec.image_path.display()
-                        ),
-                    )
-                })?;
-            info!(image = %name, "checkpoint stored in rekindle-restored");
+            let client = restored_client();
+            let stored = if c.policy.replace {
+                client
+                    .replace_image(name, &spec.image_path, labels, None)
+                    .await
+            } else {
+                client
+                    .store_image(name, &spec.image_path, labels, None)
+                    .await
+            };
+            stored.map_err(|e| {
+                let exists = e.code() == Some(rekindle_restore_api::ErrorCode::AlreadyExists);
+                let e = store_error(
+                    e,
+                    &format!(
+                        "checkpoint written to {}, but storing it as image {name}",
+                        spec.image_path.display()
+                    ),
+                );
+                match e {
+                    Error::AlreadyExists(m) if exists => Error::AlreadyExists(format!(
+                        "{m} (annotate the container {}=true to replace it)",
+                        crate::annotations::REPLACE
+                    )),
+                    e => e,
+                }
+            })?;
+            info!(image = %name, replace = c.policy.replace, "checkpoint stored in rekindle-restored");
         }
         Ok(())
     }

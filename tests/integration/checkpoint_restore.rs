@@ -18,7 +18,7 @@ use crate::harness::restore::{
     checkpoint, fixture_image, get_in_netns, needs_rekindle, release_lease, restore_story,
     restore_story_daemon_down, tar_dir, write_content, CheckpointOptions, FunctionSpec,
     CHECKPOINT_MEDIA_TYPE, FALLBACK_ANNOTATION, FIXTURE_COUNT, FIXTURE_STATE_MB, IMAGE_ANNOTATION,
-    STORE_AS_ANNOTATION,
+    REPLACE_ANNOTATION, STORE_AS_ANNOTATION,
 };
 use crate::harness::{grpc_code, http, metrics, millis, secs, story, Ctx, NAMESPACE};
 
@@ -192,11 +192,13 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
         fixture_image(&ctx, &restored, FN_IMAGE).await?;
         let events = crate::harness::restore::TaskEvents::subscribe(&ctx).await?;
 
-        // From the LZ4 store on disk; its next checkpoint goes to the store as well.
+        // From the LZ4 store on disk; its next checkpoints go to the store as well,
+        // each replacing the one before.
         let f = FunctionSpec::new("restored")
             .own_netns()
             .annotate(IMAGE_ANNOTATION, FN_IMAGE)
             .annotate(STORE_AS_ANNOTATION, "python-fn-2")
+            .annotate(REPLACE_ANNOTATION, "true")
             .create(&ctx)
             .await?;
         assert_eq!(f.status().await?, Status::Created);
@@ -284,6 +286,12 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
             "{second:?}"
         );
 
+        // Checkpointed once more: python-fn-2 is replaced (the container's replace
+        // annotation); restored below.
+        let ck = f.checkpoint(CheckpointOptions::default()).await?;
+        ck.release(&ctx).await?;
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 4);
+
         // kill, wait, delete
         let id = f.id.clone();
         let exited = f.wait_in_background(secs(30));
@@ -303,6 +311,8 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
             "/tasks/resumed",
             "/tasks/paused",
             "/tasks/resumed",
+            "/tasks/paused",
+            "/tasks/resumed",
             "/tasks/exit",
             "/tasks/delete",
         ];
@@ -316,7 +326,8 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
             );
         }
 
-        // The second checkpoint restores too, staged this time, from where it was.
+        // The last checkpoint restores too, staged this time, from where it was: the
+        // replaced image (the one before it would answer FIXTURE_COUNT + 3).
         restored.client().stage_image("python-fn-2").await?;
         let g = FunctionSpec::new("restored-again")
             .own_netns()
@@ -324,7 +335,7 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
             .create(&ctx)
             .await?;
         g.start().await?;
-        assert_eq!(g.count().await?, FIXTURE_COUNT + 3);
+        assert_eq!(g.count().await?, FIXTURE_COUNT + 4);
         g.destroy().await?;
         restored.client().unstage_image("python-fn-2").await?;
         Ok(())

@@ -168,6 +168,25 @@ impl Client {
             source_dir: source_dir.into(),
             labels,
             spec_digest,
+            replace: false,
+        })
+        .await
+    }
+
+    /// [`Self::store_image`], replacing an image of that name if there is one.
+    pub async fn replace_image(
+        &self,
+        name: &str,
+        source_dir: impl Into<PathBuf>,
+        labels: BTreeMap<String, String>,
+        spec_digest: Option<String>,
+    ) -> Result<ImageInfo> {
+        self.call(Op::StoreImage {
+            name: name.into(),
+            source_dir: source_dir.into(),
+            labels,
+            spec_digest,
+            replace: true,
         })
         .await
     }

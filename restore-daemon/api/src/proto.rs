@@ -105,6 +105,11 @@ pub enum Op {
         labels: BTreeMap<String, String>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spec_digest: Option<String>,
+        /// Replace an image of that name (in one rename; a staged copy is staged
+        /// anew) instead of refusing with `already_exists`. Refused while restore
+        /// leases hold the staged copy.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        replace: bool,
     },
     /// → [`ImageList`] (manifests without their file lists).
     ListImages {},
@@ -558,7 +563,8 @@ mod tests {
                 name: "a".into(),
                 source_dir: "/x".into(),
                 labels: BTreeMap::new(),
-                spec_digest: None
+                spec_digest: None,
+                replace: false
             }
         );
         let r = parse_request(r#"{"v":1,"op":"gc"}"#).unwrap();

@@ -284,7 +284,7 @@ impl Store {
         };
         let mut m = Manifest { name, ..original };
         manifest::fill_totals(&mut m);
-        self.commit(tmp, &m).map_err(full)?;
+        self.commit(tmp, &m, false).map_err(full)?;
         Ok(m)
     }
 }

@@ -94,6 +94,28 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     }
 }
 
+/// Swaps `a` and `b`, which must both exist, in one step
+/// (`renameat2(RENAME_EXCHANGE)`): a reader finds one or the other, never neither.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let a_c = CString::new(a.as_os_str().as_bytes())?;
+    let b_c = CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two valid NUL-terminated paths; plain syscall.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a_c.as_ptr(),
+            libc::AT_FDCWD,
+            b_c.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Opens a new unnamed file in directory `dir` (`O_TMPFILE`, mode 0600), for writing a
 /// file that appears under its name only once it is complete ([`link_anonymous`]).
 ///

@@ -256,7 +256,23 @@ impl Store {
         meta: NewImage,
         owner: Option<u32>,
     ) -> Result<Manifest> {
-        self.store_dir_in(name, source, meta, owner)
+        self.store_dir_in(name, source, meta, owner, false)
+            .map_err(|e| e.if_full(&self.root, STORE_FULL_FIX))
+    }
+
+    /// [`Self::store_dir`], replacing the image of that name if there is one: the new
+    /// image is written aside and exchanged with the old in one rename, so a reader
+    /// finds the old image or the new one, never neither and never a mix; the old one
+    /// is removed afterwards (by [`Self::open`] if the process dies first). A failed
+    /// store leaves the old image as it was.
+    pub fn replace_dir(
+        &self,
+        name: &str,
+        source: &Path,
+        meta: NewImage,
+        owner: Option<u32>,
+    ) -> Result<Manifest> {
+        self.store_dir_in(name, source, meta, owner, true)
             .map_err(|e| e.if_full(&self.root, STORE_FULL_FIX))
     }
 
@@ -266,6 +282,7 @@ impl Store {
         source: &Path,
         meta: NewImage,
         owner: Option<u32>,
+        replace: bool,
     ) -> Result<Manifest> {
         validate_name(name)?;
         manifest::validate_labels(&meta.labels).map_err(Error::InvalidArgument)?;
@@ -278,7 +295,7 @@ impl Store {
                 source.display()
             )));
         }
-        if self.image_dir(name).exists() {
+        if !replace && self.image_dir(name).exists() {
             return Err(already_exists(name));
         }
         let files = self.scan_source(source, owner)?;
@@ -325,7 +342,7 @@ impl Store {
             files: entries,
         };
         manifest::fill_totals(&mut m);
-        self.commit(tmp, &m)?;
+        self.commit(tmp, &m, replace)?;
         Ok(m)
     }
 
@@ -431,8 +448,9 @@ impl Store {
     }
 
     /// Writes the manifest and the last-used stamp into `tmp`, makes everything durable
-    /// and renames it into place.
-    fn commit(&self, tmp: TempDir, m: &Manifest) -> Result<()> {
+    /// and renames it into place; with `replace`, exchanges it with an image of the
+    /// same name, which `tmp` then removes.
+    fn commit(&self, tmp: TempDir, m: &Manifest, replace: bool) -> Result<()> {
         manifest::validate(m, &self.limits).map_err(|e| Error::Io {
             what: format!("refusing to write an invalid manifest for {}", m.name),
             source: io::Error::other(e),
@@ -465,7 +483,21 @@ impl Store {
         wrote.map_err(Error::io(format!("cannot write image {}", m.name)))?;
         let dest = self.image_dir(&m.name);
         match fsutil::rename_noreplace(tmp.path(), &dest) {
-            Ok(()) => tmp.keep(),
+            Ok(()) => {
+                tmp.keep();
+            }
+            Err(e)
+                if replace && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) =>
+            {
+                fsutil::rename_exchange(tmp.path(), &dest).map_err(Error::io(format!(
+                    "cannot exchange image {} for the new one",
+                    m.name
+                )))?;
+                fsutil::fsync_dir(&self.root).map_err(Error::io("cannot fsync the store"))?;
+                // The old image, now under tmp's name: removed as tmp is dropped.
+                tracing::info!(image = %m.name, "replaced the stored image");
+                return Ok(());
+            }
             Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST | libc::ENOTEMPTY)) => {
                 return Err(already_exists(&m.name))
             }

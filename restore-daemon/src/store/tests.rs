@@ -146,6 +146,42 @@ fn nested_directories_are_kept() {
 }
 
 #[test]
+fn a_replace_exchanges_the_image_and_a_failed_one_keeps_the_old() {
+    let f = fixture();
+    store_one(&f, "fn-1");
+    // Nothing of that name yet: a replace is a store.
+    f.store.replace_dir("fn-2", &f.src, meta(), None).unwrap();
+    assert!(f.store.exists("fn-2"));
+
+    // A newer checkpoint: another pages file, one file more.
+    fs::write(f.src.join("pages-1.img"), pages(1 << 20, 7)).unwrap();
+    fs::write(f.src.join("core-2.img"), b"core").unwrap();
+    let m = f.store.replace_dir("fn-1", &f.src, meta(), None).unwrap();
+    assert_eq!(f.store.get("fn-1").unwrap(), m);
+    let dest = f.out.join("fn-1");
+    f.store.extract("fn-1", &dest).unwrap();
+    assert_same_tree(&f.src, &dest);
+    // The old image is gone, not left aside in the store.
+    let left: Vec<_> = fs::read_dir(&f.root)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "fn-1" && n != "fn-2")
+        .collect();
+    assert!(left.is_empty(), "left in the store: {left:?}");
+
+    // A replace whose source is bad fails and changes nothing.
+    fs::write(f.src.join("bad"), b"").unwrap();
+    symlink("/etc/passwd", f.src.join("link.img")).unwrap();
+    let e = f
+        .store
+        .replace_dir("fn-1", &f.src, meta(), None)
+        .unwrap_err();
+    assert_eq!(e.code(), ErrorCode::InvalidArgument, "{e}");
+    assert_eq!(f.store.get("fn-1").unwrap(), m);
+    f.store.verify("fn-1").unwrap();
+}
+
+#[test]
 fn names_already_taken_and_bad_names_are_refused() {
     let f = fixture();
     store_one(&f, "fn-1");

@@ -61,6 +61,7 @@ pub const RESTORED_SOCKET_ENV: &str = "REKINDLE_RESTORED_SOCKET";
 pub const IMAGE_ANNOTATION: &str = "io.rekindle.image";
 pub const FALLBACK_ANNOTATION: &str = "io.rekindle.fallback";
 pub const STORE_AS_ANNOTATION: &str = "io.rekindle.checkpoint.store-as";
+pub const REPLACE_ANNOTATION: &str = "io.rekindle.checkpoint.replace";
 
 /// containerd's checkpoint media types (`images.MediaTypeContainerd1Checkpoint*`).
 pub const CHECKPOINT_MEDIA_TYPE: &str =
