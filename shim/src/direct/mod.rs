@@ -69,6 +69,24 @@ pub fn lazy_pages() -> bool {
     !matches!(std::env::var("REKINDLE_LAZY_PAGES").as_deref(), Ok("0"))
 }
 
+/// How long the lazy-pages daemon holds back the pages nobody has asked for once
+/// the restore is done (`REKINDLE_LAZY_PAGES_DELAY_MS`, 0-10000, default 50):
+/// sending all of them at once took a core from the restored process just as it
+/// answered its first request (CRIU patch 0005). Faults are served meanwhile.
+pub fn lazy_pages_delay_ms() -> u32 {
+    const DEFAULT: u32 = 50;
+    match std::env::var("REKINDLE_LAZY_PAGES_DELAY_MS") {
+        Err(_) => DEFAULT,
+        Ok(v) => match v.trim().parse::<u32>() {
+            Ok(ms) if ms <= 10_000 => ms,
+            _ => {
+                warn!(value = %v, "REKINDLE_LAZY_PAGES_DELAY_MS: not 0-10000; using {DEFAULT}");
+                DEFAULT
+            }
+        },
+    }
+}
+
 /// What a container asks that the direct engine does not do (then `runc
 /// restore` does it). Checked at Create, before anything is prepared.
 pub fn check_eligible(

@@ -370,6 +370,10 @@ pub async fn spawn_lazy_pages(
         .arg(work)
         .args(["--log-file", "lazy-pages.log", "-v1"])
         .env("CRIU_LAZY_PAGES_LISTEN_FD", fd.to_string())
+        .env(
+            "CRIU_LAZY_PAGES_BACKGROUND_DELAY_MS",
+            super::lazy_pages_delay_ms().to_string(),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
