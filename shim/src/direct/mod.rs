@@ -208,16 +208,65 @@ pub async fn prepare(
             .map_err(Error::io(format!("create {}", d.display())))?;
     }
 
+    let t0 = Instant::now();
+    let criu = PathBuf::from(crate::runc::criu_binary());
+    let working_set = if lazy {
+        image.and_then(|name| WorkingSet::of(name, image_dir, &work))
+    } else {
+        None
+    };
+    // The lazy-pages daemon needs neither the cgroups nor swrk: it is spawned on
+    // another worker thread meanwhile (a spawn is a fork and an exec the thread
+    // waits for); its start-up then runs alongside the restore (spawn_lazy_pages).
+    let lazy_daemon = lazy.then(|| {
+        let env = working_set.as_ref().map(|w| {
+            let (k, v) = w.env();
+            (k.to_string(), v.to_path_buf())
+        });
+        let (criu, images, work) = (criu.clone(), image_dir.to_path_buf(), work.clone());
+        tokio::spawn(async move {
+            let env = env.as_ref().map(|(k, v)| (k.as_str(), v.as_path()));
+            swrk::spawn_lazy_pages(&criu, &images, &work, env).await
+        })
+    });
+    let lazy_daemon = async move {
+        match lazy_daemon?.await {
+            Ok(Ok(d)) => Some(d),
+            Ok(Err(e)) => {
+                // Eager restore still works: note it and go on.
+                warn!(error = %e, "lazy pages unavailable; restoring every page first");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "lazy pages unavailable; restoring every page first");
+                None
+            }
+        }
+    };
+    let stop_lazy = |lazy: Option<swrk::Watched>| async move {
+        if let Some(mut l) = lazy {
+            l.kill();
+            l.wait(Duration::from_secs(2)).await;
+        }
+    };
+
     // The instance's cgroups with the spec's limits: checkpoint images are
     // untrusted, so CRIU is told to ignore cgroups and the tree is born in
     // the cgroups of the swrk that restores it.
-    let t0 = Instant::now();
-    let cgroup_dirs = resources::create(&hierarchies, cgroups_path)
-        .map_err(|e| Error::FailedPrecondition(format!("create the container's cgroups: {e}")))?;
+    let cgroup_dirs = match resources::create(&hierarchies, cgroups_path) {
+        Ok(d) => d,
+        Err(e) => {
+            stop_lazy(lazy_daemon.await).await;
+            return Err(Error::FailedPrecondition(format!(
+                "create the container's cgroups: {e}"
+            )));
+        }
+    };
     let undo = |dirs: &[PathBuf]| resources::remove(dirs);
     let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     if let Err(e) = resources::apply(&hierarchies, &cgroup_dirs, res) {
         undo(&cgroup_dirs);
+        stop_lazy(lazy_daemon.await).await;
         return Err(Error::InvalidArgument(format!(
             "apply the spec's resources: {e}"
         )));
@@ -228,6 +277,7 @@ pub async fn prepare(
             Ok(f) => Some(OwnedFd::from(f)),
             Err(e) => {
                 undo(&cgroup_dirs);
+                stop_lazy(lazy_daemon.await).await;
                 return Err(Error::FailedPrecondition(format!(
                     "open the container's network namespace {}: {e}",
                     p.display()
@@ -236,31 +286,8 @@ pub async fn prepare(
         },
         None => None,
     };
-    let criu = PathBuf::from(crate::runc::criu_binary());
     let inherit: Vec<&OwnedFd> = netns.iter().collect();
     let t_cgroups = t0.elapsed();
-    let working_set = if lazy {
-        image.and_then(|name| WorkingSet::of(name, image_dir, &work))
-    } else {
-        None
-    };
-    // The lazy-pages daemon is spawned while swrk is spawned and moved; its
-    // start-up (~4 ms, more under load) runs alongside the restore, which
-    // finds the daemon's socket listening already (see spawn_lazy_pages).
-    let lazy_daemon = async {
-        if !lazy {
-            return None;
-        }
-        let env = working_set.as_ref().map(WorkingSet::env);
-        match swrk::spawn_lazy_pages(&criu, image_dir, &work, env).await {
-            Ok(d) => Some(d),
-            Err(e) => {
-                // Eager restore still works: note it and go on.
-                warn!(error = %e, "lazy pages unavailable; restoring every page first");
-                None
-            }
-        }
-    };
     let tmpfs = if tmpfs::enabled() {
         match tmpfs::TmpfsHelper::start() {
             Ok(h) => Some(h),
@@ -294,14 +321,12 @@ pub async fn prepare(
         }
         Ok((swrk, spawned))
     };
-    let (swrk, lazy) = tokio::join!(spawn_and_move, lazy_daemon);
+    let swrk = spawn_and_move.await;
+    let lazy = lazy_daemon.await;
     let (swrk, t_spawned) = match swrk {
         Ok(s) => s,
         Err(e) => {
-            if let Some(mut l) = lazy {
-                l.kill();
-                l.wait(Duration::from_secs(2)).await;
-            }
+            stop_lazy(lazy).await;
             undo(&cgroup_dirs);
             return Err(e);
         }
