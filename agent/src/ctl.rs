@@ -141,6 +141,10 @@ pub enum Command {
         /// Leave the instance in the pool after the checkpoint.
         #[arg(long, visible_alias = "leave-running")]
         keep_running: bool,
+        /// Replace the function's stored image (in one step: restores find the old
+        /// image or the new). Without it, a function that has an image is refused.
+        #[arg(long)]
+        replace: bool,
     },
 
     /// Invoke a function through the agent, as its gateway does
@@ -576,6 +580,7 @@ async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
             function,
             instance,
             keep_running,
+            replace,
         } => {
             let progress = Progress::start(format!("checkpointing {function}"));
             let r = client
@@ -584,6 +589,7 @@ async fn agent_command(cli: &Cli) -> Result<(), AgentCommandError> {
                     &CheckpointRequest {
                         instance: instance.clone(),
                         keep_running: *keep_running,
+                        replace: *replace,
                     },
                 )
                 .await;
@@ -779,12 +785,19 @@ mod tests {
         let Command::Checkpoint {
             instance,
             keep_running,
+            replace,
             ..
         } = cli.command
         else {
             panic!()
         };
         assert_eq!((instance.as_deref(), keep_running), (Some("f-1"), false));
+        assert!(!replace, "a stored image is replaced only when asked");
+        let cli = Cli::try_parse_from(["rekindle", "checkpoint", "f", "--replace"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Checkpoint { replace: true, .. }
+        ));
         assert!(Cli::try_parse_from(["rekindle", "functions", "add", "f", "--port", "1"]).is_err());
         // --method goes with --path (the function's handler takes POST).
         assert!(Cli::try_parse_from(["rekindle", "invoke", "f", "--method", "PUT"]).is_err());

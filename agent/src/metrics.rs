@@ -93,7 +93,7 @@ impl StartTier {
 }
 
 /// The values of the `reason` label: bounded, enum-like.
-pub const REASONS: [&str; 11] = [
+pub const REASONS: [&str; 12] = [
     "containerd",
     "timeout",
     "not_ready",
@@ -101,6 +101,7 @@ pub const REASONS: [&str; 11] = [
     "io",
     "invalid",
     "cleanup",
+    "image_exists",
     "invoke",
     "budget",
     "shutdown",
@@ -119,6 +120,7 @@ pub fn reason(e: &DriverError) -> &'static str {
         Cause::Io { .. } => "io",
         Cause::Invalid(_) => "invalid",
         Cause::Several { .. } => "cleanup",
+        Cause::ImageExists(_) => "image_exists",
     }
 }
 

@@ -205,6 +205,7 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
                     &CheckpointRequest {
                         instance: None,
                         keep_running: true,
+                        replace: false,
                     },
                 )
                 .await?;
@@ -221,6 +222,44 @@ fn functions_are_added_invoked_checkpointed_shown_and_removed_through_the_admin_
                 .await
                 .context("the checkpoint is not in rekindle-restored's store")?;
             ensure!(image.manifest.file_count > 0, "{image:?}");
+
+            // 4b. once more: refused (409) before anything is dumped, unless --replace;
+            // with it the stored image is the newer checkpoint (the counter moved on).
+            let (code, _, err) =
+                cli(&socket, &["checkpoint", FUNCTION, "--keep-running"], None).await?;
+            ensure!(
+                code != 0 && err.contains("--replace"),
+                "rekindle checkpoint of a function that has an image: exit {code}: {err}"
+            );
+            let restored_client = rekindle_restore_api::Client::new(&restored.socket);
+            let kept = restored_client.get_image(&store_as).await?;
+            ensure!(
+                kept.manifest == image.manifest,
+                "a refused checkpoint changed the image"
+            );
+            api.invoke(
+                FUNCTION,
+                &InvokeRequest {
+                    path: Some("/".into()),
+                    ..InvokeRequest::default()
+                },
+            )
+            .await?;
+            let (code, _, err) = cli(
+                &socket,
+                &["checkpoint", FUNCTION, "--keep-running", "--replace"],
+                None,
+            )
+            .await?;
+            ensure!(
+                code == 0,
+                "rekindle checkpoint --replace exited {code}: {err}"
+            );
+            let replaced = restored_client.get_image(&store_as).await?;
+            ensure!(
+                replaced.manifest.files != image.manifest.files,
+                "rekindle checkpoint --replace left the old image"
+            );
 
             // 5. status: the instance, the image, latencies by tier; API and binary agree.
             let st = api.status().await?;

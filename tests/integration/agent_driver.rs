@@ -11,7 +11,7 @@
 
 use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::driver::{
-    ContainerdConfig, ContainerdDriver, DriverError, FunctionSpec, Instance, InstanceDriver,
+    Cause, ContainerdConfig, ContainerdDriver, DriverError, FunctionSpec, Instance, InstanceDriver,
     NetMode, Op, TaskState,
 };
 
@@ -104,7 +104,7 @@ fn the_agent_driver_cold_starts_checkpoints_restores_freezes_and_stops_a_functio
         assert_eq!(count(d, &cold).await?, 2);
 
         // Checkpoint into the store under the function's store_as; the instance runs on.
-        let wrong = d.checkpoint(&cold, "some-other-name").await;
+        let wrong = d.checkpoint(&cold, "some-other-name", false).await;
         ensure!(
             matches!(
                 &wrong,
@@ -115,7 +115,7 @@ fn the_agent_driver_cold_starts_checkpoints_restores_freezes_and_stops_a_functio
             ),
             "a checkpoint under another name than the container's store-as is refused: {wrong:?}"
         );
-        d.checkpoint(&cold, &store_as).await?;
+        d.checkpoint(&cold, &store_as, false).await?;
         let stored = restored.client().get_image(&store_as).await?;
         eprintln!(
             "[agent-driver] stored {store_as}: {} files, {} bytes ({} on disk)",
@@ -128,6 +128,18 @@ fn the_agent_driver_cold_starts_checkpoints_restores_freezes_and_stops_a_functio
             count(d, &cold).await?,
             3,
             "the checkpointed instance runs on"
+        );
+        // Once more, without replace: refused before anything is dumped.
+        let again = d.checkpoint(&cold, &store_as, false).await;
+        ensure!(
+            matches!(
+                &again,
+                Err(DriverError {
+                    cause: Cause::ImageExists(_),
+                    ..
+                })
+            ),
+            "a second checkpoint without replace: {again:?}"
         );
         d.stop(cold.clone()).await?;
         assert_gone(&driver, &cold).await?;

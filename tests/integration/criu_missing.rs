@@ -128,7 +128,7 @@ async fn with_daemon(ctx: &Ctx, daemon: &RestoreDaemon) -> Result<()> {
         ensure!(found.len() == 1, "{found:?}");
         let inst = found[0].instance.clone();
         let e = driver
-            .checkpoint(&inst, &inst.store_as)
+            .checkpoint(&inst, &inst.store_as, false)
             .await
             .err()
             .context("a checkpoint without CRIU succeeded")?;

@@ -246,6 +246,9 @@ pub struct CheckpointRequest {
     pub instance: Option<String>,
     /// Leave it in the pool afterwards; else it is stopped.
     pub keep_running: bool,
+    /// Replace the function's stored image; else a checkpoint of a function that
+    /// has one is refused (409), before anything is dumped.
+    pub replace: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,7 +396,9 @@ impl From<crate::pool::manager::ManageError> for ApiError {
         let m = e.to_string();
         match e {
             M::UnknownFunction(_) | M::NoSuchInstance { .. } => ApiError::NotFound(m),
-            M::Exists(_) | M::ImageTaken { .. } | M::NoInstance(_) => ApiError::Conflict(m),
+            M::Exists(_) | M::ImageTaken { .. } | M::NoInstance(_) | M::ImageExists { .. } => {
+                ApiError::Conflict(m)
+            }
             M::Busy { .. } | M::ImageBusy(_) => ApiError::Conflict(m),
             M::Checkpoint { .. } => ApiError::Failed(m),
             M::ShuttingDown | M::NoFastPath(_) => ApiError::Unavailable(m),

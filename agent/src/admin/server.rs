@@ -285,7 +285,7 @@ impl AdminState {
         let req: CheckpointRequest = parse_optional(body)?;
         let c = self
             .pool
-            .checkpoint(name, req.instance.as_deref(), req.keep_running)
+            .checkpoint(name, req.instance.as_deref(), req.keep_running, req.replace)
             .await?;
         Ok(CheckpointDone {
             function: name.to_string(),

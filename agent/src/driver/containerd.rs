@@ -48,7 +48,7 @@ use super::netns;
 use super::{
     Cause, DriverError, ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec,
     Instance, InstanceDriver, NetMode, Op, Response, StageOutcome, StartHook, TaskState,
-    FUNCTION_LABEL, IMAGE_ANNOTATION, OWNER_LABEL, STORE_AS_ANNOTATION,
+    FUNCTION_LABEL, IMAGE_ANNOTATION, OWNER_LABEL, REPLACE_ANNOTATION, STORE_AS_ANNOTATION,
 };
 
 pub const REKINDLE_RUNTIME: &str = "io.containerd.rekindle.v2";
@@ -696,6 +696,7 @@ impl ContainerdDriver {
         }
         let mut annotations = spec.annotations().clone().unwrap_or_default();
         annotations.insert(STORE_AS_ANNOTATION.to_string(), f.store_as.clone());
+        annotations.insert(REPLACE_ANNOTATION.to_string(), "true".to_string());
         if let Some(image) = image {
             annotations.insert(IMAGE_ANNOTATION.to_string(), image.to_string());
         }
@@ -1127,7 +1128,12 @@ impl InstanceDriver for ContainerdDriver {
         self.launch(Op::Restore, f, Some(image)).await
     }
 
-    async fn checkpoint(&self, i: &Instance, image: &str) -> Result<(), DriverError> {
+    async fn checkpoint(
+        &self,
+        i: &Instance,
+        image: &str,
+        replace: bool,
+    ) -> Result<(), DriverError> {
         let scope = Scope {
             image: Some(image),
             ..instance_scope(Op::Checkpoint, i)
@@ -1138,6 +1144,15 @@ impl InstanceDriver for ContainerdDriver {
                  {STORE_AS_ANNOTATION}, fixed at creation), not {image:?}",
                 i.store_as
             ))));
+        }
+        // Instances are annotated to replace (REPLACE_ANNOTATION): whether one may
+        // is decided here, before CRIU dumps anything.
+        if !replace {
+            match self.restored.get_image(image).await {
+                Ok(_) => return Err(scope.err(Cause::ImageExists(image.to_string()))),
+                Err(e) if e.code() == Some(rekindle_restore_api::ErrorCode::NotFound) => {}
+                Err(e) => return Err(scope.err(Cause::Restored(e))),
+            }
         }
         let started = Instant::now();
         self.checkpoint_steps(i).await.map_err(|c| scope.err(c))?;

@@ -34,6 +34,9 @@ pub use self::containerd::{ContainerdConfig, ContainerdDriver, REKINDLE_RUNTIME}
 /// The shim's annotations (shim/src/annotations.rs).
 pub const IMAGE_ANNOTATION: &str = "io.rekindle.image";
 pub const STORE_AS_ANNOTATION: &str = "io.rekindle.checkpoint.store-as";
+/// Set on every instance: its checkpoints replace the stored image. The agent
+/// decides whether one may ([`InstanceDriver::checkpoint`]'s `replace`).
+pub const REPLACE_ANNOTATION: &str = "io.rekindle.checkpoint.replace";
 /// The label the driver puts on every container it makes: the function's name.
 pub const FUNCTION_LABEL: &str = "io.rekindle.agent/function";
 /// The label naming the agent that made the container (its `agent_id`): an agent
@@ -282,6 +285,9 @@ pub enum Cause {
     /// containerd's answer or the request made no sense (e.g. an image without layers).
     #[error("{0}")]
     Invalid(String),
+    /// A checkpoint would replace a stored image, and replacing was not asked for.
+    #[error("image {0} exists already (replace it with rekindle checkpoint --replace)")]
+    ImageExists(String),
     /// Several steps of a clean-up failed; the first cause, then how many more.
     #[error("{first} (and {more} more clean-up failures)")]
     Several { first: Box<Cause>, more: usize },
@@ -326,7 +332,10 @@ pub trait InstanceDriver: Send + Sync {
     /// Checkpoints a running (or frozen) instance into rekindle-restored's store under
     /// `image`, which must be the instance's `store_as`. The instance keeps running (a
     /// frozen one stays frozen).
-    async fn checkpoint(&self, i: &Instance, image: &str) -> Result<(), DriverError>;
+    /// Without `replace`, a checkpoint whose image exists already is refused
+    /// before anything is dumped ([`Cause::ImageExists`]).
+    async fn checkpoint(&self, i: &Instance, image: &str, replace: bool)
+        -> Result<(), DriverError>;
 
     /// Freezes the instance (cgroup freezer): warm.
     async fn freeze(&self, i: &Instance) -> Result<(), DriverError>;

@@ -33,8 +33,8 @@ use super::{
 };
 use crate::config::FunctionConfig;
 use crate::driver::{
-    ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec, Instance, InstanceDriver,
-    Response, TaskState,
+    Cause, ForwardError, ForwardRequest, ForwardResponse, Found, FunctionSpec, Instance,
+    InstanceDriver, Response, TaskState,
 };
 use crate::fast_path::FastPath;
 use crate::metrics::{self, FunctionPoolStats, Metrics, StartTier};
@@ -386,6 +386,10 @@ pub enum ManageError {
     Busy { function: String, instance: String },
     #[error("a checkpoint, stage or unstage of {0:?}'s image is in flight: try again")]
     ImageBusy(String),
+    #[error(
+        "{function:?}'s image {image:?} exists already: rekindle checkpoint --replace replaces it"
+    )]
+    ImageExists { function: String, image: String },
     #[error("checkpointing {instance:?} of {function:?} failed: {cause}")]
     Checkpoint {
         function: String,
@@ -951,7 +955,10 @@ impl PoolManager {
             Action::Checkpoint { instance, .. } => {
                 let inst = self.instance(fi, instance);
                 let r = match &inst {
-                    Some(i) => d.checkpoint(i, &store_as).await.map_err(|e| e.to_string()),
+                    Some(i) => d
+                        .checkpoint(i, &store_as, false)
+                        .await
+                        .map_err(|e| e.to_string()),
                     None => Err("instance gone".into()),
                 };
                 {
@@ -2008,6 +2015,7 @@ impl PoolManager {
         function: &str,
         instance: Option<&str>,
         keep_running: bool,
+        replace: bool,
     ) -> Result<Checkpointed, ManageError> {
         if self.s.closing.load(Ordering::SeqCst) {
             return Err(ManageError::ShuttingDown);
@@ -2057,15 +2065,17 @@ impl PoolManager {
             (fi, f.slots[k].inst.clone(), f.spec.store_as.clone())
         };
         let began = Instant::now();
-        let r = self.s.driver.checkpoint(&inst, &store_as).await;
+        let r = self.s.driver.checkpoint(&inst, &store_as, replace).await;
         let secs = began.elapsed().as_secs_f64();
+        // Refused because the image exists: the agent thought it had none.
+        let exists = matches!(&r, Err(e) if matches!(e.cause, Cause::ImageExists(_)));
         let stop = {
             let now = self.now();
             let mut st = self.s.state.lock().unwrap();
             self.s.image_ops.fetch_add(1, Ordering::SeqCst);
             let f = &mut st.fns[fi];
             f.image_busy = false;
-            if r.is_ok() && f.image == ImageState::None {
+            if (r.is_ok() || exists) && f.image == ImageState::None {
                 f.image = ImageState::Disk;
             }
             if r.is_ok() && !keep_running {
@@ -2092,6 +2102,10 @@ impl PoolManager {
                     secs,
                 })
             }
+            Err(_) if exists => Err(ManageError::ImageExists {
+                function: function.to_string(),
+                image: store_as,
+            }),
             Err(e) => Err(ManageError::Checkpoint {
                 function: function.to_string(),
                 instance: inst.id,
@@ -2243,7 +2257,7 @@ mod tests {
             }
             Ok(self.instance(f, Some(image)))
         }
-        async fn checkpoint(&self, _: &Instance, _: &str) -> Result<(), DriverError> {
+        async fn checkpoint(&self, _: &Instance, _: &str, _: bool) -> Result<(), DriverError> {
             Ok(())
         }
         async fn freeze(&self, _: &Instance) -> Result<(), DriverError> {
@@ -2481,7 +2495,7 @@ mod tests {
             text.contains("rekindle_start_failures_total{function=\"f\",tier=\"restore_disk\",reason=\"fast_path_unavailable\"} 1"),
             "{text}"
         );
-        match pool.checkpoint("f", None, true).await {
+        match pool.checkpoint("f", None, true, false).await {
             Err(ManageError::NoFastPath(why)) => assert_eq!(why, "no CRIU"),
             other => panic!("{other:?}"),
         }
@@ -2704,7 +2718,7 @@ mod tests {
         let names: Vec<String> = pool.functions().into_iter().map(|f| f.name).collect();
         assert_eq!(names, ["f", "g"]);
         assert!(matches!(
-            pool.checkpoint("g", None, true).await,
+            pool.checkpoint("g", None, true, false).await,
             Err(ManageError::NoInstance(_))
         ));
         let s = pool.invoke("g", "/").await.unwrap();
@@ -2715,7 +2729,7 @@ mod tests {
             (recent[0].function.as_str(), recent[0].tier),
             ("g", StartTier::Cold)
         );
-        let c = pool.checkpoint("g", None, true).await.unwrap();
+        let c = pool.checkpoint("g", None, true, false).await.unwrap();
         assert_eq!((c.instance.as_str(), c.image.as_str()), ("g-0", "g"));
         let snap = pool.snapshot();
         assert_eq!(
