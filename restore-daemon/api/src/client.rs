@@ -163,14 +163,8 @@ impl Client {
         labels: BTreeMap<String, String>,
         spec_digest: Option<String>,
     ) -> Result<ImageInfo> {
-        self.call(Op::StoreImage {
-            name: name.into(),
-            source_dir: source_dir.into(),
-            labels,
-            spec_digest,
-            replace: false,
-        })
-        .await
+        self.store(name, source_dir.into(), labels, spec_digest, false)
+            .await
     }
 
     /// [`Self::store_image`], replacing an image of that name if there is one.
@@ -181,12 +175,24 @@ impl Client {
         labels: BTreeMap<String, String>,
         spec_digest: Option<String>,
     ) -> Result<ImageInfo> {
+        self.store(name, source_dir.into(), labels, spec_digest, true)
+            .await
+    }
+
+    async fn store(
+        &self,
+        name: &str,
+        source_dir: PathBuf,
+        labels: BTreeMap<String, String>,
+        spec_digest: Option<String>,
+        replace: bool,
+    ) -> Result<ImageInfo> {
         self.call(Op::StoreImage {
             name: name.into(),
-            source_dir: source_dir.into(),
+            source_dir,
             labels,
             spec_digest,
-            replace: true,
+            replace,
         })
         .await
     }

@@ -75,6 +75,16 @@ pub fn fsync_dir(path: &Path) -> io::Result<()> {
 /// Renames `from` to `to`, failing with `AlreadyExists` if `to` exists
 /// (`renameat2(RENAME_NOREPLACE)`).
 pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    renameat2(from, to, libc::RENAME_NOREPLACE)
+}
+
+/// Swaps `a` and `b`, which must both exist, in one step
+/// (`renameat2(RENAME_EXCHANGE)`): a reader finds one or the other, never neither.
+pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
+    renameat2(a, b, libc::RENAME_EXCHANGE)
+}
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> io::Result<()> {
     let from_c = CString::new(from.as_os_str().as_bytes())?;
     let to_c = CString::new(to.as_os_str().as_bytes())?;
     // SAFETY: two valid NUL-terminated paths; plain syscall.
@@ -84,29 +94,7 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             from_c.as_ptr(),
             libc::AT_FDCWD,
             to_c.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Swaps `a` and `b`, which must both exist, in one step
-/// (`renameat2(RENAME_EXCHANGE)`): a reader finds one or the other, never neither.
-pub fn rename_exchange(a: &Path, b: &Path) -> io::Result<()> {
-    let a_c = CString::new(a.as_os_str().as_bytes())?;
-    let b_c = CString::new(b.as_os_str().as_bytes())?;
-    // SAFETY: two valid NUL-terminated paths; plain syscall.
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            a_c.as_ptr(),
-            libc::AT_FDCWD,
-            b_c.as_ptr(),
-            libc::RENAME_EXCHANGE,
+            flags,
         )
     };
     if rc == 0 {
