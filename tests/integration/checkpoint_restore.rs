@@ -416,8 +416,10 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
     });
 }
 
-/// The pid of the `criu swrk` placed in the container's cgroups. Create
-/// answers while the preparation goes on, so it is looked for a while.
+/// The pid of the `criu swrk` placed in the container's cgroups, once it is in
+/// all of them (the shim moves it into one hierarchy after the other: killed
+/// halfway, the preparation fails instead of the restore). Create answers while
+/// the preparation goes on, so it is looked for a while.
 async fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -444,8 +446,10 @@ fn find_criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<Option<i32>> {
         };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let ours = format!("/{NAMESPACE}/{id}");
         if cmdline.split(|b| *b == 0).nth(1) == Some(b"swrk".as_slice())
-            && cgroup.contains(&format!("/{NAMESPACE}/{id}\n"))
+            && !cgroup.is_empty()
+            && cgroup.lines().all(|l| l.ends_with(&ours))
         {
             return Ok(Some(pid));
         }
