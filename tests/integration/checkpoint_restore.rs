@@ -221,6 +221,24 @@ fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
         let (status, out) = f.exec("cmdline", &["/bin/cat", "/proc/1/cmdline"]).await?;
         assert_eq!(status, 0, "exec in a restored container: {out:?}");
         assert!(out.contains("python3"), "pid 1 of the container: {out:?}");
+        // Its UTS namespace is the checkpointed one: the hostname of the container
+        // the fixture was checkpointed from (its id), not this one's.
+        let (status, out) = f
+            .exec("hostname", &["/bin/cat", "/proc/sys/kernel/hostname"])
+            .await?;
+        assert_eq!(status, 0, "{out:?}");
+        let fixture = restored.client().get_image(FN_IMAGE).await?;
+        let source = fixture
+            .manifest
+            .labels
+            .get("container")
+            .expect("the shim labels a stored checkpoint with its container");
+        assert_eq!(out.trim(), &source[..source.len().min(63)]);
+        assert_ne!(
+            out.trim(),
+            f.id,
+            "a restored container keeps the hostname it had"
+        );
 
         // stats: the restored memory is the container's
         let all = f.metrics().await?;
