@@ -230,18 +230,16 @@ pub async fn prepare(
         })
     });
     let lazy_daemon = async move {
-        match lazy_daemon?.await {
-            Ok(Ok(d)) => Some(d),
-            Ok(Err(e)) => {
-                // Eager restore still works: note it and go on.
-                warn!(error = %e, "lazy pages unavailable; restoring every page first");
-                None
-            }
-            Err(e) => {
-                warn!(error = %e, "lazy pages unavailable; restoring every page first");
-                None
-            }
-        }
+        let spawned = lazy_daemon?
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        // Eager restore still works: note it and go on.
+        spawned
+            .inspect_err(
+                |e| warn!(error = %e, "lazy pages unavailable; restoring every page first"),
+            )
+            .ok()
     };
     let stop_lazy = |lazy: Option<swrk::Watched>| async move {
         if let Some(mut l) = lazy {
