@@ -266,7 +266,9 @@ impl Service {
                     let held = self.state().staged_leases_of(&name);
                     if held > 0 {
                         return Err(precondition(format!(
-                            "the staged copy of image {name} is in use by {held} restore                              lease(s) and would change under them; release them                              (release_restore) or wait for them to expire, then replace"
+                            "the staged copy of image {name} is in use by {held} restore \
+                             lease(s) and would change under them; release them \
+                             (release_restore) or wait for them to expire, then replace"
                         )));
                     }
                 }
@@ -925,7 +927,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(e.code, ErrorCode::FailedPrecondition);
-        assert!(e.message.contains("release"), "{}", e.message);
+        assert!(
+            e.message.contains("1 restore lease(s)") && !e.message.contains("  "),
+            "{}",
+            e.message
+        );
         assert_eq!(fs::read(s.dir.join("inventory.img")).unwrap(), b"inventory");
         let _: Released = call(&f.service, Op::ReleaseRestore { lease: p.lease })
             .await
