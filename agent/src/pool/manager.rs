@@ -2067,7 +2067,7 @@ impl PoolManager {
         let began = Instant::now();
         let r = self.s.driver.checkpoint(&inst, &store_as, replace).await;
         let secs = began.elapsed().as_secs_f64();
-        // Refused because the image exists: the agent thought it had none.
+        // Refused because the image exists (which the agent may not have known).
         let exists = matches!(&r, Err(e) if matches!(e.cause, Cause::ImageExists(_)));
         let stop = {
             let now = self.now();
