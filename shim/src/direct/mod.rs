@@ -74,16 +74,21 @@ pub fn lazy_pages() -> bool {
 /// sending all of them at once took a core from the restored process just as it
 /// answered its first request (CRIU patch 0005). Faults are served meanwhile.
 pub fn lazy_pages_delay_ms() -> u32 {
+    let v = std::env::var("REKINDLE_LAZY_PAGES_DELAY_MS").ok();
+    parse_delay_ms(v.as_deref()).unwrap_or_else(|default| {
+        warn!(value = ?v, "REKINDLE_LAZY_PAGES_DELAY_MS: not 0-10000; using {default}");
+        default
+    })
+}
+
+/// The delay a `REKINDLE_LAZY_PAGES_DELAY_MS` value asks for; `Err(default)` for a
+/// value that is not a number of ms in 0-10000 (CRIU's bound).
+fn parse_delay_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
     const DEFAULT: u32 = 50;
-    match std::env::var("REKINDLE_LAZY_PAGES_DELAY_MS") {
-        Err(_) => DEFAULT,
-        Ok(v) => match v.trim().parse::<u32>() {
-            Ok(ms) if ms <= 10_000 => ms,
-            _ => {
-                warn!(value = %v, "REKINDLE_LAZY_PAGES_DELAY_MS: not 0-10000; using {DEFAULT}");
-                DEFAULT
-            }
-        },
+    match v.map(|v| v.trim().parse::<u32>()) {
+        None => Ok(DEFAULT),
+        Some(Ok(ms)) if ms <= 10_000 => Ok(ms),
+        Some(_) => Err(DEFAULT),
     }
 }
 
@@ -802,6 +807,22 @@ impl Running {
         }
         if crate::cgroups::detach_mounts_under(&self.work) {
             let _ = tokio::fs::remove_dir_all(&self.work).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lazy_pages_delay_is_50_ms_unless_set_within_criu_s_bound() {
+        assert_eq!(parse_delay_ms(None), Ok(50));
+        assert_eq!(parse_delay_ms(Some("0")), Ok(0));
+        assert_eq!(parse_delay_ms(Some(" 200 ")), Ok(200));
+        assert_eq!(parse_delay_ms(Some("10000")), Ok(10_000));
+        for bad in ["10001", "-1", "", "50ms", "1e3"] {
+            assert_eq!(parse_delay_ms(Some(bad)), Err(50), "{bad:?}");
         }
     }
 }
