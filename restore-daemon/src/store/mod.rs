@@ -644,12 +644,7 @@ impl Store {
             let mut out = fsutil::create_new_private(&out_path)
                 .map_err(Error::io(format!("cannot create {}", out_path.display())))?;
             if f.size < codec::PIPE_MIN_SIZE {
-                let mut reader = self.open_verified(&m, f)?;
-                let copied = codec::copy(&mut reader, &mut out);
-                if let Some(reason) = reader.failure() {
-                    return Err(Error::corrupt_image(name, &stored_name(f), reason));
-                }
-                copied.map_err(Error::io(format!("cannot decompress {}", stored_name(f))))?;
+                self.copy_verified(&m, f, &mut out)?;
             } else {
                 let compressed = self.open_stored(&m, f)?;
                 // Sized up front so that a tmpfs mounted huge=within_size (the stage area
@@ -697,20 +692,6 @@ impl Store {
         Ok((m, total))
     }
 
-    /// Opens one stored file for verified decompression; checks first that it is a
-    /// regular file of the size the manifest records.
-    fn open_verified(
-        &self,
-        m: &Manifest,
-        f: &FileEntry,
-    ) -> Result<VerifyingReader<BufReader<File>>> {
-        Ok(VerifyingReader::new(
-            self.open_stored(m, f)?,
-            f.size,
-            &f.sha256,
-        ))
-    }
-
     /// Opens one stored file, buffered, after checking that it is a regular file of the
     /// size the manifest records.
     fn open_stored(&self, m: &Manifest, f: &FileEntry) -> Result<BufReader<File>> {
@@ -748,16 +729,25 @@ impl Store {
     }
 
     /// Verifies one stored file (decompressing it to nowhere) against both digests of
-    /// the manifest: the content's and, when recorded, the stored frame's (taken as the
-    /// frame is read: the frame reader reads the file to its end).
+    /// the manifest, as [`Self::copy_verified`] does.
     pub(crate) fn verify_file(&self, m: &Manifest, f: &FileEntry) -> Result<()> {
+        self.copy_verified(m, f, &mut io::sink())
+    }
+
+    /// Decompresses one stored file into `dst`, checked against both digests of the
+    /// manifest: the content's and, when recorded, the stored frame's (taken as the
+    /// frame is read: the frame reader reads the file to its end). The frame's matters
+    /// too: LZ4 is not canonical (a match offset moved onto another run of the same
+    /// bytes decodes to the same content), and a stored file that was changed is
+    /// refused even when its content survived.
+    fn copy_verified(&self, m: &Manifest, f: &FileEntry, dst: &mut impl Write) -> Result<()> {
         let mut stored = codec::HashingReader::new(self.open_stored(m, f)?);
         let mut reader = VerifyingReader::new(&mut stored, f.size, &f.sha256);
-        let copied = codec::copy(&mut reader, &mut io::sink());
+        let copied = codec::copy(&mut reader, dst);
         if let Some(reason) = reader.failure() {
             return Err(Error::corrupt_image(&m.name, &stored_name(f), reason));
         }
-        copied.map_err(Error::io(format!("cannot read {}", stored_name(f))))?;
+        copied.map_err(Error::io(format!("cannot decompress {}", stored_name(f))))?;
         drop(reader);
         if let Some(want) = &f.compressed_sha256 {
             let got = stored.digest();
