@@ -482,22 +482,9 @@ impl Service {
                 0,
             );
         }
-        let dir = self.stage.staged_dir(&name);
-        let (n, d) = (name.clone(), dir.clone());
-        let (m, bytes) = blocking(move || {
-            let r = store.extract(&n, &d)?;
-            store.touch(&n)?;
-            Ok(r)
-        })
-        .await?;
-        self.state().staged.insert(
-            name.clone(),
-            StagedImage {
-                dir: dir.clone(),
-                bytes,
-                manifest: Arc::new(m),
-            },
-        );
+        let (dir, bytes) = self.stage_copy(&name).await?;
+        let n = name.clone();
+        blocking(move || store.touch(&n)).await?;
         outcome(
             Staged {
                 name,
@@ -509,6 +496,24 @@ impl Service {
         )
     }
 
+    /// Decompresses image `name` into its staged directory and records it as staged
+    /// (the caller holds the image's write lock). Returns the copy's directory and size.
+    async fn stage_copy(&self, name: &str) -> Result<(PathBuf, u64), ApiError> {
+        let store = self.store.clone();
+        let dir = self.stage.staged_dir(name);
+        let (n, d) = (name.to_string(), dir.clone());
+        let (m, bytes) = blocking(move || store.extract(&n, &d)).await?;
+        self.state().staged.insert(
+            name.to_string(),
+            StagedImage {
+                dir: dir.clone(),
+                bytes,
+                manifest: Arc::new(m),
+            },
+        );
+        Ok((dir, bytes))
+    }
+
     /// After a replace: a staged copy of the old image is dropped and the new one
     /// staged in its place (the caller holds the image's write lock, and no lease
     /// holds the staged copy). A new copy that cannot be made leaves the image
@@ -517,32 +522,26 @@ impl Service {
         let Some(old) = self.state().staged.remove(name) else {
             return;
         };
-        let store = self.store.clone();
-        let dir = self.stage.staged_dir(name);
-        let (n, d) = (name.to_string(), dir.clone());
-        let staged = blocking(move || {
+        let removed = blocking(move || {
             std::fs::remove_dir_all(&old.dir).map_err(store::Error::io(format!(
                 "cannot remove {}",
                 old.dir.display()
-            )))?;
-            store.extract(&n, &d)
+            )))
         })
         .await;
-        match staged {
-            Ok((m, bytes)) => {
-                tracing::info!(image = %name, bytes, "staged the replaced image anew");
-                self.state().staged.insert(
-                    name.to_string(),
-                    StagedImage {
-                        dir,
-                        bytes,
-                        manifest: Arc::new(m),
-                    },
-                );
-            }
+        match removed {
+            Ok(()) => match self.stage_copy(name).await {
+                Ok((_, bytes)) => {
+                    tracing::info!(image = %name, bytes, "staged the replaced image anew")
+                }
+                Err(e) => tracing::warn!(
+                    image = %name, error = %e.message,
+                    "the replaced image is no longer staged: its new copy could not be made"
+                ),
+            },
             Err(e) => tracing::warn!(
                 image = %name, error = %e.message,
-                "the replaced image is no longer staged: its new copy could not be made"
+                "the replaced image is no longer staged: its old copy could not be removed"
             ),
         }
     }
