@@ -476,7 +476,7 @@ pub async fn restore(
         // Dead before the restore began: every page is restored first instead.
         warn!(
             code,
-            log = %p.work.join("lazy-pages.log").display(),
+            log = %p.work.join(swrk::LAZY_PAGES_LOG).display(),
             "criu lazy-pages exited before the restore; restoring every page first"
         );
         p.lazy = None;
@@ -503,7 +503,7 @@ pub async fn restore(
             let lazy = match p.lazy.as_mut().and_then(swrk::Watched::exited) {
                 Some(code) => format!(
                     "; criu lazy-pages exited with {code} (its log: {})",
-                    p.work.join("lazy-pages.log").display()
+                    p.work.join(swrk::LAZY_PAGES_LOG).display()
                 ),
                 None => String::new(),
             };

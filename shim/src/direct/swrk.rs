@@ -339,15 +339,18 @@ pub async fn spawn_swrk(
 /// The socket a restore connects to in its work dir (CRIU's LAZY_PAGES_SOCK_NAME).
 const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
 
+/// The lazy-pages daemon's log, in the work dir.
+pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
+
 /// Starts `criu lazy-pages` serving `images` to the restore that runs with
 /// `work` as its work dir. `env` is handed to the daemon (the working set it
 /// records or prefetches, see `super::WorkingSet`).
 ///
 /// The shim binds and listens on `work/lazy-pages.socket` itself and hands
 /// the socket over as the daemon's stdin (`CRIU_LAZY_PAGES_LISTEN_FD=0`,
-/// hack/criu-patches/0003), so
-/// the restore may begin as soon as this returns: its connection and uffds
-/// wait in the socket until the daemon accepts. Waiting for the daemon to say
+/// hack/criu-patches/0003), so the restore may begin as soon as this
+/// returns: its connection and uffds wait in the socket until the daemon
+/// accepts. Waiting for the daemon to say
 /// it is ready cost 4-10 ms of every Start on a loaded 2-core machine. The
 /// daemon then holds the only copy of the socket: if it dies before
 /// accepting, the restore's "restore finished" message (sent before the tree
@@ -373,7 +376,7 @@ pub async fn spawn_lazy_pages(
         .arg(images)
         .arg("--work-dir")
         .arg(work)
-        .args(["--log-file", "lazy-pages.log", "-v1"])
+        .args(["--log-file", LAZY_PAGES_LOG, "-v1"])
         .env("CRIU_LAZY_PAGES_LISTEN_FD", "0")
         .env(
             "CRIU_LAZY_PAGES_BACKGROUND_DELAY_MS",
@@ -480,7 +483,7 @@ mod tests {
             refused,
             "the socket still accepts connections 10 s after criu lazy-pages started with no image"
         );
-        let log = std::fs::read_to_string(work.path().join("lazy-pages.log")).unwrap_or_default();
+        let log = std::fs::read_to_string(work.path().join(LAZY_PAGES_LOG)).unwrap_or_default();
         assert!(
             !log.contains("CRIU_LAZY_PAGES_LISTEN_FD"),
             "the daemon refused the socket it was handed: {log}"
