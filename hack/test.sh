@@ -8,6 +8,12 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { echo "==> $*"; }
 
 bash hack/setup.sh
+# A clean build of everything below takes ~5 GB in target/; rustc dies without a
+# clear message when the disk fills, so say it first.
+free_gb=$(df -P -BG . | awk 'NR==2 { sub("G", "", $4); print $4 }')
+if [ "${free_gb:-0}" -lt 8 ]; then
+  echo "!!! only ${free_gb} GB free on $(df -P . | awk 'NR==2 { print $6 }'): a clean build needs ~5 GB (free space, or run cargo clean)" >&2
+fi
 # A clean clone gains nothing from incremental compilation, only gigabytes in target/.
 if [[ "${CI:-}" == true ]]; then export CARGO_INCREMENTAL=0; fi
 # CRIU 4.2 from setup.sh lives in /usr/local/sbin and must win over any other.
