@@ -4,6 +4,7 @@
 //! - [`service`]: the shim process (containerd's `start`/`delete` actions,
 //!   exit and event forwarding);
 //! - [`task`]: the Task API over ttrpc, a thin adapter over typed methods;
+//! - [`bundle`]: the bundle containerd hands over (spec, engine files, rootfs);
 //! - [`container`]: container and process state, free of I/O;
 //! - [`runc`]: the runc engine (OCI lifecycle through the runc CLI);
 //! - [`direct`]: the direct engine (restores through libcriu, no runc process);
@@ -14,6 +15,7 @@
 
 pub mod annotations;
 pub mod bootstrap;
+pub mod bundle;
 pub mod cgroups;
 pub mod console;
 pub mod container;

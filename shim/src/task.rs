@@ -18,7 +18,6 @@ use containerd_shim::{
     asynchronous::ExitSignal,
     event::Event,
     io::Stdio,
-    mount::umount_recursive,
     protos::{
         api::ProcessInfo,
         events::task::{
@@ -27,7 +26,7 @@ use containerd_shim::{
         },
         protobuf::MessageDyn,
     },
-    util::{convert_to_any, mkdir, mount_rootfs, read_spec, write_options, write_runtime},
+    util::convert_to_any,
     DeleteResponse, Task, TtrpcContext, TtrpcResult,
 };
 use runc::options::{CreateOpts, DeleteOpts, ExecOpts, KillOpts};
@@ -36,6 +35,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::{
     annotations::{Fallback, RestorePolicy},
+    bundle,
     console::{self, ConsoleSocket},
     container::{shares_pid_namespace, Container, Direct, Process, RestoreSource},
     error::{Error, Result},
@@ -88,17 +88,8 @@ impl TaskService {
         let options = decode_options(req.options.as_ref())?;
         let bundle = Path::new(&req.bundle).to_path_buf();
         let (runc, cli) = new_engine(&self.namespace, &bundle, &options)?;
-        // `shim delete` (containerd's cleanup after a dead shim) runs in a new
-        // process that knows only the bundle: it reads the runc root and binary
-        // from these files, as containerd's runc shim does.
-        write_options(&bundle, &options).await?;
-        write_runtime(&bundle, &options.binary_name).await?;
-        let spec = read_spec(&bundle).await.map_err(|e| {
-            Error::InvalidArgument(format!(
-                "read the OCI spec {}: {e}",
-                bundle.join("config.json").display()
-            ))
-        })?;
+        bundle::write_engine_files(&bundle, &options)?;
+        let spec = bundle::read_spec(&bundle)?;
         let policy = RestorePolicy::from_annotations(spec.annotations().as_ref())?;
         // A checkpoint from containerd wins over an image named by annotation.
         let source = if !req.checkpoint.is_empty() {
@@ -131,16 +122,7 @@ impl TaskService {
         let rootfs = bundle.join("rootfs");
         let rootfs_mounted = !req.rootfs.is_empty();
         if rootfs_mounted {
-            mkdir(&rootfs, 0o711).await?;
-            for m in &req.rootfs {
-                if let Err(e) = mount_rootfs(m, &rootfs).await {
-                    unmount(&rootfs);
-                    return Err(Error::FailedPrecondition(format!(
-                        "mount rootfs ({} {}): {e}",
-                        m.type_, m.source
-                    )));
-                }
-            }
+            bundle::mount_rootfs(&req.rootfs, &rootfs)?;
         }
 
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
@@ -188,7 +170,7 @@ impl TaskService {
                 Ok(pid) => pid,
                 Err(e) => {
                     if rootfs_mounted {
-                        unmount(&rootfs);
+                        bundle::unmount_rootfs(&rootfs);
                     }
                     return Err(e);
                 }
@@ -216,7 +198,7 @@ impl TaskService {
                     Err(e) if c.policy.fallback == Fallback::Cold => {
                         warn!(reason = %e, source = %source, "restore failed; falling back to a cold start as the container's annotation asks");
                         let cold = async {
-                            remount_rootfs(c).await?;
+                            remount_rootfs(c)?;
                             cold_create(c, &self.namespace).await?;
                             if let Err(e) = c.runc.start(&c.id).await {
                                 return Err(runtime_error(&c.bundle, e, "runc start").await);
@@ -313,7 +295,7 @@ impl TaskService {
             p.io.shutdown().await;
         }
         if c.rootfs_mounted {
-            unmount(&c.bundle.join("rootfs"));
+            bundle::unmount_rootfs(&c.bundle.join("rootfs"));
         }
         if let Some(dir) = c.containerd_checkpoint.take() {
             match tokio::fs::remove_dir_all(&dir).await {
@@ -636,12 +618,8 @@ impl TaskService {
         let result = match c.direct_running() {
             Some(d) => {
                 d.pages_settled(Duration::from_secs(120)).await;
-                let oci = read_spec(&c.bundle).await.map_err(|e| {
-                    Error::FailedPrecondition(format!(
-                        "read the OCI spec {}: {e}",
-                        c.bundle.join("config.json").display()
-                    ))
-                })?;
+                let oci = bundle::read_spec(&c.bundle)
+                    .map_err(|e| Error::FailedPrecondition(e.to_string()))?;
                 let target = crate::direct::dump::DumpTarget {
                     pid: c.init.pid,
                     rootfs: &d.rootfs,
@@ -836,21 +814,14 @@ async fn finish_start(
 }
 
 /// Makes `bundle/rootfs` again from containerd's mounts.
-async fn remount_rootfs(c: &Container) -> Result<()> {
+fn remount_rootfs(c: &Container) -> Result<()> {
     if !c.rootfs_mounted {
         return Ok(());
     }
     let rootfs = c.bundle.join("rootfs");
-    unmount(&rootfs);
-    for m in &c.rootfs {
-        mount_rootfs(m, &rootfs).await.map_err(|e| {
-            Error::FailedPrecondition(format!(
-                "mount rootfs again after the failed restore ({} {}): {e}",
-                m.type_, m.source
-            ))
-        })?;
-    }
-    Ok(())
+    bundle::unmount_rootfs(&rootfs);
+    bundle::mount_rootfs(&c.rootfs, &rootfs)
+        .map_err(|e| Error::FailedPrecondition(format!("after the failed restore: {e}")))
 }
 
 fn owner(c: &Container, namespace: &str) -> Owner {
@@ -922,7 +893,7 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
                 }
                 // The next path: the same image through runc.
                 warn!(reason = %e, source = %source, "direct restore failed; trying runc restore");
-                remount_rootfs(c).await?;
+                remount_rootfs(c)?;
             }
         }
     }
@@ -1350,12 +1321,6 @@ fn delete_response(p: &Process) -> DeleteResponse {
         exit_status: exit.map(|e| e.status).unwrap_or_default(),
         exited_at: exit.map(|e| e.timestamp()).into(),
         ..Default::default()
-    }
-}
-
-fn unmount(rootfs: &Path) {
-    if let Err(e) = umount_recursive(rootfs.to_str(), 0) {
-        warn!(error = %e, rootfs = %rootfs.display(), "unmount rootfs");
     }
 }
 
