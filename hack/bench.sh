@@ -27,7 +27,8 @@ log "build (release): shim, rekindle-restored, rekindle"
 cargo build --release --workspace --bins
 
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+# The results of an earlier run (bench-results/) are not a change to the code measured.
+if [ -n "$(git status --porcelain --untracked-files=no -- . ':!bench-results' 2>/dev/null)" ]; then
   commit="$commit (with uncommitted changes)"
 fi
 export REKINDLE_BENCH_COMMIT="$commit"
