@@ -59,6 +59,11 @@ fn text(out: &Output) -> String {
 /// Runs `args` in a fresh container of the node image (`ctr run --rm`, runc runtime,
 /// FIFOs and runc state in containerd's temp dir), then checks nothing of it is left.
 /// Returns (exit success, stdout + stderr).
+///
+/// The command's output goes to a file in a directory bind-mounted from the host, not
+/// through ctr's stdio: `ctr run --rm` with containerd's runc shim sometimes loses the
+/// tail of the output of a process that exits at once (seen once in CI: 3.6 KB of
+/// `rekindle-agent --help`'s 7.6 KB, exit status 0).
 fn run(
     cd: &PrivateContainerd,
     image: &str,
@@ -67,16 +72,26 @@ fn run(
     args: &[&str],
 ) -> (bool, String) {
     let id = format!("rk-node-{}-{n}", std::process::id());
+    let out_dir = cd.paths.dir.join(format!("out-{id}"));
+    std::fs::create_dir_all(&out_dir).expect("create the output dir");
     let mut cmd = cd.ctr(NAMESPACE);
     cmd.args(["run", "--rm", "--snapshotter", harness::SNAPSHOTTER])
         .arg("--fifo-dir")
         .arg(&cd.paths.io)
         .arg("--runc-root")
-        .arg(&cd.paths.runc_root);
+        .arg(&cd.paths.runc_root)
+        .arg("--mount")
+        .arg(format!(
+            "type=bind,src={},dst=/rk-out,options=rbind:rw",
+            out_dir.display()
+        ));
     if privileged {
         cmd.arg("--privileged");
     }
-    cmd.arg(image).arg(&id).args(args);
+    cmd.arg(image)
+        .arg(&id)
+        .args(["/bin/sh", "-c", "exec \"$@\" >/rk-out/output 2>&1", "sh"])
+        .args(args);
     // bounded: a hung container fails the test (containerd's shutdown then cleans up)
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || tx.send(cmd.output()));
@@ -85,7 +100,7 @@ fn run(
         .unwrap_or_else(|_| panic!("`ctr run {id} {}` took over 120 s", args.join(" ")))
         .expect("running ctr run");
     let ok = out.status.success();
-    let said = text(&out);
+    let said = std::fs::read_to_string(out_dir.join("output")).unwrap_or_default() + &text(&out);
     eprintln!(
         "$ ctr run {image} {id} {} -> {}\n{said}",
         args.join(" "),
