@@ -65,7 +65,9 @@ pub fn mount_rootfs(mounts: &[Mount], rootfs: &Path) -> Result<()> {
         let mount = || containerd_shim::mount::mount_rootfs(typ, source, &m.options, rootfs);
         // Overlay options near a page (many layers) are shortened by chdir into
         // the layers' dir after unshare(CLONE_FS): that must happen on a thread
-        // of its own, not on one of the runtime's, whose cwd it would keep.
+        // of its own, not on one of the runtime's, whose cwd it would keep. (This
+        // counts a separator per option and a 4 KiB page: at least as often as
+        // containerd-shim's own test, which counts none and the real page size.)
         let long = m.options.iter().map(|o| o.len() + 1).sum::<usize>() >= 4096 - 512;
         let mounted = if long {
             std::thread::scope(|s| s.spawn(mount).join()).unwrap_or_else(|_| {

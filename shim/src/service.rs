@@ -48,9 +48,7 @@ pub const GROUP_LABELS: [&str; 3] = [
 /// The shim group of the container whose bundle is `bundle` (containerd runs
 /// `start` in the bundle): the first group annotation of its spec, or its id.
 pub fn grouping(bundle: &std::path::Path, id: &str) -> Result<String, String> {
-    let path = bundle.join("config.json");
-    let spec = oci_spec::runtime::Spec::load(&path)
-        .map_err(|e| format!("read the OCI spec {}: {e}", path.display()))?;
+    let spec = crate::bundle::read_spec(bundle).map_err(|e| e.to_string())?;
     Ok(spec
         .annotations()
         .as_ref()
