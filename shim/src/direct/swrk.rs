@@ -147,6 +147,9 @@ fn is_executable(p: &Path) -> bool {
 /// per tmpfs mount); GNU tar for anything else.
 const CRIU_TAR: &str = "rekindle-criu-tar";
 
+/// Read by Rekindle's CRIU (hack/criu-patches/0010): no hardware breakpoints.
+const NO_BREAKPOINTS_ENV: &str = "CRIU_NO_BREAKPOINTS";
+
 /// PATH when the shim has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -293,6 +296,11 @@ pub async fn spawn_swrk(
     let mut cmd = Command::new(criu);
     cmd.arg("swrk")
         .arg(base.to_string())
+        // Stop the tree at its sigreturn by tracing syscalls, not with a hardware
+        // breakpoint: on a node where no other task-bound perf event exists, the
+        // breakpoint's perf event waits for an RCU grace period (2-20 ms) in the
+        // middle of the restore (hack/criu-patches/0010; ignored without it).
+        .env(NO_BREAKPOINTS_ENV, "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
