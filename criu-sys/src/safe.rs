@@ -31,7 +31,8 @@
 //! Fork safety: libcriu forks inside the request and the child only execs CRIU, so calling
 //! it from a multi-threaded process is fine.
 
-use std::ffi::CString;
+use std::cell::{Cell, RefCell};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -67,6 +68,79 @@ fn request_lock() -> MutexGuard<'static, ()> {
     REQUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A step of a restore that CRIU tells its caller about and waits on (what
+/// `--action-script` runs for on the command line): `action` is the step's name
+/// (`"setup-namespaces"`, `"post-restore"`, `"network-unlock"`, `"pre-resume"`,
+/// `"post-resume"`, ...); `pid`, where CRIU gives one, the restored tree's root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Notification<'a> {
+    pub action: &'a str,
+    pub pid: Option<i32>,
+}
+
+/// A request's notification handler: `true` lets CRIU go on.
+pub type NotifyHandler<'a> = dyn FnMut(Notification<'_>) -> bool + 'a;
+
+thread_local! {
+    /// The request lock while this thread is inside a libcriu request: the
+    /// notification trampoline lets go of it while the handler runs.
+    static HELD: RefCell<Option<MutexGuard<'static, ()>>> = const { RefCell::new(None) };
+    /// The handler of this thread's running request, if it has one. Only ever
+    /// set for the duration of `Criu::restore_child_notified`, which owns it.
+    static HANDLER: Cell<Option<*mut NotifyHandler<'static>>> = const { Cell::new(None) };
+    /// The step a handler refused, for the request's error.
+    static REFUSED: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// libcriu's notification callback: runs the handler of this thread's request
+/// with the request lock released (a handler may block for as long as it
+/// likes, e.g. to keep a restored tree stopped until it is wanted; another
+/// thread's request is not held up meanwhile). libcriu's only process-wide
+/// state is the errno it reports, which the other request resets at its start
+/// and which this request sets again on its own failures after the handler.
+unsafe extern "C" fn on_notify(action: *mut c_char, na: ffi::criu_notify_arg_t) -> c_int {
+    let Some(handler) = HANDLER.get() else {
+        return 0;
+    };
+    let action = if action.is_null() {
+        ""
+    } else {
+        // SAFETY: libcriu passes the NUL-terminated script name of the message.
+        unsafe { CStr::from_ptr(action) }.to_str().unwrap_or("")
+    };
+    // SAFETY: `na` is the message libcriu is handling; criu_notify_pid only reads it.
+    let pid = match unsafe { ffi::criu_notify_pid(na) } {
+        0 => None,
+        p => Some(p),
+    };
+    let held = HELD.with(|h| h.borrow_mut().take()).is_some();
+    // SAFETY: the handler outlives the request (restore_child_notified clears
+    // HANDLER before it returns), and this thread is the only one using it.
+    let go = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+        (*handler)(Notification { action, pid })
+    }))
+    .unwrap_or(false);
+    if held {
+        let guard = request_lock();
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
+    }
+    if go {
+        0
+    } else {
+        REFUSED.with(|r| *r.borrow_mut() = Some(action.to_string()));
+        -1
+    }
+}
+
+/// Clears this thread's handler when the request is over, however it ends.
+struct HandlerReset;
+
+impl Drop for HandlerReset {
+    fn drop(&mut self) {
+        HANDLER.set(None);
+    }
+}
+
 /// What went wrong. Request failures carry libcriu's negative return value and, where
 /// CRIU reported one, the errno of the failing step.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +161,11 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// The caller's notification handler refused a step; libcriu stopped waiting for
+    /// the request there (see [`Criu::restore_child_notified`] for what CRIU does).
+    #[error("CRIU {request}: the caller refused the {action:?} step")]
+    Refused { request: Request, action: String },
 
     /// libcriu returned a negative value for a request.
     #[error(
@@ -727,13 +806,21 @@ impl Criu {
         call: unsafe extern "C" fn(*mut ffi::criu_opts) -> i32,
     ) -> Result<i32> {
         let opts = self.opts();
+        REFUSED.with(|r| r.borrow_mut().take());
         let (ret, errno) = {
-            let _guard = request_lock();
+            // In a thread-local slot, so that the notification trampoline can let go of it.
+            let guard = request_lock();
+            HELD.with(|h| *h.borrow_mut() = Some(guard));
             // SAFETY: valid handle; descriptors it names are kept open by `self`.
             let ret = unsafe { call(opts) };
             // libcriu sets errno to what CRIU reported (0 for nothing) just before returning.
-            (ret, io::Error::last_os_error().raw_os_error())
+            let errno = io::Error::last_os_error().raw_os_error();
+            HELD.with(|h| h.borrow_mut().take());
+            (ret, errno)
         };
+        if let Some(action) = REFUSED.with(|r| r.borrow_mut().take()) {
+            return Err(Error::Refused { request, action });
+        }
         if ret < 0 {
             return Err(Error::Request {
                 request,
@@ -795,6 +882,34 @@ impl Criu {
     /// which the caller must reap. Serialised process-wide.
     pub fn restore_child(&mut self) -> Result<u32> {
         self.require_images_dir(Request::RestoreChild)?;
+        self.request(Request::RestoreChild, ffi::criu_local_restore_child)
+            .map(|pid| pid as u32)
+    }
+
+    /// [`Criu::restore_child`], telling `handler` of each step CRIU notifies (see
+    /// [`Notification`]); CRIU waits until the handler returns. `"pre-resume"` comes with
+    /// the whole tree restored and stopped (traced by CRIU) just before it resumes: a
+    /// handler that blocks there keeps the tree from running any code until it returns.
+    ///
+    /// The handler runs on this thread with the request lock released, so it may block;
+    /// it must not make libcriu requests itself. Returning `false` (or panicking) makes
+    /// libcriu return [`Error::Refused`] at once; CRIU aborts the restore (killing the
+    /// tree) for a refused step before `"pre-resume"`, but only logs a refused
+    /// `"pre-resume"` or later and resumes the tree: to abandon a restore held there,
+    /// kill the tree (and the CRIU service) before the handler returns.
+    ///
+    /// Notifications stay on for this handle's later requests (libcriu cannot turn them
+    /// off); without a handler they are acknowledged at once.
+    pub fn restore_child_notified(&mut self, handler: &mut NotifyHandler<'_>) -> Result<u32> {
+        self.require_images_dir(Request::RestoreChild)?;
+        // SAFETY: valid handle; on_notify is a plain function.
+        unsafe { ffi::criu_local_set_notify_cb(self.opts(), Some(on_notify)) };
+        let ptr: *mut NotifyHandler<'_> = handler;
+        // SAFETY: only the lifetime is erased; HandlerReset clears the pointer before
+        // `handler`'s borrow ends, and only this thread reads it.
+        let ptr: *mut NotifyHandler<'static> = unsafe { std::mem::transmute(ptr) };
+        HANDLER.set(Some(ptr));
+        let _reset = HandlerReset;
         self.request(Request::RestoreChild, ffi::criu_local_restore_child)
             .map(|pid| pid as u32)
     }

@@ -171,3 +171,110 @@ fn dumping_a_missing_pid_fails_with_criu_errno() {
     assert_eq!(err.cause(), Some(criu_sys::safe::Cause::Failed), "{err}");
     assert!(err.to_string().starts_with("CRIU dump failed"), "{err}");
 }
+
+/// A restore whose handler holds the "pre-resume" step: the tree is restored and
+/// stopped (traced by CRIU) until the handler returns, and meanwhile another request of
+/// this process goes through (the request lock is not held while a handler runs).
+#[test]
+fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_sleeper();
+    let pid = child.id();
+    dump(dir.path(), pid);
+    child.wait().unwrap();
+
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir.path()).unwrap();
+    criu.set_log_file("restore.log").unwrap();
+    criu.set_log_level(LogLevel::Debug);
+    let mut seen: Vec<(String, Option<i32>)> = Vec::new();
+    let mut held_state = None;
+    let mut other_request = None;
+    let mut handler = |n: criu_sys::safe::Notification<'_>| {
+        seen.push((n.action.to_string(), n.pid));
+        if n.action == "pre-resume" {
+            held_state = state(pid);
+            // A request on another thread while this one waits here.
+            other_request = Some(
+                thread::spawn(|| Criu::new().and_then(|mut c| c.version()))
+                    .join()
+                    .expect("the other request's thread"),
+            );
+            // Still stopped: nothing of the tree ran meanwhile.
+            assert_eq!(state(pid), held_state);
+        }
+        true
+    };
+    let restored = criu
+        .restore_child_notified(&mut handler)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{e}\n--- restore.log (tail) ---\n{}",
+                log_of(dir.path(), "restore.log")
+            )
+        });
+    assert_eq!(restored, pid);
+    let actions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+    let pre = actions.iter().position(|a| *a == "pre-resume");
+    let post = actions.iter().position(|a| *a == "post-resume");
+    assert!(
+        pre.is_some() && post > pre,
+        "pre-resume then post-resume expected: {actions:?}"
+    );
+    assert!(
+        seen.iter().any(|(_, p)| *p == Some(pid as i32)),
+        "no notification named the root's pid {pid}: {seen:?}"
+    );
+    assert_eq!(
+        held_state,
+        Some('t'),
+        "the tree was not stopped (traced) at pre-resume"
+    );
+    let version = other_request
+        .expect("ran")
+        .expect("the other request failed");
+    assert!(version >= criu_sys::safe::MIN_VERSION, "{version}");
+    // Resumed once the handler returned.
+    assert!(
+        matches!(state(pid), Some('S' | 'R')),
+        "state {:?}",
+        state(pid)
+    );
+    let status = kill_and_reap(pid);
+    assert!(libc::WIFSIGNALED(status));
+}
+
+/// A handler that refuses a step before the tree runs fails the request with
+/// `Error::Refused`, and CRIU does not leave the tree behind.
+#[test]
+fn a_refused_notification_fails_the_restore() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_sleeper();
+    let pid = child.id();
+    dump(dir.path(), pid);
+    child.wait().unwrap();
+
+    let mut criu = Criu::new().unwrap();
+    criu.set_images_dir(dir.path()).unwrap();
+    criu.set_log_file("restore.log").unwrap();
+    let mut handler = |n: criu_sys::safe::Notification<'_>| n.action != "post-restore";
+    let err = criu.restore_child_notified(&mut handler).unwrap_err();
+    assert!(
+        matches!(&err, criu_sys::safe::Error::Refused { action, .. } if action == "post-restore"),
+        "{err}"
+    );
+    // CRIU kills what it restored when a step before the resume fails.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        // SAFETY: plain waitpid on a pid that, if restored, is our child.
+        unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        match state(pid) {
+            None => break,
+            Some(s) => assert!(
+                Instant::now() < deadline,
+                "pid {pid} still there ({s}) 5 s after the refused restore"
+            ),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
