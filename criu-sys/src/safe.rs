@@ -880,13 +880,18 @@ impl Criu {
     /// Restores the tree as a child of this process (CRIU's `rst_sibling`), the way a shim
     /// that must reap its container's init restores it. Returns the pid of the tree's root,
     /// which the caller must reap. Serialised process-wide.
+    ///
+    /// libcriu always forks a `criu swrk` of its own for this request (`criu` from PATH,
+    /// not [`Criu::set_service_binary`]'s, and never [`Criu::set_service_fd`]'s):
+    /// to restore from a swrk of one's own, use [`Criu::restore`] with `restore-sibling`
+    /// in a config file ([`Criu::set_config_file`]).
     pub fn restore_child(&mut self) -> Result<u32> {
         self.require_images_dir(Request::RestoreChild)?;
         self.request(Request::RestoreChild, ffi::criu_local_restore_child)
             .map(|pid| pid as u32)
     }
 
-    /// [`Criu::restore_child`], telling `handler` of each step CRIU notifies (see
+    /// [`Criu::restore`], telling `handler` of each step CRIU notifies (see
     /// [`Notification`]); CRIU waits until the handler returns. `"pre-resume"` comes with
     /// the whole tree restored and stopped (traced by CRIU) just before it resumes: a
     /// handler that blocks there keeps the tree from running any code until it returns.
@@ -900,8 +905,27 @@ impl Criu {
     ///
     /// Notifications stay on for this handle's later requests (libcriu cannot turn them
     /// off); without a handler they are acknowledged at once.
+    pub fn restore_notified(&mut self, handler: &mut NotifyHandler<'_>) -> Result<u32> {
+        self.require_images_dir(Request::Restore)?;
+        self.notified(Request::Restore, ffi::criu_local_restore, handler)
+    }
+
+    /// [`Criu::restore_child`] with notifications, as [`Criu::restore_notified`].
     pub fn restore_child_notified(&mut self, handler: &mut NotifyHandler<'_>) -> Result<u32> {
         self.require_images_dir(Request::RestoreChild)?;
+        self.notified(
+            Request::RestoreChild,
+            ffi::criu_local_restore_child,
+            handler,
+        )
+    }
+
+    fn notified(
+        &mut self,
+        request: Request,
+        call: unsafe extern "C" fn(*mut ffi::criu_opts) -> i32,
+        handler: &mut NotifyHandler<'_>,
+    ) -> Result<u32> {
         // SAFETY: valid handle; on_notify is a plain function.
         unsafe { ffi::criu_local_set_notify_cb(self.opts(), Some(on_notify)) };
         let ptr: *mut NotifyHandler<'_> = handler;
@@ -910,8 +934,7 @@ impl Criu {
         let ptr: *mut NotifyHandler<'static> = unsafe { std::mem::transmute(ptr) };
         HANDLER.set(Some(ptr));
         let _reset = HandlerReset;
-        self.request(Request::RestoreChild, ffi::criu_local_restore_child)
-            .map(|pid| pid as u32)
+        self.request(request, call).map(|pid| pid as u32)
     }
 }
 

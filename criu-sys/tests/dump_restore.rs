@@ -177,6 +177,12 @@ fn dumping_a_missing_pid_fails_with_criu_errno() {
 /// this process goes through (the request lock is not held while a handler runs).
 #[test]
 fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going() {
+    // The restored tree is handed to us when CRIU exits (see a_dumped_process_is_restored_detached).
+    // SAFETY: plain prctl.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_sleeper();
     let pid = child.id();
@@ -205,14 +211,12 @@ fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going(
         }
         true
     };
-    let restored = criu
-        .restore_child_notified(&mut handler)
-        .unwrap_or_else(|e| {
-            panic!(
-                "{e}\n--- restore.log (tail) ---\n{}",
-                log_of(dir.path(), "restore.log")
-            )
-        });
+    let restored = criu.restore_notified(&mut handler).unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- restore.log (tail) ---\n{}",
+            log_of(dir.path(), "restore.log")
+        )
+    });
     assert_eq!(restored, pid);
     let actions: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
     let pre = actions.iter().position(|a| *a == "pre-resume");
@@ -248,6 +252,11 @@ fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going(
 /// `Error::Refused`, and CRIU does not leave the tree behind.
 #[test]
 fn a_refused_notification_fails_the_restore() {
+    // SAFETY: plain prctl.
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
     let dir = tempfile::tempdir().unwrap();
     let mut child = spawn_sleeper();
     let pid = child.id();
@@ -258,7 +267,7 @@ fn a_refused_notification_fails_the_restore() {
     criu.set_images_dir(dir.path()).unwrap();
     criu.set_log_file("restore.log").unwrap();
     let mut handler = |n: criu_sys::safe::Notification<'_>| n.action != "post-restore";
-    let err = criu.restore_child_notified(&mut handler).unwrap_err();
+    let err = criu.restore_notified(&mut handler).unwrap_err();
     assert!(
         matches!(&err, criu_sys::safe::Error::Refused { action, .. } if action == "post-restore"),
         "{err}"
@@ -266,7 +275,7 @@ fn a_refused_notification_fails_the_restore() {
     // CRIU kills what it restored when a step before the resume fails.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        // SAFETY: plain waitpid on a pid that, if restored, is our child.
+        // SAFETY: plain waitpid on a pid that, if restored, is ours to reap.
         unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
         match state(pid) {
             None => break,

@@ -161,22 +161,26 @@ pub struct Container {
     pub containerd_checkpoint: Option<PathBuf>,
 }
 
-/// The direct engine's part of a container: prepared from Create on, running
-/// after Start. runc knows nothing of such a container.
+/// The direct engine's part of a container: prepared and restored (held
+/// before the resume) from Create on, running after Start. runc knows
+/// nothing of such a container.
 pub enum Direct {
-    /// Being prepared: spawned at Create, which answers without waiting for
-    /// it (CRIU's helpers start while containerd and the client go on to
+    /// Being prepared and restored: spawned at Create, which answers without
+    /// waiting for it (CRIU restores while containerd and the client go on to
     /// Start); Start, Delete and Shutdown settle it first.
     Preparing(tokio::task::JoinHandle<Preparation>),
-    Prepared(Box<crate::direct::Prepared>),
+    /// Restored, stopped before the resume until Start.
+    Held(Box<crate::direct::Held>),
+    /// The restore ahead failed: Start reports it and takes the next path.
+    Failed(crate::error::Error, Box<crate::direct::Prepared>),
     Running(crate::direct::Running),
 }
 
-/// What preparing the direct engine gave: ready, not applicable (with the
-/// reason), or failed; the last two restore through runc.
-pub type Preparation = crate::error::Result<
-    std::result::Result<crate::direct::Prepared, crate::direct::plan::NotDirect>,
->;
+/// What the direct engine's work from Create gave: a restore held or failed,
+/// not applicable (with the reason), or a failed preparation; the last two
+/// restore through runc.
+pub type Preparation =
+    crate::error::Result<std::result::Result<crate::direct::Ahead, crate::direct::plan::NotDirect>>;
 
 /// Where a restore's CRIU image comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

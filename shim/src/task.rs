@@ -158,11 +158,13 @@ impl TaskService {
                 .map(Path::to_path_buf),
         };
         let pid = match source {
-            // As containerd's runc shim does: the restore itself happens at
-            // Start, which is when containerd expects the process to run.
+            // The process runs from Start, when containerd expects it to, as
+            // with containerd's runc shim. The direct engine restores it ahead,
+            // in the background, and holds it stopped until then; runc
+            // restores at Start.
             Some(source) => {
                 prepare_direct(&mut c, &spec, &source, &self.namespace).await;
-                info!(source = %source, engine = if c.direct.is_some() { "direct" } else { "runc" }, "container created from a checkpoint; restored at start");
+                info!(source = %source, engine = if c.direct.is_some() { "direct" } else { "runc" }, "container created from a checkpoint; it runs from start");
                 c.init.restore_from = Some(source);
                 0
             }
@@ -283,7 +285,8 @@ impl TaskService {
         let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
         settle_direct(&mut c).await;
         match c.direct.take() {
-            Some(Direct::Prepared(p)) => p.abandon(&cgroups_path).await,
+            Some(Direct::Held(h)) => h.abandon(&cgroups_path).await,
+            Some(Direct::Failed(_, p)) => p.abandon(&cgroups_path).await,
             Some(Direct::Running(r)) => r.remove(&cgroups_path).await,
             Some(Direct::Preparing(_)) | None => {}
         }
@@ -365,9 +368,12 @@ impl TaskService {
                 }
                 return send_signal(c.init.pid, sig);
             }
-            if matches!(c.direct, Some(Direct::Prepared(_) | Direct::Preparing(_))) {
+            if matches!(
+                c.direct,
+                Some(Direct::Held(_) | Direct::Failed(..) | Direct::Preparing(_))
+            ) {
                 return Err(Error::NotFound(format!(
-                    "container {} has no process yet: it is restored at start",
+                    "container {} has no process yet: it is restored at start (the direct engine holds it stopped until then)",
                     c.id
                 )));
             }
@@ -852,15 +858,25 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
         },
         ..Default::default()
     };
-    if let Some(Direct::Prepared(prepared)) = c.direct.take() {
-        // The image stays leased while a lazy-pages daemon still reads it.
-        let pages_lease = lease.map(str::to_string);
-        let on_pages_done = move || {
-            if let Some(l) = pages_lease {
-                tokio::spawn(async move { release_lease(&l).await });
-            }
-        };
-        match crate::direct::restore(*prepared, on_pages_done).await {
+    let ahead = match c.direct.take() {
+        Some(Direct::Held(held)) => {
+            // The image stays leased while a lazy-pages daemon still reads it.
+            let pages_lease = lease.map(str::to_string);
+            let on_pages_done = move || {
+                if let Some(l) = pages_lease {
+                    tokio::spawn(async move { release_lease(&l).await });
+                }
+            };
+            Some(held.resume(on_pages_done).await)
+        }
+        Some(Direct::Failed(e, prepared)) => Some(Err((e, *prepared))),
+        other => {
+            c.direct = other;
+            None
+        }
+    };
+    if let Some(ahead) = ahead {
+        match ahead {
             Ok((pid, running)) => {
                 report_restore(source, "direct", None);
                 c.init.pid = pid;
@@ -914,10 +930,11 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
     result
 }
 
-/// Starts preparing the direct engine's restore at Create, when the container
-/// allows it; otherwise Start restores through runc. The preparation (cgroups,
-/// `criu swrk`, the lazy-pages daemon: a few ms of process start-ups) runs on
-/// while Create answers; [`settle_direct`] collects it.
+/// Starts the direct engine's restore at Create, when the container allows
+/// it; otherwise Start restores through runc. The preparation (cgroups, `criu
+/// swrk`, the lazy-pages daemon: a few ms of process start-ups) and then CRIU's
+/// restore, held before the tree resumes (`direct::Held`), run on while Create
+/// answers; [`settle_direct`] collects them and Start resumes the tree.
 async fn prepare_direct(
     c: &mut Container,
     spec: &oci_spec::runtime::Spec,
@@ -963,7 +980,7 @@ async fn prepare_direct(
     let spec = spec.clone();
     let span = tracing::Span::current();
     let task = async move {
-        crate::direct::prepare(
+        let prepared = crate::direct::prepare(
             &bundle,
             &spec,
             &cgroups_path,
@@ -972,16 +989,21 @@ async fn prepare_direct(
             lazy,
             image.as_deref(),
         )
-        .await
+        .await?;
+        Ok(match prepared {
+            Ok(p) => Ok(crate::direct::restore_ahead(p).await),
+            Err(not_direct) => Err(not_direct),
+        })
     };
     c.direct = Some(Direct::Preparing(tokio::spawn(
         tracing::Instrument::instrument(task, span),
     )));
 }
 
-/// Waits for a preparation started at Create. When it did not give a prepared
-/// restore, the stdio it held is released and `c.direct` is left empty: the
-/// restore goes through runc.
+/// Waits for the preparation and restore started at Create. When they gave
+/// neither a held nor a failed restore (the engine does not apply, or could
+/// not prepare), the stdio it held is released and `c.direct` is left empty:
+/// the restore goes through runc.
 async fn settle_direct(c: &mut Container) {
     if !matches!(c.direct, Some(Direct::Preparing(_))) {
         return;
@@ -990,8 +1012,12 @@ async fn settle_direct(c: &mut Container) {
         unreachable!("matched above");
     };
     match handle.await {
-        Ok(Ok(Ok(p))) => {
-            c.direct = Some(Direct::Prepared(Box::new(p)));
+        Ok(Ok(Ok(crate::direct::Ahead::Held(h)))) => {
+            c.direct = Some(Direct::Held(h));
+            return;
+        }
+        Ok(Ok(Ok(crate::direct::Ahead::Failed(e, p)))) => {
+            c.direct = Some(Direct::Failed(e, p));
             return;
         }
         Ok(Ok(Err(reason))) => {

@@ -373,13 +373,28 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
             .annotate(IMAGE_ANNOTATION, FN_IMAGE)
             .create(&ctx)
             .await?;
-        // The direct engine prepared a `criu swrk` in the instance's cgroups at
-        // Create; it dies (as under memory pressure) before Start.
+        // The direct engine restored the tree at Create with a `criu swrk` in the
+        // instance's cgroups, and holds it there stopped until Start; that swrk dies
+        // (as under memory pressure) before Start.
         let swrk = criu_swrk_in_cgroup_of(&f.id).await?;
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(swrk),
             nix::sys::signal::Signal::SIGKILL,
         )?;
+        // A tree it held is killed with it, not let go to run before Start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let left = pids_in_cgroup_of(&f.id);
+            if left.is_empty() {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "5 s after its criu swrk died, {left:?} still run in {}'s cgroups before Start",
+                f.id
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         f.start().await?;
         assert!(
             restored_by_runc(&ctx, &f.id),
@@ -434,26 +449,29 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
     });
 }
 
-/// The pid of the `criu swrk` placed in the container's cgroups, once it is in
-/// all of them (the shim moves it into one hierarchy after the other: killed
-/// halfway, the preparation fails instead of the restore). Create answers while
-/// the preparation goes on, so it is looked for a while.
+/// The pid of the `criu swrk` in the container's cgroups once the shim's direct
+/// engine holds the restored tree there, stopped before it resumes (it restores
+/// ahead, at Create, and Create answers meanwhile, so it is looked for a while).
+/// Waiting for the held tree tells swrk apart from the tree's root, which is a
+/// fork of swrk (same name, same command line) until CRIU's restorer is done.
 async fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        if let Some(pid) = find_criu_swrk_in_cgroup_of(id)? {
+        if let Some(pid) = find_criu_swrk_holding_a_tree(id)? {
             return Ok(pid);
         }
         if std::time::Instant::now() > deadline {
             anyhow::bail!(
-                "no criu swrk in the cgroups of {id} after 10 s: did the direct engine prepare it?"
+                "after 10 s, no criu swrk in the cgroups of {id} holding a stopped tree: did the direct engine restore it ahead?"
             )
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 
-fn find_criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<Option<i32>> {
+fn find_criu_swrk_holding_a_tree(id: &str) -> anyhow::Result<Option<i32>> {
+    let ours = format!("/{NAMESPACE}/{id}");
+    let (mut criu, mut held) = (Vec::new(), false);
     for entry in std::fs::read_dir("/proc")? {
         let Some(pid) = entry?
             .file_name()
@@ -462,17 +480,48 @@ fn find_criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<Option<i32>> {
         else {
             continue;
         };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let ours = format!("/{NAMESPACE}/{id}");
-        if cmdline.split(|b| *b == 0).nth(1) == Some(b"swrk".as_slice())
-            && !cgroup.is_empty()
-            && cgroup.lines().all(|l| l.ends_with(&ours))
-        {
-            return Ok(Some(pid));
+        if cgroup.is_empty() || !cgroup.lines().all(|l| l.ends_with(&ours)) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
+        if comm.trim_end() == "criu" {
+            criu.push(pid);
+        } else if state == Some('t') {
+            held = true;
         }
     }
-    Ok(None)
+    Ok(match (held, criu.as_slice()) {
+        (true, [swrk]) => Some(*swrk),
+        _ => None,
+    })
+}
+
+/// The live processes in any of the container's cgroups.
+fn pids_in_cgroup_of(id: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state.rfind(')').and_then(|i| state[i + 2..].chars().next()) == Some('Z');
+        if !zombie
+            && cgroup
+                .lines()
+                .any(|l| l.ends_with(&format!("/{NAMESPACE}/{id}")))
+        {
+            out.push(pid);
+        }
+    }
+    out
 }
 
 /// Seconds a failing restore may take to fail at Start (a good one of the fixture takes

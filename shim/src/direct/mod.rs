@@ -6,8 +6,9 @@
 //! path (DESIGN.md: ~40 ms of runc around ~60 ms of CRIU here). The direct
 //! engine pays what it can at Create — the instance's cgroups (with the spec's
 //! limits), its stdio, a `criu swrk` already placed in those cgroups and
-//! holding the fds to hand over, and a `criu lazy-pages` daemon — so that
-//! Start is one RESTORE request to that swrk.
+//! holding the fds to hand over, and a `criu lazy-pages` daemon — and then
+//! sends swrk the RESTORE request at once, still during Create, holding the
+//! restored tree stopped before it resumes ([`Held`]): Start only lets it go.
 //!
 //! - [`plan`]: what the restore asks of CRIU, from the spec and the image (pure);
 //! - [`resources`]: the instance's cgroups, the spec's limits and device rules;
@@ -34,7 +35,7 @@ use std::{
 
 use criu_sys::safe::{CgroupMode, Criu, LogLevel};
 use oci_spec::runtime::Spec;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
 use plan::{NotDirect, RestorePlan};
@@ -470,14 +471,43 @@ fn time_limit() -> Duration {
     crate::runc::criu_time_limit(true)
 }
 
-/// Restores a prepared instance. Returns init's pid (a child of the shim) and
-/// the running state; `on_pages_done` runs once CRIU no longer reads the
-/// image (at once for an eager restore, when the lazy-pages daemon exits
-/// otherwise). On failure everything the attempt made is undone.
-pub async fn restore(
-    mut p: Prepared,
-    on_pages_done: impl FnOnce() + Send + 'static,
-) -> std::result::Result<(i32, Running), (Error, Prepared)> {
+/// A restore run ahead, from Create: CRIU has restored the tree and holds it,
+/// stopped (traced by CRIU) at its last step before the resume, until Start
+/// lets it go ([`Held::resume`]) or Delete drops it ([`Held::abandon`]).
+///
+/// Why: Create answers at once and the restore used to wait for Start, which
+/// comes after containerd's and its client's turn (~3 ms here); now CRIU's
+/// ~12 ms run during that turn, and Start pays only for the resume. The tree
+/// runs none of its code before Start, as a created runc container runs none
+/// before `runc start`.
+pub struct Held {
+    p: Prepared,
+    /// Lets CRIU go on; dropped, CRIU's wait at "pre-resume" ends refused.
+    go: Option<std::sync::mpsc::SyncSender<()>>,
+    criu: tokio::task::JoinHandle<std::result::Result<u32, criu_sys::safe::Error>>,
+    /// CRIU's time from the request to the hold.
+    restore_time: Duration,
+    held_at: Instant,
+    /// Set before CRIU is let go: from then on swrk exits as it should.
+    resumed: Arc<std::sync::atomic::AtomicBool>,
+    /// Kills the tree if swrk dies while holding it (see [`watch_swrk`]).
+    watchdog: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// What a preparation started at Create comes to: a restore held before the
+/// resume, or one that failed (Start reports it and takes the next path).
+pub enum Ahead {
+    Held(Box<Held>),
+    Failed(Error, Box<Prepared>),
+}
+
+/// The CRIU step at which a restore ahead waits for Start.
+const HOLD_AT: &str = "pre-resume";
+
+/// Runs the restore of `p` up to CRIU's last step before the tree resumes
+/// (see [`Held`]). On failure the tree is gone (CRIU kills what it restored)
+/// and `p` is handed back for the next path or [`Prepared::abandon`].
+pub async fn restore_ahead(mut p: Prepared) -> Ahead {
     let started = Instant::now();
     if let Some(code) = p.lazy.as_mut().and_then(swrk::Watched::exited) {
         // Dead before the restore began: every page is restored first instead.
@@ -491,16 +521,137 @@ pub async fn restore(
     }
     let request = match request(&mut p) {
         Ok(c) => c,
-        Err(e) => return Err((e, p)),
+        Err(e) => return Ahead::Failed(e, Box::new(p)),
     };
+    let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
+    let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let criu = tokio::task::spawn_blocking(move || {
         let mut criu = request;
-        criu.restore()
+        let mut held_tx = Some(held_tx);
+        let mut handler = |n: criu_sys::safe::Notification<'_>| {
+            if n.action != HOLD_AT {
+                return true;
+            }
+            if let Some(tx) = held_tx.take() {
+                let _ = tx.send(());
+            }
+            // Until Start (go) or Delete (the sender dropped).
+            go_rx.recv().is_ok()
+        };
+        criu.restore_notified(&mut handler)
     });
-    let result = tokio::time::timeout(time_limit(), criu).await;
-    let pid = match result {
-        Ok(Ok(Ok(pid))) => pid as i32,
-        Ok(Ok(Err(e))) => {
+    let mut held = Held {
+        p,
+        go: Some(go),
+        criu,
+        restore_time: Duration::ZERO,
+        held_at: Instant::now(),
+        resumed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        watchdog: None,
+    };
+    match tokio::time::timeout(time_limit(), held_rx).await {
+        // Held, or over without a hold (the result is waiting in `criu`).
+        Ok(_) => {
+            held.restore_time = started.elapsed();
+            held.held_at = Instant::now();
+            if held.criu.is_finished() {
+                // Over before the hold: a failure (CRIU aborted the restore).
+                let Held { mut p, criu, .. } = held;
+                let result = criu.await;
+                return match result {
+                    Ok(Ok(pid)) => Ahead::Failed(
+                        Error::Runtime {
+                            action: "criu restore".into(),
+                            message: format!(
+                                "CRIU resumed the tree (pid {pid}) without stopping at {HOLD_AT:?}"
+                            ),
+                        },
+                        Box::new(p),
+                    ),
+                    other => {
+                        let e = criu_failure(&mut p, other).await;
+                        Ahead::Failed(e, Box::new(p))
+                    }
+                };
+            }
+            held.watchdog = Some(tokio::spawn(watch_swrk(
+                held.p.swrk.process.pid,
+                held.p.cgroup_dirs.clone(),
+                held.resumed.clone(),
+            )));
+            debug!(
+                criu_ms = ms(held.restore_time),
+                "restored ahead; held before the resume until Start"
+            );
+            Ahead::Held(Box::new(held))
+        }
+        Err(_) => {
+            held.p.swrk.process.kill();
+            held.go = None;
+            let Held { p, .. } = held;
+            Ahead::Failed(
+                Error::Runtime {
+                    action: "criu restore".into(),
+                    message: format!("{} after {:?}", crate::runc::TIMED_OUT, time_limit()),
+                },
+                Box::new(p),
+            )
+        }
+    }
+}
+
+/// While a restore is held: if swrk dies (killed, out of memory), its traced
+/// tree would be let go and run before Start; it is killed instead, and Start
+/// finds the restore failed.
+async fn watch_swrk(
+    swrk: i32,
+    cgroup_dirs: Vec<PathBuf>,
+    resumed: Arc<std::sync::atomic::AtomicBool>,
+) {
+    use containerd_shim::{
+        asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
+        monitor::{Subject, Topic},
+    };
+    let Ok(mut sub) = monitor_subscribe(Topic::Pid).await else {
+        return;
+    };
+    let alive = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(swrk), None).is_ok();
+    if alive() {
+        while let Some(ev) = sub.rx.recv().await {
+            if matches!(ev.subject, Subject::Pid(p) if p == swrk) {
+                break;
+            }
+        }
+    }
+    monitor_unsubscribe(sub.id).await.unwrap_or_default();
+    if resumed.load(std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    warn!(
+        swrk,
+        "criu swrk died while holding a restored tree; killing the tree"
+    );
+    for d in &cgroup_dirs {
+        for pid in crate::cgroups::procs(d) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The error of a CRIU restore that did not give a pid: CRIU's own words from
+/// its log, and the lazy-pages daemon's exit if it died.
+async fn criu_failure(
+    p: &mut Prepared,
+    result: std::result::Result<
+        std::result::Result<u32, criu_sys::safe::Error>,
+        tokio::task::JoinError,
+    >,
+) -> Error {
+    match result {
+        Ok(Err(e)) => {
             let log = p.work.join("restore.log");
             let text = read_tail(&log).await;
             let says = crate::task::criu_errors(&text);
@@ -511,90 +662,169 @@ pub async fn restore(
                 ),
                 None => String::new(),
             };
-            return Err((
-                Error::Runtime {
-                    action: "criu restore".into(),
-                    message: format!("{e}; CRIU: {says} (CRIU log: {}){lazy}", log.display()),
-                },
-                p,
-            ));
-        }
-        Ok(Err(e)) => {
-            return Err((
-                Error::Runtime {
-                    action: "criu restore".into(),
-                    message: format!("the restore thread failed: {e}"),
-                },
-                p,
-            ))
-        }
-        Err(_) => {
-            p.swrk.process.kill();
-            return Err((
-                Error::Runtime {
-                    action: "criu restore".into(),
-                    message: format!("{} after {:?}", crate::runc::TIMED_OUT, time_limit()),
-                },
-                p,
-            ));
-        }
-    };
-    let t_criu = started.elapsed();
-    let Prepared {
-        work,
-        criu_root,
-        rootfs,
-        cgroup_dirs,
-        swrk,
-        lazy,
-        working_set,
-        ..
-    } = p;
-    // swrk exits once libcriu has closed its socket; let the reaper collect
-    // it off the critical path.
-    let mut swrk = swrk.process;
-    tokio::spawn(async move { swrk.wait(Duration::from_secs(5)).await });
-    // The container's mount namespace holds its own copy (runc does the same).
-    let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
-    let descriptors = (0..3)
-        .map(|fd| {
-            std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
-                .map(|l| l.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "/dev/null".into())
-        })
-        .collect();
-    let lazy = match lazy {
-        Some(mut daemon) => Some(tokio::spawn(async move {
-            // It exits once every page is sent or the tree is gone.
-            if daemon.wait(Duration::from_secs(120)).await.is_none() {
-                warn!("criu lazy-pages still serving after 120 s; killed it");
-            } else if let Some(ws) = working_set {
-                ws.install();
+            Error::Runtime {
+                action: "criu restore".into(),
+                message: format!("{e}; CRIU: {says} (CRIU log: {}){lazy}", log.display()),
             }
-            on_pages_done();
-        })),
-        None => {
-            on_pages_done();
-            None
         }
-    };
-    info!(
-        pid,
-        criu_ms = ms(t_criu),
-        elapsed_ms = ms(started.elapsed()),
-        lazy = lazy.is_some(),
-        "restored by the direct engine"
-    );
-    Ok((
-        pid,
-        Running {
-            cgroup_dirs,
-            rootfs,
-            descriptors,
-            work,
-            lazy,
+        Err(e) => Error::Runtime {
+            action: "criu restore".into(),
+            message: format!("the restore thread failed: {e}"),
         },
-    ))
+        Ok(Ok(pid)) => Error::Runtime {
+            action: "criu restore".into(),
+            message: format!("unexpected success (pid {pid})"),
+        },
+    }
+}
+
+impl Held {
+    /// Lets the tree resume (Start). Returns init's pid (a child of the shim)
+    /// and the running state; `on_pages_done` runs once CRIU no longer reads
+    /// the image (at once for an eager restore, when the lazy-pages daemon
+    /// exits otherwise). On failure the tree is gone and the preparation is
+    /// handed back, as by [`restore_ahead`].
+    pub async fn resume(
+        mut self,
+        on_pages_done: impl FnOnce() + Send + 'static,
+    ) -> std::result::Result<(i32, Running), (Error, Prepared)> {
+        let started = Instant::now();
+        let held_for = self.held_at.elapsed();
+        self.resumed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        if let Some(go) = self.go.take() {
+            let _ = go.send(());
+        }
+        let result = match tokio::time::timeout(time_limit(), &mut self.criu).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.p.swrk.process.kill();
+                return Err((
+                    Error::Runtime {
+                        action: "criu restore".into(),
+                        message: format!(
+                            "{} after {:?} (resuming)",
+                            crate::runc::TIMED_OUT,
+                            time_limit()
+                        ),
+                    },
+                    self.p,
+                ));
+            }
+        };
+        let pid = match result {
+            Ok(Ok(pid)) => pid as i32,
+            other => {
+                let e = criu_failure(&mut self.p, other).await;
+                return Err((e, self.p));
+            }
+        };
+        let t_resume = started.elapsed();
+        let Held {
+            p, restore_time, ..
+        } = self;
+        Ok(p.into_running(
+            pid,
+            restore_time,
+            t_resume,
+            held_for,
+            started,
+            on_pages_done,
+        ))
+    }
+
+    /// Drops a held restore (Delete before Start): the tree is killed before
+    /// CRIU is let go, so none of it runs; then as [`Prepared::abandon`].
+    pub async fn abandon(mut self, cgroups_path: &str) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        // The tree and swrk are in the container's cgroups.
+        crate::cgroups::kill_and_remove(cgroups_path).await;
+        self.go = None;
+        if tokio::time::timeout(Duration::from_secs(2), &mut self.criu)
+            .await
+            .is_err()
+        {
+            warn!("criu swrk's request still running 2 s after its held restore was dropped");
+        }
+        self.p.abandon(cgroups_path).await;
+    }
+}
+
+impl Prepared {
+    /// Once CRIU has restored and resumed the tree as `pid`: what the running
+    /// container keeps, and the log line of the restore.
+    fn into_running(
+        self,
+        pid: i32,
+        t_criu: Duration,
+        t_resume: Duration,
+        held_for: Duration,
+        started: Instant,
+        on_pages_done: impl FnOnce() + Send + 'static,
+    ) -> (i32, Running) {
+        let Prepared {
+            work,
+            criu_root,
+            rootfs,
+            cgroup_dirs,
+            swrk,
+            lazy,
+            working_set,
+            ..
+        } = self;
+        // swrk exits once libcriu has closed its socket; let the reaper collect
+        // it off the critical path.
+        let mut swrk = swrk.process;
+        tokio::spawn(async move { swrk.wait(Duration::from_secs(5)).await });
+        // The container's mount namespace holds its own copy (runc does the same).
+        let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
+        let descriptors = (0..3)
+            .map(|fd| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .unwrap_or_else(|_| "/dev/null".into())
+            })
+            .collect();
+        let lazy = match lazy {
+            Some(mut daemon) => Some(tokio::spawn(async move {
+                // It exits once every page is sent or the tree is gone.
+                if daemon.wait(Duration::from_secs(120)).await.is_none() {
+                    warn!("criu lazy-pages still serving after 120 s; killed it");
+                } else if let Some(ws) = working_set {
+                    ws.install();
+                }
+                on_pages_done();
+            })),
+            None => {
+                on_pages_done();
+                None
+            }
+        };
+        info!(
+            pid,
+            criu_ms = ms(t_criu),
+            resume_ms = ms(t_resume),
+            held_ms = ms(held_for),
+            elapsed_ms = ms(started.elapsed()),
+            lazy = lazy.is_some(),
+            "restored by the direct engine"
+        );
+        (
+            pid,
+            Running {
+                cgroup_dirs,
+                rootfs,
+                descriptors,
+                work,
+                lazy,
+            },
+        )
+    }
 }
 
 fn mount_criu_root(rootfs: &Path, criu_root: &Path, plan: &RestorePlan) -> Result<()> {
