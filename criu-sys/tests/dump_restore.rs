@@ -128,24 +128,7 @@ fn a_dumped_process_is_restored_as_our_child_with_its_pid() {
 
 #[test]
 fn a_dumped_process_is_restored_detached() {
-    // Become a subreaper so that the restored tree, whose parent CRIU exits, is handed to
-    // us and can be reaped (instead of to init).
-    // SAFETY: plain prctl.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
-
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_sleeper();
-    let pid = child.id();
-    dump(dir.path(), pid);
-    child.wait().unwrap();
-
-    let mut criu = Criu::new().unwrap();
-    criu.set_images_dir(dir.path()).unwrap();
-    criu.set_log_file("restore.log").unwrap();
-    criu.set_log_level(LogLevel::Debug);
+    let (dir, pid, mut criu) = dumped_sleeper_to_restore_detached();
     let restored = criu.restore().unwrap_or_else(|e| {
         panic!(
             "{e}\n--- restore.log (tail) ---\n{}",
@@ -172,12 +155,10 @@ fn dumping_a_missing_pid_fails_with_criu_errno() {
     assert!(err.to_string().starts_with("CRIU dump failed"), "{err}");
 }
 
-/// A restore whose handler holds the "pre-resume" step: the tree is restored and
-/// stopped (traced by CRIU) until the handler returns, and meanwhile another request of
-/// this process goes through (the request lock is not held while a handler runs).
-#[test]
-fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going() {
-    // The restored tree is handed to us when CRIU exits (see a_dumped_process_is_restored_detached).
+/// A dumped (and killed) `sleep`, and a handle to restore it with `restore*`, not
+/// `restore_child*`. This process becomes a subreaper, so that the restored tree, whose
+/// parent CRIU exits, is handed to it and can be reaped (instead of to init).
+fn dumped_sleeper_to_restore_detached() -> (tempfile::TempDir, u32, Criu) {
     // SAFETY: plain prctl.
     assert_eq!(
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
@@ -188,11 +169,19 @@ fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going(
     let pid = child.id();
     dump(dir.path(), pid);
     child.wait().unwrap();
-
     let mut criu = Criu::new().unwrap();
     criu.set_images_dir(dir.path()).unwrap();
     criu.set_log_file("restore.log").unwrap();
     criu.set_log_level(LogLevel::Debug);
+    (dir, pid, criu)
+}
+
+/// A restore whose handler holds the "pre-resume" step: the tree is restored and
+/// stopped (traced by CRIU) until the handler returns, and meanwhile another request of
+/// this process goes through (the request lock is not held while a handler runs).
+#[test]
+fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going() {
+    let (dir, pid, mut criu) = dumped_sleeper_to_restore_detached();
     let mut seen: Vec<(String, Option<i32>)> = Vec::new();
     let mut held_state = None;
     let mut other_request = None;
@@ -252,20 +241,7 @@ fn a_restore_held_at_pre_resume_keeps_the_tree_stopped_and_other_requests_going(
 /// `Error::Refused`, and CRIU does not leave the tree behind.
 #[test]
 fn a_refused_notification_fails_the_restore() {
-    // SAFETY: plain prctl.
-    assert_eq!(
-        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
-        0
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = spawn_sleeper();
-    let pid = child.id();
-    dump(dir.path(), pid);
-    child.wait().unwrap();
-
-    let mut criu = Criu::new().unwrap();
-    criu.set_images_dir(dir.path()).unwrap();
-    criu.set_log_file("restore.log").unwrap();
+    let (_dir, pid, mut criu) = dumped_sleeper_to_restore_detached();
     let mut handler = |n: criu_sys::safe::Notification<'_>| n.action != "post-restore";
     let err = criu.restore_notified(&mut handler).unwrap_err();
     assert!(

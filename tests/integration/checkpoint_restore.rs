@@ -470,26 +470,14 @@ async fn criu_swrk_in_cgroup_of(id: &str) -> anyhow::Result<i32> {
 }
 
 fn find_criu_swrk_holding_a_tree(id: &str) -> anyhow::Result<Option<i32>> {
-    let ours = format!("/{NAMESPACE}/{id}");
     let (mut criu, mut held) = (Vec::new(), false);
-    for entry in std::fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        if cgroup.is_empty() || !cgroup.lines().all(|l| l.ends_with(&ours)) {
-            continue;
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat.rfind(')').and_then(|i| stat[i + 2..].chars().next());
-        if comm.trim_end() == "criu" {
-            criu.push(pid);
-        } else if state == Some('t') {
+    for p in processes_in_cgroups_of(id)?
+        .into_iter()
+        .filter(|p| p.in_all)
+    {
+        if p.comm == "criu" {
+            criu.push(p.pid);
+        } else if p.state == Some('t') {
             held = true;
         }
     }
@@ -501,9 +489,29 @@ fn find_criu_swrk_holding_a_tree(id: &str) -> anyhow::Result<Option<i32>> {
 
 /// The live processes in any of the container's cgroups.
 fn pids_in_cgroup_of(id: &str) -> Vec<i32> {
+    processes_in_cgroups_of(id)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p.state != Some('Z'))
+        .map(|p| p.pid)
+        .collect()
+}
+
+struct CgroupProcess {
+    pid: i32,
+    comm: String,
+    /// The state letter of /proc/<pid>/stat ('t' traced and stopped, 'Z' zombie, ...).
+    state: Option<char>,
+    /// In the container's cgroup in every hierarchy, not only in some.
+    in_all: bool,
+}
+
+/// The processes in at least one of the container's cgroups.
+fn processes_in_cgroups_of(id: &str) -> anyhow::Result<Vec<CgroupProcess>> {
+    let ours = format!("/{NAMESPACE}/{id}");
     let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
             .file_name()
             .to_str()
             .and_then(|s| s.parse::<i32>().ok())
@@ -511,17 +519,19 @@ fn pids_in_cgroup_of(id: &str) -> Vec<i32> {
             continue;
         };
         let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state.rfind(')').and_then(|i| state[i + 2..].chars().next()) == Some('Z');
-        if !zombie
-            && cgroup
-                .lines()
-                .any(|l| l.ends_with(&format!("/{NAMESPACE}/{id}")))
-        {
-            out.push(pid);
+        if !cgroup.lines().any(|l| l.ends_with(&ours)) {
+            continue;
         }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        out.push(CgroupProcess {
+            pid,
+            comm: comm.trim_end().to_string(),
+            state: stat.rfind(')').and_then(|i| stat[i + 2..].chars().next()),
+            in_all: cgroup.lines().all(|l| l.ends_with(&ours)),
+        });
     }
-    out
+    Ok(out)
 }
 
 /// Seconds a failing restore may take to fail at Start (a good one of the fixture takes

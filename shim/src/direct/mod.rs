@@ -490,8 +490,9 @@ pub struct Held {
     held_at: Instant,
     /// Set before CRIU is let go: from then on swrk exits as it should.
     resumed: Arc<std::sync::atomic::AtomicBool>,
-    /// Kills the tree if swrk dies while holding it (see [`watch_swrk`]).
-    watchdog: Option<tokio::task::JoinHandle<()>>,
+    /// Stops the watchdog that kills the tree if swrk dies while holding it (see
+    /// [`watch_swrk`]): dropped once the hold ends.
+    watchdog: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What a preparation started at Create comes to: a restore held before the
@@ -574,11 +575,14 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
                     }
                 };
             }
-            held.watchdog = Some(tokio::spawn(watch_swrk(
+            let (stop, stopped) = tokio::sync::oneshot::channel();
+            tokio::spawn(watch_swrk(
                 held.p.swrk.process.pid,
                 held.p.cgroup_dirs.clone(),
                 held.resumed.clone(),
-            )));
+                stopped,
+            ));
+            held.watchdog = Some(stop);
             debug!(
                 criu_ms = ms(held.restore_time),
                 "restored ahead; held before the resume until Start"
@@ -607,6 +611,7 @@ async fn watch_swrk(
     swrk: i32,
     cgroup_dirs: Vec<PathBuf>,
     resumed: Arc<std::sync::atomic::AtomicBool>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     use containerd_shim::{
         asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
@@ -616,15 +621,23 @@ async fn watch_swrk(
         return;
     };
     let alive = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(swrk), None).is_ok();
-    if alive() {
-        while let Some(ev) = sub.rx.recv().await {
-            if matches!(ev.subject, Subject::Pid(p) if p == swrk) {
-                break;
+    let died = async {
+        if alive() {
+            while let Some(ev) = sub.rx.recv().await {
+                if matches!(ev.subject, Subject::Pid(p) if p == swrk) {
+                    break;
+                }
             }
         }
-    }
+    };
+    // Stopped (the hold ended) or swrk died; either way unsubscribed cleanly (a
+    // subscriber dropped without that gets every later exit, each logged as an error).
+    let died = tokio::select! {
+        _ = died => true,
+        _ = stopped => false,
+    };
     monitor_unsubscribe(sub.id).await.unwrap_or_default();
-    if resumed.load(std::sync::atomic::Ordering::SeqCst) {
+    if !died || resumed.load(std::sync::atomic::Ordering::SeqCst) {
         return;
     }
     warn!(
@@ -692,9 +705,7 @@ impl Held {
         let held_for = self.held_at.elapsed();
         self.resumed
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
-        }
+        self.watchdog = None;
         if let Some(go) = self.go.take() {
             let _ = go.send(());
         }
@@ -739,9 +750,7 @@ impl Held {
     /// Drops a held restore (Delete before Start): the tree is killed before
     /// CRIU is let go, so none of it runs; then as [`Prepared::abandon`].
     pub async fn abandon(mut self, cgroups_path: &str) {
-        if let Some(w) = self.watchdog.take() {
-            w.abort();
-        }
+        self.watchdog = None;
         // The tree and swrk are in the container's cgroups.
         crate::cgroups::kill_and_remove(cgroups_path).await;
         self.go = None;
