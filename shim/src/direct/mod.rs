@@ -141,6 +141,8 @@ pub struct Prepared {
     plan: RestorePlan,
     swrk: Swrk,
     lazy: Option<Watched>,
+    /// The lazy-pages daemon to start once the restore is under way.
+    lazy_start: Option<LazyStart>,
     working_set: Option<WorkingSet>,
     /// Extracts CRIU's tmpfs images in-process (see [`tmpfs`]); stops when
     /// dropped, i.e. once the restore is over.
@@ -221,40 +223,28 @@ pub async fn prepare(
     } else {
         None
     };
-    // The lazy-pages daemon needs neither the cgroups nor swrk: it is spawned on a
-    // thread of the blocking pool meanwhile (a spawn blocks its thread until the
-    // child has exec'd; a task spawned onto the runtime sat in this worker's LIFO
-    // slot, which no other worker steals, until this task yielded: ~4 ms late).
-    // Its start-up then runs alongside the restore (spawn_lazy_pages).
-    let lazy_daemon = lazy.then(|| {
-        let env = working_set.as_ref().map(|w| {
-            let (k, v) = w.env();
-            (k.to_string(), v.to_path_buf())
-        });
-        let (criu, images, work) = (criu.clone(), image_dir.to_path_buf(), work.clone());
-        let rt = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            let env = env.as_ref().map(|(k, v)| (k.as_str(), v.as_path()));
-            rt.block_on(swrk::spawn_lazy_pages(&criu, &images, &work, env))
-        })
-    });
-    let lazy_daemon = async move {
-        let spawned = lazy_daemon?
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
-        // Eager restore still works: note it and go on.
-        spawned
-            .inspect_err(
-                |e| warn!(error = %e, "lazy pages unavailable; restoring every page first"),
-            )
-            .ok()
-    };
-    let stop_lazy = |lazy: Option<swrk::Watched>| async move {
-        if let Some(mut l) = lazy {
-            l.kill();
-            l.wait(Duration::from_secs(2)).await;
+    // The lazy-pages daemon's socket now; the daemon itself is started once the
+    // restore is under way (restore_ahead): its exec and start-up then run on the
+    // core CRIU's restore leaves idle, not alongside swrk's spawn here.
+    let lazy_start = if lazy {
+        match swrk::listen_lazy_pages(&work) {
+            Ok(listener) => Some(LazyStart {
+                listener,
+                criu: criu.clone(),
+                images: image_dir.to_path_buf(),
+                work: work.clone(),
+                env: working_set.as_ref().map(|w| {
+                    let (k, v) = w.env();
+                    (k.to_string(), v.to_path_buf())
+                }),
+            }),
+            Err(e) => {
+                warn!(error = %e, "lazy pages unavailable; restoring every page first");
+                None
+            }
         }
+    } else {
+        None
     };
 
     // The instance's cgroups with the spec's limits: checkpoint images are
@@ -263,7 +253,6 @@ pub async fn prepare(
     let cgroup_dirs = match resources::create(&hierarchies, cgroups_path) {
         Ok(d) => d,
         Err(e) => {
-            stop_lazy(lazy_daemon.await).await;
             return Err(Error::FailedPrecondition(format!(
                 "create the container's cgroups: {e}"
             )));
@@ -273,7 +262,6 @@ pub async fn prepare(
     let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
     if let Err(e) = resources::apply(&hierarchies, &cgroup_dirs, res) {
         undo(&cgroup_dirs);
-        stop_lazy(lazy_daemon.await).await;
         return Err(Error::InvalidArgument(format!(
             "apply the spec's resources: {e}"
         )));
@@ -284,7 +272,6 @@ pub async fn prepare(
             Ok(f) => Some(OwnedFd::from(f)),
             Err(e) => {
                 undo(&cgroup_dirs);
-                stop_lazy(lazy_daemon.await).await;
                 return Err(Error::FailedPrecondition(format!(
                     "open the container's network namespace {}: {e}",
                     p.display()
@@ -297,7 +284,6 @@ pub async fn prepare(
     // CRIU's root now rather than at Start: one bind mount less on the restore's path.
     if let Err(e) = mount_criu_root(&rootfs, &criu_root, &plan) {
         undo(&cgroup_dirs);
-        stop_lazy(lazy_daemon.await).await;
         return Err(e);
     }
     let t_cgroups = t0.elapsed();
@@ -335,11 +321,9 @@ pub async fn prepare(
         Ok((swrk, spawned))
     };
     let swrk = spawn_and_move.await;
-    let lazy = lazy_daemon.await;
     let (swrk, t_spawned) = match swrk {
         Ok(s) => s,
         Err(e) => {
-            stop_lazy(lazy).await;
             undo(&cgroup_dirs);
             let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
             return Err(e);
@@ -349,7 +333,7 @@ pub async fn prepare(
         cgroups_ms = ms(t_cgroups),
         swrk_spawn_ms = ms(t_spawned - t_cgroups),
         total_ms = ms(t0.elapsed()),
-        lazy = lazy.is_some(),
+        lazy = lazy_start.is_some(),
         "prepared for a direct restore"
     );
     Ok(Ok(Prepared {
@@ -360,11 +344,21 @@ pub async fn prepare(
         cgroup_dirs,
         plan,
         swrk,
-        working_set: working_set.filter(|_| lazy.is_some()),
-        lazy,
+        working_set: working_set.filter(|_| lazy_start.is_some()),
+        lazy: None,
+        lazy_start,
         _tmpfs: tmpfs,
         _netns: netns,
     }))
+}
+
+/// A lazy-pages daemon to start on a socket already listening.
+struct LazyStart {
+    listener: OwnedFd,
+    criu: PathBuf,
+    images: PathBuf,
+    work: PathBuf,
+    env: Option<(String, PathBuf)>,
 }
 
 /// The pages a stored image's restores touch first, one file per image in
@@ -510,16 +504,6 @@ const HOLD_AT: &str = "pre-resume";
 /// and `p` is handed back for the next path or [`Prepared::abandon`].
 pub async fn restore_ahead(mut p: Prepared) -> Ahead {
     let started = Instant::now();
-    if let Some(code) = p.lazy.as_mut().and_then(swrk::Watched::exited) {
-        // Dead before the restore began: every page is restored first instead.
-        warn!(
-            code,
-            log = %p.work.join(swrk::LAZY_PAGES_LOG).display(),
-            "criu lazy-pages exited before the restore; restoring every page first"
-        );
-        p.lazy = None;
-        p.working_set = None;
-    }
     let request = match request(&mut p) {
         Ok(c) => c,
         Err(e) => return Ahead::Failed(e, Box::new(p)),
@@ -541,6 +525,28 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
         };
         criu.restore_notified(&mut handler)
     });
+    // The lazy-pages daemon, on the socket the restore is connecting to. Should it
+    // not start, the restore fails when it reports the end to it, and takes the
+    // next path.
+    if let Some(ls) = p.lazy_start.take() {
+        let rt = tokio::runtime::Handle::current();
+        let spawned = tokio::task::spawn_blocking(move || {
+            let env = ls.env.as_ref().map(|(k, v)| (k.as_str(), v.as_path()));
+            rt.block_on(swrk::spawn_lazy_pages_on(
+                ls.listener,
+                &ls.criu,
+                &ls.images,
+                &ls.work,
+                env,
+            ))
+        })
+        .await;
+        match spawned {
+            Ok(Ok(daemon)) => p.lazy = Some(daemon),
+            Ok(Err(e)) => warn!(error = %e, "criu lazy-pages did not start; the restore fails"),
+            Err(e) => warn!(error = %e, "criu lazy-pages did not start; the restore fails"),
+        }
+    }
     let mut held = Held {
         p,
         go: Some(go),
@@ -914,7 +920,7 @@ fn request(p: &mut Prepared) -> Result<Criu> {
     // over the request. restore-sibling makes the tree swrk's sibling: the
     // shim's child.
     let mut conf = String::from("restore-sibling\n");
-    if p.lazy.is_some() {
+    if p.lazy.is_some() || p.lazy_start.is_some() {
         conf.push_str("lazy-pages\n");
     }
     let conf_path = p.work.join("restore.conf");

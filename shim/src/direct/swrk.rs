@@ -369,10 +369,28 @@ pub async fn spawn_lazy_pages(
     work: &Path,
     env: Option<(&str, &Path)>,
 ) -> Result<Watched> {
-    let listener = listen_in(work, LAZY_PAGES_SOCKET).map_err(Error::io(format!(
+    let listener = listen_lazy_pages(work)?;
+    spawn_lazy_pages_on(listener, criu, images, work, env).await
+}
+
+/// The lazy-pages daemon's socket in `work`, listening: a restore may connect
+/// (its connection waits in the backlog) before the daemon is started on it
+/// ([`spawn_lazy_pages_on`]).
+pub fn listen_lazy_pages(work: &Path) -> Result<OwnedFd> {
+    listen_in(work, LAZY_PAGES_SOCKET).map_err(Error::io(format!(
         "listen on {}",
         work.join(LAZY_PAGES_SOCKET).display()
-    )))?;
+    )))
+}
+
+/// [`spawn_lazy_pages`] on a socket from [`listen_lazy_pages`].
+pub async fn spawn_lazy_pages_on(
+    listener: OwnedFd,
+    criu: &Path,
+    images: &Path,
+    work: &Path,
+    env: Option<(&str, &Path)>,
+) -> Result<Watched> {
     let mut cmd = Command::new(criu);
     // The socket is the daemon's stdin (it reads nothing there): a standard
     // stream is the one descriptor std hands to a child without a pre_exec
