@@ -91,40 +91,14 @@ impl TaskService {
         bundle::write_engine_files(&bundle, &options)?;
         let spec = bundle::read_spec(&bundle)?;
         let policy = RestorePolicy::from_annotations(spec.annotations().as_ref())?;
-        // A checkpoint from containerd wins over an image named by annotation.
-        let source = if !req.checkpoint.is_empty() {
-            let image = Path::new(&req.checkpoint).to_path_buf();
-            if !image.join("inventory.img").is_file() {
-                return Err(Error::InvalidArgument(format!(
-                    "checkpoint {} holds no CRIU image (inventory.img missing)",
-                    image.display()
-                )));
-            }
-            Some(RestoreSource::Checkpoint(image))
-        } else if let Some(name) = &policy.image {
-            // Prepared now, so that Start pays only for the restore itself.
-            match restored_client().prepare_restore(name, false).await {
-                Ok(p) => Some(RestoreSource::Stored {
-                    name: name.clone(),
-                    image_dir: p.image_dir,
-                    lease: p.lease,
-                }),
-                Err(e) if policy.fallback == Fallback::Cold => {
-                    warn!(reason = %e, image = %name, "stored image unavailable; cold start as the container's annotation asks");
-                    None
-                }
-                Err(e) => return Err(store_error(e, &format!("prepare image {name} for restore"))),
-            }
-        } else {
-            None
-        };
-
-        let rootfs = bundle.join("rootfs");
-        let rootfs_mounted = !req.rootfs.is_empty();
-        if rootfs_mounted {
-            bundle::mount_rootfs(&req.rootfs, &rootfs)?;
+        if !req.checkpoint.is_empty() && !Path::new(&req.checkpoint).join("inventory.img").is_file()
+        {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint {} holds no CRIU image (inventory.img missing)",
+                req.checkpoint
+            )));
         }
-
+        let rootfs = bundle.join("rootfs");
         let stdio = Stdio::new(&req.stdin, &req.stdout, &req.stderr, req.terminal);
         let mut c = Container {
             id: req.id.clone(),
@@ -135,7 +109,7 @@ impl TaskService {
             init: Process::new(&req.id, stdio),
             execs: HashMap::new(),
             shared_pid_ns: shares_pid_namespace(&spec),
-            rootfs_mounted,
+            rootfs_mounted: false,
             rootfs: req.rootfs.to_vec(),
             policy,
             cgroups_path: spec
@@ -157,26 +131,96 @@ impl TaskService {
                 .filter(|p| crate::container::is_containerd_temp_checkpoint(p))
                 .map(Path::to_path_buf),
         };
+        // The direct engine's preparation starts now, before the image is found and
+        // the rootfs mounted; it is told the image below (or that there is none).
+        let early = if !req.checkpoint.is_empty() || c.policy.image.is_some() {
+            prepare_direct(&mut c, &spec, &self.namespace).await
+        } else {
+            None
+        };
+        let made = async {
+            // A checkpoint from containerd wins over an image named by annotation.
+            let source = if !req.checkpoint.is_empty() {
+                Some(RestoreSource::Checkpoint(Path::new(&req.checkpoint).to_path_buf()))
+            } else if let Some(name) = &c.policy.image {
+                // Prepared now, so that Start pays only for the restore itself.
+                match restored_client().prepare_restore(name, false).await {
+                    Ok(p) => Some(RestoreSource::Stored {
+                        name: name.clone(),
+                        image_dir: p.image_dir,
+                        lease: p.lease,
+                    }),
+                    Err(e) if c.policy.fallback == Fallback::Cold => {
+                        warn!(reason = %e, image = %name, "stored image unavailable; cold start as the container's annotation asks");
+                        None
+                    }
+                    Err(e) => {
+                        return Err(store_error(e, &format!("prepare image {name} for restore")))
+                    }
+                }
+            } else {
+                None
+            };
+            if !req.rootfs.is_empty() {
+                if let Err(e) = bundle::mount_rootfs(&req.rootfs, &rootfs) {
+                    if let Some(RestoreSource::Stored { lease, .. }) = &source {
+                        release_lease(lease).await;
+                    }
+                    return Err(e);
+                }
+                c.rootfs_mounted = true;
+            }
+            Ok(source)
+        }
+        .await;
+        let source = match made {
+            Ok(s) => s,
+            Err(e) => {
+                cancel_direct(&mut c, early).await;
+                return Err(e);
+            }
+        };
         let pid = match source {
             // The process runs from Start, when containerd expects it to, as
             // with containerd's runc shim. The direct engine restores it ahead,
             // in the background, and holds it stopped until then; runc
             // restores at Start.
             Some(source) => {
-                prepare_direct(&mut c, &spec, &source, &self.namespace).await;
+                if let Some(tell) = early {
+                    let (image_dir, lazy, image) = match &source {
+                        // containerd removes its extracted checkpoint once the task is
+                        // running: no daemon may read it later.
+                        RestoreSource::Checkpoint(dir) => (dir.clone(), false, None),
+                        RestoreSource::Stored {
+                            name, image_dir, ..
+                        } => (
+                            image_dir.clone(),
+                            crate::direct::lazy_pages(),
+                            Some(name.clone()),
+                        ),
+                    };
+                    let _ = tell.send(Some(crate::direct::Source {
+                        image_dir,
+                        lazy,
+                        image,
+                    }));
+                }
                 info!(source = %source, engine = if c.direct.is_some() { "direct" } else { "runc" }, "container created from a checkpoint; it runs from start");
                 c.init.restore_from = Some(source);
                 0
             }
-            None => match cold_create(&mut c, &self.namespace).await {
-                Ok(pid) => pid,
-                Err(e) => {
-                    if rootfs_mounted {
-                        bundle::unmount_rootfs(&rootfs);
+            None => {
+                cancel_direct(&mut c, early).await;
+                match cold_create(&mut c, &self.namespace).await {
+                    Ok(pid) => pid,
+                    Err(e) => {
+                        if c.rootfs_mounted {
+                            bundle::unmount_rootfs(&rootfs);
+                        }
+                        return Err(e);
                     }
-                    return Err(e);
                 }
-            },
+            }
         };
         containers.insert(req.id.clone(), c);
         // Sent under the lock, so no TaskExit of this container can overtake it.
@@ -930,19 +974,20 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
     result
 }
 
-/// Starts the direct engine's restore at Create, when the container allows
-/// it; otherwise Start restores through runc. The preparation (cgroups, `criu
-/// swrk`, the lazy-pages daemon: a few ms of process start-ups) and then CRIU's
-/// restore, held before the tree resumes (`direct::Held`), run on while Create
-/// answers; [`settle_direct`] collects them and Start resumes the tree.
+/// Starts the direct engine's restore at the top of Create, when the container
+/// allows it; otherwise Start restores through runc. The preparation (cgroups,
+/// `criu swrk`, the lazy-pages daemon: a few ms of process start-ups) begins at
+/// once and goes on while Create finds the image and mounts the rootfs (what the
+/// returned sender tells it, or `None`: no restore), and while Create answers;
+/// CRIU's restore, held before the tree resumes (`direct::Held`), follows.
+/// [`settle_direct`] collects them and Start resumes the tree.
 async fn prepare_direct(
     c: &mut Container,
     spec: &oci_spec::runtime::Spec,
-    source: &RestoreSource,
     namespace: &str,
-) {
+) -> Option<tokio::sync::oneshot::Sender<Option<crate::direct::Source>>> {
     if !crate::direct::enabled() {
-        return;
+        return None;
     }
     let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
     if let Err(reason) = crate::direct::check_eligible(
@@ -952,20 +997,8 @@ async fn prepare_direct(
         c.cgroups_path.as_deref(),
     ) {
         info!(%reason, "restore by runc: the direct engine does not cover this container");
-        return;
+        return None;
     }
-    let (image_dir, lazy, image) = match source {
-        // containerd removes its extracted checkpoint once the task is
-        // running: no daemon may read it later.
-        RestoreSource::Checkpoint(dir) => (dir.clone(), false, None),
-        RestoreSource::Stored {
-            name, image_dir, ..
-        } => (
-            image_dir.clone(),
-            crate::direct::lazy_pages(),
-            Some(name.clone()),
-        ),
-    };
     let owner = owner(c, namespace);
     let io = match c.init.io.attach(&owner, &c.init.stdio).await {
         Ok(io) => io,
@@ -973,23 +1006,16 @@ async fn prepare_direct(
             warn!(error = %e, "stdio for the direct engine; restore by runc");
             c.init.io.abort().await;
             c.init.io = Default::default();
-            return;
+            return None;
         }
     };
+    let (tell, told) = tokio::sync::oneshot::channel();
     let bundle = c.bundle.clone();
     let spec = spec.clone();
     let span = tracing::Span::current();
     let task = async move {
-        let prepared = crate::direct::prepare(
-            &bundle,
-            &spec,
-            &cgroups_path,
-            &image_dir,
-            Some(&io),
-            lazy,
-            image.as_deref(),
-        )
-        .await?;
+        let prepared =
+            crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), told).await?;
         Ok(match prepared {
             Ok(p) => Ok(crate::direct::restore_ahead(p).await),
             Err(not_direct) => Err(not_direct),
@@ -998,6 +1024,31 @@ async fn prepare_direct(
     c.direct = Some(Direct::Preparing(tokio::spawn(
         tracing::Instrument::instrument(task, span),
     )));
+    Some(tell)
+}
+
+/// When Create restores nothing after all (or fails): the preparation it
+/// started is told so and undoes itself, and the stdio it held is released.
+async fn cancel_direct(
+    c: &mut Container,
+    early: Option<tokio::sync::oneshot::Sender<Option<crate::direct::Source>>>,
+) {
+    let Some(tell) = early else {
+        return;
+    };
+    let _ = tell.send(None);
+    if let Some(Direct::Preparing(handle)) = c.direct.take() {
+        if let Ok(Ok(Ok(ahead))) = handle.await {
+            // Cannot happen (told None before any restore); undone all the same.
+            let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
+            match ahead {
+                crate::direct::Ahead::Held(h) => h.abandon(&cgroups_path).await,
+                crate::direct::Ahead::Failed(_, p) => p.abandon(&cgroups_path).await,
+            }
+        }
+    }
+    c.init.io.abort().await;
+    c.init.io = Default::default();
 }
 
 /// Waits for the preparation and restore started at Create. When they gave

@@ -164,46 +164,178 @@ pub struct Running {
     pub lazy: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Prepares a direct restore of `image_dir` into the container described by
-/// `spec`. `io` is the container's stdio (swrk holds it as fds 0-2).
-/// `image` names a stored image: a lazy restore of it records or prefetches
-/// its working set.
+/// What Create tells a preparation already under way, once it has found the
+/// image and mounted the rootfs; `None`: no restore after all (the preparation
+/// undoes what it made).
+pub struct Source {
+    pub image_dir: PathBuf,
+    /// Serve the pages lazily (`criu lazy-pages`).
+    pub lazy: bool,
+    /// The stored image's name: a lazy restore of it records or prefetches its
+    /// working set.
+    pub image: Option<String>,
+}
+
+/// Prepares a direct restore into the container described by `spec`, from the
+/// top of Create: `criu swrk` (holding `io`, the container's stdio, as fds 0-2,
+/// and the netns) and the cgroups are started at once, the rest once `source`
+/// says which image (Create learns that from rekindle-restored, and mounts the
+/// rootfs, meanwhile). Why: the fork and exec of swrk (~2 ms here) ended after
+/// Start had arrived when it came after Create's own work; now it overlaps it.
 pub async fn prepare(
     bundle: &Path,
     spec: &Spec,
     cgroups_path: &str,
-    image_dir: &Path,
-    io: Option<&Arc<dyn runc::io::Io>>,
-    lazy: bool,
-    image: Option<&str>,
+    io: Option<Arc<dyn runc::io::Io>>,
+    source: tokio::sync::oneshot::Receiver<Option<Source>>,
 ) -> Result<std::result::Result<Prepared, NotDirect>> {
-    // Plain blocking calls for these few small local files: through tokio::fs each
-    // was a hop to the blocking pool, ~0.3 ms apiece on the restore's path.
-    let descriptors = match std::fs::read_to_string(image_dir.join("descriptors.json")) {
-        Ok(t) => match plan::parse_descriptors(&t) {
-            Ok(d) => d,
-            Err(e) => return Ok(Err(e)),
-        },
-        Err(e) => {
-            return Ok(Err(NotDirect(format!(
-                "the image has no readable descriptors.json ({e})"
-            ))))
-        }
-    };
+    let t0 = Instant::now();
     let hierarchies = resources::hierarchies().map_err(Error::io("read cgroup hierarchies"))?;
     if !hierarchies.iter().any(|h| !h.v2) {
         return Ok(Err(NotDirect(
             "a cgroup v2-only host needs runc's device eBPF program".into(),
         )));
     }
-    let v1: Vec<PathBuf> = hierarchies
-        .iter()
-        .filter(|h| !h.v2)
-        .map(|h| h.mount_point.clone())
-        .collect();
-    let plan = match plan::plan(spec, &descriptors, &v1, cgroups_path) {
+    let criu = PathBuf::from(crate::runc::criu_binary());
+    // The netns the spec names (what plan::plan restores into), open in swrk.
+    let netns_path = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter()
+                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                .and_then(|n| n.path().clone())
+        });
+    let netns = match &netns_path {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "open the container's network namespace {}: {e}",
+                    p.display()
+                )))
+            }
+        },
+        None => None,
+    };
+    let tmpfs = if tmpfs::enabled() {
+        match tmpfs::TmpfsHelper::start() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "tmpfs helper unavailable; CRIU runs tar per tmpfs mount");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    // swrk on a thread of the blocking pool: a spawn holds its thread until the
+    // child has exec'd, and a task spawned onto the runtime could sit in this
+    // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
+    let spawning = {
+        let (criu, tmpfs_socket) = (criu.clone(), tmpfs.as_ref().map(|h| h.path().to_path_buf()));
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let env: Vec<(&str, &Path)> = tmpfs_socket
+                .iter()
+                .map(|p| (tmpfs::SOCKET_ENV, p.as_path()))
+                .collect();
+            let inherit: Vec<&OwnedFd> = netns.iter().collect();
+            let swrk = rt.block_on(swrk::spawn_swrk(&criu, io.as_ref(), &inherit, &env));
+            (swrk, netns, t.elapsed())
+        })
+    };
+    let spawned = async move {
+        match spawning.await {
+            Ok((Ok(swrk), netns, t)) => Ok((swrk, netns, t)),
+            Ok((Err(e), ..)) => Err(e),
+            Err(e) => Err(Error::Runtime {
+                action: "start criu swrk".into(),
+                message: e.to_string(),
+            }),
+        }
+    };
+    // Checkpoint images are untrusted, so CRIU is told to ignore cgroups and the
+    // tree is born in the cgroups of the swrk that restores it: the instance's
+    // own, with the spec's limits.
+    // On a thread of the blocking pool as well: ~0.6 ms of cgroupfs writes that,
+    // on this task, took a runtime worker from Create's own work.
+    let made = {
+        let (hierarchies, cgroups_path) = (hierarchies.clone(), cgroups_path.to_string());
+        let res = spec.linux().as_ref().and_then(|l| l.resources().clone());
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let dirs = resources::create(&hierarchies, &cgroups_path).map_err(|e| {
+                Error::FailedPrecondition(format!("create the container's cgroups: {e}"))
+            })?;
+            match resources::apply(&hierarchies, &dirs, res.as_ref()) {
+                Ok(()) => Ok((dirs, t.elapsed())),
+                Err(e) => {
+                    resources::remove(&dirs);
+                    Err(Error::InvalidArgument(format!(
+                        "apply the spec's resources: {e}"
+                    )))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Runtime {
+                action: "create the container's cgroups".into(),
+                message: e.to_string(),
+            })
+        })
+    };
+    let (cgroup_dirs, t_cgroups) = match made {
+        Ok(d) => d,
+        Err(e) => {
+            if let Ok((s, ..)) = spawned.await {
+                s.process.kill();
+            }
+            return Err(e);
+        }
+    };
+    // Undoes what is made so far when the preparation stops before the end.
+    let undo = |swrk: Option<&Swrk>, dirs: &[PathBuf]| {
+        if let Some(s) = swrk {
+            s.process.kill();
+        }
+        resources::remove(dirs);
+    };
+
+    let source = match source.await {
+        Ok(Some(s)) => s,
+        // No restore after all (Create fails, or cold-starts instead).
+        Ok(None) | Err(_) => {
+            let swrk = spawned.await.ok();
+            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
+            return Ok(Err(NotDirect("Create restores nothing after all".into())));
+        }
+    };
+    let t_source = t0.elapsed();
+    let image_dir = source.image_dir.as_path();
+    // Plain blocking calls for these few small local files: through tokio::fs each
+    // was a hop to the blocking pool, ~0.3 ms apiece on the restore's path.
+    let plan = std::fs::read_to_string(image_dir.join("descriptors.json"))
+        .map_err(|e| NotDirect(format!("the image has no readable descriptors.json ({e})")))
+        .and_then(|t| plan::parse_descriptors(&t))
+        .and_then(|descriptors| {
+            let v1: Vec<PathBuf> = hierarchies
+                .iter()
+                .filter(|h| !h.v2)
+                .map(|h| h.mount_point.clone())
+                .collect();
+            plan::plan(spec, &descriptors, &v1, cgroups_path)
+        });
+    let plan = match plan {
         Ok(p) => p,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => {
+            let swrk = spawned.await.ok();
+            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
+            return Ok(Err(e));
+        }
     };
     let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
         Some(p) if p.is_absolute() => p,
@@ -213,20 +345,24 @@ pub async fn prepare(
     let work = bundle.join("direct-work");
     let criu_root = bundle.join("criu-root");
     for d in [&work, &criu_root] {
-        std::fs::create_dir_all(d).map_err(Error::io(format!("create {}", d.display())))?;
+        if let Err(e) = std::fs::create_dir_all(d) {
+            let swrk = spawned.await.ok();
+            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
+            return Err(Error::io(format!("create {}", d.display()))(e));
+        }
     }
-
-    let t0 = Instant::now();
-    let criu = PathBuf::from(crate::runc::criu_binary());
-    let working_set = if lazy {
-        image.and_then(|name| WorkingSet::of(name, image_dir, &work))
+    let working_set = if source.lazy {
+        source
+            .image
+            .as_deref()
+            .and_then(|name| WorkingSet::of(name, image_dir, &work))
     } else {
         None
     };
     // The lazy-pages daemon's socket now; the daemon itself is started once the
     // restore is under way (restore_ahead): its exec and start-up then run on the
     // core CRIU's restore leaves idle, not alongside swrk's spawn here.
-    let lazy_start = if lazy {
+    let lazy_start = if source.lazy {
         match swrk::listen_lazy_pages(&work) {
             Ok(listener) => Some(LazyStart {
                 listener,
@@ -246,92 +382,43 @@ pub async fn prepare(
     } else {
         None
     };
-
-    // The instance's cgroups with the spec's limits: checkpoint images are
-    // untrusted, so CRIU is told to ignore cgroups and the tree is born in
-    // the cgroups of the swrk that restores it.
-    let cgroup_dirs = match resources::create(&hierarchies, cgroups_path) {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(Error::FailedPrecondition(format!(
-                "create the container's cgroups: {e}"
-            )));
-        }
-    };
-    let undo = |dirs: &[PathBuf]| resources::remove(dirs);
-    let res = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
-    if let Err(e) = resources::apply(&hierarchies, &cgroup_dirs, res) {
-        undo(&cgroup_dirs);
-        return Err(Error::InvalidArgument(format!(
-            "apply the spec's resources: {e}"
-        )));
-    }
-
-    let netns = match &plan.netns {
-        Some(p) => match std::fs::File::open(p) {
-            Ok(f) => Some(OwnedFd::from(f)),
-            Err(e) => {
-                undo(&cgroup_dirs);
-                return Err(Error::FailedPrecondition(format!(
-                    "open the container's network namespace {}: {e}",
-                    p.display()
-                )));
-            }
-        },
-        None => None,
-    };
-    let inherit: Vec<&OwnedFd> = netns.iter().collect();
     // CRIU's root now rather than at Start: one bind mount less on the restore's path.
     if let Err(e) = mount_criu_root(&rootfs, &criu_root, &plan) {
-        undo(&cgroup_dirs);
+        let swrk = spawned.await.ok();
+        undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
         return Err(e);
     }
-    let t_cgroups = t0.elapsed();
-    let tmpfs = if tmpfs::enabled() {
-        match tmpfs::TmpfsHelper::start() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                warn!(error = %e, "tmpfs helper unavailable; CRIU runs tar per tmpfs mount");
-                None
-            }
-        }
-    } else {
-        None
+    let undo_all = |swrk: Option<&Swrk>, dirs: &[PathBuf]| {
+        undo(swrk, dirs);
+        let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
     };
-    let swrk_env: Vec<(&str, &Path)> = tmpfs
-        .iter()
-        .map(|h| (tmpfs::SOCKET_ENV, h.path()))
-        .collect();
-    let spawn_and_move = async {
-        let swrk = swrk::spawn_swrk(&criu, io, &inherit, &swrk_env).await?;
-        let spawned = t0.elapsed();
-        // Move swrk into the instance's cgroups now: a migration can wait for
-        // an RCU grace period that Start would otherwise pay, and the restored
-        // tree is then born in these cgroups (its pages charged to them).
-        for d in &cgroup_dirs {
-            let procs = d.join("cgroup.procs");
-            if let Err(e) = std::fs::write(&procs, swrk.process.pid.to_string()) {
-                swrk.process.kill();
-                return Err(Error::io(format!(
-                    "move criu swrk into {}",
-                    procs.display()
-                ))(e));
-            }
-        }
-        Ok((swrk, spawned))
-    };
-    let swrk = spawn_and_move.await;
-    let (swrk, t_spawned) = match swrk {
+    let (swrk, netns, t_spawn) = match spawned.await {
         Ok(s) => s,
         Err(e) => {
-            undo(&cgroup_dirs);
-            let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
+            undo_all(None, &cgroup_dirs);
             return Err(e);
         }
     };
+    let t_spawned = t0.elapsed();
+    // Move swrk into the instance's cgroups now: a migration can wait for an RCU
+    // grace period that Start would otherwise pay, and the restored tree is then
+    // born in these cgroups (its pages charged to them).
+    let moved = cgroup_dirs.iter().try_for_each(|d| {
+        let procs = d.join("cgroup.procs");
+        std::fs::write(&procs, swrk.process.pid.to_string()).map_err(Error::io(format!(
+            "move criu swrk into {}",
+            procs.display()
+        )))
+    });
+    if let Err(e) = moved {
+        undo_all(Some(&swrk), &cgroup_dirs);
+        return Err(e);
+    }
     info!(
         cgroups_ms = ms(t_cgroups),
-        swrk_spawn_ms = ms(t_spawned - t_cgroups),
+        swrk_spawn_ms = ms(t_spawn),
+        source_ms = ms(t_source),
+        swrk_ready_ms = ms(t_spawned),
         total_ms = ms(t0.elapsed()),
         lazy = lazy_start.is_some(),
         "prepared for a direct restore"
