@@ -250,6 +250,18 @@ impl Container {
     }
 }
 
+/// The network namespace the spec joins by path (a pod's, on Kubernetes), if any.
+pub fn spec_netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| {
+            nss.iter()
+                .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+                .and_then(|ns| ns.path().clone())
+        })
+}
+
 /// True when the spec joins an existing pid namespace or has none of its own.
 pub fn shares_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
     use oci_spec::runtime::LinuxNamespaceType;

@@ -117,15 +117,7 @@ impl TaskService {
                 .as_ref()
                 .and_then(|l| l.cgroups_path().as_ref())
                 .map(|p| p.display().to_string()),
-            netns_path: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.namespaces().as_ref())
-                .and_then(|nss| {
-                    nss.iter()
-                        .find(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-                        .and_then(|ns| ns.path().clone())
-                }),
+            netns_path: crate::container::spec_netns_path(&spec),
             direct: None,
             containerd_checkpoint: Some(Path::new(&req.checkpoint))
                 .filter(|p| crate::container::is_containerd_temp_checkpoint(p))

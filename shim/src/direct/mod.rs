@@ -198,15 +198,7 @@ pub async fn prepare(
     }
     let criu = PathBuf::from(crate::runc::criu_binary());
     // The netns the spec names (what plan::plan restores into), open in swrk.
-    let netns_path = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|nss| {
-            nss.iter()
-                .find(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
-                .and_then(|n| n.path().clone())
-        });
+    let netns_path = crate::container::spec_netns_path(spec);
     let netns = match &netns_path {
         Some(p) => match std::fs::File::open(p) {
             Ok(f) => Some(OwnedFd::from(f)),
