@@ -33,6 +33,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use containerd_shim::{
+    asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe, Subscription},
+    monitor::{Subject, Topic},
+};
 use criu_sys::safe::{CgroupMode, Criu, LogLevel};
 use oci_spec::runtime::Spec;
 use tracing::{debug, info, warn};
@@ -587,6 +591,10 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
         Ok(c) => c,
         Err(e) => return Ahead::Failed(e, Box::new(p)),
     };
+    // Subscribed to the reaper's exits before the request, for the watchdog: a swrk
+    // that dies right after the hold is seen however soon it dies (subscribing after
+    // the hold missed one reaped in between).
+    let watch = monitor_subscribe(Topic::Pid).await.ok();
     let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
     let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let criu = tokio::task::spawn_blocking(move || {
@@ -641,8 +649,11 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
             held.restore_time = started.elapsed();
             held.held_at = Instant::now();
             if held.criu.is_finished() {
-                // Over before the hold: a failure (CRIU aborted the restore).
+                // Over before the hold: a failure (CRIU aborted the restore, or died
+                // and let go of what it had restored: that is killed now).
+                unsubscribe(watch).await;
                 let Held { mut p, criu, .. } = held;
+                kill_cgroup_procs(&p.cgroup_dirs);
                 let result = criu.await;
                 return match result {
                     Ok(Ok(pid)) => Ahead::Failed(
@@ -666,6 +677,7 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
                 held.p.cgroup_dirs.clone(),
                 held.resumed.clone(),
                 stopped,
+                watch,
             ));
             held.watchdog = Some(stop);
             debug!(
@@ -675,7 +687,9 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
             Ahead::Held(Box::new(held))
         }
         Err(_) => {
+            unsubscribe(watch).await;
             held.p.swrk.process.kill();
+            kill_cgroup_procs(&held.p.cgroup_dirs);
             held.go = None;
             let Held { p, .. } = held;
             Ahead::Failed(
@@ -697,21 +711,15 @@ async fn watch_swrk(
     cgroup_dirs: Vec<PathBuf>,
     resumed: Arc<std::sync::atomic::AtomicBool>,
     stopped: tokio::sync::oneshot::Receiver<()>,
+    sub: Option<Subscription>,
 ) {
-    use containerd_shim::{
-        asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe},
-        monitor::{Subject, Topic},
-    };
-    let Ok(mut sub) = monitor_subscribe(Topic::Pid).await else {
+    let Some(mut sub) = sub else {
         return;
     };
-    let alive = || nix::sys::signal::kill(nix::unistd::Pid::from_raw(swrk), None).is_ok();
     let died = async {
-        if alive() {
-            while let Some(ev) = sub.rx.recv().await {
-                if matches!(ev.subject, Subject::Pid(p) if p == swrk) {
-                    break;
-                }
+        while let Some(ev) = sub.rx.recv().await {
+            if matches!(ev.subject, Subject::Pid(p) if p == swrk) {
+                break;
             }
         }
     };
@@ -729,13 +737,25 @@ async fn watch_swrk(
         swrk,
         "criu swrk died while holding a restored tree; killing the tree"
     );
-    for d in &cgroup_dirs {
+    kill_cgroup_procs(&cgroup_dirs);
+}
+
+/// SIGKILL to every process in the instance's cgroups: what a restore that failed
+/// or lost its CRIU left there (a tracee whose tracer dies is let go and runs).
+fn kill_cgroup_procs(cgroup_dirs: &[PathBuf]) {
+    for d in cgroup_dirs {
         for pid in crate::cgroups::procs(d) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGKILL,
             );
         }
+    }
+}
+
+async fn unsubscribe(sub: Option<Subscription>) {
+    if let Some(sub) = sub {
+        monitor_unsubscribe(sub.id).await.unwrap_or_default();
     }
 }
 
