@@ -112,13 +112,15 @@ impl Watched {
         self.exit
     }
 
-    /// SIGKILL to the child (best effort).
+    /// SIGKILL to the child and its process group (best effort; both CRIU helpers
+    /// are spawned as group leaders). The group too: `criu swrk` forks helpers for
+    /// its kernel checks at start-up (hack/criu-patches/0009), which a swrk killed
+    /// then left waiting forever, reparented to init.
     pub fn kill(&self) {
         if self.exit.is_none() && self.pid > 0 {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let pid = nix::unistd::Pid::from_raw(self.pid);
+            let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
         }
     }
 }
@@ -480,6 +482,60 @@ mod tests {
         let mut got = [0u8; 3];
         server.read_exact(&mut got).unwrap();
         assert_eq!(&got, b"pid");
+    }
+
+    /// Killing a helper kills what it forked in its process group: a killed swrk's
+    /// start-up check children were left behind, reparented to init.
+    #[tokio::test]
+    async fn a_killed_helper_takes_its_process_group_with_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "sleep 1000 & echo $! > {}; wait",
+                pidfile.display()
+            ))
+            .process_group(0);
+        let helper = Watched::spawn(&mut cmd, "sh").await.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let grandchild: i32 = loop {
+            if let Some(pid) = std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
+                break pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the grandchild did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        helper.kill();
+        let gone = loop {
+            let stat = std::fs::read_to_string(format!("/proc/{grandchild}/stat"));
+            let state = stat.ok().and_then(|s| {
+                let i = s.rfind(')')?;
+                s[i + 2..].chars().next()
+            });
+            if matches!(state, None | Some('Z')) {
+                break true;
+            }
+            if std::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(grandchild),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        drop(helper);
+        assert!(
+            gone,
+            "pid {grandchild}, forked by the killed helper, still runs"
+        );
     }
 
     /// The daemon holds the only copy of the socket the shim bound: once it

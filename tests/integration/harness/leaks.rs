@@ -79,14 +79,21 @@ pub fn clean(t: &Target<'_>) {
 }
 
 /// After containerd has stopped: shims or other processes still using its temp dir or
-/// socket, and mounts under the temp dir. They are reported, then killed and unmounted.
+/// socket (on their command line, or as their working directory: a `criu swrk` runs in
+/// its container's bundle), and mounts under the temp dir. They are reported, then
+/// killed and unmounted.
 pub fn after_containerd(paths: &Paths) -> Vec<String> {
     let mut found = Vec::new();
     let dir = paths.dir.display().to_string();
     let me = std::process::id() as libc::pid_t;
     let procs: Vec<Proc> = all_processes()
         .into_iter()
-        .filter(|p| p.pid != me && p.cmdline.contains(&dir))
+        .filter(|p| {
+            p.pid != me
+                && (p.cmdline.contains(&dir)
+                    || fs::read_link(format!("/proc/{}/cwd", p.pid))
+                        .is_ok_and(|cwd| cwd.starts_with(&paths.dir)))
+        })
         .collect();
     for p in &procs {
         found.push(format!("process {} still running: {}", p.pid, p.cmdline));
