@@ -293,105 +293,121 @@ pub async fn prepare(
             return Err(e);
         }
     };
-    // Undoes what is made so far when the preparation stops before the end.
-    let undo = |swrk: Option<&Swrk>, dirs: &[PathBuf]| {
+    // What needs the image, once Create has said which. A stop here (no restore after
+    // all, an image the engine does not take, a failed step) undoes what is made so
+    // far in one place below.
+    enum Stop {
+        NotDirect(NotDirect),
+        Failed(Error),
+    }
+    let after_source = async {
+        let source = match source.await {
+            Ok(Some(s)) => s,
+            // No restore after all (Create fails, or cold-starts instead).
+            Ok(None) | Err(_) => {
+                return Err(Stop::NotDirect(NotDirect(
+                    "Create restores nothing after all".into(),
+                )))
+            }
+        };
+        let t_source = t0.elapsed();
+        let image_dir = source.image_dir.as_path();
+        // Plain blocking calls for these few small local files: through tokio::fs each
+        // was a hop to the blocking pool, ~0.3 ms apiece on the restore's path.
+        let plan = std::fs::read_to_string(image_dir.join("descriptors.json"))
+            .map_err(|e| NotDirect(format!("the image has no readable descriptors.json ({e})")))
+            .and_then(|t| plan::parse_descriptors(&t))
+            .and_then(|descriptors| {
+                let v1: Vec<PathBuf> = hierarchies
+                    .iter()
+                    .filter(|h| !h.v2)
+                    .map(|h| h.mount_point.clone())
+                    .collect();
+                plan::plan(spec, &descriptors, &v1, cgroups_path)
+            })
+            .map_err(Stop::NotDirect)?;
+        let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
+            Some(p) if p.is_absolute() => p,
+            Some(p) => bundle.join(p),
+            None => bundle.join("rootfs"),
+        };
+        let work = bundle.join("direct-work");
+        let criu_root = bundle.join("criu-root");
+        for d in [&work, &criu_root] {
+            std::fs::create_dir_all(d)
+                .map_err(|e| Stop::Failed(Error::io(format!("create {}", d.display()))(e)))?;
+        }
+        let working_set = if source.lazy {
+            source
+                .image
+                .as_deref()
+                .and_then(|name| WorkingSet::of(name, image_dir, &work))
+        } else {
+            None
+        };
+        // The lazy-pages daemon's socket now; the daemon itself is started once the
+        // restore is under way (restore_ahead): its exec and start-up then run on the
+        // core CRIU's restore leaves idle, not alongside swrk's spawn here.
+        let lazy_start = if source.lazy {
+            match swrk::listen_lazy_pages(&work) {
+                Ok(listener) => Some(LazyStart {
+                    listener,
+                    criu: criu.clone(),
+                    images: image_dir.to_path_buf(),
+                    work: work.clone(),
+                    env: working_set.as_ref().map(|w| {
+                        let (k, v) = w.env();
+                        (k.to_string(), v.to_path_buf())
+                    }),
+                }),
+                Err(e) => {
+                    warn!(error = %e, "lazy pages unavailable; restoring every page first");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        // CRIU's root now rather than at Start: one bind mount less on the restore's path.
+        mount_criu_root(&rootfs, &criu_root, &plan).map_err(Stop::Failed)?;
+        Ok((
+            source.image_dir,
+            t_source,
+            plan,
+            rootfs,
+            work,
+            criu_root,
+            working_set,
+            lazy_start,
+        ))
+    }
+    .await;
+    let (image_dir, t_source, plan, rootfs, work, criu_root, working_set, lazy_start) =
+        match after_source {
+            Ok(v) => v,
+            Err(stop) => {
+                if let Ok((s, ..)) = spawned.await {
+                    s.process.kill();
+                }
+                resources::remove(&cgroup_dirs);
+                return match stop {
+                    Stop::NotDirect(n) => Ok(Err(n)),
+                    Stop::Failed(e) => Err(e),
+                };
+            }
+        };
+    // From here on CRIU's root is mounted too.
+    let undo = |swrk: Option<&Swrk>| {
         if let Some(s) = swrk {
             s.process.kill();
         }
-        resources::remove(dirs);
-    };
-
-    let source = match source.await {
-        Ok(Some(s)) => s,
-        // No restore after all (Create fails, or cold-starts instead).
-        Ok(None) | Err(_) => {
-            let swrk = spawned.await.ok();
-            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
-            return Ok(Err(NotDirect("Create restores nothing after all".into())));
-        }
-    };
-    let t_source = t0.elapsed();
-    let image_dir = source.image_dir.as_path();
-    // Plain blocking calls for these few small local files: through tokio::fs each
-    // was a hop to the blocking pool, ~0.3 ms apiece on the restore's path.
-    let plan = std::fs::read_to_string(image_dir.join("descriptors.json"))
-        .map_err(|e| NotDirect(format!("the image has no readable descriptors.json ({e})")))
-        .and_then(|t| plan::parse_descriptors(&t))
-        .and_then(|descriptors| {
-            let v1: Vec<PathBuf> = hierarchies
-                .iter()
-                .filter(|h| !h.v2)
-                .map(|h| h.mount_point.clone())
-                .collect();
-            plan::plan(spec, &descriptors, &v1, cgroups_path)
-        });
-    let plan = match plan {
-        Ok(p) => p,
-        Err(e) => {
-            let swrk = spawned.await.ok();
-            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
-            return Ok(Err(e));
-        }
-    };
-    let rootfs = match spec.root().as_ref().map(|r| r.path().clone()) {
-        Some(p) if p.is_absolute() => p,
-        Some(p) => bundle.join(p),
-        None => bundle.join("rootfs"),
-    };
-    let work = bundle.join("direct-work");
-    let criu_root = bundle.join("criu-root");
-    for d in [&work, &criu_root] {
-        if let Err(e) = std::fs::create_dir_all(d) {
-            let swrk = spawned.await.ok();
-            undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
-            return Err(Error::io(format!("create {}", d.display()))(e));
-        }
-    }
-    let working_set = if source.lazy {
-        source
-            .image
-            .as_deref()
-            .and_then(|name| WorkingSet::of(name, image_dir, &work))
-    } else {
-        None
-    };
-    // The lazy-pages daemon's socket now; the daemon itself is started once the
-    // restore is under way (restore_ahead): its exec and start-up then run on the
-    // core CRIU's restore leaves idle, not alongside swrk's spawn here.
-    let lazy_start = if source.lazy {
-        match swrk::listen_lazy_pages(&work) {
-            Ok(listener) => Some(LazyStart {
-                listener,
-                criu: criu.clone(),
-                images: image_dir.to_path_buf(),
-                work: work.clone(),
-                env: working_set.as_ref().map(|w| {
-                    let (k, v) = w.env();
-                    (k.to_string(), v.to_path_buf())
-                }),
-            }),
-            Err(e) => {
-                warn!(error = %e, "lazy pages unavailable; restoring every page first");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    // CRIU's root now rather than at Start: one bind mount less on the restore's path.
-    if let Err(e) = mount_criu_root(&rootfs, &criu_root, &plan) {
-        let swrk = spawned.await.ok();
-        undo(swrk.as_ref().map(|(s, ..)| s), &cgroup_dirs);
-        return Err(e);
-    }
-    let undo_all = |swrk: Option<&Swrk>, dirs: &[PathBuf]| {
-        undo(swrk, dirs);
+        resources::remove(&cgroup_dirs);
         let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
     };
     let (swrk, netns, t_spawn) = match spawned.await {
         Ok(s) => s,
         Err(e) => {
-            undo_all(None, &cgroup_dirs);
+            undo(None);
             return Err(e);
         }
     };
@@ -407,7 +423,7 @@ pub async fn prepare(
         )))
     });
     if let Err(e) = moved {
-        undo_all(Some(&swrk), &cgroup_dirs);
+        undo(Some(&swrk));
         return Err(e);
     }
     info!(
@@ -420,7 +436,7 @@ pub async fn prepare(
         "prepared for a direct restore"
     );
     Ok(Ok(Prepared {
-        image_dir: image_dir.to_path_buf(),
+        image_dir,
         work,
         criu_root,
         rootfs,
@@ -654,22 +670,8 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
                 unsubscribe(watch).await;
                 let Held { mut p, criu, .. } = held;
                 kill_cgroup_procs(&p.cgroup_dirs);
-                let result = criu.await;
-                return match result {
-                    Ok(Ok(pid)) => Ahead::Failed(
-                        Error::Runtime {
-                            action: "criu restore".into(),
-                            message: format!(
-                                "CRIU resumed the tree (pid {pid}) without stopping at {HOLD_AT:?}"
-                            ),
-                        },
-                        Box::new(p),
-                    ),
-                    other => {
-                        let e = criu_failure(&mut p, other).await;
-                        Ahead::Failed(e, Box::new(p))
-                    }
-                };
+                let e = criu_failure(&mut p, criu.await).await;
+                return Ahead::Failed(e, Box::new(p));
             }
             let (stop, stopped) = tokio::sync::oneshot::channel();
             tokio::spawn(watch_swrk(
@@ -743,14 +745,26 @@ async fn watch_swrk(
 /// SIGKILL to every process in the instance's cgroups: what a restore that failed
 /// or lost its CRIU left there (a tracee whose tracer dies is let go and runs).
 fn kill_cgroup_procs(cgroup_dirs: &[PathBuf]) {
+    for pid in cgroup_pids(cgroup_dirs) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// Every pid in the instance's cgroups, once each, in order.
+fn cgroup_pids(cgroup_dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids: Vec<i32> = Vec::new();
     for d in cgroup_dirs {
         for pid in crate::cgroups::procs(d) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            if !pids.contains(&pid) {
+                pids.push(pid);
+            }
         }
     }
+    pids.sort_unstable();
+    pids
 }
 
 async fn unsubscribe(sub: Option<Subscription>) {
@@ -789,9 +803,10 @@ async fn criu_failure(
             action: "criu restore".into(),
             message: format!("the restore thread failed: {e}"),
         },
+        // Over before the hold, yet a success: the tree runs already (never seen).
         Ok(Ok(pid)) => Error::Runtime {
             action: "criu restore".into(),
-            message: format!("unexpected success (pid {pid})"),
+            message: format!("CRIU resumed the tree (pid {pid}) without stopping at {HOLD_AT:?}"),
         },
     }
 }
@@ -1069,16 +1084,7 @@ impl Prepared {
 impl Running {
     /// Every pid in the container's cgroups.
     pub fn pids(&self) -> Vec<i32> {
-        let mut pids: Vec<i32> = Vec::new();
-        for d in &self.cgroup_dirs {
-            for pid in crate::cgroups::procs(d) {
-                if !pids.contains(&pid) {
-                    pids.push(pid);
-                }
-            }
-        }
-        pids.sort_unstable();
-        pids
+        cgroup_pids(&self.cgroup_dirs)
     }
 
     /// Sends `signal` to every process of the container (`kill --all`). A
