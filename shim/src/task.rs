@@ -1029,15 +1029,10 @@ async fn cancel_direct(
         return;
     };
     let _ = tell.send(None);
+    // Told None before it could restore anything, the preparation undoes what it
+    // made and ends; waited for so that nothing of it outlives this Create.
     if let Some(Direct::Preparing(handle)) = c.direct.take() {
-        if let Ok(Ok(Ok(ahead))) = handle.await {
-            // Cannot happen (told None before any restore); undone all the same.
-            let cgroups_path = c.cgroups_path.clone().unwrap_or_default();
-            match ahead {
-                crate::direct::Ahead::Held(h) => h.abandon(&cgroups_path).await,
-                crate::direct::Ahead::Failed(_, p) => p.abandon(&cgroups_path).await,
-            }
-        }
+        let _ = handle.await;
     }
     c.init.io.abort().await;
     c.init.io = Default::default();
