@@ -187,6 +187,7 @@ impl FunctionSpec {
                 stdout,
                 stderr,
                 process,
+                create_phases: CreatePhases::default(),
             },
             spec,
         })
@@ -213,7 +214,7 @@ impl PreparedFunction {
     /// any). If the task cannot be created, the container and its snapshot are removed
     /// again, as `ctr` does, and the error is returned.
     pub async fn create(self) -> Result<Function> {
-        let f = self.function;
+        let mut f = self.function;
         let ctx = &f.ctx;
         let image = ctx.image().await?;
         let options = runc_options(ctx);
@@ -233,6 +234,7 @@ impl PreparedFunction {
             snapshot_key: f.id.clone(),
             ..Default::default()
         };
+        let t = Instant::now();
         bounded(
             "Containers.Create",
             RPC_TIMEOUT,
@@ -241,6 +243,8 @@ impl PreparedFunction {
             })),
         )
         .await?;
+        f.create_phases.container = t.elapsed();
+        let t = Instant::now();
         let mounts = bounded(
             "Snapshots.Prepare",
             RPC_TIMEOUT,
@@ -252,6 +256,8 @@ impl PreparedFunction {
             })),
         )
         .await;
+        f.create_phases.snapshot = t.elapsed();
+        let t = Instant::now();
         let mounts = match mounts {
             Ok(m) => m.into_inner().mounts,
             Err(e) => {
@@ -275,6 +281,7 @@ impl PreparedFunction {
             })),
         )
         .await;
+        f.create_phases.task = t.elapsed();
         match created {
             Ok(r) => {
                 f.pid.store(r.into_inner().pid, Ordering::SeqCst);
@@ -381,6 +388,19 @@ pub struct Function {
     pub stdout: Capture,
     pub stderr: Capture,
     process: oci_spec::runtime::Process,
+    /// How long each of `PreparedFunction::create`'s calls took (the bench's phases).
+    pub create_phases: CreatePhases,
+}
+
+/// The three containerd calls that make a function container, timed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CreatePhases {
+    /// Containers.Create.
+    pub container: Duration,
+    /// Snapshots.Prepare: the writable rootfs snapshot.
+    pub snapshot: Duration,
+    /// Tasks.Create: the shim's start and its Create.
+    pub task: Duration,
 }
 
 impl Drop for Function {
