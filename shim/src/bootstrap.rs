@@ -158,9 +158,15 @@ fn server(flags: Flags, listener: UnixListener) -> Result<(), String> {
     }
     set_subreaper()?;
     runtime()?.block_on(async move {
+        // First, so that it is under way while this server starts.
+        // The bundle by its absolute path: CRIU resolves the paths made from it
+        // in a process with another working directory.
+        let early = std::env::current_dir()
+            .ok()
+            .and_then(|bundle| crate::early::Early::start(&bundle, &flags.id, &flags.namespace));
         let mut config = Config::default();
         let shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
-        serve(shim, &flags, Some(listener)).await
+        serve(shim, &flags, Some(listener), early).await
     })
 }
 
@@ -183,7 +189,7 @@ async fn run(flags: Flags) -> Result<(), String> {
             let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
             write_stdout(&bytes).await
         }
-        _ => serve(shim, &flags, None).await,
+        _ => serve(shim, &flags, None, None).await,
     }
 }
 
@@ -192,6 +198,7 @@ async fn serve(
     mut shim: Service,
     flags: &Flags,
     listener: Option<UnixListener>,
+    early: Option<crate::early::Early>,
 ) -> Result<(), String> {
     if flags.socket.is_empty() {
         return Err("-socket is required to serve the task API".into());
@@ -233,6 +240,10 @@ async fn serve(
         .await
         .map_err(|e| format!("connect to containerd's event service: {e}"))?;
     let (task, events) = shim.task_service(publisher).await;
+    if let Some(e) = early {
+        task.set_early(e);
+    }
+    let unused = task.clone();
     let task: Arc<dyn Task + Send + Sync> = Arc::new(task);
 
     let listener = Listener::try_from(listener).map_err(|e| format!("ttrpc listener: {e}"))?;
@@ -246,6 +257,7 @@ async fn serve(
     info!(socket = %flags.socket, "shim serving the task API (v2 and v3)");
 
     shim.wait().await;
+    unused.release_early().await;
     // The last events (exit, delete) reach containerd before the process ends.
     events.drain(std::time::Duration::from_secs(3)).await;
     info!("shim shutting down");

@@ -250,6 +250,14 @@ impl Container {
     }
 }
 
+/// The spec's `linux.cgroupsPath`, if any.
+pub fn spec_cgroups_path(spec: &oci_spec::runtime::Spec) -> Option<String> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+        .map(|p| p.display().to_string())
+}
+
 /// The network namespace the spec joins by path (a pod's, on Kubernetes), if any.
 pub fn spec_netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
     spec.linux()

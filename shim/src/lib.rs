@@ -4,6 +4,7 @@
 //! - [`service`]: the shim process (containerd's `start`/`delete` actions,
 //!   exit and event forwarding);
 //! - [`task`]: the Task API over ttrpc, a thin adapter over typed methods;
+//! - [`early`]: what a new server starts before Create reaches it;
 //! - [`bundle`]: the bundle containerd hands over (spec, engine files, rootfs);
 //! - [`container`]: container and process state, free of I/O;
 //! - [`runc`]: the runc engine (OCI lifecycle through the runc CLI);
@@ -21,6 +22,7 @@ pub mod console;
 pub mod container;
 pub mod criu_tar;
 pub mod direct;
+pub mod early;
 pub mod error;
 pub mod nsexec;
 pub mod publisher;

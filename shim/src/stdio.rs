@@ -133,6 +133,18 @@ pub struct ProcessIo {
     others: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// The pipes the runtime hands to a process for the streams `stdio` names (none
+/// may be null: see [`ProcessIo::attach`]), owned by `owner`'s uid and gid.
+pub fn pipes(owner: &Owner, stdio: &Stdio) -> Result<Arc<dyn Io>> {
+    let opts = IoOption {
+        open_stdin: !stdio.stdin.is_empty(),
+        open_stdout: !stdio.stdout.is_empty(),
+        open_stderr: !stdio.stderr.is_empty(),
+    };
+    let io = PipedIo::new(owner.uid, owner.gid, &opts).map_err(Error::io("create stdio pipes"))?;
+    Ok(Arc::new(io))
+}
+
 impl ProcessIo {
     /// Creates the pipes the runtime hands to the process and starts copying
     /// them to where containerd asked. Opens every destination before the
@@ -143,13 +155,14 @@ impl ProcessIo {
                 NullIo::new().map_err(Error::io("create null io"))?,
             ));
         }
-        let opts = IoOption {
-            open_stdin: !stdio.stdin.is_empty(),
-            open_stdout: !stdio.stdout.is_empty(),
-            open_stderr: !stdio.stderr.is_empty(),
-        };
-        let io =
-            PipedIo::new(owner.uid, owner.gid, &opts).map_err(Error::io("create stdio pipes"))?;
+        let io = pipes(owner, stdio)?;
+        self.connect(owner, stdio, &io).await?;
+        Ok(io)
+    }
+
+    /// Starts copying the pipes `io` (made by [`pipes`] for the same streams) to
+    /// where containerd asked.
+    pub async fn connect(&self, owner: &Owner, stdio: &Stdio, io: &Arc<dyn Io>) -> Result<()> {
         if !stdio.stdin.is_empty() {
             let w = io
                 .stdin()
@@ -181,7 +194,7 @@ impl ProcessIo {
                 }
             }
         }
-        Ok(Arc::new(io))
+        Ok(())
     }
 
     /// Copies the terminal's output to the stdout destination and stdin into it.

@@ -57,6 +57,8 @@ pub struct TaskService {
     pub containers: Containers,
     events: EventTx,
     exit: Arc<ExitSignal>,
+    /// What this shim's server started for its container before Create.
+    early: Arc<std::sync::Mutex<Option<crate::early::Early>>>,
 }
 
 impl TaskService {
@@ -66,6 +68,29 @@ impl TaskService {
             containers: Arc::default(),
             events,
             exit,
+            early: Arc::default(),
+        }
+    }
+
+    /// Hands Create the image asked for when the server started.
+    pub fn set_early(&self, early: crate::early::Early) {
+        *self.early.lock().unwrap_or_else(|e| e.into_inner()) = Some(early);
+    }
+
+    /// The early answer for container `id`; any other is released.
+    fn take_early(&self, id: &str) -> Option<crate::early::Early> {
+        self.early
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .filter(|e| e.id == id)
+    }
+
+    /// At shutdown: releases an early answer no Create took.
+    pub async fn release_early(&self) {
+        let early = self.early.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(e) = early {
+            e.release().await;
         }
     }
 
@@ -78,6 +103,22 @@ impl TaskService {
         if req.id.is_empty() {
             return Err(Error::InvalidArgument("a task needs an id".into()));
         }
+        let mut early = self.take_early(&req.id);
+        let created = self.create_with(req, &mut early).await;
+        // What Create did not take is undone before it answers, whatever the answer.
+        if let Some(e) = early {
+            e.release().await;
+        }
+        created
+    }
+
+    /// Create, with what the server started for this container (see
+    /// [`crate::early`]): what it takes of `asked` is its own to undo.
+    async fn create_with(
+        &self,
+        req: CreateTaskRequest,
+        asked: &mut Option<crate::early::Early>,
+    ) -> Result<CreateTaskResponse> {
         let mut containers = self.containers.lock().await;
         if containers.contains_key(&req.id) {
             return Err(Error::AlreadyExists(format!(
@@ -112,11 +153,7 @@ impl TaskService {
             rootfs_mounted: false,
             rootfs: req.rootfs.to_vec(),
             policy,
-            cgroups_path: spec
-                .linux()
-                .as_ref()
-                .and_then(|l| l.cgroups_path().as_ref())
-                .map(|p| p.display().to_string()),
+            cgroups_path: crate::container::spec_cgroups_path(&spec),
             netns_path: crate::container::spec_netns_path(&spec),
             direct: None,
             containerd_checkpoint: Some(Path::new(&req.checkpoint))
@@ -125,18 +162,41 @@ impl TaskService {
         };
         // The direct engine's preparation starts now, before the image is found and
         // the rootfs mounted; it is told the image below (or that there is none).
-        let early = if !req.checkpoint.is_empty() || c.policy.image.is_some() {
-            prepare_direct(&mut c, &spec, &self.namespace).await
-        } else {
-            None
+        let early_direct = asked
+            .as_mut()
+            .filter(|a| req.checkpoint.is_empty() && c.policy.image.as_ref() == Some(&a.image))
+            .and_then(|a| a.direct.take());
+        let early = match early_direct {
+            Some(d) if d.fits(&c) => d.adopt(&mut c, &self.namespace).await,
+            other => {
+                if let Some(d) = other {
+                    d.cancel().await;
+                }
+                if !req.checkpoint.is_empty() || c.policy.image.is_some() {
+                    prepare_direct(&mut c, &spec, &self.namespace).await
+                } else {
+                    None
+                }
+            }
         };
         let made = async {
             // A checkpoint from containerd wins over an image named by annotation.
             let source = if !req.checkpoint.is_empty() {
                 Some(RestoreSource::Checkpoint(Path::new(&req.checkpoint).to_path_buf()))
             } else if let Some(name) = &c.policy.image {
-                // Prepared now, so that Start pays only for the restore itself.
-                match restored_client().prepare_restore(name, false).await {
+                // Prepared now (or when the server started), so that Start pays only
+                // for the restore itself. An early request that did not reach the
+                // daemon is made again (it may be up by now); the daemon's own answer,
+                // a refusal too, stands (it is counted once).
+                let early = match asked.take().filter(|a| &a.image == name) {
+                    Some(a) => a.answer().await,
+                    None => None,
+                };
+                let answer = match early {
+                    Some(a @ (Ok(_) | Err(rekindle_restore_api::Error::Api(_)))) => a,
+                    _ => restored_client().prepare_restore(name, false).await,
+                };
+                match answer {
                     Ok(p) => Some(RestoreSource::Stored {
                         name: name.clone(),
                         image_dir: p.image_dir,
@@ -866,7 +926,7 @@ fn remount_rootfs(c: &Container) -> Result<()> {
         .map_err(|e| Error::FailedPrecondition(format!("after the failed restore: {e}")))
 }
 
-fn owner(c: &Container, namespace: &str) -> Owner {
+pub(crate) fn owner(c: &Container, namespace: &str) -> Owner {
     Owner {
         container_id: c.id.clone(),
         namespace: namespace.to_string(),
@@ -1001,10 +1061,27 @@ async fn prepare_direct(
             return None;
         }
     };
+    let (tell, handle) =
+        spawn_preparation(&c.bundle, spec, cgroups_path, io, tracing::Span::current());
+    c.direct = Some(Direct::Preparing(handle));
+    Some(tell)
+}
+
+/// The preparation and the restore ahead, on the runtime: told the image (or
+/// `None`) through the returned sender.
+pub(crate) fn spawn_preparation(
+    bundle: &Path,
+    spec: &oci_spec::runtime::Spec,
+    cgroups_path: String,
+    io: Arc<dyn runc::io::Io>,
+    span: tracing::Span,
+) -> (
+    crate::early::Tell,
+    tokio::task::JoinHandle<crate::container::Preparation>,
+) {
     let (tell, told) = tokio::sync::oneshot::channel();
-    let bundle = c.bundle.clone();
+    let bundle = bundle.to_path_buf();
     let spec = spec.clone();
-    let span = tracing::Span::current();
     let task = async move {
         let prepared =
             crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), told).await?;
@@ -1013,10 +1090,10 @@ async fn prepare_direct(
             Err(not_direct) => Err(not_direct),
         })
     };
-    c.direct = Some(Direct::Preparing(tokio::spawn(
-        tracing::Instrument::instrument(task, span),
-    )));
-    Some(tell)
+    (
+        tell,
+        tokio::spawn(tracing::Instrument::instrument(task, span)),
+    )
 }
 
 /// When Create restores nothing after all (or fails): the preparation it
@@ -1162,14 +1239,14 @@ fn report_restore(source: &RestoreSource, engine: &'static str, error: Option<&E
 
 /// Tells rekindle-restored that CRIU is done with a prepared image. Best
 /// effort: the daemon also expires leases nobody releases.
-async fn release_lease(lease: &str) {
+pub(crate) async fn release_lease(lease: &str) {
     if let Err(e) = restored_client().release_restore(lease).await {
         warn!(error = %e, lease, "release restore lease");
     }
 }
 
 /// The restore-daemon's socket: `REKINDLE_RESTORED_SOCKET`, or its default.
-fn restored_client() -> rekindle_restore_api::Client {
+pub(crate) fn restored_client() -> rekindle_restore_api::Client {
     let socket = std::env::var_os("REKINDLE_RESTORED_SOCKET")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| rekindle_restore_api::DEFAULT_SOCKET.into());

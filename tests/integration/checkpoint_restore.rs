@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use containerd_client::tonic::Code;
 use containerd_client::types::v1::Status;
 use rekindle_restore_api::{Client, ImageInfo};
+use std::os::unix::fs::MetadataExt as _;
 
 use crate::harness::restore::{
     checkpoint, fixture_image, get_in_netns, needs_rekindle, release_lease, restore_story,
@@ -177,6 +178,53 @@ fn one_stored_image_is_restored_twice_at_the_same_time() {
         assert_eq!(stats.staged_images, 1, "{stats:?}");
 
         tokio::try_join!(a.destroy(), b.destroy())?;
+        restored.client().unstage_image(FN_IMAGE).await?;
+        Ok(())
+    });
+}
+
+/// The shim starts a restore's preparation before containerd's Create reaches it,
+/// on stdio pipes owned by root; a Create whose options give the pipes another
+/// owner gets a preparation of its own, and the restored process writes to pipes
+/// that owner holds.
+#[test]
+fn a_create_that_differs_from_what_the_shim_prepared_before_it_is_prepared_anew() {
+    restore_story("io-owner", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "io-owner") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        restored.client().stage_image(FN_IMAGE).await?;
+        const OWNER: u32 = 4242;
+        let f = FunctionSpec::new("io-owner")
+            .own_netns()
+            .io_owner(OWNER, OWNER)
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .create(&ctx)
+            .await?;
+        let pid = f.start().await?;
+        assert!(
+            !restored_by_runc(&ctx, &f.id),
+            "restored by the direct engine"
+        );
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        for fd in [1, 2] {
+            let link = format!("/proc/{pid}/fd/{fd}");
+            let target = std::fs::read_link(&link)?;
+            assert!(
+                target.to_string_lossy().starts_with("pipe:"),
+                "{link} -> {}",
+                target.display()
+            );
+            let meta = std::fs::metadata(&link)?;
+            assert_eq!(
+                (meta.uid(), meta.gid()),
+                (OWNER, OWNER),
+                "{link}: the pipe belongs to IoUid:IoGid"
+            );
+        }
+        f.destroy().await?;
         restored.client().unstage_image(FN_IMAGE).await?;
         Ok(())
     });

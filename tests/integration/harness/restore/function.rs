@@ -33,9 +33,14 @@ use super::{
     RUNC_OPTIONS_TYPE, SPEC_TYPE,
 };
 
-/// `containerd.runc.v1.Options`, reduced to the runc root (as the harness sets it).
+/// `containerd.runc.v1.Options`, reduced to what the stories set: the runc root
+/// (as the harness sets it) and the owner of the stdio pipes.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RuncOptions {
+    #[prost(uint32, tag = "4")]
+    io_uid: u32,
+    #[prost(uint32, tag = "5")]
+    io_gid: u32,
     #[prost(string, tag = "7")]
     root: String,
 }
@@ -52,6 +57,8 @@ pub struct FunctionSpec {
     env: Vec<String>,
     checkpoint: Option<Descriptor>,
     spec: Option<Spec>,
+    /// IoUid and IoGid of the runtime options.
+    io_owner: (u32, u32),
 }
 
 impl FunctionSpec {
@@ -67,7 +74,14 @@ impl FunctionSpec {
             env: Vec::new(),
             checkpoint: None,
             spec: None,
+            io_owner: (0, 0),
         }
+    }
+
+    /// Its stdio pipes owned by `uid`:`gid` (runc options IoUid, IoGid).
+    pub fn io_owner(mut self, uid: u32, gid: u32) -> Self {
+        self.io_owner = (uid, gid);
+        self
     }
 
     /// In a network namespace of its own ([`NetNs`]), listening on [`NETNS_PORT`] there.
@@ -177,6 +191,7 @@ impl FunctionSpec {
         let stderr = Capture::fifo(&io_dir.join(format!("fn-{io_tag}.stderr")))?;
         Ok(PreparedFunction {
             runtime: self.runtime.unwrap_or_else(|| ctx.runtime().to_string()),
+            io_owner: self.io_owner,
             checkpoint: self.checkpoint,
             function: Function {
                 ctx: ctx.clone(),
@@ -204,6 +219,7 @@ static IO_SEQ: AtomicU32 = AtomicU32::new(1);
 /// A function container ready to be made with one round of containerd calls.
 pub struct PreparedFunction {
     runtime: String,
+    io_owner: (u32, u32),
     checkpoint: Option<Descriptor>,
     spec: Spec,
     function: Function,
@@ -217,7 +233,7 @@ impl PreparedFunction {
         let mut f = self.function;
         let ctx = &f.ctx;
         let image = ctx.image().await?;
-        let options = runc_options(ctx);
+        let options = runc_options(ctx, self.io_owner);
         let container = Container {
             id: f.id.clone(),
             image: IMAGE.to_string(),
@@ -343,10 +359,12 @@ pub fn function_spec(
     Ok(spec)
 }
 
-fn runc_options(ctx: &Ctx) -> Any {
+fn runc_options(ctx: &Ctx, (io_uid, io_gid): (u32, u32)) -> Any {
     Any {
         type_url: RUNC_OPTIONS_TYPE.to_string(),
         value: RuncOptions {
+            io_uid,
+            io_gid,
             root: ctx.paths().runc_root.display().to_string(),
         }
         .encode_to_vec(),
