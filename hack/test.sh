@@ -19,9 +19,11 @@ if [[ "${CI:-}" == true ]]; then export CARGO_INCREMENTAL=0; fi
 # CRIU 4.2 from setup.sh lives in /usr/local/sbin and must win over any other.
 export PATH="/usr/local/sbin:/usr/local/bin:$PATH"
 
-log "lint: cargo fmt --check, cargo clippy -D warnings"
+log "lint: cargo fmt --check, cargo clippy -D warnings, cargo doc -D warnings"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# Broken doc links and stray HTML in doc comments (the docs a newcomer reads first).
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 
 log "build"
 cargo build --workspace --bins

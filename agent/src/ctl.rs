@@ -198,7 +198,7 @@ pub enum FunctionsCommand {
     Ls,
     /// Register a function while the agent runs (until it restarts)
     ///
-    /// Checked as the agent checks a [[function]] table of agent.toml (same keys and
+    /// Checked as the agent checks a `[[function]]` table of agent.toml (same keys and
     /// defaults); options left out keep the defaults. Not written to agent.toml: the
     /// function is registered until the agent restarts.
     Add(Box<AddArgs>),
@@ -213,7 +213,7 @@ pub enum FunctionsCommand {
 /// `rekindle functions add`'s options: the keys of a `[[function]]` table.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AddArgs {
-    /// Its name (the gateway's /invoke/<name>/..., its instances' id prefix).
+    /// Its name (the gateway's `/invoke/<name>/...`, its instances' id prefix).
     pub name: String,
     /// containerd image reference (image_ref).
     #[arg(long = "image", value_name = "REF")]

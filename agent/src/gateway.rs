@@ -117,7 +117,7 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
-/// Removes the hop-by-hop headers: those of [`HOP_BY_HOP`] and those `Connection` names.
+/// Removes the hop-by-hop headers: those of `HOP_BY_HOP` and those `Connection` names.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     let named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)

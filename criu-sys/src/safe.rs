@@ -768,7 +768,7 @@ impl Criu {
     }
 
     /// Restores into an existing namespace (`--join-ns ns:file`), e.g. `ipc` and a path
-    /// under /proc/<pid>/ns or /run/netns.
+    /// under `/proc/<pid>/ns` or `/run/netns`.
     pub fn join_ns(&mut self, ns: &str, file: impl AsRef<Path>) -> Result<()> {
         let n = cstring("namespace type", ns.as_bytes())?;
         let f = cstring("namespace file", file.as_ref().as_os_str().as_bytes())?;

@@ -45,7 +45,7 @@ const TASK_V2: &str = "containerd.task.v2.Task";
 const TASK_V3: &str = "containerd.task.v3.Task";
 
 /// Entry point of the shim binary. `start` runs before any tokio runtime
-/// exists, so that it can fork the server (see [`start`]).
+/// exists, so that it can fork the server (see `start`).
 pub fn main() -> Result<(), String> {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| e.to_string())?;

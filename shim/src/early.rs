@@ -26,7 +26,7 @@ type Answer = std::result::Result<rekindle_restore_api::Prepared, rekindle_resto
 /// Create arrives (~1.5 ms later here): it asks rekindle-restored for the image and
 /// starts the direct engine's preparation (`criu swrk`, the cgroups), so that
 /// Create finds both under way instead of starting them on the restore's path.
-/// Create takes it ([`TaskService::take_early`]); what nobody takes (Create fails,
+/// Create takes it (`TaskService::take_early`); what nobody takes (Create fails,
 /// restores containerd's checkpoint instead, or never comes) is undone: the
 /// image's lease released, the preparation cancelled.
 pub struct Early {

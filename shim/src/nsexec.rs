@@ -446,7 +446,7 @@ struct Namespace {
 
 /// The container's namespaces that differ from the helper's, in the order to
 /// join them: the user namespace first (it grants the rights to join the
-/// others), the mount namespace last (it hides /proc/<pid>/ns of the host).
+/// others), the mount namespace last (it hides `/proc/<pid>/ns` of the host).
 fn open_namespaces(pid: i32) -> HelperResult<Vec<Namespace>> {
     let kinds: [(&str, CloneFlags); 8] = [
         ("user", CloneFlags::CLONE_NEWUSER),

@@ -4,7 +4,7 @@
 //! Every lifecycle call is a gRPC call to containerd (`containerd-client`); nothing shells
 //! out. An instance is:
 //! - a network namespace of its own (unless the function uses the host's), made before the
-//!   container and named in its spec by path (see [`super::netns`]);
+//!   container and named in its spec by path (see `super::netns`);
 //! - a container (label [`FUNCTION_LABEL`]) whose spec carries
 //!   `io.rekindle.checkpoint.store-as=<store_as>` and, for a restore,
 //!   `io.rekindle.image=<image>` (the shim restores at Start), a cgroup under

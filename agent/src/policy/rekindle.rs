@@ -504,7 +504,7 @@ fn average<'a>(vs: impl Iterator<Item = &'a Vec<f64>>) -> Vec<f64> {
 /// through bin `b` is worth `p_b × (L_base − L_k)` ms of start latency (the next request
 /// comes in that bin) and costs `S_b × held_b × m_k × mem_gb × price` (the function is
 /// still idle at the bin's start with probability `S_b`, and then holds the unit for
-/// `held_b` minutes of it, see [`held_minutes`]). A plan has one shape — nothing until the
+/// `held_b` minutes of it, see `held_minutes`). A plan has one shape — nothing until the
 /// pre-warm, then hot, then warm, then staged, then nothing — so the bins' tiers are
 /// chosen together: the sequence of that shape with the highest total value (a dynamic
 /// programme over the bins). Choosing each bin's best tier alone and then covering from
