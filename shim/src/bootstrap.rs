@@ -72,7 +72,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// containerd's first request waits in the socket's backlog while the server
 /// starts instead of `start` waiting for it.
 fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
-    let grouping = crate::service::grouping(Path::new("."), &flags.id)?;
+    // Read once: the forked server starts its container's restore from it too.
+    let spec = crate::bundle::read_spec(Path::new(".")).map_err(|e| e.to_string())?;
+    let grouping = crate::service::grouping_of(&spec, &flags.id);
     let opts = StartOpts {
         id: flags.id.clone(),
         publish_binary: flags.publish_binary.clone(),
@@ -110,7 +112,7 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
             };
             flags.socket = address;
             flags.action = String::new();
-            let code = match server(flags, listener) {
+            let code = match server(flags, listener, spec) {
                 Ok(()) => 0,
                 Err(e) => {
                     error!("shim server: {e}");
@@ -144,8 +146,13 @@ fn answer_start(address: &str) -> Result<(), String> {
 
 /// The forked server: detached from `start`'s stdio (containerd reads
 /// `start`'s output until every writer has closed it), then served as if
-/// containerd had run the binary with `-socket`.
-fn server(flags: Flags, listener: UnixListener) -> Result<(), String> {
+/// containerd had run the binary with `-socket`. `spec` is the bundle's, as
+/// `start` read it.
+fn server(
+    flags: Flags,
+    listener: UnixListener,
+    spec: oci_spec::runtime::Spec,
+) -> Result<(), String> {
     // SAFETY: open and dup2 on this process's own descriptors.
     unsafe {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
@@ -161,9 +168,9 @@ fn server(flags: Flags, listener: UnixListener) -> Result<(), String> {
         // First, so that it is under way while this server starts.
         // The bundle by its absolute path: CRIU resolves the paths made from it
         // in a process with another working directory.
-        let early = std::env::current_dir()
-            .ok()
-            .and_then(|bundle| crate::early::Early::start(&bundle, &flags.id, &flags.namespace));
+        let early = std::env::current_dir().ok().and_then(|bundle| {
+            crate::early::Early::start(&bundle, &spec, &flags.id, &flags.namespace)
+        });
         let mut config = Config::default();
         let shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
         serve(shim, &flags, Some(listener), early).await

@@ -12,8 +12,8 @@ use tracing::warn;
 
 use crate::{
     annotations::RestorePolicy,
-    bundle,
     container::{Container, Direct},
+    direct::Tell,
     stdio::Owner,
     task::{owner, release_lease, restored_client, spawn_preparation},
 };
@@ -46,15 +46,16 @@ pub(crate) struct EarlyDirect {
     handle: Option<tokio::task::JoinHandle<crate::container::Preparation>>,
 }
 
-/// Tells a preparation under way the image to restore (or `None`: no restore).
-pub(crate) type Tell = tokio::sync::oneshot::Sender<Option<crate::direct::Source>>;
-
 impl Early {
-    /// Starts what the spec in `bundle` allows for container `id`, if it names an
-    /// image. Must run on the runtime. A spec that cannot be read or whose
-    /// annotations are bad starts nothing: Create reads it again and reports it.
-    pub fn start(bundle: &Path, id: &str, namespace: &str) -> Option<Self> {
-        let spec = bundle::read_spec(bundle).ok()?;
+    /// Starts what `spec` (the one in `bundle`) allows for container `id`, if it
+    /// names an image. Must run on the runtime. Annotations that are bad start
+    /// nothing: Create reads them again and reports them.
+    pub fn start(
+        bundle: &Path,
+        spec: &oci_spec::runtime::Spec,
+        id: &str,
+        namespace: &str,
+    ) -> Option<Self> {
         let image = RestorePolicy::from_annotations(spec.annotations().as_ref())
             .ok()?
             .image?;
@@ -65,7 +66,7 @@ impl Early {
             id: id.to_string(),
             image,
             answer: Some(answer),
-            direct: EarlyDirect::start(bundle, &spec, id, namespace),
+            direct: EarlyDirect::start(bundle, spec, id, namespace),
         })
     }
 
@@ -79,13 +80,40 @@ impl Early {
         if let Some(d) = self.direct.take() {
             d.cancel().await;
         }
-        if let Some(Ok(Ok(p))) = match self.answer.take() {
-            Some(h) => Some(h.await),
-            None => None,
-        } {
-            release_lease(&p.lease).await;
+        if let Some(h) = self.answer.take() {
+            release_answer(h).await;
         }
     }
+}
+
+/// Releases the lease of an answer no Create took.
+async fn release_answer(answer: tokio::task::JoinHandle<Answer>) {
+    if let Ok(Ok(p)) = answer.await {
+        release_lease(&p.lease).await;
+    }
+}
+
+/// The Create an early preparation is made for: what containerd nearly always
+/// asks — stdout and stderr, no stdin, no terminal —, pipes owned by root
+/// (IoUid, IoGid), cgroupfs. Only which streams are named counts.
+fn expected() -> Stdio {
+    Stdio {
+        stdout: "-".into(),
+        stderr: "-".into(),
+        ..Default::default()
+    }
+}
+const EXPECTED_IO_OWNER: (u32, u32) = (0, 0);
+const EXPECTED_SYSTEMD_CGROUP: bool = false;
+
+/// Which streams `s` names, and whether it is a terminal.
+fn streams(s: &Stdio) -> (bool, bool, bool, bool) {
+    (
+        !s.stdin.is_empty(),
+        !s.stdout.is_empty(),
+        !s.stderr.is_empty(),
+        s.terminal,
+    )
 }
 
 impl EarlyDirect {
@@ -99,14 +127,21 @@ impl EarlyDirect {
             return None;
         }
         let cgroups_path = crate::container::spec_cgroups_path(spec);
-        crate::direct::check_eligible(spec, false, false, cgroups_path.as_deref()).ok()?;
+        let stdio = expected();
+        crate::direct::check_eligible(
+            spec,
+            EXPECTED_SYSTEMD_CGROUP,
+            stdio.terminal,
+            cgroups_path.as_deref(),
+        )
+        .ok()?;
         let owner = Owner {
             container_id: id.to_string(),
             namespace: namespace.to_string(),
-            uid: 0,
-            gid: 0,
+            uid: EXPECTED_IO_OWNER.0,
+            gid: EXPECTED_IO_OWNER.1,
         };
-        let io = match crate::stdio::pipes(&owner, &Self::expected()) {
+        let io = match crate::stdio::pipes(&owner, &stdio) {
             Ok(io) => io,
             Err(e) => {
                 warn!(error = %e, "stdio pipes for an early preparation");
@@ -128,25 +163,28 @@ impl EarlyDirect {
         })
     }
 
-    /// The stdio the pipes were made for (only which streams are named counts).
-    fn expected() -> Stdio {
-        Stdio {
-            stdout: "-".into(),
-            stderr: "-".into(),
-            ..Default::default()
-        }
-    }
-
     /// Whether container `c` (as Create describes it) is what this was prepared for.
     pub(crate) fn fits(&self, c: &Container) -> bool {
-        let s = &c.init.stdio;
-        s.stdin.is_empty()
-            && !s.stdout.is_empty()
-            && !s.stderr.is_empty()
-            && !s.terminal
-            && c.options.io_uid == 0
-            && c.options.io_gid == 0
-            && !c.options.systemd_cgroup
+        streams(&c.init.stdio) == streams(&expected())
+            && (c.options.io_uid, c.options.io_gid) == EXPECTED_IO_OWNER
+            && c.options.systemd_cgroup == EXPECTED_SYSTEMD_CGROUP
+    }
+
+    /// Takes this preparation over for container `c`: its pipes connected to the
+    /// fifos Create names. `None`: they could not be (the restore goes through runc,
+    /// which reports the same fifo).
+    pub(crate) async fn adopt(mut self, c: &mut Container, namespace: &str) -> Option<Tell> {
+        let owner = owner(c, namespace);
+        if let Err(e) = c.init.io.connect(&owner, &c.init.stdio, &self.io).await {
+            warn!(error = %e, "stdio for the direct engine; restore by runc");
+            c.init.io.abort().await;
+            c.init.io = Default::default();
+            self.cancel().await;
+            return None;
+        }
+        let handle = self.handle.take()?;
+        c.direct = Some(Direct::Preparing(handle));
+        self.tell.take()
     }
 
     /// Tells the preparation there is nothing to restore and waits for it to undo
@@ -174,31 +212,8 @@ impl Drop for Early {
     fn drop(&mut self) {
         if let Some(h) = self.answer.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move {
-                    if let Ok(Ok(p)) = h.await {
-                        release_lease(&p.lease).await;
-                    }
-                });
+                rt.spawn(release_answer(h));
             }
         }
-    }
-}
-
-impl EarlyDirect {
-    /// Takes this preparation over for container `c`: its pipes connected to the
-    /// fifos Create names. `None`: they could not be (the restore goes through runc,
-    /// which reports the same fifo).
-    pub(crate) async fn adopt(mut self, c: &mut Container, namespace: &str) -> Option<Tell> {
-        let owner = owner(c, namespace);
-        if let Err(e) = c.init.io.connect(&owner, &c.init.stdio, &self.io).await {
-            warn!(error = %e, "stdio for the direct engine; restore by runc");
-            c.init.io.abort().await;
-            c.init.io = Default::default();
-            self.cancel().await;
-            return None;
-        }
-        let handle = self.handle.take()?;
-        c.direct = Some(Direct::Preparing(handle));
-        self.tell.take()
     }
 }

@@ -49,12 +49,16 @@ pub const GROUP_LABELS: [&str; 3] = [
 /// `start` in the bundle): the first group annotation of its spec, or its id.
 pub fn grouping(bundle: &std::path::Path, id: &str) -> Result<String, String> {
     let spec = crate::bundle::read_spec(bundle).map_err(|e| e.to_string())?;
-    Ok(spec
-        .annotations()
+    Ok(grouping_of(&spec, id))
+}
+
+/// The shim group of container `id` with `spec`: see [`grouping`].
+pub fn grouping_of(spec: &oci_spec::runtime::Spec, id: &str) -> String {
+    spec.annotations()
         .as_ref()
         .and_then(|a| GROUP_LABELS.iter().find_map(|l| a.get(*l)))
         .cloned()
-        .unwrap_or_else(|| id.to_string()))
+        .unwrap_or_else(|| id.to_string())
 }
 
 pub struct Service {

@@ -1037,7 +1037,7 @@ async fn prepare_direct(
     c: &mut Container,
     spec: &oci_spec::runtime::Spec,
     namespace: &str,
-) -> Option<tokio::sync::oneshot::Sender<Option<crate::direct::Source>>> {
+) -> Option<crate::direct::Tell> {
     if !crate::direct::enabled() {
         return None;
     }
@@ -1076,7 +1076,7 @@ pub(crate) fn spawn_preparation(
     io: Arc<dyn runc::io::Io>,
     span: tracing::Span,
 ) -> (
-    crate::early::Tell,
+    crate::direct::Tell,
     tokio::task::JoinHandle<crate::container::Preparation>,
 ) {
     let (tell, told) = tokio::sync::oneshot::channel();
@@ -1098,10 +1098,7 @@ pub(crate) fn spawn_preparation(
 
 /// When Create restores nothing after all (or fails): the preparation it
 /// started is told so and undoes itself, and the stdio it held is released.
-async fn cancel_direct(
-    c: &mut Container,
-    early: Option<tokio::sync::oneshot::Sender<Option<crate::direct::Source>>>,
-) {
+async fn cancel_direct(c: &mut Container, early: Option<crate::direct::Tell>) {
     let Some(tell) = early else {
         return;
     };

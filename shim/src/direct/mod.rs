@@ -180,6 +180,9 @@ pub struct Source {
     pub image: Option<String>,
 }
 
+/// Tells a preparation under way the image to restore (or `None`: no restore).
+pub type Tell = tokio::sync::oneshot::Sender<Option<Source>>;
+
 /// Prepares a direct restore into the container described by `spec`, from the
 /// top of Create: `criu swrk` (holding `io`, the container's stdio, as fds 0-2,
 /// and the netns) and the cgroups are started at once, the rest once `source`
@@ -635,7 +638,7 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
         let rt = tokio::runtime::Handle::current();
         let spawned = tokio::task::spawn_blocking(move || {
             let env = ls.env.as_ref().map(|(k, v)| (k.as_str(), v.as_path()));
-            rt.block_on(swrk::spawn_lazy_pages_on(
+            rt.block_on(swrk::spawn_lazy_pages(
                 ls.listener,
                 &ls.criu,
                 &ls.images,
@@ -643,10 +646,11 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
                 env,
             ))
         })
-        .await;
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
         match spawned {
-            Ok(Ok(daemon)) => p.lazy = Some(daemon),
-            Ok(Err(e)) => warn!(error = %e, "criu lazy-pages did not start; the restore fails"),
+            Ok(daemon) => p.lazy = Some(daemon),
             Err(e) => warn!(error = %e, "criu lazy-pages did not start; the restore fails"),
         }
     }
@@ -1034,7 +1038,8 @@ fn request(p: &mut Prepared) -> Result<Criu> {
     // over the request. restore-sibling makes the tree swrk's sibling: the
     // shim's child.
     let mut conf = String::from("restore-sibling\n");
-    if p.lazy.is_some() || p.lazy_start.is_some() {
+    // The daemon itself is started just after the request (restore_ahead).
+    if p.lazy_start.is_some() {
         conf.push_str("lazy-pages\n");
     }
     let conf_path = p.work.join("restore.conf");

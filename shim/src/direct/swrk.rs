@@ -346,15 +346,26 @@ pub async fn spawn_swrk(
     })
 }
 
+/// The lazy-pages daemon's socket in `work`, listening: a restore may connect
+/// (its connection waits in the backlog) before the daemon is started on it
+/// ([`spawn_lazy_pages`]).
+pub fn listen_lazy_pages(work: &Path) -> Result<OwnedFd> {
+    listen_in(work, LAZY_PAGES_SOCKET).map_err(Error::io(format!(
+        "listen on {}",
+        work.join(LAZY_PAGES_SOCKET).display()
+    )))
+}
+
 /// The socket a restore connects to in its work dir (CRIU's LAZY_PAGES_SOCK_NAME).
 const LAZY_PAGES_SOCKET: &str = "lazy-pages.socket";
 
 /// The lazy-pages daemon's log, in the work dir.
 pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 
-/// Starts `criu lazy-pages` serving `images` to the restore that runs with
-/// `work` as its work dir. `env` is handed to the daemon (the working set it
-/// records or prefetches, see `super::WorkingSet`).
+/// Starts `criu lazy-pages` on `listener` (from [`listen_lazy_pages`]) serving
+/// `images` to the restore that runs with `work` as its work dir. `env` is
+/// handed to the daemon (the working set it records or prefetches, see
+/// `super::WorkingSet`).
 ///
 /// The shim binds and listens on `work/lazy-pages.socket` itself and hands
 /// the socket over as the daemon's stdin (`CRIU_LAZY_PAGES_LISTEN_FD=0`,
@@ -366,27 +377,6 @@ pub const LAZY_PAGES_LOG: &str = "lazy-pages.log";
 /// accepting, the restore's "restore finished" message (sent before the tree
 /// is resumed) fails and so does the restore.
 pub async fn spawn_lazy_pages(
-    criu: &Path,
-    images: &Path,
-    work: &Path,
-    env: Option<(&str, &Path)>,
-) -> Result<Watched> {
-    let listener = listen_lazy_pages(work)?;
-    spawn_lazy_pages_on(listener, criu, images, work, env).await
-}
-
-/// The lazy-pages daemon's socket in `work`, listening: a restore may connect
-/// (its connection waits in the backlog) before the daemon is started on it
-/// ([`spawn_lazy_pages_on`]).
-pub fn listen_lazy_pages(work: &Path) -> Result<OwnedFd> {
-    listen_in(work, LAZY_PAGES_SOCKET).map_err(Error::io(format!(
-        "listen on {}",
-        work.join(LAZY_PAGES_SOCKET).display()
-    )))
-}
-
-/// [`spawn_lazy_pages`] on a socket from [`listen_lazy_pages`].
-pub async fn spawn_lazy_pages_on(
     listener: OwnedFd,
     criu: &Path,
     images: &Path,
@@ -548,7 +538,8 @@ mod tests {
         let images = tempfile::tempdir().unwrap();
         let work = tempfile::tempdir().unwrap();
         // No image at all: the daemon exits as soon as it looks for one.
-        let daemon = spawn_lazy_pages(&criu, images.path(), work.path(), None)
+        let listener = listen_lazy_pages(work.path()).unwrap();
+        let daemon = spawn_lazy_pages(listener, &criu, images.path(), work.path(), None)
             .await
             .unwrap();
         let (_dirfd, path) = short_path(work.path(), LAZY_PAGES_SOCKET);
