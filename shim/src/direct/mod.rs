@@ -78,6 +78,8 @@ pub fn lazy_pages() -> bool {
 /// the restore is done (`REKINDLE_LAZY_PAGES_DELAY_MS`, 0-10000, default 50):
 /// sending all of them at once took a core from the restored process just as it
 /// answered its first request (CRIU patch 0005). Faults are served meanwhile.
+/// A daemon recording a working set counts it from the tree's resume instead
+/// (CRIU tells it), so that a restore held until Start records its first request.
 pub fn lazy_pages_delay_ms() -> u32 {
     let v = std::env::var("REKINDLE_LAZY_PAGES_DELAY_MS").ok();
     parse_delay_ms(v.as_deref()).unwrap_or_else(|default| {
