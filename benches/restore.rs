@@ -31,7 +31,7 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -515,6 +515,10 @@ struct Facts {
     cores: usize,
     cpu: String,
     memory: String,
+    /// How long moving a process into its cgroups takes here (see
+    /// [`cgroup_migration`]): the step each restore pays to put CRIU in the
+    /// container's cgroups, and runc for each container it starts.
+    cgroup_migration: String,
 }
 
 async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
@@ -571,13 +575,74 @@ async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
             .parse::<f64>()
             .map(|kb| format!("{:.1} GiB", kb / (1 << 20) as f64))
             .unwrap_or_else(|_| "?".into()),
+        cgroup_migration: cgroup_migration().unwrap_or_else(|e| format!("not measured ({e:#})")),
     })
+}
+
+/// Times moving a sleeping process into a scratch cgroup in every mounted
+/// hierarchy, as the shim moves `criu swrk` into a container's, five times a
+/// quarter second apart: p50 and max. Without cgroup favordynmods the first
+/// write waits for an RCU grace period (hack/setup.sh,
+/// systemd/rekindle-favordynmods.service), which these numbers show.
+fn cgroup_migration() -> Result<String> {
+    let mounts = fs::read_to_string("/proc/mounts").context("reading /proc/mounts")?;
+    let scratch = format!("rekindle-bench-{}", std::process::id());
+    let mut dirs = Vec::new();
+    for line in mounts.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let (Some(dir), Some(fstype)) = (f.get(1), f.get(2)) else {
+            continue;
+        };
+        if *fstype != "cgroup" && *fstype != "cgroup2" {
+            continue;
+        }
+        let d = PathBuf::from(dir).join(&scratch);
+        if fs::create_dir(&d).is_err() {
+            continue;
+        }
+        for knob in ["cpuset.cpus", "cpuset.mems"] {
+            if let Ok(v) = fs::read_to_string(Path::new(dir).join(knob)) {
+                let _ = fs::write(d.join(knob), v.trim());
+            }
+        }
+        dirs.push(d);
+    }
+    let mut times = Vec::new();
+    let mut result = Ok(());
+    for _ in 0..5 {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .context("spawning sleep")?;
+        let pid = child.id().to_string();
+        let t = Instant::now();
+        for d in &dirs {
+            if let Err(e) = fs::write(d.join("cgroup.procs"), &pid) {
+                result = Err(anyhow::anyhow!("moving into {}: {e}", d.display()));
+            }
+        }
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for d in &dirs {
+        let _ = fs::remove_dir(d);
+    }
+    result?;
+    times.sort_by(f64::total_cmp);
+    Ok(format!(
+        "a cgroup migration ({} hierarchies) {:.2} ms p50, {:.2} ms max of 5",
+        dirs.len(),
+        times[2],
+        times[4],
+    ))
 }
 
 fn facts_line(f: &Facts) -> String {
     format!(
-        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM",
-        f.kernel, f.criu, f.containerd, f.runc, f.cores, f.cpu, f.memory
+        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM, {}",
+        f.kernel, f.criu, f.containerd, f.runc, f.cores, f.cpu, f.memory, f.cgroup_migration
     )
 }
 
@@ -722,7 +787,7 @@ impl Report {
         let _ = writeln!(s, "\nImage: {}.", self.sources_desc);
         let _ = writeln!(
             s,
-            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM{}. Load average (1 min) \
+            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM; {}{}. Load average (1 min) \
              {:.2} before the rounds, {:.2} after.",
             f.kernel,
             f.criu,
@@ -731,6 +796,7 @@ impl Report {
             f.cores,
             f.cpu,
             f.memory,
+            f.cgroup_migration,
             self.commit
                 .as_deref()
                 .map(|c| format!("; Rekindle {c}"))
@@ -795,6 +861,7 @@ impl Report {
                 "cores": f.cores,
                 "cpu": f.cpu,
                 "memory": f.memory,
+                "cgroup_migration": f.cgroup_migration,
             },
             "loadavg_1m": {"before": self.load.0, "after": self.load.1},
             "commit": self.commit,

@@ -258,6 +258,31 @@ if [ "$(stat -f -c %T "$CRIU_RUNDIR" 2>/dev/null)" != tmpfs ]; then
   mount -t tmpfs -o mode=0700,size=4m rekindle-criu "$CRIU_RUNDIR"
   log "mounted a tmpfs at $CRIU_RUNDIR for CRIU's detection cache"
 fi
+# Each restore moves its `criu swrk` into the container's cgroups; without cgroup
+# favordynmods the first move waits for an RCU grace period (7-14 ms here). Mounting
+# any hierarchy with the option switches the kernel to cheap migrations, and from 6.18
+# the switch outlives the mount: a named v1 hierarchy is mounted with it and unmounted
+# at once, in a private mount namespace (systemd/rekindle-favordynmods.service on
+# nodes; a hierarchy left mounted would show in every /proc/<pid>/cgroup and runc would
+# try to mount it into containers). Idempotent; before 6.18 it is not done (noted).
+kernel_ge() {  # major minor
+  local v; v=$(uname -r); v=${v%%-*}
+  local ma=${v%%.*} mi; mi=${v#*.}; mi=${mi%%.*}
+  [ "$ma" -gt "$1" ] || { [ "$ma" -eq "$1" ] && [ "$mi" -ge "$2" ]; }
+}
+if kernel_ge 6 18; then
+  if unshare --mount --propagation private -- sh -c \
+       'd=$(mktemp -d) && mount -t cgroup -o none,name=rekindle,favordynmods rekindle "$d" && umount "$d" && rmdir "$d"' \
+       2>/dev/null; then
+    log "cgroup favordynmods on (cheap cgroup migrations until reboot)"
+  else
+    echo "    note: could not turn on cgroup favordynmods; each restore's move into its" \
+         "cgroups may wait for an RCU grace period"
+  fi
+else
+  echo "    note: kernel $(uname -r) < 6.18: cgroup favordynmods not turned on (it would" \
+       "have to stay mounted); each restore's move into its cgroups may wait for an RCU grace period"
+fi
 log "criu check (CRIU $(criu_installed_version))"
 if out=$(/usr/local/sbin/criu check 2>&1); then
   printf '%s\n' "$out" | sed 's/^/    /'

@@ -13,6 +13,8 @@ use std::process::Command;
 
 const SERVICE: &str = "rekindle-restored.service";
 const MOUNT: &str = "run-criu.mount";
+/// The oneshot unit that turns on cgroup favordynmods.
+const FAVORDYNMODS: &str = "rekindle-favordynmods.service";
 const INSTALLED_BINARY: &str = "/usr/local/bin/rekindle-restored";
 const BINARY: &str = "rekindle-restored";
 
@@ -119,6 +121,28 @@ fn mount_unit_has_required_keys() {
 }
 
 #[test]
+fn the_favordynmods_unit_mounts_and_unmounts_in_a_private_namespace() {
+    let text =
+        fs::read_to_string(units_dir().join(FAVORDYNMODS)).expect("reading the favordynmods unit");
+    let unit = parse_unit(&text);
+    assert_eq!(single(&unit, "Service", "Type", FAVORDYNMODS), "oneshot");
+    // A named hierarchy left mounted where runc sees it breaks every container start.
+    assert_eq!(
+        single(&unit, "Service", "PrivateMounts", FAVORDYNMODS),
+        "yes"
+    );
+    let exec = single(&unit, "Service", "ExecStart", FAVORDYNMODS);
+    assert!(
+        exec.contains("favordynmods") && exec.contains("umount"),
+        "{FAVORDYNMODS}: ExecStart={exec}"
+    );
+    assert_eq!(
+        single(&unit, "Unit", "ConditionKernelVersion", FAVORDYNMODS),
+        ">=6.18"
+    );
+}
+
+#[test]
 fn service_unit_has_required_keys() {
     let text = fs::read_to_string(units_dir().join(SERVICE)).expect("reading the service unit");
     let unit = parse_unit(&text);
@@ -205,7 +229,12 @@ fn containerd_drop_in_puts_criu_first_and_names_the_restore_daemon() {
         "{env:?}"
     );
     for key in ["After", "Wants"] {
-        assert!(list(&unit, "Unit", key).iter().any(|u| u == MOUNT));
+        for wanted in [MOUNT, FAVORDYNMODS] {
+            assert!(
+                list(&unit, "Unit", key).iter().any(|u| u == wanted),
+                "{DROP_IN}: [Unit] {key}= should name {wanted}"
+            );
+        }
     }
 }
 
@@ -252,9 +281,11 @@ fn systemd_analyze_verify_passes() {
             .unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
         files.push(path);
     }
-    let mount = dir.path().join(MOUNT);
-    fs::copy(units_dir().join(MOUNT), &mount).expect("copying the mount unit");
-    files.push(mount);
+    for name in [MOUNT, FAVORDYNMODS] {
+        let copy = dir.path().join(name);
+        fs::copy(units_dir().join(name), &copy).expect("copying the unit");
+        files.push(copy);
+    }
     // The drop-in, on a stand-in containerd.service (a dev/CI machine has none), found
     // through the unit search path.
     let containerd = dir.path().join("containerd.service");
@@ -281,9 +312,16 @@ fn systemd_analyze_verify_passes() {
     let ours: Vec<&str> = stderr
         .lines()
         .filter(|l| {
-            [SERVICE, MOUNT, "rekindle", "run-criu", "containerd.service"]
-                .iter()
-                .any(|n| l.contains(n))
+            [
+                SERVICE,
+                MOUNT,
+                "rekindle",
+                "run-criu",
+                "favordynmods",
+                "containerd.service",
+            ]
+            .iter()
+            .any(|n| l.contains(n))
         })
         .collect();
     assert!(

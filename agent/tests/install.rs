@@ -28,10 +28,11 @@ const BINARIES: [&str; 5] = [
     "rekindle-agent",
     "rekindle",
 ];
-const UNITS: [&str; 4] = [
+const UNITS: [&str; 5] = [
     "etc/systemd/system/rekindle-restored.service",
     "etc/systemd/system/rekindle-agent.service",
     "etc/systemd/system/run-criu.mount",
+    "etc/systemd/system/rekindle-favordynmods.service",
     "etc/systemd/system/containerd.service.d/rekindle.conf",
 ];
 const CONFIG: &str = "etc/containerd/config.toml";

@@ -40,7 +40,7 @@ pub const PURGE_DIRS: [&str; 2] = ["/etc/rekindle", "/var/lib/rekindle"];
 
 /// The systemd units and the containerd drop-in from the repository's `systemd/`, carried
 /// in the binary: (destination, contents).
-pub const UNITS: [(&str, &str); 4] = [
+pub const UNITS: [(&str, &str); 5] = [
     (
         "/etc/systemd/system/rekindle-restored.service",
         include_str!("../../../systemd/rekindle-restored.service"),
@@ -54,6 +54,10 @@ pub const UNITS: [(&str, &str); 4] = [
         include_str!("../../../systemd/run-criu.mount"),
     ),
     (
+        "/etc/systemd/system/rekindle-favordynmods.service",
+        include_str!("../../../systemd/rekindle-favordynmods.service"),
+    ),
+    (
         "/etc/systemd/system/containerd.service.d/rekindle.conf",
         include_str!("../../../systemd/containerd.service.d/rekindle.conf"),
     ),
@@ -62,10 +66,11 @@ pub const UNITS: [(&str, &str); 4] = [
 pub const AGENT_TOML: &str = include_str!("../../../systemd/agent.toml");
 /// Links `systemctl enable` makes for the units (uninstall removes them, as `systemctl
 /// disable` would).
-const ENABLE_LINKS: [&str; 3] = [
+const ENABLE_LINKS: [&str; 4] = [
     "/etc/systemd/system/multi-user.target.wants/rekindle-restored.service",
     "/etc/systemd/system/multi-user.target.wants/rekindle-agent.service",
     "/etc/systemd/system/local-fs.target.wants/run-criu.mount",
+    "/etc/systemd/system/multi-user.target.wants/rekindle-favordynmods.service",
 ];
 const DROP_IN_DIR: &str = "/etc/systemd/system/containerd.service.d";
 
@@ -466,7 +471,7 @@ pub fn install(opts: &InstallOptions) -> Result<Report, Error> {
         next: vec![
             "systemctl daemon-reload".into(),
             "systemctl restart containerd   # picks up the runtime and the drop-in".into(),
-            "systemctl enable --now run-criu.mount rekindle-restored".into(),
+            "systemctl enable --now run-criu.mount rekindle-favordynmods rekindle-restored".into(),
             "systemctl enable --now rekindle-agent   # edge boxes: edit /etc/rekindle/agent.toml first"
                 .into(),
         ],

@@ -419,7 +419,10 @@ pub async fn prepare(
     let t_spawned = t0.elapsed();
     // Move swrk into the instance's cgroups now: a migration can wait for an RCU
     // grace period that Start would otherwise pay, and the restored tree is then
-    // born in these cgroups (its pages charged to them).
+    // born in these cgroups (its pages charged to them). Without cgroup
+    // favordynmods on the node the first write waits for that grace period
+    // (systemd/rekindle-favordynmods.service): cgroup_move_ms says which.
+    let t_move = Instant::now();
     let moved = cgroup_dirs.iter().try_for_each(|d| {
         let procs = d.join("cgroup.procs");
         std::fs::write(&procs, swrk.process.pid.to_string()).map_err(Error::io(format!(
@@ -436,6 +439,7 @@ pub async fn prepare(
         swrk_spawn_ms = ms(t_spawn),
         source_ms = ms(t_source),
         swrk_ready_ms = ms(t_spawned),
+        cgroup_move_ms = ms(t_move.elapsed()),
         total_ms = ms(t0.elapsed()),
         lazy = lazy_start.is_some(),
         "prepared for a direct restore"
