@@ -429,18 +429,13 @@ pub async fn prepare(
                 };
             }
         };
-    // From here on CRIU's root is mounted too.
-    let undo = |swrk: Option<&Swrk>| {
-        if let Some(s) = swrk {
-            s.process.kill();
-        }
-        resources::remove(&cgroup_dirs);
-        let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
-    };
     let (swrk, netns, t_spawn, t_move, t_spawned) = match spawned {
         Ok(s) => s,
+        // swrk is gone (never started, or killed when its move failed); CRIU's root
+        // is mounted by now.
         Err(e) => {
-            undo(None);
+            resources::remove(&cgroup_dirs);
+            let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
             return Err(e);
         }
     };
