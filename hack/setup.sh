@@ -259,7 +259,7 @@ if [ "$(stat -f -c %T "$CRIU_RUNDIR" 2>/dev/null)" != tmpfs ]; then
   log "mounted a tmpfs at $CRIU_RUNDIR for CRIU's detection cache"
 fi
 # Each restore moves its `criu swrk` into the container's cgroups; without cgroup
-# favordynmods the first move waits for an RCU grace period (7-14 ms here). Mounting
+# favordynmods the first move waits for an RCU grace period (6-13 ms here). Mounting
 # any hierarchy with the option switches the kernel to cheap migrations, and from 6.18
 # the switch outlives the mount: a named v1 hierarchy is mounted with it and unmounted
 # at once, in a private mount namespace (systemd/rekindle-favordynmods.service on
