@@ -15,9 +15,10 @@ use containerd_client::types::v1::Status;
 use rekindle_restore_api::{Client, ImageInfo};
 use std::os::unix::fs::MetadataExt as _;
 
+use crate::harness::containerd::SHIM_BINARY;
 use crate::harness::restore::{
     checkpoint, fixture_image, get_in_netns, needs_rekindle, release_lease, restore_story,
-    restore_story_daemon_down, tar_dir, write_content, CheckpointOptions, FunctionSpec,
+    restore_story_daemon_down, tar_dir, write_content, CheckpointOptions, FunctionSpec, NetNs,
     CHECKPOINT_MEDIA_TYPE, FALLBACK_ANNOTATION, FIXTURE_COUNT, FIXTURE_STATE_MB, IMAGE_ANNOTATION,
     REPLACE_ANNOTATION, STORE_AS_ANNOTATION,
 };
@@ -228,6 +229,175 @@ fn a_create_that_differs_from_what_the_shim_prepared_before_it_is_prepared_anew(
         restored.client().unstage_image(FN_IMAGE).await?;
         Ok(())
     });
+}
+
+/// A new shim server starts the restore of the image its bundle names before
+/// containerd's Create arrives, and CRIU runs up to the container's mounts, where
+/// it waits for Create's rootfs. A server whose Create never comes (here: told to
+/// shut down instead) stops CRIU there and undoes everything: the restored tree,
+/// swrk, the cgroups, the mounts in the bundle, the image's lease.
+#[test]
+fn a_restore_started_before_create_is_undone_when_no_create_comes() {
+    restore_story("early-undone", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "early-undone") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        restored.client().stage_image(FN_IMAGE).await?;
+        // The spec containerd writes for such a container, from a task created for it.
+        let f = FunctionSpec::new("early-spec")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .create(&ctx)
+            .await?;
+        let paths = ctx.paths().clone();
+        let created = paths
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join(NAMESPACE)
+            .join(&f.id)
+            .join("config.json");
+        let mut spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&created)?)?;
+        f.delete().await?;
+
+        let id = format!("early-undone-{}", std::process::id());
+        let cgroups_path = format!("/{NAMESPACE}/{id}");
+        ctx.adopt(&id, &cgroups_path);
+        spec["linux"]["cgroupsPath"] = serde_json::Value::String(cgroups_path.clone());
+        let netns = NetNs::create(&paths.dir.join("netns").join(&id))?;
+        for ns in spec["linux"]["namespaces"]
+            .as_array_mut()
+            .context("the spec lists no namespaces")?
+        {
+            if ns["type"] == "network" {
+                ns["path"] = serde_json::Value::String(netns.path().display().to_string());
+            }
+        }
+        let bundle = paths.dir.join("bundles").join(&id);
+        std::fs::create_dir_all(bundle.join("rootfs"))?;
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+        // The shim logs to the fifo `log` in its bundle, as under containerd.
+        let log = bundle.join("log");
+        nix_mkfifo(&log)?;
+        let reader = {
+            let log = log.clone();
+            std::thread::spawn(move || std::fs::read_to_string(log).unwrap_or_default())
+        };
+
+        let out = tokio::process::Command::new(paths.shim_dir.join(SHIM_BINARY))
+            .args(["-namespace", NAMESPACE, "-id", &id, "-address"])
+            .arg(&paths.grpc)
+            .arg("-publish-binary")
+            .arg(paths.bin_dir.join("containerd"))
+            .arg("start")
+            .current_dir(&bundle)
+            .env("TTRPC_ADDRESS", &paths.ttrpc)
+            .output()
+            .await?;
+        anyhow::ensure!(
+            out.status.success(),
+            "shim start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let address = String::from_utf8(out.stdout)?.trim().to_string();
+
+        // CRIU's root task, in the container's new pid namespace, waiting at
+        // "setup-namespaces" for a rootfs no Create will mount.
+        let held = async {
+            loop {
+                let root_task = pids_in_cgroup_of(&id).into_iter().find(|pid| {
+                    std::fs::read_to_string(format!("/proc/{pid}/status"))
+                        .ok()
+                        .and_then(|s| {
+                            s.lines()
+                                .find(|l| l.starts_with("NSpid:"))
+                                .map(|l| l.split_whitespace().count() == 3)
+                        })
+                        .unwrap_or(false)
+                });
+                if let Some(pid) = root_task {
+                    return pid;
+                }
+                tokio::time::sleep(millis(5)).await;
+            }
+        };
+        let root_task = match tokio::time::timeout(secs(4), held).await {
+            Ok(pid) => pid,
+            Err(_) => anyhow::bail!(
+                "CRIU's root task never appeared in the container's cgroup; CRIU's log:\n{}",
+                std::fs::read_to_string(bundle.join("direct-work/restore.log")).unwrap_or_default()
+            ),
+        };
+        tokio::time::sleep(millis(200)).await;
+        assert!(
+            std::path::Path::new(&format!("/proc/{root_task}")).exists(),
+            "the root task waits for the rootfs"
+        );
+        let in_yard = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter(|l| l.contains(&format!("{}/criu-yard", bundle.display())))
+            .count();
+        assert_eq!(in_yard, 1, "the yard is mounted, CRIU's root not yet bound");
+
+        shutdown_shim(&address, &id).await?;
+        let gone = async {
+            while std::path::Path::new(address.trim_start_matches("unix://")).exists() {
+                tokio::time::sleep(millis(10)).await;
+            }
+        };
+        tokio::time::timeout(secs(10), gone)
+            .await
+            .context("the shim server did not exit after Shutdown")?;
+        let log = reader.join().unwrap_or_default();
+        assert!(
+            pids_in_cgroup_of(&id).is_empty(),
+            "nothing left in the cgroups; shim log:\n{log}"
+        );
+        let left: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+            .lines()
+            .filter(|l| l.contains(&bundle.display().to_string()))
+            .map(str::to_string)
+            .collect();
+        assert!(left.is_empty(), "mounts left in the bundle: {left:?}");
+        assert!(
+            !bundle.join("criu-yard").exists() && !bundle.join("direct-work").exists(),
+            "the preparation's directories are removed; shim log:\n{log}"
+        );
+        std::fs::remove_dir_all(&bundle)?;
+        drop(netns);
+        restored.client().unstage_image(FN_IMAGE).await?;
+        Ok(())
+    });
+}
+
+fn nix_mkfifo(path: &std::path::Path) -> anyhow::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("mkfifo {}", path.display()));
+    }
+    Ok(())
+}
+
+/// Tells the shim server at `address` to shut down, as containerd does.
+async fn shutdown_shim(address: &str, id: &str) -> anyhow::Result<()> {
+    use containerd_shim::protos::{
+        shim::shim::ShutdownRequest, shim_async::TaskClient, ttrpc::context, ttrpc::r#async::Client,
+    };
+    let client = Client::connect(address)
+        .await
+        .context("connect to the shim")?;
+    let task = TaskClient::new(client);
+    let req = ShutdownRequest {
+        id: id.to_string(),
+        ..Default::default()
+    };
+    task.shutdown(context::with_timeout(5_000_000_000), &req)
+        .await
+        .context("Shutdown")?;
+    Ok(())
 }
 
 #[test]
