@@ -164,16 +164,13 @@ fn server(
         }
     }
     set_subreaper()?;
-    // Before the runtime: criu swrk starts faster from a process without threads.
-    let before = crate::early::before_runtime(&spec, &flags.id, &flags.namespace);
     runtime()?.block_on(async move {
         // First, so that it is under way while this server starts.
         // The bundle by its absolute path: CRIU resolves the paths made from it
         // in a process with another working directory.
-        let early = match std::env::current_dir() {
-            Ok(bundle) => crate::early::Early::start(&bundle, &spec, &flags.id, before).await,
-            Err(_) => None,
-        };
+        let early = std::env::current_dir().ok().and_then(|bundle| {
+            crate::early::Early::start(&bundle, &spec, &flags.id, &flags.namespace)
+        });
         let mut config = Config::default();
         let shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
         serve(shim, &flags, Some(listener), early).await

@@ -8,22 +8,18 @@
 use std::{path::Path, sync::Arc};
 
 use containerd_shim::io::Stdio;
-use containerd_shim::{asynchronous::monitor::monitor_subscribe, monitor::Topic};
 use tracing::warn;
 
 use crate::{
     annotations::RestorePolicy,
     container::{Container, Direct},
-    direct::{ImageTell, Tell},
+    direct::Tell,
     stdio::Owner,
     task::{owner, release_lease, restored_client, spawn_preparation},
 };
 
 /// What rekindle-restored answered, or why it did not.
 type Answer = std::result::Result<rekindle_restore_api::Prepared, rekindle_restore_api::Error>;
-
-/// The answer, and the preparation's [`ImageTell`] if the answer did not tell it.
-type Answered = (Answer, Option<ImageTell>);
 
 /// What a new shim server starts for the container it was started for, when the
 /// bundle's spec names a stored image (`io.rekindle.image`), before containerd's
@@ -36,7 +32,7 @@ type Answered = (Answer, Option<ImageTell>);
 pub struct Early {
     pub(crate) id: String,
     pub(crate) image: String,
-    answer: Option<tokio::task::JoinHandle<Answered>>,
+    answer: Option<tokio::task::JoinHandle<Answer>>,
     pub(crate) direct: Option<EarlyDirect>,
 }
 
@@ -50,121 +46,32 @@ pub(crate) struct EarlyDirect {
     handle: Option<tokio::task::JoinHandle<crate::container::Preparation>>,
 }
 
-/// What the server starts for the direct engine before its runtime exists (see
-/// [`before_runtime`]): the container's stdio pipes and, on them, `criu swrk`.
-pub struct BeforeRuntime {
-    io: Arc<dyn runc::io::Io>,
-    started: Option<crate::direct::Started>,
-}
-
-/// The image `spec` names, if the annotations are good (bad ones start nothing:
-/// Create reads them again and reports them).
-fn named_image(spec: &oci_spec::runtime::Spec) -> Option<String> {
-    RestorePolicy::from_annotations(spec.annotations().as_ref())
-        .ok()?
-        .image
-}
-
-/// The first thing a new shim server does, before its runtime and threads exist,
-/// when the bundle's spec names a stored image the direct engine can restore into
-/// container `id`: makes the stdio pipes of what Create nearly always asks for and
-/// starts `criu swrk` on them (see [`crate::direct::start_swrk_now`]).
-pub fn before_runtime(
-    spec: &oci_spec::runtime::Spec,
-    id: &str,
-    namespace: &str,
-) -> Option<BeforeRuntime> {
-    named_image(spec)?;
-    if !crate::direct::enabled() {
-        return None;
-    }
-    let cgroups_path = crate::container::spec_cgroups_path(spec);
-    let stdio = expected();
-    crate::direct::check_eligible(
-        spec,
-        EXPECTED_SYSTEMD_CGROUP,
-        stdio.terminal,
-        cgroups_path.as_deref(),
-    )
-    .ok()?;
-    let owner = Owner {
-        container_id: id.to_string(),
-        namespace: namespace.to_string(),
-        uid: EXPECTED_IO_OWNER.0,
-        gid: EXPECTED_IO_OWNER.1,
-    };
-    // A failure here is reported by the runtime's own attempt, after the logger is up.
-    let piped = crate::stdio::piped(&owner, &stdio).ok()?;
-    let fds = [
-        piped.stdin.as_ref().and_then(|p| p.rd.try_clone().ok()),
-        piped.stdout.as_ref().and_then(|p| p.try_clone_wr()),
-        piped.stderr.as_ref().and_then(|p| p.try_clone_wr()),
-    ];
-    let started = crate::direct::start_swrk_now(spec, fds);
-    if started.is_some() {
-        // swrk holds the write ends now (as `Io::close_after_start`).
-        for p in [&piped.stdout, &piped.stderr].into_iter().flatten() {
-            p.close_wr();
-        }
-    }
-    Some(BeforeRuntime {
-        io: Arc::new(piped),
-        started,
-    })
-}
-
 impl Early {
     /// Starts what `spec` (the one in `bundle`) allows for container `id`, if it
-    /// names an image, with what [`before_runtime`] started. Must run on the
-    /// runtime, before the reaper.
-    pub async fn start(
+    /// names an image. Must run on the runtime. Annotations that are bad start
+    /// nothing: Create reads them again and reports them.
+    pub fn start(
         bundle: &Path,
         spec: &oci_spec::runtime::Spec,
         id: &str,
-        before: Option<BeforeRuntime>,
+        namespace: &str,
     ) -> Option<Self> {
-        let image = named_image(spec)?;
-        let mut direct = match before {
-            Some(mut b) => {
-                if let Some(s) = b.started.as_mut() {
-                    // Before the reaper runs, so that swrk's exit cannot be missed.
-                    if let Ok(sub) = monitor_subscribe(Topic::Pid).await {
-                        s.watch(sub);
-                    }
-                }
-                Some(EarlyDirect::start(bundle, spec, id, b))
-            }
-            None => None,
-        };
-        // The preparation learns the image with the answer, and starts CRIU on it
-        // before Create arrives.
-        let image_tell = direct
-            .as_mut()
-            .and_then(|d| d.tell.as_mut())
-            .and_then(Tell::take_image);
+        let image = RestorePolicy::from_annotations(spec.annotations().as_ref())
+            .ok()?
+            .image?;
         let name = image.clone();
-        let answer = tokio::spawn(async move {
-            let answer = restored_client().prepare_restore(&name, false).await;
-            let untold = match (&answer, image_tell) {
-                (Ok(p), Some(tx)) => {
-                    let _ = tx.send(crate::direct::Source::stored(&name, &p.image_dir));
-                    None
-                }
-                (_, tx) => tx,
-            };
-            (answer, untold)
-        });
+        let answer =
+            tokio::spawn(async move { restored_client().prepare_restore(&name, false).await });
         Some(Early {
             id: id.to_string(),
             image,
             answer: Some(answer),
-            direct,
+            direct: EarlyDirect::start(bundle, spec, id, namespace),
         })
     }
 
-    /// The answer, if the request ran to one, and the preparation's [`ImageTell`]
-    /// if the answer did not tell it (it failed).
-    pub(crate) async fn answer(mut self) -> Option<Answered> {
+    /// The answer, if the request ran to one.
+    pub(crate) async fn answer(mut self) -> Option<Answer> {
         self.answer.take()?.await.ok()
     }
 
@@ -180,8 +87,8 @@ impl Early {
 }
 
 /// Releases the lease of an answer no Create took.
-async fn release_answer(answer: tokio::task::JoinHandle<Answered>) {
-    if let Ok((Ok(p), _)) = answer.await {
+async fn release_answer(answer: tokio::task::JoinHandle<Answer>) {
+    if let Ok(Ok(p)) = answer.await {
         release_lease(&p.lease).await;
     }
 }
@@ -214,23 +121,46 @@ impl EarlyDirect {
         bundle: &Path,
         spec: &oci_spec::runtime::Spec,
         id: &str,
-        before: BeforeRuntime,
-    ) -> Self {
+        namespace: &str,
+    ) -> Option<Self> {
+        if !crate::direct::enabled() {
+            return None;
+        }
         let cgroups_path = crate::container::spec_cgroups_path(spec);
+        let stdio = expected();
+        crate::direct::check_eligible(
+            spec,
+            EXPECTED_SYSTEMD_CGROUP,
+            stdio.terminal,
+            cgroups_path.as_deref(),
+        )
+        .ok()?;
+        let owner = Owner {
+            container_id: id.to_string(),
+            namespace: namespace.to_string(),
+            uid: EXPECTED_IO_OWNER.0,
+            gid: EXPECTED_IO_OWNER.1,
+        };
+        let io = match crate::stdio::pipes(&owner, &stdio) {
+            Ok(io) => io,
+            Err(e) => {
+                warn!(error = %e, "stdio pipes for an early preparation");
+                return None;
+            }
+        };
         let span = tracing::info_span!("early", id = %id);
         let (tell, handle) = spawn_preparation(
             bundle,
             spec,
             cgroups_path.unwrap_or_default(),
-            before.io.clone(),
-            before.started,
+            io.clone(),
             span,
         );
-        EarlyDirect {
-            io: before.io,
+        Some(EarlyDirect {
+            io,
             tell: Some(tell),
             handle: Some(handle),
-        }
+        })
     }
 
     /// Whether container `c` (as Create describes it) is what this was prepared for.
@@ -257,12 +187,23 @@ impl EarlyDirect {
         self.tell.take()
     }
 
-    /// Tells the preparation there is nothing to restore (drops its Tell) and waits
-    /// for it to undo itself.
+    /// Tells the preparation there is nothing to restore and waits for it to undo
+    /// itself.
     pub(crate) async fn cancel(mut self) {
-        drop(self.tell.take());
+        if let Some(tell) = self.tell.take() {
+            let _ = tell.send(None);
+        }
         if let Some(h) = self.handle.take() {
             let _ = h.await;
+        }
+    }
+}
+
+impl Drop for EarlyDirect {
+    fn drop(&mut self) {
+        // Told None, the preparation undoes itself on the runtime.
+        if let Some(tell) = self.tell.take() {
+            let _ = tell.send(None);
         }
     }
 }

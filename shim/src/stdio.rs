@@ -136,17 +136,13 @@ pub struct ProcessIo {
 /// The pipes the runtime hands to a process for the streams `stdio` names (none
 /// may be null: see [`ProcessIo::attach`]), owned by `owner`'s uid and gid.
 pub fn pipes(owner: &Owner, stdio: &Stdio) -> Result<Arc<dyn Io>> {
-    Ok(Arc::new(piped(owner, stdio)?))
-}
-
-/// [`pipes`], before they are handed to the runtime's process machinery.
-pub fn piped(owner: &Owner, stdio: &Stdio) -> Result<PipedIo> {
     let opts = IoOption {
         open_stdin: !stdio.stdin.is_empty(),
         open_stdout: !stdio.stdout.is_empty(),
         open_stderr: !stdio.stderr.is_empty(),
     };
-    PipedIo::new(owner.uid, owner.gid, &opts).map_err(Error::io("create stdio pipes"))
+    let io = PipedIo::new(owner.uid, owner.gid, &opts).map_err(Error::io("create stdio pipes"))?;
+    Ok(Arc::new(io))
 }
 
 impl ProcessIo {

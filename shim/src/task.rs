@@ -166,7 +166,7 @@ impl TaskService {
             .as_mut()
             .filter(|a| req.checkpoint.is_empty() && c.policy.image.as_ref() == Some(&a.image))
             .and_then(|a| a.direct.take());
-        let mut early = match early_direct {
+        let early = match early_direct {
             Some(d) if d.fits(&c) => d.adopt(&mut c, &self.namespace).await,
             other => {
                 if let Some(d) = other {
@@ -188,19 +188,13 @@ impl TaskService {
                 // for the restore itself. An early request that did not reach the
                 // daemon is made again (it may be up by now); the daemon's own answer,
                 // a refusal too, stands (it is counted once).
-                let early_answer = match asked.take().filter(|a| &a.image == name) {
+                let early = match asked.take().filter(|a| &a.image == name) {
                     Some(a) => a.answer().await,
                     None => None,
                 };
-                let answer = match early_answer {
-                    Some((a @ (Ok(_) | Err(rekindle_restore_api::Error::Api(_))), _)) => a,
-                    other => {
-                        // The preparation was not told the image; it is, below.
-                        if let (Some(tell), Some((_, Some(untold)))) = (early.as_mut(), other) {
-                            tell.put_image(untold);
-                        }
-                        restored_client().prepare_restore(name, false).await
-                    }
+                let answer = match early {
+                    Some(a @ (Ok(_) | Err(rekindle_restore_api::Error::Api(_)))) => a,
+                    _ => restored_client().prepare_restore(name, false).await,
                 };
                 match answer {
                     Ok(p) => Some(RestoreSource::Stored {
@@ -219,11 +213,6 @@ impl TaskService {
             } else {
                 None
             };
-            // The preparation starts CRIU on the image while the rootfs is mounted (a
-            // no-op on the early path, where the daemon's answer told it already).
-            if let (Some(tell), Some(source)) = (early.as_mut(), &source) {
-                tell.image(direct_source(source));
-            }
             if !req.rootfs.is_empty() {
                 if let Err(e) = bundle::mount_rootfs(&req.rootfs, &rootfs) {
                     if let Some(RestoreSource::Stored { lease, .. }) = &source {
@@ -250,7 +239,23 @@ impl TaskService {
             // restores at Start.
             Some(source) => {
                 if let Some(tell) = early {
-                    tell.go();
+                    let (image_dir, lazy, image) = match &source {
+                        // containerd removes its extracted checkpoint once the task is
+                        // running: no daemon may read it later.
+                        RestoreSource::Checkpoint(dir) => (dir.clone(), false, None),
+                        RestoreSource::Stored {
+                            name, image_dir, ..
+                        } => (
+                            image_dir.clone(),
+                            crate::direct::lazy_pages(),
+                            Some(name.clone()),
+                        ),
+                    };
+                    let _ = tell.send(Some(crate::direct::Source {
+                        image_dir,
+                        lazy,
+                        image,
+                    }));
                 }
                 info!(source = %source, engine = if c.direct.is_some() { "direct" } else { "runc" }, "container created from a checkpoint; it runs from start");
                 c.init.restore_from = Some(source);
@@ -1021,22 +1026,6 @@ async fn restore(c: &mut Container, namespace: &str, source: &RestoreSource) -> 
     result
 }
 
-/// What the direct engine's preparation is told of `source`.
-fn direct_source(source: &RestoreSource) -> crate::direct::Source {
-    match source {
-        // containerd removes its extracted checkpoint once the task is running: no
-        // daemon may read it later.
-        RestoreSource::Checkpoint(dir) => crate::direct::Source {
-            image_dir: dir.clone(),
-            lazy: false,
-            image: None,
-        },
-        RestoreSource::Stored {
-            name, image_dir, ..
-        } => crate::direct::Source::stored(name, image_dir),
-    }
-}
-
 /// Starts the direct engine's restore at the top of Create, when the container
 /// allows it; otherwise Start restores through runc. The preparation (cgroups,
 /// `criu swrk`, the lazy-pages daemon: a few ms of process start-ups) begins at
@@ -1072,14 +1061,8 @@ async fn prepare_direct(
             return None;
         }
     };
-    let (tell, handle) = spawn_preparation(
-        &c.bundle,
-        spec,
-        cgroups_path,
-        io,
-        None,
-        tracing::Span::current(),
-    );
+    let (tell, handle) =
+        spawn_preparation(&c.bundle, spec, cgroups_path, io, tracing::Span::current());
     c.direct = Some(Direct::Preparing(handle));
     Some(tell)
 }
@@ -1091,20 +1074,19 @@ pub(crate) fn spawn_preparation(
     spec: &oci_spec::runtime::Spec,
     cgroups_path: String,
     io: Arc<dyn runc::io::Io>,
-    started: Option<crate::direct::Started>,
     span: tracing::Span,
 ) -> (
     crate::direct::Tell,
     tokio::task::JoinHandle<crate::container::Preparation>,
 ) {
-    let (tell, told) = crate::direct::tell();
+    let (tell, told) = tokio::sync::oneshot::channel();
     let bundle = bundle.to_path_buf();
     let spec = spec.clone();
     let task = async move {
         let prepared =
-            crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), started, told).await?;
+            crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), told).await?;
         Ok(match prepared {
-            Ok(p) => crate::direct::restore_ahead(p, &cgroups_path).await,
+            Ok(p) => Ok(crate::direct::restore_ahead(p).await),
             Err(not_direct) => Err(not_direct),
         })
     };
@@ -1120,10 +1102,9 @@ async fn cancel_direct(c: &mut Container, early: Option<crate::direct::Tell>) {
     let Some(tell) = early else {
         return;
     };
-    drop(tell);
-    // Its Tell dropped before the rootfs was bound, the preparation stops (CRIU, if
-    // started, before the container's mounts), undoes what it made and ends; waited
-    // for so that nothing of it outlives this Create.
+    let _ = tell.send(None);
+    // Told None before it could restore anything, the preparation undoes what it
+    // made and ends; waited for so that nothing of it outlives this Create.
     if let Some(Direct::Preparing(handle)) = c.direct.take() {
         let _ = handle.await;
     }

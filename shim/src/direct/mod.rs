@@ -141,13 +141,8 @@ pub fn check_eligible(
 pub struct Prepared {
     pub image_dir: PathBuf,
     pub work: PathBuf,
-    /// A shared mount holding `criu_root` (see [`make_criu_yard`]).
-    criu_yard: PathBuf,
-    /// CRIU's root: the rootfs, bound here once Create says so (`go`).
-    criu_root: PathBuf,
+    pub criu_root: PathBuf,
     pub rootfs: PathBuf,
-    /// Create's word that the rootfs is mounted; `None`: given already.
-    go: Option<tokio::sync::oneshot::Receiver<()>>,
     pub cgroup_dirs: Vec<PathBuf>,
     plan: RestorePlan,
     swrk: Swrk,
@@ -175,8 +170,9 @@ pub struct Running {
     pub lazy: Option<tokio::task::JoinHandle<()>>,
 }
 
-/// Which image a preparation under way restores: told as soon as it is known
-/// (on the early path, when rekindle-restored answers, before Create arrives).
+/// What Create tells a preparation already under way, once it has found the
+/// image and mounted the rootfs; `None`: no restore after all (the preparation
+/// undoes what it made).
 pub struct Source {
     pub image_dir: PathBuf,
     /// Serve the pages lazily (`criu lazy-pages`).
@@ -186,138 +182,21 @@ pub struct Source {
     pub image: Option<String>,
 }
 
-impl Source {
-    /// An image rekindle-restored prepared: served lazily unless turned off.
-    pub fn stored(name: &str, image_dir: &Path) -> Self {
-        Source {
-            image_dir: image_dir.to_path_buf(),
-            lazy: lazy_pages(),
-            image: Some(name.to_string()),
-        }
-    }
-}
-
-/// What a preparation under way is told, in two steps: the image ([`Tell::image`]:
-/// CRIU starts on it at once) and then that Create has mounted the rootfs and
-/// restores after all ([`Tell::go`]: CRIU, held until then before it builds the
-/// container's mounts, goes on). Dropped before either: no restore (the
-/// preparation undoes what it made).
-///
-/// Why two: the image is known ~3 ms before Create has mounted the rootfs, and
-/// CRIU's first ~2 ms (reading the image, forking the root task, its
-/// namespaces) need no rootfs.
-pub struct Tell {
-    image: Option<tokio::sync::oneshot::Sender<Source>>,
-    go: tokio::sync::oneshot::Sender<()>,
-}
-
-/// The preparation's side of a [`Tell`].
-pub struct Told {
-    image: tokio::sync::oneshot::Receiver<Source>,
-    go: tokio::sync::oneshot::Receiver<()>,
-}
-
-/// A [`Tell`] and the [`Told`] it reaches.
-pub fn tell() -> (Tell, Told) {
-    let (image_tx, image) = tokio::sync::oneshot::channel();
-    let (go_tx, go) = tokio::sync::oneshot::channel();
-    (
-        Tell {
-            image: Some(image_tx),
-            go: go_tx,
-        },
-        Told { image, go },
-    )
-}
-
-/// Tells a preparation its image; hand it to whoever learns the image first.
-pub type ImageTell = tokio::sync::oneshot::Sender<Source>;
-
-impl Tell {
-    /// The image, if not told already (or handed away by [`Tell::take_image`]).
-    pub fn image(&mut self, source: Source) {
-        if let Some(tx) = self.image.take() {
-            let _ = tx.send(source);
-        }
-    }
-
-    /// Hands the telling of the image to another task (the early path's request
-    /// to rekindle-restored); [`Tell::put_image`] takes it back untold.
-    pub fn take_image(&mut self) -> Option<ImageTell> {
-        self.image.take()
-    }
-
-    pub fn put_image(&mut self, tx: ImageTell) {
-        self.image = Some(tx);
-    }
-
-    /// Create has mounted the rootfs and restores the image told.
-    pub fn go(self) {
-        let _ = self.go.send(());
-    }
-}
-
-/// `criu swrk` started before the shim server's runtime (see [`start_swrk_now`]),
-/// with what it holds.
-pub struct Started {
-    swrk: Swrk,
-    netns: Option<OwnedFd>,
-    tmpfs: Option<tmpfs::TmpfsHelper>,
-    /// How long the start took.
-    took: Duration,
-}
-
-impl Started {
-    /// Watches swrk's exit through `sub` (made before the reaper runs).
-    pub fn watch(&mut self, sub: containerd_shim::asynchronous::monitor::Subscription) {
-        self.swrk.process.watch(sub);
-    }
-}
-
-/// Starts `criu swrk` for a restore into the container of `spec` at once, without
-/// a runtime: in the shim server's first moments, before its runtime and its
-/// threads exist, a fork and exec of swrk took ~0.5 ms instead of ~2 ms, and the
-/// restore could not begin before swrk was up. `stdio`: swrk's fds 0-2 (the
-/// container's pipes). `None`: [`prepare`] starts swrk itself (and reports why
-/// this could not).
-pub fn start_swrk_now(spec: &Spec, stdio: [Option<OwnedFd>; 3]) -> Option<Started> {
-    let t = Instant::now();
-    let criu = PathBuf::from(crate::runc::criu_binary());
-    let netns = match crate::container::spec_netns_path(spec) {
-        Some(p) => Some(OwnedFd::from(std::fs::File::open(p).ok()?)),
-        None => None,
-    };
-    let tmpfs = tmpfs::enabled()
-        .then(tmpfs::TmpfsHelper::start)
-        .and_then(|h| h.ok());
-    let env: Vec<(&str, &Path)> = tmpfs
-        .iter()
-        .map(|h| (tmpfs::SOCKET_ENV, h.path()))
-        .collect();
-    let inherit: Vec<&OwnedFd> = netns.iter().collect();
-    let swrk = swrk::spawn_swrk_now(&criu, stdio, &inherit, &env).ok()?;
-    Some(Started {
-        swrk,
-        netns,
-        tmpfs,
-        took: t.elapsed(),
-    })
-}
+/// Tells a preparation under way the image to restore (or `None`: no restore).
+pub type Tell = tokio::sync::oneshot::Sender<Option<Source>>;
 
 /// Prepares a direct restore into the container described by `spec`, from the
-/// top of Create (or before it, see [`crate::early`]): `criu swrk` (holding `io`,
-/// the container's stdio, as fds 0-2, and the netns) and the cgroups are started
-/// at once, the rest once `told` says which image; that Create has mounted the
-/// rootfs is waited for later, by [`restore_ahead`]. Why: the fork and exec of
-/// swrk (~2 ms here) ended after Start had arrived when it came after Create's
-/// own work; now it overlaps it.
+/// top of Create: `criu swrk` (holding `io`, the container's stdio, as fds 0-2,
+/// and the netns) and the cgroups are started at once, the rest once `source`
+/// says which image (Create learns that from rekindle-restored, and mounts the
+/// rootfs, meanwhile). Why: the fork and exec of swrk (~2 ms here) ended after
+/// Start had arrived when it came after Create's own work; now it overlaps it.
 pub async fn prepare(
     bundle: &Path,
     spec: &Spec,
     cgroups_path: &str,
     io: Option<Arc<dyn runc::io::Io>>,
-    started: Option<Started>,
-    told: Told,
+    source: tokio::sync::oneshot::Receiver<Option<Source>>,
 ) -> Result<std::result::Result<Prepared, NotDirect>> {
     let t0 = Instant::now();
     let hierarchies = resources::hierarchies().map_err(Error::io("read cgroup hierarchies"))?;
@@ -327,70 +206,56 @@ pub async fn prepare(
         )));
     }
     let criu = PathBuf::from(crate::runc::criu_binary());
-    enum Spawning {
-        Done(Box<Swrk>, Option<OwnedFd>, Duration),
-        Pending(tokio::task::JoinHandle<(Result<Swrk>, Option<OwnedFd>, Duration)>),
-    }
-    let (tmpfs, spawning) = match started {
-        Some(s) => (s.tmpfs, Spawning::Done(Box::new(s.swrk), s.netns, s.took)),
-        None => {
-            // The netns the spec names (what plan::plan restores into), open in swrk.
-            let netns_path = crate::container::spec_netns_path(spec);
-            let netns = match &netns_path {
-                Some(p) => match std::fs::File::open(p) {
-                    Ok(f) => Some(OwnedFd::from(f)),
-                    Err(e) => {
-                        return Err(Error::FailedPrecondition(format!(
-                            "open the container's network namespace {}: {e}",
-                            p.display()
-                        )))
-                    }
-                },
-                None => None,
-            };
-            let tmpfs = if tmpfs::enabled() {
-                match tmpfs::TmpfsHelper::start() {
-                    Ok(h) => Some(h),
-                    Err(e) => {
-                        warn!(error = %e, "tmpfs helper unavailable; CRIU runs tar per tmpfs mount");
-                        None
-                    }
-                }
-            } else {
+    // The netns the spec names (what plan::plan restores into), open in swrk.
+    let netns_path = crate::container::spec_netns_path(spec);
+    let netns = match &netns_path {
+        Some(p) => match std::fs::File::open(p) {
+            Ok(f) => Some(OwnedFd::from(f)),
+            Err(e) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "open the container's network namespace {}: {e}",
+                    p.display()
+                )))
+            }
+        },
+        None => None,
+    };
+    let tmpfs = if tmpfs::enabled() {
+        match tmpfs::TmpfsHelper::start() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                warn!(error = %e, "tmpfs helper unavailable; CRIU runs tar per tmpfs mount");
                 None
-            };
-            // swrk on a thread of the blocking pool: a spawn holds its thread until the
-            // child has exec'd, and a task spawned onto the runtime could sit in this
-            // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
-            let spawning = {
-                let (criu, tmpfs_socket) =
-                    (criu.clone(), tmpfs.as_ref().map(|h| h.path().to_path_buf()));
-                let rt = tokio::runtime::Handle::current();
-                tokio::task::spawn_blocking(move || {
-                    let t = Instant::now();
-                    let env: Vec<(&str, &Path)> = tmpfs_socket
-                        .iter()
-                        .map(|p| (tmpfs::SOCKET_ENV, p.as_path()))
-                        .collect();
-                    let inherit: Vec<&OwnedFd> = netns.iter().collect();
-                    let swrk = rt.block_on(swrk::spawn_swrk(&criu, io.as_ref(), &inherit, &env));
-                    (swrk, netns, t.elapsed())
-                })
-            };
-            (tmpfs, Spawning::Pending(spawning))
+            }
         }
+    } else {
+        None
+    };
+    // swrk on a thread of the blocking pool: a spawn holds its thread until the
+    // child has exec'd, and a task spawned onto the runtime could sit in this
+    // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
+    let spawning = {
+        let (criu, tmpfs_socket) = (criu.clone(), tmpfs.as_ref().map(|h| h.path().to_path_buf()));
+        let rt = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let env: Vec<(&str, &Path)> = tmpfs_socket
+                .iter()
+                .map(|p| (tmpfs::SOCKET_ENV, p.as_path()))
+                .collect();
+            let inherit: Vec<&OwnedFd> = netns.iter().collect();
+            let swrk = rt.block_on(swrk::spawn_swrk(&criu, io.as_ref(), &inherit, &env));
+            (swrk, netns, t.elapsed())
+        })
     };
     let spawned = async move {
-        match spawning {
-            Spawning::Done(swrk, netns, t) => Ok((*swrk, netns, t)),
-            Spawning::Pending(h) => match h.await {
-                Ok((Ok(swrk), netns, t)) => Ok((swrk, netns, t)),
-                Ok((Err(e), ..)) => Err(e),
-                Err(e) => Err(Error::Runtime {
-                    action: "start criu swrk".into(),
-                    message: e.to_string(),
-                }),
-            },
+        match spawning.await {
+            Ok((Ok(swrk), netns, t)) => Ok((swrk, netns, t)),
+            Ok((Err(e), ..)) => Err(e),
+            Err(e) => Err(Error::Runtime {
+                action: "start criu swrk".into(),
+                message: e.to_string(),
+            }),
         }
     };
     // Checkpoint images are untrusted, so CRIU is told to ignore cgroups and the
@@ -468,29 +333,15 @@ pub async fn prepare(
         NotDirect(NotDirect),
         Failed(Error),
     }
-    let Told {
-        image: mut image_told,
-        mut go,
-    } = told;
-    let mut go_given = false;
     let after_source = async {
-        // The image; the Tell dropped before it (Create fails, cold-starts instead,
-        // or takes another path) means no restore.
-        let source = tokio::select! {
-            biased;
-            s = &mut image_told => s.ok(),
-            g = &mut go => match g {
-                Ok(()) => {
-                    go_given = true;
-                    (&mut image_told).await.ok()
-                }
-                Err(_) => None,
-            },
-        };
-        let Some(source) = source else {
-            return Err(Stop::NotDirect(NotDirect(
-                "Create restores nothing after all".into(),
-            )));
+        let source = match source.await {
+            Ok(Some(s)) => s,
+            // No restore after all (Create fails, or cold-starts instead).
+            Ok(None) | Err(_) => {
+                return Err(Stop::NotDirect(NotDirect(
+                    "Create restores nothing after all".into(),
+                )))
+            }
         };
         let t_source = t0.elapsed();
         let image_dir = source.image_dir.as_path();
@@ -514,8 +365,7 @@ pub async fn prepare(
             None => bundle.join("rootfs"),
         };
         let work = bundle.join("direct-work");
-        let criu_yard = bundle.join("criu-yard");
-        let criu_root = criu_yard.join("root");
+        let criu_root = bundle.join("criu-root");
         for d in [&work, &criu_root] {
             std::fs::create_dir_all(d)
                 .map_err(|e| Stop::Failed(Error::io(format!("create {}", d.display()))(e)))?;
@@ -551,24 +401,21 @@ pub async fn prepare(
         } else {
             None
         };
-        // CRIU's root is the rootfs bound in the yard once Create has mounted it, after
-        // CRIU has forked the root task (restore_ahead); the yard is a shared mount so
-        // that the bind reaches the root task's mount namespace, cloned from this one
-        // before it.
-        make_criu_yard(&criu_yard).map_err(Stop::Failed)?;
+        // CRIU's root now rather than at Start: one bind mount less on the restore's path.
+        mount_criu_root(&rootfs, &criu_root, &plan).map_err(Stop::Failed)?;
         Ok((
             source.image_dir,
             t_source,
             plan,
             rootfs,
             work,
-            (criu_yard, criu_root),
+            criu_root,
             working_set,
             lazy_start,
         ))
     };
     let (after_source, spawned) = tokio::join!(after_source, spawned_and_moved);
-    let (image_dir, t_source, plan, rootfs, work, (criu_yard, criu_root), working_set, lazy_start) =
+    let (image_dir, t_source, plan, rootfs, work, criu_root, working_set, lazy_start) =
         match after_source {
             Ok(v) => v,
             Err(stop) => {
@@ -584,11 +431,11 @@ pub async fn prepare(
         };
     let (swrk, netns, t_spawn, t_move, t_spawned) = match spawned {
         Ok(s) => s,
-        // swrk is gone (never started, or killed when its move failed); CRIU's yard
+        // swrk is gone (never started, or killed when its move failed); CRIU's root
         // is mounted by now.
         Err(e) => {
             resources::remove(&cgroup_dirs);
-            unmount_criu_root(&criu_yard, &criu_root);
+            let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
             return Err(e);
         }
     };
@@ -605,10 +452,8 @@ pub async fn prepare(
     Ok(Ok(Prepared {
         image_dir,
         work,
-        criu_yard,
         criu_root,
         rootfs,
-        go: (!go_given).then_some(go),
         cgroup_dirs,
         plan,
         swrk,
@@ -760,8 +605,6 @@ pub struct Held {
     criu: tokio::task::JoinHandle<std::result::Result<u32, criu_sys::safe::Error>>,
     /// CRIU's time from the request to the hold.
     restore_time: Duration,
-    /// Of that, CRIU's wait for Create's word that the rootfs is mounted.
-    rootfs_wait: Duration,
     held_at: Instant,
     /// Set before CRIU is let go: from then on swrk exits as it should.
     resumed: Arc<std::sync::atomic::AtomicBool>,
@@ -780,59 +623,14 @@ pub enum Ahead {
 /// The CRIU step at which a restore ahead waits for Start.
 const HOLD_AT: &str = "pre-resume";
 
-/// The CRIU step at which a restore ahead waits for Create's word that the rootfs
-/// is mounted, and binds it as CRIU's root: the root task is forked and its
-/// namespaces made, and it builds the mount namespace from CRIU's root only once
-/// this step is over (cr-restore.c, restore_root_task).
-const ROOT_AT: &str = "setup-namespaces";
-
-/// What became of the wait at [`ROOT_AT`].
-enum Rooted {
-    /// Bound, after waiting this long for Create.
-    Bound(Duration),
-    /// Create restores nothing after all (its Tell dropped).
-    Cancelled,
-    Failed(Error),
-}
-
-/// What the wait at [`ROOT_AT`] needs.
-struct Rooting {
-    go: Option<tokio::sync::oneshot::Receiver<()>>,
-    rootfs: PathBuf,
-    criu_root: PathBuf,
-    mountpoints: Vec<(String, bool)>,
-}
-
-impl Rooting {
-    /// Waits for Create's word (blocking: on CRIU's thread) and binds the rootfs.
-    fn bind(self) -> Rooted {
-        let t = Instant::now();
-        if let Some(go) = self.go {
-            if go.blocking_recv().is_err() {
-                return Rooted::Cancelled;
-            }
-        }
-        let waited = t.elapsed();
-        match mount_criu_root(&self.rootfs, &self.criu_root, &self.mountpoints) {
-            Ok(()) => Rooted::Bound(waited),
-            Err(e) => Rooted::Failed(e),
-        }
-    }
-}
-
 /// Runs the restore of `p` up to CRIU's last step before the tree resumes
 /// (see [`Held`]). On failure the tree is gone (CRIU kills what it restored)
 /// and `p` is handed back for the next path or [`Prepared::abandon`].
-/// `NotDirect`: Create restores nothing after all (CRIU stopped before the
-/// container's mounts, and what was prepared is undone).
-pub async fn restore_ahead(
-    mut p: Prepared,
-    cgroups_path: &str,
-) -> std::result::Result<Ahead, NotDirect> {
+pub async fn restore_ahead(mut p: Prepared) -> Ahead {
     let started = Instant::now();
     let request = match request(&mut p) {
         Ok(c) => c,
-        Err(e) => return Ok(Ahead::Failed(e, Box::new(p))),
+        Err(e) => return Ahead::Failed(e, Box::new(p)),
     };
     // Subscribed to the reaper's exits before the request, for the watchdog: a swrk
     // that dies right after the hold is seen however soon it dies (subscribing after
@@ -840,43 +638,18 @@ pub async fn restore_ahead(
     let watch = monitor_subscribe(Topic::Pid).await.ok();
     let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
     let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
-    let (rooted_tx, mut rooted_rx) = tokio::sync::oneshot::channel::<Rooted>();
-    let rooting = Rooting {
-        go: p.go.take(),
-        rootfs: p.rootfs.clone(),
-        criu_root: p.criu_root.clone(),
-        mountpoints: p.plan.mountpoints.clone(),
-    };
     let criu = tokio::task::spawn_blocking(move || {
         let mut criu = request;
         let mut held_tx = Some(held_tx);
-        let (mut rooting, mut rooted_tx) = (Some(rooting), Some(rooted_tx));
         let mut handler = |n: criu_sys::safe::Notification<'_>| {
-            let rooted = match (n.action, rooting.take()) {
-                (ROOT_AT, Some(r)) => r.bind(),
-                // Every container restore makes a mount namespace: a tree at its
-                // resume without one is not what was prepared for.
-                (HOLD_AT, Some(_)) => Rooted::Failed(Error::Runtime {
-                    action: "criu restore".into(),
-                    message: format!("CRIU reached {HOLD_AT:?} without {ROOT_AT:?}"),
-                }),
-                (_, r) => {
-                    rooting = r;
-                    if n.action != HOLD_AT {
-                        return true;
-                    }
-                    if let Some(tx) = held_tx.take() {
-                        let _ = tx.send(());
-                    }
-                    // Until Start (go) or Delete (the sender dropped).
-                    return go_rx.recv().is_ok();
-                }
-            };
-            let bound = matches!(rooted, Rooted::Bound(_));
-            if let Some(tx) = rooted_tx.take() {
-                let _ = tx.send(rooted);
+            if n.action != HOLD_AT {
+                return true;
             }
-            bound
+            if let Some(tx) = held_tx.take() {
+                let _ = tx.send(());
+            }
+            // Until Start (go) or Delete (the sender dropped).
+            go_rx.recv().is_ok()
         };
         criu.restore_notified(&mut handler)
     });
@@ -908,38 +681,23 @@ pub async fn restore_ahead(
         go: Some(go),
         criu,
         restore_time: Duration::ZERO,
-        rootfs_wait: Duration::ZERO,
         held_at: Instant::now(),
         resumed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         watchdog: None,
     };
     match tokio::time::timeout(time_limit(), held_rx).await {
         // Held, or over without a hold (the result is waiting in `criu`).
-        Ok(was_held) => {
+        Ok(_) => {
             held.restore_time = started.elapsed();
             held.held_at = Instant::now();
-            if was_held.is_err() {
-                // Over before the hold: cancelled at ROOT_AT, or a failure (CRIU aborted
-                // the restore, or died and let go of what it had restored: that is
-                // killed now).
+            if held.criu.is_finished() {
+                // Over before the hold: a failure (CRIU aborted the restore, or died
+                // and let go of what it had restored: that is killed now).
                 unsubscribe(watch).await;
                 let Held { mut p, criu, .. } = held;
                 kill_cgroup_procs(&p.cgroup_dirs);
-                let result = criu.await;
-                return match rooted_rx.try_recv() {
-                    Ok(Rooted::Cancelled) => {
-                        p.abandon(cgroups_path).await;
-                        Err(NotDirect("Create restores nothing after all".into()))
-                    }
-                    Ok(Rooted::Failed(e)) => Ok(Ahead::Failed(e, Box::new(p))),
-                    Ok(Rooted::Bound(_)) | Err(_) => {
-                        let e = criu_failure(&mut p, result).await;
-                        Ok(Ahead::Failed(e, Box::new(p)))
-                    }
-                };
-            }
-            if let Ok(Rooted::Bound(waited)) = rooted_rx.try_recv() {
-                held.rootfs_wait = waited;
+                let e = criu_failure(&mut p, criu.await).await;
+                return Ahead::Failed(e, Box::new(p));
             }
             let (stop, stopped) = tokio::sync::oneshot::channel();
             tokio::spawn(watch_swrk(
@@ -954,7 +712,7 @@ pub async fn restore_ahead(
                 criu_ms = ms(held.restore_time),
                 "restored ahead; held before the resume until Start"
             );
-            Ok(Ahead::Held(Box::new(held)))
+            Ahead::Held(Box::new(held))
         }
         Err(_) => {
             unsubscribe(watch).await;
@@ -962,13 +720,13 @@ pub async fn restore_ahead(
             kill_cgroup_procs(&held.p.cgroup_dirs);
             held.go = None;
             let Held { p, .. } = held;
-            Ok(Ahead::Failed(
+            Ahead::Failed(
                 Error::Runtime {
                     action: "criu restore".into(),
                     message: format!("{} after {:?}", crate::runc::TIMED_OUT, time_limit()),
                 },
                 Box::new(p),
-            ))
+            )
         }
     }
 }
@@ -1123,14 +881,11 @@ impl Held {
         };
         let t_resume = started.elapsed();
         let Held {
-            p,
-            restore_time,
-            rootfs_wait,
-            ..
+            p, restore_time, ..
         } = self;
         Ok(p.into_running(
             pid,
-            (restore_time, rootfs_wait),
+            restore_time,
             t_resume,
             held_for,
             started,
@@ -1161,7 +916,7 @@ impl Prepared {
     fn into_running(
         self,
         pid: i32,
-        (t_criu, t_rootfs_wait): (Duration, Duration),
+        t_criu: Duration,
         t_resume: Duration,
         held_for: Duration,
         started: Instant,
@@ -1169,7 +924,6 @@ impl Prepared {
     ) -> (i32, Running) {
         let Prepared {
             work,
-            criu_yard,
             criu_root,
             rootfs,
             cgroup_dirs,
@@ -1183,7 +937,7 @@ impl Prepared {
         let mut swrk = swrk.process;
         tokio::spawn(async move { swrk.wait(Duration::from_secs(5)).await });
         // The container's mount namespace holds its own copy (runc does the same).
-        unmount_criu_root(&criu_yard, &criu_root);
+        let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
         let descriptors = (0..3)
             .map(|fd| {
                 std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
@@ -1209,7 +963,6 @@ impl Prepared {
         info!(
             pid,
             criu_ms = ms(t_criu),
-            rootfs_wait_ms = ms(t_rootfs_wait),
             resume_ms = ms(t_resume),
             held_ms = ms(held_for),
             elapsed_ms = ms(started.elapsed()),
@@ -1229,43 +982,7 @@ impl Prepared {
     }
 }
 
-/// Binds `yard` on itself, shared: the root task CRIU forks gets a copy of it in
-/// its mount namespace, in the same peer group, so the rootfs bound under it
-/// afterwards ([`mount_criu_root`]) appears there as well. The root task makes
-/// its mounts private (mount-v2.c, prepare_mnt_ns_v2) before it makes any, so
-/// nothing of the container's comes back to the host.
-fn make_criu_yard(yard: &Path) -> Result<()> {
-    use nix::mount::{mount, MsFlags};
-    mount(
-        Some(yard),
-        yard,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(|e| Error::io(format!("bind {} on itself", yard.display()))(e.into()))?;
-    if let Err(e) = mount(
-        None::<&str>,
-        yard,
-        None::<&str>,
-        MsFlags::MS_SHARED,
-        None::<&str>,
-    ) {
-        let _ = nix::mount::umount2(yard, nix::mount::MntFlags::MNT_DETACH);
-        return Err(Error::io(format!("make {} a shared mount", yard.display()))(e.into()));
-    }
-    Ok(())
-}
-
-/// Detaches CRIU's root (if bound) and its yard.
-fn unmount_criu_root(yard: &Path, criu_root: &Path) {
-    for m in [criu_root, yard] {
-        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// Binds the container's rootfs on `criu_root`, with the mount points `plan` needs.
-fn mount_criu_root(rootfs: &Path, criu_root: &Path, mountpoints: &[(String, bool)]) -> Result<()> {
+fn mount_criu_root(rootfs: &Path, criu_root: &Path, plan: &RestorePlan) -> Result<()> {
     // CRIU's root must be a mount point whose parent is not overmounted.
     nix::mount::mount(
         Some(rootfs),
@@ -1281,7 +998,7 @@ fn mount_criu_root(rootfs: &Path, criu_root: &Path, mountpoints: &[(String, bool
             criu_root.display()
         ))(e.into())
     })?;
-    for (rel, file) in mountpoints {
+    for (rel, file) in &plan.mountpoints {
         let path = criu_root.join(rel);
         if std::fs::symlink_metadata(&path).is_ok() {
             continue;
@@ -1383,13 +1100,11 @@ impl Prepared {
         if let Some(netns) = &self.plan.netns {
             crate::cgroups::unlock_criu_network(netns).await;
         }
-        unmount_criu_root(&self.criu_yard, &self.criu_root);
+        let _ = nix::mount::umount2(&self.criu_root, nix::mount::MntFlags::MNT_DETACH);
         if crate::cgroups::detach_mounts_under(&self.work) {
             let _ = tokio::fs::remove_dir_all(&self.work).await;
         }
-        if crate::cgroups::detach_mounts_under(&self.criu_yard) {
-            let _ = tokio::fs::remove_dir_all(&self.criu_yard).await;
-        }
+        let _ = tokio::fs::remove_dir(&self.criu_root).await;
     }
 }
 

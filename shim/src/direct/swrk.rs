@@ -29,11 +29,9 @@ pub struct Watched {
     /// Held, never waited on: tokio reaps a dropped, unwaited child on its own
     /// (its orphan queue), which could race the shim's reaper; once the reaper
     /// has reported the exit, dropping it is harmless.
-    _child: Option<Child>,
+    _child: Child,
     sub: Option<Subscription>,
     exit: Option<i32>,
-    /// Spawned before the runtime and not yet given a subscription.
-    unwatched: bool,
 }
 
 impl Watched {
@@ -44,7 +42,10 @@ impl Watched {
         // reaper may have collected already (std then panics): check first.
         let program = Path::new(cmd.as_std().get_program());
         if !is_executable(program) {
-            return Err(not_executable(what, program));
+            return Err(Error::FailedPrecondition(format!(
+                "start {what}: {} is not an executable file (set REKINDLE_CRIU, or run hack/setup.sh to install CRIU)",
+                program.display()
+            )));
         }
         let sub = monitor_subscribe(Topic::Pid)
             .await
@@ -55,26 +56,14 @@ impl Watched {
         match cmd.spawn() {
             Ok(child) => Ok(Watched {
                 pid: child.id().unwrap_or_default() as i32,
-                _child: Some(child),
+                _child: child,
                 sub: Some(sub),
                 exit: None,
-                unwatched: false,
             }),
             Err(e) => {
                 monitor_unsubscribe(sub.id).await.unwrap_or_default();
                 Err(Error::io(format!("start {what}"))(e))
             }
-        }
-    }
-
-    /// Watches a child spawned before the runtime ([`spawn_swrk_now`]) through
-    /// `sub`, a subscription made before the reaper runs.
-    pub fn watch(&mut self, sub: Subscription) {
-        if self.unwatched {
-            self.sub = Some(sub);
-            self.unwatched = false;
-        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move { monitor_unsubscribe(sub.id).await.unwrap_or_default() });
         }
     }
 
@@ -138,9 +127,6 @@ impl Watched {
 
 impl Drop for Watched {
     fn drop(&mut self) {
-        if self.unwatched {
-            self.kill();
-        }
         if let Some(sub) = self.sub.take() {
             self.kill();
             // Unsubscribing needs the runtime; without one the process is exiting.
@@ -151,13 +137,6 @@ impl Drop for Watched {
             }
         }
     }
-}
-
-fn not_executable(what: &str, program: &Path) -> Error {
-    Error::FailedPrecondition(format!(
-        "start {what}: {} is not an executable file (set REKINDLE_CRIU, or run hack/setup.sh to install CRIU)",
-        program.display()
-    ))
 }
 
 fn is_executable(p: &Path) -> bool {
@@ -289,70 +268,6 @@ pub async fn spawn_swrk(
     inherit: &[&OwnedFd],
     env: &[(&str, &Path)],
 ) -> Result<Swrk> {
-    let (std_cmd, ours, theirs, fds) = swrk_command(criu, inherit, env)?;
-    let mut cmd = Command::from(std_cmd);
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    if let Some(io) = io {
-        io.set(&mut cmd)
-            .await
-            .map_err(Error::io("hand the container's stdio to criu swrk"))?;
-    }
-    let process = Watched::spawn(&mut cmd, &format!("{} swrk", criu.display())).await?;
-    if let Some(io) = io {
-        io.close_after_start().await;
-    }
-    drop(theirs);
-    Ok(Swrk {
-        process,
-        socket: Some(ours),
-        fds,
-    })
-}
-
-/// [`spawn_swrk`] without a runtime, for the shim server's first moments (see
-/// [`crate::early`]): `stdio` are swrk's fds 0, 1 and 2 (`None`: /dev/null).
-/// Its exit is watched once [`Watched::watch`] is given a subscription, which
-/// must come before the reaper runs.
-pub fn spawn_swrk_now(
-    criu: &Path,
-    stdio: [Option<OwnedFd>; 3],
-    inherit: &[&OwnedFd],
-    env: &[(&str, &Path)],
-) -> Result<Swrk> {
-    let what = format!("{} swrk", criu.display());
-    if !is_executable(criu) {
-        return Err(not_executable(&what, criu));
-    }
-    let (mut cmd, ours, theirs, fds) = swrk_command(criu, inherit, env)?;
-    let [i, o, e] = stdio.map(|f| f.map_or_else(Stdio::null, Stdio::from));
-    cmd.stdin(i).stdout(o).stderr(e);
-    // Without a runtime there is no reaper yet: a failed exec is waited for by std.
-    let child = cmd.spawn().map_err(Error::io(format!("start {what}")))?;
-    drop(cmd);
-    drop(theirs);
-    Ok(Swrk {
-        process: Watched {
-            pid: child.id() as i32,
-            _child: None,
-            sub: None,
-            exit: None,
-            unwatched: true,
-        },
-        socket: Some(ours),
-        fds,
-    })
-}
-
-/// swrk's command (stdio still to set), the shim's end of its socket, swrk's
-/// end (to close once it is spawned), and the numbers of `inherit` in swrk.
-fn swrk_command(
-    criu: &Path,
-    inherit: &[&OwnedFd],
-    env: &[(&str, &Path)],
-) -> Result<(std::process::Command, OwnedFd, OwnedFd, Vec<RawFd>)> {
-    use std::os::unix::process::CommandExt;
     let mut sv = [0 as RawFd; 2];
     // SAFETY: valid out-array of two descriptors.
     if unsafe {
@@ -380,7 +295,7 @@ fn swrk_command(
         .enumerate()
         .map(|(i, s)| (*s, base + i as RawFd))
         .collect();
-    let mut cmd = std::process::Command::new(criu);
+    let mut cmd = Command::new(criu);
     cmd.arg("swrk")
         .arg(base.to_string())
         // Stop the tree at its sigreturn by tracing syscalls, not with a hardware
@@ -388,6 +303,9 @@ fn swrk_command(
         // breakpoint's perf event waits for an RCU grace period (2-20 ms) in the
         // middle of the restore (hack/criu-patches/0010; ignored without it).
         .env(NO_BREAKPOINTS_ENV, "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .process_group(0);
     match criu_path_dir() {
         Some(dir) => {
@@ -399,11 +317,16 @@ fn swrk_command(
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let fds = moves[1..].iter().map(|(_, d)| *d).collect();
+    if let Some(io) = io {
+        io.set(&mut cmd)
+            .await
+            .map_err(Error::io("hand the container's stdio to criu swrk"))?;
+    }
+    let pre = moves.clone();
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            for (src, dst) in &moves {
+            for (src, dst) in &pre {
                 if libc::dup2(*src, *dst) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -411,7 +334,16 @@ fn swrk_command(
             Ok(())
         });
     }
-    Ok((cmd, ours, theirs, fds))
+    let process = Watched::spawn(&mut cmd, &format!("{} swrk", criu.display())).await?;
+    if let Some(io) = io {
+        io.close_after_start().await;
+    }
+    drop(theirs);
+    Ok(Swrk {
+        process,
+        socket: Some(ours),
+        fds: moves[1..].iter().map(|(_, d)| *d).collect(),
+    })
 }
 
 /// The lazy-pages daemon's socket in `work`, listening: a restore may connect
