@@ -687,10 +687,12 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
     };
     match tokio::time::timeout(time_limit(), held_rx).await {
         // Held, or over without a hold (the result is waiting in `criu`).
-        Ok(_) => {
+        Ok(was_held) => {
             held.restore_time = started.elapsed();
             held.held_at = Instant::now();
-            if held.criu.is_finished() {
+            // Told by the hold's channel, not by the CRIU thread having finished: the
+            // handler (and the sender with it) is dropped just before the thread ends.
+            if was_held.is_err() {
                 // Over before the hold: a failure (CRIU aborted the restore, or died
                 // and let go of what it had restored: that is killed now).
                 unsubscribe(watch).await;
