@@ -519,6 +519,8 @@ struct Facts {
     /// [`cgroup_migration`]): the step each restore pays to put CRIU in the
     /// container's cgroups, and runc for each container it starts.
     cgroup_migration: String,
+    /// What one CPUID instruction costs here (see [`cpuid_cost`]).
+    cpuid: String,
 }
 
 async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
@@ -576,6 +578,7 @@ async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
             .map(|kb| format!("{:.1} GiB", kb / (1 << 20) as f64))
             .unwrap_or_else(|_| "?".into()),
         cgroup_migration: cgroup_migration().unwrap_or_else(|e| format!("not measured ({e:#})")),
+        cpuid: cpuid_cost(),
     })
 }
 
@@ -642,10 +645,42 @@ fn cgroup_migration() -> Result<String> {
     ))
 }
 
+/// Times the CPUID instruction (mean of 2000, leaf 4). In a VM it traps to the
+/// hypervisor; every process start pays a few dozen (the dynamic loader's CPU
+/// feature and cache probing), and every CRIU process as many again (compel's
+/// CPU feature table): on a machine where one costs microseconds, a restore's
+/// execs of criu carry that.
+fn cpuid_cost() -> String {
+    #[cfg(target_arch = "x86_64")]
+    {
+        const N: u32 = 2000;
+        let t = Instant::now();
+        for i in 0..N {
+            std::hint::black_box(std::arch::x86_64::__cpuid_count(4, i & 3));
+        }
+        format!(
+            "a CPUID instruction {:.2} us",
+            t.elapsed().as_secs_f64() * 1e6 / f64::from(N)
+        )
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        "no CPUID (not x86_64)".to_string()
+    }
+}
+
 fn facts_line(f: &Facts) -> String {
     format!(
-        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM, {}",
-        f.kernel, f.criu, f.containerd, f.runc, f.cores, f.cpu, f.memory, f.cgroup_migration
+        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM, {}, {}",
+        f.kernel,
+        f.criu,
+        f.containerd,
+        f.runc,
+        f.cores,
+        f.cpu,
+        f.memory,
+        f.cgroup_migration,
+        f.cpuid
     )
 }
 
@@ -790,8 +825,8 @@ impl Report {
         let _ = writeln!(s, "\nImage: {}.", self.sources_desc);
         let _ = writeln!(
             s,
-            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM; {}{}. Load average (1 min) \
-             {:.2} before the rounds, {:.2} after.",
+            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM; {}; {}{}. Load average (1 \
+             min) {:.2} before the rounds, {:.2} after.",
             f.kernel,
             f.criu,
             f.containerd,
@@ -800,6 +835,7 @@ impl Report {
             f.cpu,
             f.memory,
             f.cgroup_migration,
+            f.cpuid,
             self.commit
                 .as_deref()
                 .map(|c| format!("; Rekindle {c}"))
@@ -865,6 +901,7 @@ impl Report {
                 "cpu": f.cpu,
                 "memory": f.memory,
                 "cgroup_migration": f.cgroup_migration,
+                "cpuid": f.cpuid,
             },
             "loadavg_1m": {"before": self.load.0, "after": self.load.1},
             "commit": self.commit,
