@@ -305,11 +305,11 @@ fn lz4_failure(e: io::Error) -> Result<String, io::Error> {
     }
 }
 
-fn wrong_size(count: u64, expected: u64) -> String {
+pub(crate) fn wrong_size(count: u64, expected: u64) -> String {
     format!("decompresses to {count} bytes, the manifest says {expected} (truncated?)")
 }
 
-fn too_large(expected: u64) -> String {
+pub(crate) fn too_large(expected: u64) -> String {
     format!("decompresses to more than the manifest's {expected} bytes (decompression bomb?)")
 }
 

@@ -47,6 +47,9 @@ pub fn open_nofollow(path: &Path) -> io::Result<File> {
 /// Creates a new file (never an existing one), mode 0600.
 pub fn create_new_private(path: &Path) -> io::Result<File> {
     OpenOptions::new()
+        // Readable too: a shared writable mapping needs it (the store's extraction
+        // decodes blocks straight into a mapped file, see store::blocks).
+        .read(true)
         .write(true)
         .create_new(true)
         .mode(0o600)

@@ -15,6 +15,7 @@
 //! that touch one image and runs them on blocking threads.
 
 pub mod archive;
+mod blocks;
 pub mod codec;
 pub mod fsutil;
 pub mod manifest;
@@ -22,7 +23,7 @@ pub mod name;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -646,26 +647,52 @@ impl Store {
             if f.size < codec::PIPE_MIN_SIZE {
                 self.copy_verified(&m, f, &mut out)?;
             } else {
-                let compressed = self.open_stored(&m, f)?;
+                let mut compressed = self.open_stored(&m, f)?;
                 // Sized up front so that a tmpfs mounted huge=within_size (the stage area
                 // the daemon mounts) backs the whole file with huge pages.
                 out.set_len(f.size)
                     .map_err(Error::io(format!("cannot size {}", out_path.display())))?;
-                let hasher = match &mut hasher {
-                    Some(h) => h,
-                    None => hasher.insert(
-                        codec::Sha256Thread::spawn()
-                            .map_err(Error::io("cannot start a SHA-256 thread"))?,
-                    ),
+                // A large frame of independent blocks (what the store writes) is decoded
+                // on every core; anything else streams through one decoder, its SHA-256
+                // on a second thread.
+                let workers = parallel_workers(f.size);
+                let parallel = f.compressed_sha256.is_some()
+                    && workers > 1
+                    && compressed.fill_buf().is_ok_and(blocks::independent_blocks)
+                    && blocks::reserve(&out, f.size).map_err(Error::io(format!(
+                        "cannot reserve {} bytes for {}",
+                        f.size,
+                        out_path.display()
+                    )))?;
+                let mut streaming = |hasher: &mut Option<codec::Sha256Thread>| {
+                    let hasher = match hasher {
+                        Some(h) => h,
+                        None => hasher
+                            .insert(codec::Sha256Thread::spawn().map_err(codec::VerifyError::Io)?),
+                    };
+                    match &f.compressed_sha256 {
+                        Some(frame_sha) => codec::decompress_verified_frame(
+                            &mut compressed,
+                            f.size,
+                            frame_sha,
+                            &mut out,
+                            hasher,
+                        ),
+                        None => codec::decompress_verified(
+                            &mut compressed,
+                            f.size,
+                            &f.sha256,
+                            &mut out,
+                            hasher,
+                        ),
+                    }
                 };
                 // A failed file is left half-written in `tmp`, which goes with the error.
                 match &f.compressed_sha256 {
-                    Some(frame_sha) => codec::decompress_verified_frame(
-                        compressed, f.size, frame_sha, &mut out, hasher,
-                    ),
-                    None => {
-                        codec::decompress_verified(compressed, f.size, &f.sha256, &mut out, hasher)
+                    Some(frame_sha) if parallel => {
+                        blocks::extract(&mut compressed, f.size, frame_sha, &out, workers)
                     }
+                    _ => streaming(&mut hasher),
                 }
                 .map_err(|e| match e {
                     codec::VerifyError::Corrupt(reason) => {
@@ -761,6 +788,15 @@ impl Store {
         }
         Ok(())
     }
+}
+
+/// How many threads decode one stored file's blocks ([`blocks::extract`]): one per
+/// core, for a file of at least two 4 MiB blocks; 1 (the streaming decoder) otherwise.
+fn parallel_workers(size: u64) -> usize {
+    if size < 2 * (4 << 20) {
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
 
 /// The stored file of an image file: `<path>.lz4`.
