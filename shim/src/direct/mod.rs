@@ -621,7 +621,7 @@ pub enum Ahead {
 }
 
 /// The CRIU step at which a restore ahead waits for Start.
-const HOLD_AT: &str = "pre-resume";
+pub(crate) const HOLD_AT: &str = "pre-resume";
 
 /// Runs the restore of `p` up to CRIU's last step before the tree resumes
 /// (see [`Held`]). On failure the tree is gone (CRIU kills what it restored)
