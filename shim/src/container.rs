@@ -168,12 +168,20 @@ pub enum Direct {
     /// Being prepared and restored: spawned at Create, which answers without
     /// waiting for it (CRIU restores while containerd and the client go on to
     /// Start); Start, Delete and Shutdown settle it first.
-    Preparing(tokio::task::JoinHandle<Preparation>),
+    Preparing(Preparing),
     /// Restored, stopped before the resume until Start.
     Held(Box<crate::direct::Held>),
     /// The restore ahead failed: Start reports it and takes the next path.
     Failed(crate::error::Error, Box<crate::direct::Prepared>),
     Running(crate::direct::Running),
+}
+
+/// The direct engine's work from Create, under way.
+pub struct Preparing {
+    pub handle: tokio::task::JoinHandle<Preparation>,
+    /// Set by Start before it waits for `handle`: CRIU, on reaching the hold, goes
+    /// on at once instead of waiting to be let go (see `crate::direct::restore_ahead`).
+    pub started: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the direct engine's work from Create gave: a restore held or failed,

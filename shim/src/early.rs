@@ -43,7 +43,7 @@ pub struct Early {
 pub(crate) struct EarlyDirect {
     io: Arc<dyn runc::io::Io>,
     tell: Option<Tell>,
-    handle: Option<tokio::task::JoinHandle<crate::container::Preparation>>,
+    handle: Option<crate::container::Preparing>,
 }
 
 impl Early {
@@ -182,8 +182,8 @@ impl EarlyDirect {
             self.cancel().await;
             return None;
         }
-        let handle = self.handle.take()?;
-        c.direct = Some(Direct::Preparing(handle));
+        let preparing = self.handle.take()?;
+        c.direct = Some(Direct::Preparing(preparing));
         self.tell.take()
     }
 
@@ -193,8 +193,8 @@ impl EarlyDirect {
         if let Some(tell) = self.tell.take() {
             let _ = tell.send(None);
         }
-        if let Some(h) = self.handle.take() {
-            let _ = h.await;
+        if let Some(p) = self.handle.take() {
+            let _ = p.handle.await;
         }
     }
 }

@@ -290,6 +290,10 @@ impl TaskService {
         let pid = if req.exec_id.is_empty() {
             c.init.check_startable()?;
             if let Some(source) = c.init.restore_from.take() {
+                // Start is here: a restore still under way need not stop at its hold.
+                if let Some(Direct::Preparing(p)) = &c.direct {
+                    p.started.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
                 settle_direct(c).await;
                 match restore(c, &self.namespace, &source).await {
                     Ok(()) => {}
@@ -1061,9 +1065,9 @@ async fn prepare_direct(
             return None;
         }
     };
-    let (tell, handle) =
+    let (tell, preparing) =
         spawn_preparation(&c.bundle, spec, cgroups_path, io, tracing::Span::current());
-    c.direct = Some(Direct::Preparing(handle));
+    c.direct = Some(Direct::Preparing(preparing));
     Some(tell)
 }
 
@@ -1075,24 +1079,26 @@ pub(crate) fn spawn_preparation(
     cgroups_path: String,
     io: Arc<dyn runc::io::Io>,
     span: tracing::Span,
-) -> (
-    crate::direct::Tell,
-    tokio::task::JoinHandle<crate::container::Preparation>,
-) {
+) -> (crate::direct::Tell, crate::container::Preparing) {
     let (tell, told) = tokio::sync::oneshot::channel();
     let bundle = bundle.to_path_buf();
     let spec = spec.clone();
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = started.clone();
     let task = async move {
         let prepared =
             crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), told).await?;
         Ok(match prepared {
-            Ok(p) => Ok(crate::direct::restore_ahead(p).await),
+            Ok(p) => Ok(crate::direct::restore_ahead(p, start).await),
             Err(not_direct) => Err(not_direct),
         })
     };
     (
         tell,
-        tokio::spawn(tracing::Instrument::instrument(task, span)),
+        crate::container::Preparing {
+            handle: tokio::spawn(tracing::Instrument::instrument(task, span)),
+            started,
+        },
     )
 }
 
@@ -1105,8 +1111,8 @@ async fn cancel_direct(c: &mut Container, early: Option<crate::direct::Tell>) {
     let _ = tell.send(None);
     // Told None before it could restore anything, the preparation undoes what it
     // made and ends; waited for so that nothing of it outlives this Create.
-    if let Some(Direct::Preparing(handle)) = c.direct.take() {
-        let _ = handle.await;
+    if let Some(Direct::Preparing(p)) = c.direct.take() {
+        let _ = p.handle.await;
     }
     c.init.io.abort().await;
     c.init.io = Default::default();
@@ -1120,10 +1126,10 @@ async fn settle_direct(c: &mut Container) {
     if !matches!(c.direct, Some(Direct::Preparing(_))) {
         return;
     }
-    let Some(Direct::Preparing(handle)) = c.direct.take() else {
+    let Some(Direct::Preparing(p)) = c.direct.take() else {
         unreachable!("matched above");
     };
-    match handle.await {
+    match p.handle.await {
         Ok(Ok(Ok(crate::direct::Ahead::Held(h)))) => {
             c.direct = Some(Direct::Held(h));
             return;

@@ -626,7 +626,16 @@ pub(crate) const HOLD_AT: &str = "pre-resume";
 /// Runs the restore of `p` up to CRIU's last step before the tree resumes
 /// (see [`Held`]). On failure the tree is gone (CRIU kills what it restored)
 /// and `p` is handed back for the next path or [`Prepared::abandon`].
-pub async fn restore_ahead(mut p: Prepared) -> Ahead {
+///
+/// `start_came`: set once Start has come. If it is set when CRIU reaches the hold,
+/// CRIU goes on at once: the hold's round trip through the runtime to Start and
+/// back (handler thread, this task, the preparation's join, Start, the handler
+/// again: ~0.3-1 ms on a busy 2-core machine) is for a tree that must not run
+/// before Start, and Start is here. [`Held::resume`] then only collects the result.
+pub async fn restore_ahead(
+    mut p: Prepared,
+    start_came: Arc<std::sync::atomic::AtomicBool>,
+) -> Ahead {
     let started = Instant::now();
     let request = match request(&mut p) {
         Ok(c) => c,
@@ -638,6 +647,8 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
     let watch = monitor_subscribe(Topic::Pid).await.ok();
     let (held_tx, held_rx) = tokio::sync::oneshot::channel::<()>();
     let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let resuming = resumed.clone();
     let criu = tokio::task::spawn_blocking(move || {
         let mut criu = request;
         let mut held_tx = Some(held_tx);
@@ -645,11 +656,17 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
             if n.action != HOLD_AT {
                 return true;
             }
+            // Start came first: on at once (set before the tree runs, so that the
+            // watchdog does not take swrk's exit for a death while holding it).
+            let now = start_came.load(std::sync::atomic::Ordering::SeqCst);
+            if now {
+                resuming.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
             if let Some(tx) = held_tx.take() {
                 let _ = tx.send(());
             }
             // Until Start (go) or Delete (the sender dropped).
-            go_rx.recv().is_ok()
+            now || go_rx.recv().is_ok()
         };
         criu.restore_notified(&mut handler)
     });
@@ -682,7 +699,7 @@ pub async fn restore_ahead(mut p: Prepared) -> Ahead {
         criu,
         restore_time: Duration::ZERO,
         held_at: Instant::now(),
-        resumed: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        resumed,
         watchdog: None,
     };
     match tokio::time::timeout(time_limit(), held_rx).await {
