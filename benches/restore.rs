@@ -670,18 +670,22 @@ fn cpuid_cost() -> String {
 }
 
 fn facts_line(f: &Facts) -> String {
-    format!(
-        "kernel {}, {}, {}, {}, {} cores ({}), {} RAM, {}, {}",
-        f.kernel,
-        f.criu,
-        f.containerd,
-        f.runc,
-        f.cores,
-        f.cpu,
-        f.memory,
-        f.cgroup_migration,
-        f.cpuid
-    )
+    facts_joined(f, ", ")
+}
+
+/// The machine's facts, one after the other, `sep` between them.
+fn facts_joined(f: &Facts, sep: &str) -> String {
+    [
+        format!("kernel {}", f.kernel),
+        f.criu.clone(),
+        f.containerd.clone(),
+        f.runc.clone(),
+        format!("{} cores ({})", f.cores, f.cpu),
+        format!("{} RAM", f.memory),
+        f.cgroup_migration.clone(),
+        f.cpuid.clone(),
+    ]
+    .join(sep)
 }
 
 struct Report {
@@ -825,17 +829,8 @@ impl Report {
         let _ = writeln!(s, "\nImage: {}.", self.sources_desc);
         let _ = writeln!(
             s,
-            "\nMachine: kernel {}; {}; {}; {}; {} cores ({}); {} RAM; {}; {}{}. Load average (1 \
-             min) {:.2} before the rounds, {:.2} after.",
-            f.kernel,
-            f.criu,
-            f.containerd,
-            f.runc,
-            f.cores,
-            f.cpu,
-            f.memory,
-            f.cgroup_migration,
-            f.cpuid,
+            "\nMachine: {}{}. Load average (1 min) {:.2} before the rounds, {:.2} after.",
+            facts_joined(f, "; "),
             self.commit
                 .as_deref()
                 .map(|c| format!("; Rekindle {c}"))
