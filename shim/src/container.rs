@@ -181,7 +181,7 @@ pub struct Preparing {
     pub handle: tokio::task::JoinHandle<Preparation>,
     /// Set by Start before it waits for `handle`: CRIU, on reaching the hold, goes
     /// on at once instead of waiting to be let go (see `crate::direct::restore_ahead`).
-    pub started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pub start_came: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What the direct engine's work from Create gave: a restore held or failed,

@@ -43,7 +43,7 @@ pub struct Early {
 pub(crate) struct EarlyDirect {
     io: Arc<dyn runc::io::Io>,
     tell: Option<Tell>,
-    handle: Option<crate::container::Preparing>,
+    preparing: Option<crate::container::Preparing>,
 }
 
 impl Early {
@@ -149,7 +149,7 @@ impl EarlyDirect {
             }
         };
         let span = tracing::info_span!("early", id = %id);
-        let (tell, handle) = spawn_preparation(
+        let (tell, preparing) = spawn_preparation(
             bundle,
             spec,
             cgroups_path.unwrap_or_default(),
@@ -159,7 +159,7 @@ impl EarlyDirect {
         Some(EarlyDirect {
             io,
             tell: Some(tell),
-            handle: Some(handle),
+            preparing: Some(preparing),
         })
     }
 
@@ -182,7 +182,7 @@ impl EarlyDirect {
             self.cancel().await;
             return None;
         }
-        let preparing = self.handle.take()?;
+        let preparing = self.preparing.take()?;
         c.direct = Some(Direct::Preparing(preparing));
         self.tell.take()
     }
@@ -193,7 +193,7 @@ impl EarlyDirect {
         if let Some(tell) = self.tell.take() {
             let _ = tell.send(None);
         }
-        if let Some(p) = self.handle.take() {
+        if let Some(p) = self.preparing.take() {
             let _ = p.handle.await;
         }
     }

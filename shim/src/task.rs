@@ -292,7 +292,8 @@ impl TaskService {
             if let Some(source) = c.init.restore_from.take() {
                 // Start is here: a restore still under way need not stop at its hold.
                 if let Some(Direct::Preparing(p)) = &c.direct {
-                    p.started.store(true, std::sync::atomic::Ordering::SeqCst);
+                    p.start_came
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
                 }
                 settle_direct(c).await;
                 match restore(c, &self.namespace, &source).await {
@@ -1083,8 +1084,8 @@ pub(crate) fn spawn_preparation(
     let (tell, told) = tokio::sync::oneshot::channel();
     let bundle = bundle.to_path_buf();
     let spec = spec.clone();
-    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = started.clone();
+    let start_came = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = start_came.clone();
     let task = async move {
         let prepared =
             crate::direct::prepare(&bundle, &spec, &cgroups_path, Some(io), told).await?;
@@ -1097,7 +1098,7 @@ pub(crate) fn spawn_preparation(
         tell,
         crate::container::Preparing {
             handle: tokio::spawn(tracing::Instrument::instrument(task, span)),
-            started,
+            start_came,
         },
     )
 }
