@@ -18,7 +18,7 @@ use std::sync::{mpsc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-use super::codec::{sha_mismatch, too_large, wrong_size, VerifyError};
+use super::codec::{sha_mismatch, too_large, wrong_size, VerifyError, CUT_SHORT};
 use super::fsutil::hex;
 
 const MAGIC: u32 = 0x184D_2204;
@@ -100,7 +100,7 @@ impl<R: Read> Hashed<R> {
 
 fn cut_short(e: io::Error) -> VerifyError {
     if e.kind() == io::ErrorKind::UnexpectedEof {
-        VerifyError::Corrupt("LZ4 frame cut short (truncated?): no end mark".into())
+        VerifyError::Corrupt(CUT_SHORT.into())
     } else {
         VerifyError::Io(e)
     }
@@ -278,8 +278,12 @@ fn decode(
 ) -> Result<(), VerifyError> {
     let mut places = mine.into_iter();
     for job in jobs {
+        // Never empty: `extract` hands out no more blocks than the file has places.
         let Some(out) = places.next() else {
-            return Err(corrupt(too_large(0)));
+            return Err(corrupt(format!(
+                "LZ4 block {} has no place in the file",
+                job.index
+            )));
         };
         let want = out.len();
         if job.raw {

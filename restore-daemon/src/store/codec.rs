@@ -256,9 +256,7 @@ impl<R: Read> FrameReader<R> {
         let src = self.dec.get_mut();
         if src.eof {
             // The decoder met the end of the input before the frame's end mark.
-            return Err(VerifyError::Corrupt(
-                "LZ4 frame cut short (truncated?): no end mark".into(),
-            ));
+            return Err(VerifyError::Corrupt(CUT_SHORT.into()));
         }
         let mut probe = [0u8; 1];
         loop {
@@ -304,6 +302,9 @@ fn lz4_failure(e: io::Error) -> Result<String, io::Error> {
         _ => Err(e),
     }
 }
+
+/// A frame whose data ends before its end mark.
+pub(crate) const CUT_SHORT: &str = "LZ4 frame cut short (truncated?): no end mark";
 
 pub(crate) fn wrong_size(count: u64, expected: u64) -> String {
     format!("decompresses to {count} bytes, the manifest says {expected} (truncated?)")

@@ -664,35 +664,28 @@ impl Store {
                         f.size,
                         out_path.display()
                     )))?;
-                let mut streaming = |hasher: &mut Option<codec::Sha256Thread>| {
-                    let hasher = match hasher {
-                        Some(h) => h,
-                        None => hasher
-                            .insert(codec::Sha256Thread::spawn().map_err(codec::VerifyError::Io)?),
-                    };
-                    match &f.compressed_sha256 {
-                        Some(frame_sha) => codec::decompress_verified_frame(
-                            &mut compressed,
-                            f.size,
-                            frame_sha,
-                            &mut out,
-                            hasher,
-                        ),
-                        None => codec::decompress_verified(
-                            &mut compressed,
-                            f.size,
-                            &f.sha256,
-                            &mut out,
-                            hasher,
-                        ),
-                    }
-                };
                 // A failed file is left half-written in `tmp`, which goes with the error.
-                match &f.compressed_sha256 {
-                    Some(frame_sha) if parallel => {
-                        blocks::extract(&mut compressed, f.size, frame_sha, &out, workers)
+                match (&f.compressed_sha256, parallel) {
+                    (Some(frame_sha), true) => {
+                        blocks::extract(compressed, f.size, frame_sha, &out, workers)
                     }
-                    _ => streaming(&mut hasher),
+                    (frame_sha, _) => {
+                        let hasher = match &mut hasher {
+                            Some(h) => h,
+                            None => hasher.insert(
+                                codec::Sha256Thread::spawn()
+                                    .map_err(Error::io("cannot start a SHA-256 thread"))?,
+                            ),
+                        };
+                        match frame_sha {
+                            Some(frame_sha) => codec::decompress_verified_frame(
+                                compressed, f.size, frame_sha, &mut out, hasher,
+                            ),
+                            None => codec::decompress_verified(
+                                compressed, f.size, &f.sha256, &mut out, hasher,
+                            ),
+                        }
+                    }
                 }
                 .map_err(|e| match e {
                     codec::VerifyError::Corrupt(reason) => {
