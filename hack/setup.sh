@@ -132,9 +132,18 @@ done
 # Without GnuTLS and libnftables (hack/criu-patches/0004): Rekindle uses neither, and
 # an exec of criu, on every restore's path, loads 7 libraries instead of 21.
 CRIU_MAKE_FLAGS=(RUNDIR="$CRIU_RUNDIR" NO_GNUTLS=1 NO_NFTABLES=1)
+# The criu binary linked static-pie (libcriu stays a shared library): every restore
+# execs criu twice (swrk, the lazy-pages daemon), and without the dynamic loader's
+# work an exec of it costs ~0.5 ms of CPU instead of ~0.85 (perf stat of
+# `criu --version` here). Still position-independent, so still under ASLR. The static
+# archives come with the -dev packages above. CRIU's plugins (dlopen'ed from its
+# plugin directory) are neither built nor installed here. GMONLDOPT because it is the
+# one variable CRIU's Makefile puts on the final link of criu alone (LDFLAGS also
+# reaches its `ld -r` steps, which reject the option).
+CRIU_LINK_FLAGS=(GMONLDOPT=-static-pie)
 if [ "${#CRIU_PATCHES[@]}" -gt 0 ]; then
   # The build flags count as part of the patch set: other flags, another build.
-  CRIU_PATCHES_SUM=$({ cat "${CRIU_PATCHES[@]}"; echo "${CRIU_MAKE_FLAGS[*]}"; } | sha256sum | awk '{print $1}')
+  CRIU_PATCHES_SUM=$({ cat "${CRIU_PATCHES[@]}"; echo "${CRIU_MAKE_FLAGS[*]} ${CRIU_LINK_FLAGS[*]}"; } | sha256sum | awk '{print $1}')
 else
   CRIU_PATCHES_SUM=none
 fi
@@ -195,11 +204,11 @@ build_criu() {
     echo "$CRIU_PATCHES_SUM" > "$dir.tmp/.rekindle-patches"
     mv "$dir.tmp" "$dir"
   fi
-  log "building CRIU $ver (make -j2 criu lib ${CRIU_MAKE_FLAGS[*]}) in $dir"
+  log "building CRIU $ver (make -j2 criu lib ${CRIU_MAKE_FLAGS[*]}; criu with ${CRIU_LINK_FLAGS[*]}) in $dir"
   local t0=$SECONDS
   # RUNDIR is compiled into kerndat.o only: a tree built with another one starts clean.
   make -C "$dir" clean >/dev/null 2>&1 || true
-  make -C "$dir" -j2 criu "${CRIU_MAKE_FLAGS[@]}" >"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "CRIU build failed"; }
+  make -C "$dir" -j2 criu "${CRIU_MAKE_FLAGS[@]}" "${CRIU_LINK_FLAGS[@]}" >"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "CRIU build failed"; }
   make -C "$dir" -j2 lib "${CRIU_MAKE_FLAGS[@]}" >>"$src/criu-build.log" 2>&1 || { tail -n 40 "$src/criu-build.log"; die "libcriu build failed"; }
   echo "    built in $((SECONDS - t0)) s (log: $src/criu-build.log)"
 
