@@ -230,6 +230,128 @@ fn a_create_that_differs_from_what_the_shim_prepared_before_it_is_prepared_anew(
     });
 }
 
+/// The mounts CRIU rebuilds for a restored container are the ones runc made for a
+/// cold-started container of the same function: the same mount points, file systems,
+/// read-only flags and options, and the same content in its tmpfs mounts (/dev's nodes,
+/// the cgroup hierarchies' directories). The shim's CRIU has that content extracted by
+/// its tmpfs helper while it makes the next mounts (hack/criu-patches/0002, 0014).
+#[test]
+fn a_restored_function_has_the_mounts_of_a_cold_started_one() {
+    restore_story("mounts", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "mounts") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        restored.client().stage_image(FN_IMAGE).await?;
+        let cold = FunctionSpec::new("mounts-cold")
+            .own_netns()
+            .create(&ctx)
+            .await?;
+        let cold_pid = cold.start().await?;
+        cold.wait_serving(secs(30)).await?;
+        let f = FunctionSpec::new("mounts-restored")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, FN_IMAGE)
+            .create(&ctx)
+            .await?;
+        let pid = f.start().await?;
+        assert!(
+            !restored_by_runc(&ctx, &f.id),
+            "restored by the direct engine"
+        );
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        assert_eq!(
+            mounts_of(pid, &f.id)?,
+            mounts_of(cold_pid, &cold.id)?,
+            "mounts of the restored container (left) and of a cold-started one (right)"
+        );
+        // The spec asks for a cgroup namespace: the restored container has its own, as
+        // the cold-started one has (its cgroup mounts then show its own cgroups).
+        let cgroupns = |p: &str| std::fs::read_link(format!("/proc/{p}/ns/cgroup"));
+        let host = cgroupns("self")?;
+        assert_ne!(
+            cgroupns(&cold_pid.to_string())?,
+            host,
+            "cold start: own cgroupns"
+        );
+        assert_ne!(cgroupns(&pid.to_string())?, host, "restored: own cgroupns");
+        for dir in ["dev", "sys/fs/cgroup", "proc/acpi", "sys/firmware"] {
+            assert_eq!(
+                entries_of(pid, dir)?,
+                entries_of(cold_pid, dir)?,
+                "/{dir} of the restored container (left) and of a cold-started one (right)"
+            );
+        }
+        tokio::try_join!(cold.destroy(), f.destroy())?;
+        restored.client().unstage_image(FN_IMAGE).await?;
+        Ok(())
+    });
+}
+
+/// The mounts container `id` (init `pid`) has, sorted: mount point, root (the
+/// container's id in it as `<id>`: its cgroup mounts show its own cgroup), file
+/// system, per-mount options and superblock options. Two kinds are compared in part
+/// only:
+/// - the root's superblock options name its snapshot's layers, which differ from one
+///   container to the next: only ro/rw is kept of those;
+/// - runc masks files (/proc/keys, ...) with a bind of /dev/null; a checkpoint
+///   records those as external mounts of /dev/null (runc's checkpoint does the same)
+///   and a restore binds the host's: only the mount point, that it is /dev/null and
+///   ro/rw are kept of those.
+fn mounts_of(pid: u32, id: &str) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let mut mounts = text
+        .lines()
+        .map(|line| {
+            let (left, right) = line
+                .split_once(" - ")
+                .with_context(|| format!("mountinfo line {line:?}"))?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            anyhow::ensure!(
+                left.len() >= 6 && right.len() >= 3,
+                "mountinfo line {line:?}"
+            );
+            let (root, mount_point, options) = (left[3], left[4], left[5]);
+            let (fs, super_options) = (right[0], right[2]);
+            let ro_rw = |o: &str| o.split(',').next().unwrap_or_default().to_string();
+            Ok(if root == "/null" {
+                format!("{mount_point} /dev/null {}", ro_rw(options))
+            } else if fs == "overlay" {
+                format!("{mount_point} {fs} {options} {}", ro_rw(super_options))
+            } else {
+                let root = root.replace(id, "<id>");
+                format!("{mount_point} {root} {fs} {options} {super_options}")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    mounts.sort();
+    Ok(mounts)
+}
+
+/// What `dir` holds as `pid` sees it: each entry's name, mode, owner and device.
+fn entries_of(pid: u32, dir: &str) -> anyhow::Result<Vec<String>> {
+    let path = format!("/proc/{pid}/root/{dir}");
+    let mut entries = std::fs::read_dir(&path)
+        .with_context(|| format!("reading {path}"))?
+        .map(|e| {
+            let e = e?;
+            let m = std::fs::symlink_metadata(e.path())?;
+            Ok(format!(
+                "{} {:o} {}:{} {:x}",
+                e.file_name().to_string_lossy(),
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                m.rdev()
+            ))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    entries.sort();
+    Ok(entries)
+}
+
 #[test]
 fn a_restored_function_is_a_normal_task_and_can_be_checkpointed_again() {
     restore_story("restored-task", |ctx, restored| async move {

@@ -38,7 +38,7 @@ use containerd_shim::{
     monitor::{Subject, Topic},
 };
 use criu_sys::safe::{CgroupMode, Criu, LogLevel};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 use tracing::{debug, info, warn};
 
 use crate::error::{Error, Result};
@@ -231,6 +231,16 @@ pub async fn prepare(
     } else {
         None
     };
+    // A new cgroup namespace for the tree, as runc makes one (joining one by path
+    // is refused by plan::plan).
+    let cgroupns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
+        });
     // swrk on a thread of the blocking pool: a spawn holds its thread until the
     // child has exec'd, and a task spawned onto the runtime could sit in this
     // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
@@ -239,10 +249,13 @@ pub async fn prepare(
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            let env: Vec<(&str, &Path)> = tmpfs_socket
+            let mut env: Vec<(&str, &std::ffi::OsStr)> = tmpfs_socket
                 .iter()
-                .map(|p| (tmpfs::SOCKET_ENV, p.as_path()))
+                .map(|p| (tmpfs::SOCKET_ENV, p.as_os_str()))
                 .collect();
+            if cgroupns {
+                env.push((swrk::CGROUPNS_UNSHARE_ENV, "1".as_ref()));
+            }
             let inherit: Vec<&OwnedFd> = netns.iter().collect();
             let swrk = rt.block_on(swrk::spawn_swrk(&criu, io.as_ref(), &inherit, &env));
             (swrk, netns, t.elapsed())

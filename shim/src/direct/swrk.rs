@@ -158,6 +158,14 @@ const NO_BREAKPOINTS_ENV: &str = "CRIU_NO_BREAKPOINTS";
 /// them). A CRIU without the patch notifies every step, which the shim acknowledges.
 const NOTIFY_ACTIONS_ENV: &str = "CRIU_NOTIFY_ACTIONS";
 
+/// Read by Rekindle's CRIU (hack/criu-patches/0015): with cgroups ignored, the
+/// restored tree's root task unshares a cgroup namespace rooted at the cgroups it is
+/// born in (the container's: swrk is moved there first), as runc does at creation for
+/// a spec with a cgroup namespace. Without it such a container came back in CRIU's
+/// (the host's) cgroup namespace: every hierarchy visible under /sys/fs/cgroup and
+/// its own limits not where a process looks for them.
+pub const CGROUPNS_UNSHARE_ENV: &str = "CRIU_CGROUPNS_UNSHARE";
+
 /// PATH when the shim has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -272,7 +280,7 @@ pub async fn spawn_swrk(
     criu: &Path,
     io: Option<&Arc<dyn runc::io::Io>>,
     inherit: &[&OwnedFd],
-    env: &[(&str, &Path)],
+    env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<Swrk> {
     let mut sv = [0 as RawFd; 2];
     // SAFETY: valid out-array of two descriptors.
