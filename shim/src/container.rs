@@ -278,19 +278,21 @@ pub fn spec_netns_path(spec: &oci_spec::runtime::Spec) -> Option<PathBuf> {
         })
 }
 
-/// True when the spec joins an existing pid namespace or has none of its own.
-pub fn shares_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
-    use oci_spec::runtime::LinuxNamespaceType;
-    let own = spec
-        .linux()
+/// True when the spec asks for a new namespace of kind `typ` (one without a path
+/// to join).
+pub fn has_own_namespace(
+    spec: &oci_spec::runtime::Spec,
+    typ: oci_spec::runtime::LinuxNamespaceType,
+) -> bool {
+    spec.linux()
         .as_ref()
         .and_then(|l| l.namespaces().as_ref())
-        .map(|nss| {
-            nss.iter()
-                .any(|ns| ns.typ() == LinuxNamespaceType::Pid && ns.path().is_none())
-        })
-        .unwrap_or(false);
-    !own
+        .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == typ && ns.path().is_none()))
+}
+
+/// True when the spec joins an existing pid namespace or has none of its own.
+pub fn shares_pid_namespace(spec: &oci_spec::runtime::Spec) -> bool {
+    !has_own_namespace(spec, oci_spec::runtime::LinuxNamespaceType::Pid)
 }
 
 /// Whether `path` is a checkpoint directory containerd made for one CreateTask

@@ -233,14 +233,7 @@ pub async fn prepare(
     };
     // A new cgroup namespace for the tree, as runc makes one (joining one by path
     // is refused by plan::plan).
-    let cgroupns = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .is_some_and(|ns| {
-            ns.iter()
-                .any(|n| n.typ() == LinuxNamespaceType::Cgroup && n.path().is_none())
-        });
+    let cgroupns = crate::container::has_own_namespace(spec, LinuxNamespaceType::Cgroup);
     // swrk on a thread of the blocking pool: a spawn holds its thread until the
     // child has exec'd, and a task spawned onto the runtime could sit in this
     // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
