@@ -619,6 +619,114 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
     });
 }
 
+/// A stored image whose tmpfs archives reach outside their mount (`../` names: an image
+/// crafted with a consistent manifest, so only the extraction can tell) is refused: the
+/// direct engine's tmpfs helper refuses the archive and CRIU's restore fails where it
+/// waits for that answer (CRIU patch 0014 sends the archives ahead and waits before the
+/// mount tree is assembled), counted with the helper's reason; `runc restore`, tried
+/// next, fails on the same archive (its CRIU extracts with rekindle-criu-tar, which
+/// refuses it too); Start says so, and nothing of either attempt is left (the story's
+/// leak check).
+#[test]
+fn a_stored_image_whose_tmpfs_archive_escapes_its_mount_is_refused() {
+    restore_story("hostile-tmpfs", |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, "hostile-tmpfs") {
+            eprintln!("{skip}");
+            return Ok(());
+        }
+        fixture_image(&ctx, &restored, FN_IMAGE).await?;
+        let client = restored.client();
+        // The crafted image: the fixture's files, each tmpfs archive replaced.
+        let dir = tempfile::Builder::new()
+            .prefix("hostile-")
+            .tempdir_in(restored.store.parent().context("the daemon's directory")?)?;
+        let p = client.prepare_restore(FN_IMAGE, false).await?;
+        let mut replaced = 0;
+        for e in std::fs::read_dir(&p.image_dir)? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let dest = dir.path().join(&name);
+            if name.starts_with("tmpfs-dev-") && name.ends_with(".tar.gz.img") {
+                std::fs::write(&dest, escaping_tar_gz()?)?;
+                replaced += 1;
+            } else {
+                std::fs::copy(e.path(), &dest)?;
+            }
+        }
+        client.release_restore(&p.lease).await?;
+        assert!(replaced > 0, "the fixture has tmpfs archives to replace");
+        const HOSTILE: &str = "python-fn-hostile-tmpfs";
+        client
+            .store_image(HOSTILE, dir.path(), Default::default(), None)
+            .await?;
+
+        let f = FunctionSpec::new("hostile-tmpfs")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, HOSTILE)
+            .create(&ctx)
+            .await?;
+        let err = match f.start().await {
+            Err(e) => format!("{e:#}"),
+            Ok(_) => anyhow::bail!("Tasks.Start of {} from a hostile image succeeded", f.id),
+        };
+        assert!(
+            err.contains("Can't restore tmpfs content"),
+            "Start names the tmpfs restore: {err}"
+        );
+        let mut reason = None;
+        for _ in 0..50 {
+            let stats = client.stats().await?;
+            reason = stats
+                .restores
+                .iter()
+                .find(|r| r.engine == "direct" && r.outcome == "failed")
+                .map(|r| r.last_reason.clone().unwrap_or_default());
+            if reason.is_some() {
+                break;
+            }
+            tokio::time::sleep(millis(100)).await;
+        }
+        let reason = reason.context("no failed direct restore counted")?;
+        assert!(
+            reason.contains("tmpfs helper") && reason.contains("refused"),
+            "the counted reason names the helper's refusal: {reason:?}"
+        );
+        assert_ne!(f.status().await?, Status::Running);
+        f.delete().await?;
+        client.delete_image(HOSTILE).await?;
+        Ok(())
+    });
+}
+
+/// A gzip'd tar whose one member is `../rekindle-escaped`: written as the archive's
+/// bytes (the tar crate refuses to build such a name), compressed by `gzip`.
+fn escaping_tar_gz() -> anyhow::Result<Vec<u8>> {
+    let mut header = tar::Header::new_old();
+    let name = b"../rekindle-escaped";
+    header.as_old_mut().name[..name.len()].copy_from_slice(name);
+    header.set_mode(0o644);
+    header.set_size(1);
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_cksum();
+    let mut raw = Vec::new();
+    raw.extend_from_slice(header.as_bytes());
+    let mut data = [0u8; 512];
+    data[0] = b'x';
+    raw.extend_from_slice(&data);
+    raw.extend_from_slice(&[0u8; 1024]);
+    let mut gzip = std::process::Command::new("gzip")
+        .arg("-c")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running gzip")?;
+    std::io::Write::write_all(gzip.stdin.as_mut().context("gzip's stdin")?, &raw)?;
+    drop(gzip.stdin.take());
+    let out = gzip.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "gzip exited with {}", out.status);
+    Ok(out.stdout)
+}
+
 /// The pid of the `criu swrk` in the container's cgroups once the shim's direct
 /// engine holds the restored tree there, stopped before it resumes (it restores
 /// ahead, at Create, and Create answers meanwhile, so it is looked for a while).
