@@ -38,6 +38,26 @@ fn restored_by_runc(ctx: &Ctx, id: &str) -> bool {
         .exists()
 }
 
+/// Starts `f`, created from the fixture's image, and checks it was restored by the
+/// direct engine and answers from the image's state: its init's pid.
+async fn start_restored_directly(
+    ctx: &Ctx,
+    f: &crate::harness::restore::Function,
+) -> anyhow::Result<u32> {
+    let pid = f.start().await?;
+    assert!(
+        !restored_by_runc(ctx, &f.id),
+        "{} restored by the direct engine",
+        f.id
+    );
+    assert_eq!(
+        f.count().await?,
+        FIXTURE_COUNT + 1,
+        "from the image's state"
+    );
+    Ok(pid)
+}
+
 #[test]
 fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
     story("checkpoint-restore", |ctx| async move {
@@ -203,12 +223,7 @@ fn a_create_that_differs_from_what_the_shim_prepared_before_it_is_prepared_anew(
             .annotate(IMAGE_ANNOTATION, FN_IMAGE)
             .create(&ctx)
             .await?;
-        let pid = f.start().await?;
-        assert!(
-            !restored_by_runc(&ctx, &f.id),
-            "restored by the direct engine"
-        );
-        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        let pid = start_restored_directly(&ctx, &f).await?;
         for fd in [1, 2] {
             let link = format!("/proc/{pid}/fd/{fd}");
             let target = std::fs::read_link(&link)?;
@@ -255,12 +270,7 @@ fn a_restored_function_has_the_mounts_of_a_cold_started_one() {
             .annotate(IMAGE_ANNOTATION, FN_IMAGE)
             .create(&ctx)
             .await?;
-        let pid = f.start().await?;
-        assert!(
-            !restored_by_runc(&ctx, &f.id),
-            "restored by the direct engine"
-        );
-        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        let pid = start_restored_directly(&ctx, &f).await?;
         assert_eq!(
             mounts_of(pid, &f.id)?,
             mounts_of(cold_pid, &cold.id)?,
