@@ -592,38 +592,17 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
             said.contains("trying runc restore"),
             "the shim logs the fast path's failure and the next path: {said:?}"
         );
-        // ... and rekindle-restored counts both attempts (the shim reports in the
-        // background, so give it a moment).
-        let count = |stats: &rekindle_restore_api::Stats, engine: &str, outcome: &str| {
-            stats
-                .restores
-                .iter()
-                .find(|r| r.engine == engine && r.outcome == outcome)
-                .map(|r| (r.count, r.last_reason.clone()))
-        };
-        let mut stats = restored.client().stats().await?;
-        for _ in 0..50 {
-            if count(&stats, "runc", "ok").is_some() && count(&stats, "direct", "failed").is_some()
-            {
-                break;
-            }
-            tokio::time::sleep(millis(100)).await;
-            stats = restored.client().stats().await?;
-        }
-        let (failed, reason) = count(&stats, "direct", "failed")
-            .ok_or_else(|| anyhow::anyhow!("no direct failure counted: {:?}", stats.restores))?;
-        assert_eq!(failed, 1, "{:?}", stats.restores);
-        let reason = reason.unwrap_or_default();
+        // ... and rekindle-restored counts both attempts.
+        let client = restored.client();
+        let failed = counted_restores(&client, "direct", "failed").await?;
+        assert_eq!(failed.count, 1, "{failed:?}");
+        let reason = failed.last_reason.unwrap_or_default();
         assert!(
             reason.contains("criu restore"),
             "the counted reason: {reason:?}"
         );
-        assert_eq!(
-            count(&stats, "runc", "ok").map(|(n, _)| n),
-            Some(1),
-            "{:?}",
-            stats.restores
-        );
+        let ok = counted_restores(&client, "runc", "ok").await?;
+        assert_eq!(ok.count, 1, "{ok:?}");
         f.destroy().await?;
         Ok(())
     });
@@ -683,20 +662,8 @@ fn a_stored_image_whose_tmpfs_archive_escapes_its_mount_is_refused() {
             err.contains("Can't restore tmpfs content"),
             "Start names the tmpfs restore: {err}"
         );
-        let mut reason = None;
-        for _ in 0..50 {
-            let stats = client.stats().await?;
-            reason = stats
-                .restores
-                .iter()
-                .find(|r| r.engine == "direct" && r.outcome == "failed")
-                .map(|r| r.last_reason.clone().unwrap_or_default());
-            if reason.is_some() {
-                break;
-            }
-            tokio::time::sleep(millis(100)).await;
-        }
-        let reason = reason.context("no failed direct restore counted")?;
+        let failed = counted_restores(&client, "direct", "failed").await?;
+        let reason = failed.last_reason.unwrap_or_default();
         assert!(
             reason.contains("tmpfs helper") && reason.contains("refused"),
             "the counted reason names the helper's refusal: {reason:?}"
@@ -706,6 +673,27 @@ fn a_stored_image_whose_tmpfs_archive_escapes_its_mount_is_refused() {
         client.delete_image(HOSTILE).await?;
         Ok(())
     });
+}
+
+/// What rekindle-restored counted of `engine`'s restores with `outcome`, once it has
+/// counted one: the shim reports in the background, so it is asked for up to 5 s.
+async fn counted_restores(
+    client: &Client,
+    engine: &str,
+    outcome: &str,
+) -> anyhow::Result<rekindle_restore_api::RestoreCount> {
+    let mut restores = Vec::new();
+    for _ in 0..50 {
+        restores = client.stats().await?.restores;
+        if let Some(r) = restores
+            .iter()
+            .find(|r| r.engine == engine && r.outcome == outcome)
+        {
+            return Ok(r.clone());
+        }
+        tokio::time::sleep(millis(100)).await;
+    }
+    anyhow::bail!("no {engine} restore counted as {outcome} within 5 s: {restores:?}")
 }
 
 /// A gzip'd tar whose one member is `../rekindle-escaped`: written as the archive's
