@@ -243,9 +243,9 @@ async fn serve(
 
     let ttrpc_address = std::env::var(TTRPC_ADDRESS)
         .map_err(|_| format!("{TTRPC_ADDRESS} is not set: containerd sets it for its shims"))?;
-    let publisher = EventPublisher::new(&ttrpc_address)
-        .await
-        .map_err(|e| format!("connect to containerd's event service: {e}"))?;
+    // Connected by the event loop, off the way to serving: containerd's Create
+    // waits in the socket's backlog until the server starts.
+    let publisher = EventPublisher::unconnected(&ttrpc_address);
     let (task, events) = shim.task_service(publisher).await;
     if let Some(e) = early {
         task.set_early(e);

@@ -252,6 +252,7 @@ fn forward_events(
     busy: Arc<AtomicBool>,
 ) {
     tokio::spawn(async move {
+        publisher.connect_ahead().await;
         while let Some((topic, event)) = rx.recv().await {
             busy.store(true, Ordering::SeqCst);
             // A failure is logged by the publisher (after its retries).
