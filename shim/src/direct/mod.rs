@@ -146,6 +146,8 @@ pub struct Prepared {
     pub cgroup_dirs: Vec<PathBuf>,
     plan: RestorePlan,
     swrk: Swrk,
+    /// swrk's move into `cgroup_dirs`, under way while CRIU reads the image.
+    moving: Moving,
     lazy: Option<Watched>,
     /// The lazy-pages daemon to start once the restore is under way.
     lazy_start: Option<LazyStart>,
@@ -309,27 +311,18 @@ pub async fn prepare(
     // to them), and the move (~0.5 ms; without cgroup favordynmods on the node, an
     // RCU grace period: systemd/rekindle-favordynmods.service) is off the restore's
     // path, which waits for Create's word on the image anyway.
-    let spawned_and_moved = {
+    // swrk into the instance's cgroups as soon as both exist: the restored tree is
+    // then born in these cgroups (its pages charged to them). The move (~0.5 ms;
+    // 0.3-2.7 ms on a busy node; without cgroup favordynmods, an RCU grace period:
+    // systemd/rekindle-favordynmods.service) is not waited for here: the restore
+    // request goes out once swrk runs, and CRIU waits for the move at "pre-restore",
+    // before it forks the tree (see [`Moving`]), reading the image meanwhile.
+    let spawned_and_moving = {
         let dirs = cgroup_dirs.clone();
         async move {
             let (swrk, netns, t_spawn) = spawned.await?;
-            let t_move = Instant::now();
-            let pid = swrk.process.pid;
-            let moved = tokio::task::spawn_blocking(move || move_into_cgroups(&dirs, pid))
-                .await
-                .unwrap_or_else(|e| {
-                    Err(Error::Runtime {
-                        action: "move criu swrk into the container's cgroups".into(),
-                        message: e.to_string(),
-                    })
-                });
-            match moved {
-                Ok(()) => Ok((swrk, netns, t_spawn, t_move.elapsed(), t0.elapsed())),
-                Err(e) => {
-                    swrk.process.kill();
-                    Err(e)
-                }
-            }
+            let moving = Moving::start(dirs, swrk.process.pid);
+            Ok((swrk, netns, t_spawn, moving, t0.elapsed()))
         }
     };
     // What needs the image, once Create has said which. A stop here (no restore after
@@ -420,13 +413,15 @@ pub async fn prepare(
             lazy_start,
         ))
     };
-    let (after_source, spawned) = tokio::join!(after_source, spawned_and_moved);
+    let (after_source, spawned) = tokio::join!(after_source, spawned_and_moving);
     let (image_dir, t_source, plan, rootfs, work, criu_root, working_set, lazy_start) =
         match after_source {
             Ok(v) => v,
             Err(stop) => {
-                if let Ok((s, ..)) = spawned {
+                if let Ok((mut s, _, _, moving, _)) = spawned {
+                    moving.settle().await;
                     s.process.kill();
+                    s.process.wait(Duration::from_secs(2)).await;
                 }
                 resources::remove(&cgroup_dirs);
                 return match stop {
@@ -435,10 +430,9 @@ pub async fn prepare(
                 };
             }
         };
-    let (swrk, netns, t_spawn, t_move, t_spawned) = match spawned {
+    let (swrk, netns, t_spawn, moving, t_spawned) = match spawned {
         Ok(s) => s,
-        // swrk is gone (never started, or killed when its move failed); CRIU's root
-        // is mounted by now.
+        // swrk never started; CRIU's root is mounted by now.
         Err(e) => {
             resources::remove(&cgroup_dirs);
             let _ = nix::mount::umount2(&criu_root, nix::mount::MntFlags::MNT_DETACH);
@@ -450,7 +444,6 @@ pub async fn prepare(
         swrk_spawn_ms = ms(t_spawn),
         source_ms = ms(t_source),
         swrk_ready_ms = ms(t_spawned),
-        cgroup_move_ms = ms(t_move),
         total_ms = ms(t0.elapsed()),
         lazy = lazy_start.is_some(),
         "prepared for a direct restore"
@@ -463,6 +456,7 @@ pub async fn prepare(
         cgroup_dirs,
         plan,
         swrk,
+        moving,
         working_set: working_set.filter(|_| lazy_start.is_some()),
         lazy: None,
         lazy_start,
@@ -481,6 +475,51 @@ fn move_into_cgroups(dirs: &[PathBuf], pid: i32) -> Result<()> {
         )))
     })
 }
+
+/// swrk's move into the container's cgroups, on a thread of the blocking pool.
+/// The restore waits for it at CRIU's "pre-restore" step ([`MOVED_BY`]), which
+/// comes after CRIU has read and collected the image and before it forks the
+/// tree: the move and that reading overlap instead of following each other.
+struct Moving {
+    /// Taken by the restore's notification handler.
+    result: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Moving {
+    fn start(dirs: Vec<PathBuf>, pid: i32) -> Moving {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let t = Instant::now();
+            let moved = move_into_cgroups(&dirs, pid);
+            debug!(
+                cgroup_move_ms = ms(t.elapsed()),
+                ok = moved.is_ok(),
+                "criu swrk moved into the container's cgroups"
+            );
+            let _ = tx.send(moved);
+        });
+        Moving {
+            result: Some(rx),
+            task: Some(task),
+        }
+    }
+
+    /// Waits until the move is over, whoever took its result: before swrk is killed
+    /// or the cgroups removed, so that neither races it.
+    async fn settle(mut self) {
+        self.settle_mut().await
+    }
+
+    async fn settle_mut(&mut self) {
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// The CRIU step at which a restore waits for swrk's move ([`Moving`]).
+const MOVED_BY: &str = "pre-restore";
 
 /// A lazy-pages daemon to start on a socket already listening.
 struct LazyStart {
@@ -629,6 +668,9 @@ pub enum Ahead {
 /// The CRIU step at which a restore ahead waits for Start.
 pub(crate) const HOLD_AT: &str = "pre-resume";
 
+/// The steps CRIU tells the shim of (CRIU_NOTIFY_ACTIONS): the two it waits at.
+pub(crate) const NOTIFIED: &str = "pre-restore,pre-resume";
+
 /// Runs the restore of `p` up to CRIU's last step before the tree resumes
 /// (see [`Held`]). On failure the tree is gone (CRIU kills what it restored)
 /// and `p` is handed back for the next path or [`Prepared::abandon`].
@@ -655,10 +697,28 @@ pub async fn restore_ahead(
     let (go, go_rx) = std::sync::mpsc::sync_channel::<()>(1);
     let resumed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let resuming = resumed.clone();
+    let mut moved = p.moving.result.take();
+    let move_failure: Arc<std::sync::Mutex<Option<Error>>> = Arc::default();
+    let move_failed = move_failure.clone();
     let criu = tokio::task::spawn_blocking(move || {
         let mut criu = request;
         let mut held_tx = Some(held_tx);
         let mut handler = |n: criu_sys::safe::Notification<'_>| {
+            if n.action == MOVED_BY {
+                // No tree before swrk is in the container's cgroups: a failed move
+                // fails the restore (CRIU aborts on the refusal).
+                // (On the blocking pool's thread: no runtime to block here.)
+                let failure = match moved.take().map(|rx| rx.blocking_recv()) {
+                    None | Some(Ok(Ok(()))) => return true,
+                    Some(Ok(Err(e))) => e,
+                    Some(Err(_)) => Error::Runtime {
+                        action: "move criu swrk into the container's cgroups".into(),
+                        message: "the move's thread ended without a result".into(),
+                    },
+                };
+                *move_failed.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure);
+                return false;
+            }
             if n.action != HOLD_AT {
                 return true;
             }
@@ -720,8 +780,17 @@ pub async fn restore_ahead(
                 // and let go of what it had restored: that is killed now).
                 unsubscribe(watch).await;
                 let Held { mut p, criu, .. } = held;
+                p.moving.settle_mut().await;
                 kill_cgroup_procs(&p.cgroup_dirs);
-                let e = criu_failure(&mut p, criu.await).await;
+                let result = criu.await;
+                let moved = move_failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let e = match moved {
+                    Some(e) => e,
+                    None => criu_failure(&mut p, result).await,
+                };
                 return Ahead::Failed(e, Box::new(p));
             }
             let (stop, stopped) = tokio::sync::oneshot::channel();
@@ -742,6 +811,7 @@ pub async fn restore_ahead(
         Err(_) => {
             unsubscribe(watch).await;
             held.p.swrk.process.kill();
+            held.p.moving.settle_mut().await;
             kill_cgroup_procs(&held.p.cgroup_dirs);
             held.go = None;
             let Held { p, .. } = held;
@@ -1115,6 +1185,7 @@ impl Prepared {
     /// failed): CRIU's helpers, whatever CRIU had restored, the cgroups, the
     /// criu-root bind, the network lock CRIU may have left in the pod netns.
     pub async fn abandon(mut self, cgroups_path: &str) {
+        self.moving.settle_mut().await;
         self.swrk.process.kill();
         if let Some(l) = self.lazy.as_mut() {
             l.kill();

@@ -153,9 +153,9 @@ const CRIU_TAR: &str = "rekindle-criu-tar";
 const NO_BREAKPOINTS_ENV: &str = "CRIU_NO_BREAKPOINTS";
 
 /// Read by Rekindle's CRIU (hack/criu-patches/0011): the notifications a restore
-/// sends the shim. Only the step it waits at (`super::HOLD_AT`); each other one was a
-/// round trip to the shim's thread on the restore's path (0.04-0.4 ms apiece, five of
-/// them). A CRIU without the patch notifies every step, which the shim acknowledges.
+/// sends the shim. Only the steps it waits at (`super::NOTIFIED`); each other one was
+/// a round trip to the shim's thread on the restore's path (0.04-0.4 ms apiece). A
+/// CRIU without the patch notifies every step, which the shim acknowledges.
 const NOTIFY_ACTIONS_ENV: &str = "CRIU_NOTIFY_ACTIONS";
 
 /// Read by Rekindle's CRIU (hack/criu-patches/0015): with cgroups ignored, the
@@ -317,7 +317,7 @@ pub async fn spawn_swrk(
         // breakpoint's perf event waits for an RCU grace period (2-20 ms) in the
         // middle of the restore (hack/criu-patches/0010; ignored without it).
         .env(NO_BREAKPOINTS_ENV, "1")
-        .env(NOTIFY_ACTIONS_ENV, super::HOLD_AT)
+        .env(NOTIFY_ACTIONS_ENV, super::NOTIFIED)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
