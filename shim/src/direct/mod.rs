@@ -306,11 +306,6 @@ pub async fn prepare(
             return Err(e);
         }
     };
-    // swrk into the instance's cgroups as soon as both exist, while Create does its
-    // own work: the restored tree is then born in these cgroups (its pages charged
-    // to them), and the move (~0.5 ms; without cgroup favordynmods on the node, an
-    // RCU grace period: systemd/rekindle-favordynmods.service) is off the restore's
-    // path, which waits for Create's word on the image anyway.
     // swrk into the instance's cgroups as soon as both exist: the restored tree is
     // then born in these cgroups (its pages charged to them). The move (~0.5 ms;
     // 0.3-2.7 ms on a busy node; without cgroup favordynmods, an RCU grace period:
