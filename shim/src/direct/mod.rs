@@ -413,7 +413,7 @@ pub async fn prepare(
         match after_source {
             Ok(v) => v,
             Err(stop) => {
-                if let Ok((mut s, _, _, moving, _)) = spawned {
+                if let Ok((mut s, _, _, mut moving, _)) = spawned {
                     moving.settle().await;
                     s.process.kill();
                     s.process.wait(Duration::from_secs(2)).await;
@@ -502,11 +502,7 @@ impl Moving {
 
     /// Waits until the move is over, whoever took its result: before swrk is killed
     /// or the cgroups removed, so that neither races it.
-    async fn settle(mut self) {
-        self.settle_mut().await
-    }
-
-    async fn settle_mut(&mut self) {
+    async fn settle(&mut self) {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
@@ -775,7 +771,7 @@ pub async fn restore_ahead(
                 // and let go of what it had restored: that is killed now).
                 unsubscribe(watch).await;
                 let Held { mut p, criu, .. } = held;
-                p.moving.settle_mut().await;
+                p.moving.settle().await;
                 kill_cgroup_procs(&p.cgroup_dirs);
                 let result = criu.await;
                 let moved = move_failure
@@ -806,7 +802,7 @@ pub async fn restore_ahead(
         Err(_) => {
             unsubscribe(watch).await;
             held.p.swrk.process.kill();
-            held.p.moving.settle_mut().await;
+            held.p.moving.settle().await;
             kill_cgroup_procs(&held.p.cgroup_dirs);
             held.go = None;
             let Held { p, .. } = held;
@@ -1180,7 +1176,7 @@ impl Prepared {
     /// failed): CRIU's helpers, whatever CRIU had restored, the cgroups, the
     /// criu-root bind, the network lock CRIU may have left in the pod netns.
     pub async fn abandon(mut self, cgroups_path: &str) {
-        self.moving.settle_mut().await;
+        self.moving.settle().await;
         self.swrk.process.kill();
         if let Some(l) = self.lazy.as_mut() {
             l.kill();
