@@ -26,7 +26,10 @@
 //!   loop) can reap the `criu swrk` child before libcriu's own `waitpid` does; libcriu
 //!   then only loses that exit status, but the reaper sees an exit it did not expect;
 //! - [`Criu::restore_child`] makes the restored tree's root a child of this process, which
-//!   must reap it.
+//!   must reap it;
+//! - libcriu's socketpair to `criu swrk` is not close-on-exec, so a process another thread
+//!   forks and execs during a request inherits one end of it (and a later dump of that
+//!   process fails on an "external socket"). Close descriptors above 2 in such children.
 //!
 //! Fork safety: libcriu forks inside the request and the child only execs CRIU, so calling
 //! it from a multi-threaded process is fine.

@@ -5,7 +5,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -13,17 +13,25 @@ use std::time::{Duration, Instant};
 use criu_sys::safe::{Criu, LogLevel};
 
 /// Spawns `sleep 1000` as the leader of a new session, stdio on /dev/null, so that the
-/// tree CRIU dumps owns its session, process group and files.
+/// tree CRIU dumps owns its session, process group and files. Descriptors above 2 are
+/// closed: the tests run in parallel and libcriu's socketpair to swrk (another test's
+/// request) is not close-on-exec, so a sleeper forked meanwhile would inherit it and its
+/// dump would fail on an external unix socket (seen once in CI).
 fn spawn_sleeper() -> Child {
     let mut cmd = Command::new("sleep");
     cmd.arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe.
+    // SAFETY: setsid and close_range are async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(|| {
             if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Marked close-on-exec rather than closed: std's exec-error pipe is among them.
+            let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_uint;
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, cloexec) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())
@@ -36,6 +44,13 @@ fn spawn_sleeper() -> Child {
         assert!(Instant::now() < deadline, "sleep did not start");
         thread::sleep(Duration::from_millis(5));
     }
+    // Not "only 0, 1 and 2": sleep itself may briefly hold a locale file at start.
+    let sockets: Vec<PathBuf> = fs::read_dir(format!("/proc/{}/fd", child.id()))
+        .expect("list the sleeper's fds")
+        .filter_map(|e| fs::read_link(e.ok()?.path()).ok())
+        .filter(|target| target.to_string_lossy().starts_with("socket:"))
+        .collect();
+    assert!(sockets.is_empty(), "the sleeper inherited {sockets:?}");
     child
 }
 
