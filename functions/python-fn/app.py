@@ -8,6 +8,8 @@ counter must keep counting from where it was.
 
   GET  /         -> {"function", "count", "pid", "state_bytes", "checksum"}
   GET  /healthz  -> ok
+  GET  /log/TEXT -> ok; TEXT written as a line to stdout and to stderr (where the
+                    runtime sends a restored function's output)
   POST /invoke   -> {"function", "count", "body_bytes"}
 
 Environment: PORT (8080), BIND (127.0.0.1), FUNCTION_NAME (python-fn),
@@ -109,6 +111,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
                         "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
         elif self.path == "/healthz":
+            self._send(200, "ok\n", "text/plain")
+        elif self.path.startswith("/log/"):
+            text = urllib.parse.unquote(self.path[len("/log/"):])
+            print(text, flush=True)
+            print(text, file=sys.stderr, flush=True)
             self._send(200, "ok\n", "text/plain")
         else:
             self._send(404, '{"error": "not found"}\n')

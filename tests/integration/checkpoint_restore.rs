@@ -39,7 +39,8 @@ fn restored_by_runc(ctx: &Ctx, id: &str) -> bool {
 }
 
 /// Starts `f`, created from the fixture's image, and checks it was restored by the
-/// direct engine and answers from the image's state: its init's pid.
+/// direct engine, answers from the image's state, and that what it writes reaches
+/// containerd's fifos (through the pipes the shim handed to CRIU): its init's pid.
 async fn start_restored_directly(
     ctx: &Ctx,
     f: &crate::harness::restore::Function,
@@ -55,6 +56,11 @@ async fn start_restored_directly(
         FIXTURE_COUNT + 1,
         "from the image's state"
     );
+    let line = format!("{}-restored-says-hello", f.id);
+    let (status, body) = f.get(&format!("/log/{line}"), secs(10)).await?;
+    assert_eq!(status, 200, "GET /log: {body}");
+    f.stdout.wait_for(&line, secs(10)).await?;
+    f.stderr.wait_for(&line, secs(10)).await?;
     Ok(pid)
 }
 
