@@ -41,7 +41,7 @@ pub struct Early {
 /// terminal, owned by root) and connected to its fifos at Create; a Create that
 /// asks for anything else cancels it and prepares anew.
 pub(crate) struct EarlyDirect {
-    io: Arc<dyn runc::io::Io>,
+    io: Arc<crate::stdio::ChildIo>,
     tell: Option<Tell>,
     preparing: Option<crate::container::Preparing>,
 }

@@ -28,6 +28,7 @@ pub mod nsexec;
 pub mod publisher;
 pub mod runc;
 pub mod service;
+pub mod spawn;
 pub mod stdio;
 pub mod task;
 

@@ -65,6 +65,7 @@ use nix::{
     unistd::{Gid, Pid, Uid},
 };
 use oci_spec::runtime::Process;
+use runc::io::Io as _;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -86,7 +87,7 @@ pub struct ExecRequest<'a> {
     /// The OCI process to run.
     pub process: &'a Process,
     /// Its stdio; `None` means /dev/null.
-    pub io: Option<Arc<dyn runc::io::Io>>,
+    pub io: Option<Arc<crate::stdio::ChildIo>>,
     /// Where the helper writes the new process's pid.
     pub pid_file: &'a Path,
 }

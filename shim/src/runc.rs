@@ -24,7 +24,7 @@ use containerd_shim::{
     },
     protos::shim::oci::CheckpointOptions,
 };
-use runc::{options::GlobalOpts, Command, Runc, Spawner};
+use runc::{io::Io as _, options::GlobalOpts, Command, Runc, Spawner};
 use serde::Deserialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
 
@@ -481,7 +481,7 @@ impl RuncCli {
     async fn run(
         &self,
         args: Vec<String>,
-        io: Option<&Arc<dyn runc::io::Io>>,
+        io: Option<&Arc<crate::stdio::ChildIo>>,
         limit: Duration,
     ) -> runc::Result<()> {
         let mut cmd = self.command(&args);
@@ -522,7 +522,7 @@ impl RuncCli {
         bundle: &Path,
         spec: &CheckpointSpec,
         pid_file: &Path,
-        io: Option<&Arc<dyn runc::io::Io>>,
+        io: Option<&Arc<crate::stdio::ChildIo>>,
         console_socket: Option<&Path>,
         no_pivot: bool,
     ) -> runc::Result<()> {

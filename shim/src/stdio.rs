@@ -133,27 +133,79 @@ pub struct ProcessIo {
     others: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
+/// The stdio the runtime hands a process: a pipe for each stream containerd names,
+/// or nothing at all (/dev/null). It is runc's [`Io`] for runc's own commands, and
+/// gives its child ends as descriptors ([`ChildIo::child_fds`]) to a child spawned
+/// without std's `Command` (`criu swrk`, see `crate::spawn`).
+#[derive(Debug)]
+pub struct ChildIo(Option<PipedIo>);
+
+impl ChildIo {
+    /// No stdio: runc's `NullIo`.
+    pub fn null() -> ChildIo {
+        ChildIo(None)
+    }
+
+    /// Copies of the child's ends, for its fds 0, 1 and 2: the read end of stdin's
+    /// pipe, the write ends of stdout's and stderr's. `None` for a stream without
+    /// a pipe (or whose write end is closed already).
+    pub fn child_fds(&self) -> std::io::Result<[Option<OwnedFd>; 3]> {
+        let Some(p) = &self.0 else {
+            return Ok([None, None, None]);
+        };
+        let stdin = p.stdin.as_ref().map(|p| p.rd.try_clone()).transpose()?;
+        let wr = |p: &Option<runc::Pipe>| p.as_ref().and_then(|p| p.try_clone_wr());
+        Ok([stdin, wr(&p.stdout), wr(&p.stderr)])
+    }
+}
+
+#[async_trait::async_trait]
+impl Io for ChildIo {
+    fn stdin(&self) -> Option<Box<dyn tokio::io::AsyncWrite + Send + Sync + Unpin>> {
+        self.0.as_ref()?.stdin()
+    }
+
+    fn stdout(&self) -> Option<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        self.0.as_ref()?.stdout()
+    }
+
+    fn stderr(&self) -> Option<Box<dyn AsyncRead + Send + Sync + Unpin>> {
+        self.0.as_ref()?.stderr()
+    }
+
+    async fn set(&self, cmd: &mut tokio::process::Command) -> std::io::Result<()> {
+        match &self.0 {
+            Some(p) => p.set(cmd).await,
+            None => NullIo {}.set(cmd).await,
+        }
+    }
+
+    async fn close_after_start(&self) {
+        if let Some(p) = &self.0 {
+            p.close_after_start().await;
+        }
+    }
+}
+
 /// The pipes the runtime hands to a process for the streams `stdio` names (none
 /// may be null: see [`ProcessIo::attach`]), owned by `owner`'s uid and gid.
-pub fn pipes(owner: &Owner, stdio: &Stdio) -> Result<Arc<dyn Io>> {
+pub fn pipes(owner: &Owner, stdio: &Stdio) -> Result<Arc<ChildIo>> {
     let opts = IoOption {
         open_stdin: !stdio.stdin.is_empty(),
         open_stdout: !stdio.stdout.is_empty(),
         open_stderr: !stdio.stderr.is_empty(),
     };
     let io = PipedIo::new(owner.uid, owner.gid, &opts).map_err(Error::io("create stdio pipes"))?;
-    Ok(Arc::new(io))
+    Ok(Arc::new(ChildIo(Some(io))))
 }
 
 impl ProcessIo {
     /// Creates the pipes the runtime hands to the process and starts copying
     /// them to where containerd asked. Opens every destination before the
     /// process exists, so a bad destination fails without leaving one behind.
-    pub async fn attach(&self, owner: &Owner, stdio: &Stdio) -> Result<Arc<dyn Io>> {
+    pub async fn attach(&self, owner: &Owner, stdio: &Stdio) -> Result<Arc<ChildIo>> {
         if stdio.is_null() {
-            return Ok(Arc::new(
-                NullIo::new().map_err(Error::io("create null io"))?,
-            ));
+            return Ok(Arc::new(ChildIo::null()));
         }
         let io = pipes(owner, stdio)?;
         self.connect(owner, stdio, &io).await?;
@@ -162,7 +214,7 @@ impl ProcessIo {
 
     /// Starts copying the pipes `io` (made by [`pipes`] for the same streams) to
     /// where containerd asked.
-    pub async fn connect(&self, owner: &Owner, stdio: &Stdio, io: &Arc<dyn Io>) -> Result<()> {
+    pub async fn connect(&self, owner: &Owner, stdio: &Stdio, io: &Arc<ChildIo>) -> Result<()> {
         if !stdio.stdin.is_empty() {
             let w = io
                 .stdin()

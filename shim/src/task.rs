@@ -859,7 +859,7 @@ async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
     let p = &mut c.init;
     let (console, io) = prepare_stdio(p, &owner).await?;
     opts.console_socket = console.as_ref().map(|s| s.path.clone());
-    opts.io = io;
+    opts.io = io.map(|io| io as Arc<dyn runc::io::Io>);
     let result = async {
         if let Err(e) = c.runc.create(&c.id, &c.bundle, Some(&opts)).await {
             return Err(runtime_error(&c.bundle, e, "runc create").await);
@@ -892,7 +892,7 @@ async fn cold_create(c: &mut Container, namespace: &str) -> Result<i32> {
 async fn prepare_stdio(
     p: &mut Process,
     owner: &Owner,
-) -> Result<(Option<ConsoleSocket>, Option<Arc<dyn runc::io::Io>>)> {
+) -> Result<(Option<ConsoleSocket>, Option<Arc<crate::stdio::ChildIo>>)> {
     if p.stdio.terminal {
         return Ok((Some(ConsoleSocket::new()?), None));
     }
@@ -1078,7 +1078,7 @@ pub(crate) fn spawn_preparation(
     bundle: &Path,
     spec: &oci_spec::runtime::Spec,
     cgroups_path: String,
-    io: Arc<dyn runc::io::Io>,
+    io: Arc<crate::stdio::ChildIo>,
     span: tracing::Span,
 ) -> (crate::direct::Tell, crate::container::Preparing) {
     let (tell, told) = tokio::sync::oneshot::channel();
@@ -1379,7 +1379,7 @@ async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result
     };
     let (console, io) = prepare_stdio(p, &owner).await?;
     opts.console_socket = console.as_ref().map(|s| s.path.clone());
-    opts.io = io;
+    opts.io = io.clone().map(|io| io as Arc<dyn runc::io::Io>);
     let result = async {
         if let Some((init_pid, cgroup_dirs)) = &direct {
             // runc has no state for this container: enter it ourselves.
@@ -1387,7 +1387,7 @@ async fn start_exec(c: &mut Container, namespace: &str, exec_id: &str) -> Result
                 init_pid: *init_pid,
                 cgroup_dirs,
                 process: &spec,
-                io: opts.io.clone(),
+                io,
                 pid_file: &pid_file,
             })
             .await;

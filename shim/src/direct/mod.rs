@@ -197,7 +197,7 @@ pub async fn prepare(
     bundle: &Path,
     spec: &Spec,
     cgroups_path: &str,
-    io: Option<Arc<dyn runc::io::Io>>,
+    io: Option<Arc<crate::stdio::ChildIo>>,
     source: tokio::sync::oneshot::Receiver<Option<Source>>,
 ) -> Result<std::result::Result<Prepared, NotDirect>> {
     let t0 = Instant::now();

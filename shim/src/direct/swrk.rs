@@ -5,9 +5,9 @@
 //! of a helper is learnt from the reaper's monitor, never from `wait(2)`.
 
 use std::{
-    ffi::OsString,
+    ffi::{OsStr, OsString},
     io,
-    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{Arc, OnceLock},
@@ -18,18 +18,23 @@ use containerd_shim::{
     asynchronous::monitor::{monitor_subscribe, monitor_unsubscribe, Subscription},
     monitor::{Subject, Topic},
 };
+use runc::io::Io as _;
 use tokio::process::{Child, Command};
 use tracing::{debug, warn};
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    spawn::Source,
+};
 
 /// A child of the shim whose exit comes from the reaper's monitor.
 pub struct Watched {
     pub pid: i32,
     /// Held, never waited on: tokio reaps a dropped, unwaited child on its own
     /// (its orphan queue), which could race the shim's reaper; once the reaper
-    /// has reported the exit, dropping it is harmless.
-    _child: Child,
+    /// has reported the exit, dropping it is harmless. `None` for a child
+    /// started by [`crate::spawn`], which only the reaper knows.
+    _child: Option<Child>,
     sub: Option<Subscription>,
     exit: Option<i32>,
 }
@@ -38,9 +43,35 @@ impl Watched {
     /// Spawns `cmd`, subscribed to exits first (a fast child can exit before
     /// `spawn` returns).
     pub async fn spawn(cmd: &mut Command, what: &str) -> Result<Watched> {
+        let program = PathBuf::from(cmd.as_std().get_program());
+        Self::start(&program, what, || {
+            cmd.spawn()
+                .map(|child| (child.id().unwrap_or_default() as i32, Some(child)))
+        })
+        .await
+    }
+
+    /// Starts `program` with [`crate::spawn::spawn`] (no fork of the shim).
+    pub async fn posix_spawn(
+        program: &Path,
+        args: &[&OsStr],
+        env: &[(&OsStr, &OsStr)],
+        fds: &[(crate::spawn::Source<'_>, RawFd)],
+        what: &str,
+    ) -> Result<Watched> {
+        Self::start(program, what, || {
+            crate::spawn::spawn(program, args, env, fds).map(|pid| (pid, None))
+        })
+        .await
+    }
+
+    async fn start(
+        program: &Path,
+        what: &str,
+        spawn: impl FnOnce() -> io::Result<(i32, Option<Child>)>,
+    ) -> Result<Watched> {
         // A failed exec makes std wait for the child itself, which the shim's
         // reaper may have collected already (std then panics): check first.
-        let program = Path::new(cmd.as_std().get_program());
         if !is_executable(program) {
             return Err(Error::FailedPrecondition(format!(
                 "start {what}: {} is not an executable file (set REKINDLE_CRIU, or run hack/setup.sh to install CRIU)",
@@ -53,9 +84,9 @@ impl Watched {
                 action: format!("start {what}"),
                 message: format!("subscribe to the reaper's exits: {e}"),
             })?;
-        match cmd.spawn() {
-            Ok(child) => Ok(Watched {
-                pid: child.id().unwrap_or_default() as i32,
+        match spawn() {
+            Ok((pid, child)) => Ok(Watched {
+                pid,
                 _child: child,
                 sub: Some(sub),
                 exit: None,
@@ -278,7 +309,7 @@ pub struct Swrk {
 /// each of `inherit` open in it under the number in [`Swrk::fds`].
 pub async fn spawn_swrk(
     criu: &Path,
-    io: Option<&Arc<dyn runc::io::Io>>,
+    io: Option<&Arc<crate::stdio::ChildIo>>,
     inherit: &[&OwnedFd],
     env: &[(&str, &std::ffi::OsStr)],
 ) -> Result<Swrk> {
@@ -299,57 +330,71 @@ pub async fn spawn_swrk(
     }
     // SAFETY: fresh descriptors nothing else owns.
     let (ours, theirs) = unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) };
-    // Targets above every source, so no dup2 clobbers a source still to be moved.
-    let sources: Vec<RawFd> = std::iter::once(theirs.as_raw_fd())
-        .chain(inherit.iter().map(|f| f.as_raw_fd()))
-        .collect();
-    let base = sources.iter().copied().max().unwrap_or(2).max(2) + 1;
-    let moves: Vec<(RawFd, RawFd)> = sources
+    let stdio = match io {
+        Some(io) => io
+            .child_fds()
+            .map_err(Error::io("hand the container's stdio to criu swrk"))?,
+        None => [None, None, None],
+    };
+    // Targets above every source, so that no placement clobbers a source still
+    // to be placed.
+    let base = stdio
         .iter()
-        .enumerate()
-        .map(|(i, s)| (*s, base + i as RawFd))
+        .flatten()
+        .chain(std::iter::once(&theirs))
+        .chain(inherit.iter().copied())
+        .map(|f| f.as_raw_fd())
+        .max()
+        .unwrap_or(2)
+        .max(2)
+        + 1;
+    let mut fds: Vec<(Source<'_>, RawFd)> = stdio
+        .iter()
+        .zip(0..)
+        .map(|(f, n)| {
+            (
+                f.as_ref().map_or(Source::Null, |f| Source::Fd(f.as_fd())),
+                n,
+            )
+        })
         .collect();
-    let mut cmd = Command::new(criu);
-    cmd.arg("swrk")
-        .arg(base.to_string())
-        // Stop the tree at its sigreturn by tracing syscalls, not with a hardware
-        // breakpoint: on a node where no other task-bound perf event exists, the
-        // breakpoint's perf event waits for an RCU grace period (2-20 ms) in the
-        // middle of the restore (hack/criu-patches/0010; ignored without it).
-        .env(NO_BREAKPOINTS_ENV, "1")
-        .env(NOTIFY_ACTIONS_ENV, super::NOTIFIED)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .process_group(0);
+    fds.extend(
+        std::iter::once(&theirs)
+            .chain(inherit.iter().copied())
+            .zip(base..)
+            .map(|(f, n)| (Source::Fd(f.as_fd()), n)),
+    );
+    let base_arg = base.to_string();
+    // Stop the tree at its sigreturn by tracing syscalls, not with a hardware
+    // breakpoint: on a node where no other task-bound perf event exists, the
+    // breakpoint's perf event waits for an RCU grace period (2-20 ms) in the
+    // middle of the restore (hack/criu-patches/0010; ignored without it).
+    let mut vars: Vec<(&OsStr, &OsStr)> = vec![
+        (NO_BREAKPOINTS_ENV.as_ref(), "1".as_ref()),
+        (NOTIFY_ACTIONS_ENV.as_ref(), super::NOTIFIED.as_ref()),
+    ];
+    let path;
     match criu_path_dir() {
         Some(dir) => {
             debug!(tar = %dir.join("tar").display(), "criu swrk restores tmpfs with {CRIU_TAR}");
-            cmd.env("PATH", path_with(dir));
+            path = path_with(dir);
+            vars.push(("PATH".as_ref(), &path));
         }
         None => debug!("criu swrk restores tmpfs with GNU tar"),
     }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(io) = io {
-        io.set(&mut cmd)
-            .await
-            .map_err(Error::io("hand the container's stdio to criu swrk"))?;
-    }
-    let pre = moves.clone();
-    // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            for (src, dst) in &pre {
-                if libc::dup2(*src, *dst) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    let process = Watched::spawn(&mut cmd, &format!("{} swrk", criu.display())).await?;
+    vars.extend(env.iter().map(|(k, v)| (k.as_ref(), *v)));
+    // posix_spawn, not a fork of the shim (crate::spawn): swrk is started on
+    // every restore, while the shim's threads are busy with Create.
+    let process = Watched::posix_spawn(
+        criu,
+        &["swrk".as_ref(), base_arg.as_ref()],
+        &vars,
+        &fds,
+        &format!("{} swrk", criu.display()),
+    )
+    .await?;
+    drop(fds);
+    drop(stdio);
     if let Some(io) = io {
         io.close_after_start().await;
     }
@@ -357,7 +402,7 @@ pub async fn spawn_swrk(
     Ok(Swrk {
         process,
         socket: Some(ours),
-        fds: moves[1..].iter().map(|(_, d)| *d).collect(),
+        fds: (base + 1..).take(inherit.len()).collect(),
     })
 }
 
