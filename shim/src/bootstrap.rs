@@ -112,6 +112,8 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
             };
             flags.socket = address;
             flags.action = String::new();
+            // The socket `start` bound goes with this server, however it ends.
+            let socket_file = SocketFile(path);
             let code = match server(flags, listener, spec) {
                 Ok(()) => 0,
                 Err(e) => {
@@ -119,6 +121,7 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
                     1
                 }
             };
+            drop(socket_file);
             std::process::exit(code)
         }
         Ok(nix::unistd::ForkResult::Parent { child }) => {
@@ -219,6 +222,8 @@ async fn serve(
         .strip_prefix("unix://")
         .unwrap_or(&flags.socket)
         .to_string();
+    // A listener handed over comes with its socket file's owner (`start`).
+    let owned = listener.is_none();
     let bound = match listener {
         Some(l) => Ok(l),
         None => bind(&path),
@@ -240,6 +245,7 @@ async fn serve(
         }
         Err(e) => return Err(format!("listen on {path}: {e}")),
     };
+    let _socket_file = owned.then(|| SocketFile(path));
 
     let ttrpc_address = std::env::var(TTRPC_ADDRESS)
         .map_err(|_| format!("{TTRPC_ADDRESS} is not set: containerd sets it for its shims"))?;
@@ -269,8 +275,18 @@ async fn serve(
     events.drain(std::time::Duration::from_secs(3)).await;
     info!("shim shutting down");
     server.shutdown().await.unwrap_or_default();
-    let _ = std::fs::remove_file(&path);
     Ok(())
+}
+
+/// The path of the socket a server bound, removed when it is dropped: however
+/// the server ends, failing included, since a socket file left behind makes
+/// the group's next `start` try to connect to it first.
+struct SocketFile(String);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 /// The Task service under both API names containerd may call.
