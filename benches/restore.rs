@@ -547,6 +547,8 @@ struct Facts {
     cpuid: String,
     /// What a first touch of fresh memory costs here (see [`fresh_memory_cost`]).
     fresh_memory: String,
+    /// The shim binary the runs used, and how it is linked (see [`shim_linking`]).
+    shim: String,
 }
 
 async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
@@ -606,6 +608,7 @@ async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
         cgroup_migration: cgroup_migration().unwrap_or_else(|e| format!("not measured ({e:#})")),
         cpuid: cpuid_cost(),
         fresh_memory: fresh_memory_cost(),
+        shim: shim_linking(),
     })
 }
 
@@ -701,6 +704,35 @@ fn cpuid_cost() -> String {
 /// pays it for the memory it fills. In a VM whose free memory goes back to the host
 /// (virtio-balloon free page reporting, as on these machines) a page's first touch
 /// may also fault on the host, and this moves with the host.
+/// The shim under test and its linking: a static one (hack/static-shim.sh's static-pie,
+/// what hack/bench.sh runs) has no program interpreter (`PT_INTERP`), a dynamically linked
+/// one loads its shared libraries through ld.so at every `shim start`.
+fn shim_linking() -> String {
+    let path = match harness::containerd::shim_dir() {
+        Ok(dir) => dir.join(harness::containerd::SHIM_BINARY),
+        Err(e) => return format!("shim: {e:#}"),
+    };
+    let linking = match fs::read(&path) {
+        Ok(elf) if elf.len() > 64 && elf.starts_with(b"\x7fELF") => {
+            let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
+            let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap_or_default());
+            let (entsize, count) = (u16_at(0x36), u16_at(0x38));
+            let interp = (0..count).any(|i| {
+                let at = phoff as usize + i * entsize;
+                elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
+            });
+            if interp {
+                "dynamically linked"
+            } else {
+                "statically linked"
+            }
+        }
+        Ok(_) => "not an ELF file",
+        Err(_) => "unreadable",
+    };
+    format!("shim {linking} ({})", path.display())
+}
+
 fn fresh_memory_cost() -> String {
     const LEN: usize = 256 << 20;
     const PAGE: usize = 4096;
@@ -756,6 +788,7 @@ fn facts_joined(f: &Facts, sep: &str) -> String {
         f.cgroup_migration.clone(),
         f.cpuid.clone(),
         f.fresh_memory.clone(),
+        f.shim.clone(),
     ]
     .join(sep)
 }
@@ -999,6 +1032,7 @@ impl Report {
                 "cgroup_migration": f.cgroup_migration,
                 "cpuid": f.cpuid,
                 "fresh_memory": f.fresh_memory,
+                "shim": f.shim,
             },
             "loadavg_1m": {"before": self.load.0, "after": self.load.1},
             "commit": self.commit,

@@ -92,7 +92,19 @@ fn main() {
         .expect("write bindings.rs");
 
     println!("cargo:rustc-link-search=native={}", lib_dir.display());
-    println!("cargo:rustc-link-lib=dylib=criu");
+    let crt_static =
+        env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
+    if crt_static {
+        // A static-pie (`-C target-feature=+crt-static`, how hack/static-shim.sh builds
+        // the shim) loads no shared library: libcriu.a (hack/setup.sh installs it) and
+        // protobuf-c's (libprotobuf-c-dev) go in.
+        println!("cargo:rustc-link-lib=static=criu");
+        let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+        println!("cargo:rustc-link-search=native=/usr/lib/{arch}-linux-gnu");
+        println!("cargo:rustc-link-lib=static=protobuf-c");
+    } else {
+        println!("cargo:rustc-link-lib=dylib=criu");
+    }
     // Our own tests and examples find libcriu even where ldconfig has not been run for
     // /usr/local/lib. Binaries of other crates get this through `DEP_CRIU_LIBDIR` (below)
     // or through the ld.so cache that hack/setup.sh refreshes.

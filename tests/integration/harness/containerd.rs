@@ -58,6 +58,24 @@ pub fn profile_dir() -> Result<PathBuf> {
 
 pub const SHIM_BINARY: &str = "containerd-shim-rekindle-v2";
 
+/// Where the shim under test is: `REKINDLE_SHIM_DIR` (hack/bench.sh and hack/test.sh
+/// point it at the static-pie build of hack/static-shim.sh), else this build's profile
+/// dir (target/debug for the tests, target/release for the bench).
+pub fn shim_dir() -> Result<PathBuf> {
+    match std::env::var_os("REKINDLE_SHIM_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            anyhow::ensure!(
+                dir.join(SHIM_BINARY).is_file(),
+                "REKINDLE_SHIM_DIR={}: no {SHIM_BINARY} there (hack/static-shim.sh builds one)",
+                dir.display()
+            );
+            Ok(dir)
+        }
+        None => profile_dir(),
+    }
+}
+
 /// In each temp dir: the pid of the test process that owns it.
 const OWNER_FILE: &str = "owner.pid";
 /// In a temp dir kept on purpose (`REKINDLE_IT_KEEP`): not swept by later runs.
@@ -148,7 +166,7 @@ impl PrivateContainerd {
                 cache_dir().display()
             );
         }
-        let shim_dir = profile_dir()?;
+        let shim_dir = shim_dir()?;
 
         // Short prefix: shim sockets live at <state>/s/<64 hex>, and unix socket paths
         // are limited to 108 bytes.

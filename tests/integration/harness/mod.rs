@@ -113,7 +113,7 @@ pub fn shared() -> &'static Shared {
 fn start_shared() -> Result<Shared> {
     let runtime = runtime_under_test();
     if runtime == REKINDLE_RUNTIME {
-        let shim = containerd::profile_dir()?.join(containerd::SHIM_BINARY);
+        let shim = containerd::shim_dir()?.join(containerd::SHIM_BINARY);
         if !shim.is_file() {
             bail!(
                 "{} is missing: run `cargo build --workspace` first (same profile as the tests), \
