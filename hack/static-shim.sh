@@ -5,8 +5,8 @@
 # them: target/static/<host triple>/release.
 #
 # Why: containerd waits for `shim start` on every container start. The dynamically
-# linked shim loads five shared libraries first; as a static-pie its start is ~0.9 ms
-# shorter here (README, benchmark section). The other binaries stay dynamically linked.
+# linked shim loads five shared libraries first; the static-pie starts sooner (README,
+# benchmark section: "A static shim"). The other binaries stay dynamically linked.
 # A build of its own (`--target`, its own target dir): with crt-static for the host
 # itself, cargo would apply it to proc-macros and build scripts too, which cannot be
 # static.

@@ -147,15 +147,23 @@ impl ChildIo {
     }
 
     /// Copies of the child's ends, for its fds 0, 1 and 2: the read end of stdin's
-    /// pipe, the write ends of stdout's and stderr's. `None` for a stream without
-    /// a pipe (or whose write end is closed already).
+    /// pipe, the write ends of stdout's and stderr's; `None` for a stream without a
+    /// pipe. A write end handed to a child already and closed here is an error, as
+    /// in runc's `PipedIo::set`.
     pub fn child_fds(&self) -> std::io::Result<[Option<OwnedFd>; 3]> {
         let Some(p) = &self.0 else {
             return Ok([None, None, None]);
         };
         let stdin = p.stdin.as_ref().map(|p| p.rd.try_clone()).transpose()?;
-        let wr = |p: &Option<runc::Pipe>| p.as_ref().and_then(|p| p.try_clone_wr());
-        Ok([stdin, wr(&p.stdout), wr(&p.stderr)])
+        let wr = |p: &Option<runc::Pipe>| {
+            p.as_ref()
+                .map(|p| {
+                    p.try_clone_wr()
+                        .ok_or_else(|| std::io::Error::other("write end closed"))
+                })
+                .transpose()
+        };
+        Ok([stdin, wr(&p.stdout)?, wr(&p.stderr)?])
     }
 }
 
@@ -445,5 +453,41 @@ mod tests {
         }
         pio.shutdown().await;
         assert_eq!(std::fs::read_to_string(&log).unwrap(), "hello\n");
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_the_ends_of_the_pipes_asked_for_and_nothing_once_handed_over() {
+        use std::io::Write;
+        let stdio = Stdio {
+            stdout: "/x/stdout".into(),
+            ..Default::default()
+        };
+        let io = pipes(&Owner::default(), &stdio).unwrap();
+        let [stdin, stdout, stderr] = io.child_fds().unwrap();
+        assert!(
+            stdin.is_none() && stderr.is_none(),
+            "only stdout was asked for"
+        );
+        std::fs::File::from(stdout.unwrap())
+            .write_all(b"to the shim")
+            .unwrap();
+        let mut reader = io.stdout().unwrap();
+        let mut got = [0u8; 11];
+        tokio::io::AsyncReadExt::read_exact(&mut reader, &mut got)
+            .await
+            .unwrap();
+        assert_eq!(&got, b"to the shim");
+        // Once a child has its copy, the shim's write end is closed: no second child.
+        io.close_after_start().await;
+        assert!(io.child_fds().is_err());
+        assert_eq!(
+            ChildIo::null()
+                .child_fds()
+                .unwrap()
+                .iter()
+                .flatten()
+                .count(),
+            0
+        );
     }
 }
