@@ -84,11 +84,16 @@ impl Capture {
     pub async fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String> {
         let deadline = Instant::now() + timeout;
         loop {
+            // End of file first, then the text: the reader thread appends the last
+            // bytes before it marks the end, so text read after seeing the end is all
+            // of it (read the other way round, output and end arriving together
+            // looked like an end without the output).
+            let eof = self.at_eof();
             let text = self.text();
             if text.contains(needle) {
                 return Ok(text);
             }
-            if self.at_eof() {
+            if eof {
                 bail!(
                     "{} closed without {needle:?}; it said: {text:?}",
                     self.inner.path.display()
