@@ -264,7 +264,9 @@ impl ProcessIo {
         }
         if !stdio.stdout.is_empty() {
             match Target::parse(&stdio.stdout)? {
-                Target::Fifo(path) => self.fifos.copy_to_fifo(console, &path)?,
+                Target::Fifo(path) => self
+                    .fifos
+                    .copy_to_fifo(TerminalOutput::new(console, path.clone()), &path)?,
                 other => {
                     return Err(Error::InvalidArgument(format!(
                         "a terminal's output can only go to a fifo, not {other:?}"
@@ -389,6 +391,55 @@ impl ProcessIo {
         self.fifos.abort().await;
         for h in std::mem::take(&mut *self.others.lock().await) {
             h.abort();
+        }
+    }
+}
+
+/// A terminal's output on its way to its fifo, with the terminal's hang-up (EIO on
+/// the master once the process side has closed) read as the end of the output.
+///
+/// Why: the copy (`tokio::io::copy`) reads ahead while a write is pending, and
+/// returns a read error at once, dropping what it had read and not yet written. A
+/// short-lived process's whole output could be lost that way: read, the fifo's
+/// first write pending on the reactor, then EIO. As the end of the output, the
+/// copy writes what it holds first. The end is logged with the byte count.
+struct TerminalOutput<R> {
+    inner: R,
+    fifo: String,
+    bytes: u64,
+}
+
+impl<R> TerminalOutput<R> {
+    fn new(inner: R, fifo: String) -> Self {
+        TerminalOutput {
+            inner,
+            fifo,
+            bytes: 0,
+        }
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for TerminalOutput<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        self.bytes += read;
+        match polled {
+            Poll::Ready(Ok(())) if read == 0 => {
+                debug!(fifo = %self.fifo, bytes = self.bytes, "terminal output ended");
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) if e.raw_os_error() == Some(libc::EIO) => {
+                debug!(fifo = %self.fifo, bytes = self.bytes, "terminal output ended (hung up)");
+                Poll::Ready(Ok(()))
+            }
+            other => other,
         }
     }
 }
