@@ -712,7 +712,13 @@ fn shim_linking() -> String {
         Ok(dir) => dir.join(harness::containerd::SHIM_BINARY),
         Err(e) => return format!("shim: {e:#}"),
     };
-    let linking = match fs::read(&path) {
+    // The program headers sit at the file's start: its first 64 KiB, not 16 MB.
+    let head = fs::File::open(&path).and_then(|f| {
+        use std::io::Read as _;
+        let mut head = Vec::new();
+        f.take(64 << 10).read_to_end(&mut head).map(|_| head)
+    });
+    let linking = match head {
         Ok(elf) if elf.len() > 64 && elf.starts_with(b"\x7fELF") => {
             let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
             let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap_or_default());

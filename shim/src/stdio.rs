@@ -181,11 +181,22 @@ impl Io for ChildIo {
         self.0.as_ref()?.stderr()
     }
 
+    /// The ends of [`ChildIo::child_fds`]: runc and swrk get them the one way.
     async fn set(&self, cmd: &mut tokio::process::Command) -> std::io::Result<()> {
-        match &self.0 {
-            Some(p) => p.set(cmd).await,
-            None => NullIo {}.set(cmd).await,
+        if self.0.is_none() {
+            return NullIo {}.set(cmd).await;
         }
+        let [stdin, stdout, stderr] = self.child_fds()?;
+        if let Some(f) = stdin {
+            cmd.stdin(f);
+        }
+        if let Some(f) = stdout {
+            cmd.stdout(f);
+        }
+        if let Some(f) = stderr {
+            cmd.stderr(f);
+        }
+        Ok(())
     }
 
     async fn close_after_start(&self) {
