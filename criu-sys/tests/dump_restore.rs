@@ -18,7 +18,12 @@ use criu_sys::safe::{Criu, LogLevel};
 /// request) is not close-on-exec, so a sleeper forked meanwhile would inherit it and its
 /// dump would fail on an external unix socket (seen once in CI).
 fn spawn_sleeper() -> Child {
-    let mut cmd = Command::new("sleep");
+    spawn_sleeper_from(Path::new("sleep"))
+}
+
+/// [`spawn_sleeper`], running the `sleep` binary at `program`.
+fn spawn_sleeper_from(program: &Path) -> Child {
+    let mut cmd = Command::new(program);
     cmd.arg("1000")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -40,7 +45,8 @@ fn spawn_sleeper() -> Child {
     let child = cmd.spawn().expect("spawn sleep");
     // Wait until it runs `sleep` (not still our forked copy about to exec).
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cmdline(child.id()).as_deref() != Some("sleep 1000") {
+    let expected = format!("{} 1000", program.display());
+    while cmdline(child.id()).as_deref() != Some(expected.as_str()) {
         assert!(Instant::now() < deadline, "sleep did not start");
         thread::sleep(Duration::from_millis(5));
     }
@@ -277,4 +283,112 @@ fn a_refused_notification_fails_the_restore() {
         }
         thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The offset of the GNU build-id's bytes in a 64-bit little-endian ELF file: the
+/// NT_GNU_BUILD_ID note of a PT_NOTE segment.
+fn build_id_offset(elf: &[u8]) -> Option<(usize, usize)> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
+    if elf.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
+    for i in 0..phnum as usize {
+        let ph = phoff + i * phentsize as usize;
+        if u32_at(ph)? != 4 {
+            continue; // not PT_NOTE
+        }
+        let (start, size) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
+        let mut n = start;
+        while n + 12 <= start + size {
+            let (namesz, descsz, kind) =
+                (u32_at(n)? as usize, u32_at(n + 4)? as usize, u32_at(n + 8)?);
+            let desc = n + 12 + namesz.next_multiple_of(4);
+            if kind == 3 && elf.get(n + 12..n + 16)? == b"GNU\0" {
+                return Some((desc, descsz));
+            }
+            n = desc + descsz.next_multiple_of(4);
+        }
+    }
+    None
+}
+
+/// CRIU checks each mapped ELF file against the build-id it recorded at dump (with
+/// Rekindle's patch 0016, read with pread): the same `sleep` restores, one whose
+/// build-id changed (same size) is refused, naming the file; put back, it restores.
+#[test]
+fn a_mapped_binary_with_another_build_id_is_refused() {
+    // SAFETY: plain prctl (see dumped_sleeper_to_restore_detached).
+    assert_eq!(
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) },
+        0
+    );
+    let bin = tempfile::tempdir().unwrap();
+    let sleep = bin.path().join("sleep");
+    let which = Command::new("sh")
+        .args(["-c", "command -v sleep"])
+        .output()
+        .unwrap();
+    let system_sleep = String::from_utf8(which.stdout).unwrap();
+    fs::copy(system_sleep.trim(), &sleep).unwrap();
+    let original = fs::read(&sleep).unwrap();
+    let (at, len) = build_id_offset(&original).expect("sleep has a GNU build-id note");
+    assert!(len >= 8, "build-id of {len} bytes");
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn_sleeper_from(&sleep);
+    let pid = child.id();
+    dump(dir.path(), pid);
+    child.wait().unwrap();
+
+    let restore = |log: &str| {
+        let mut criu = Criu::new().unwrap();
+        criu.set_images_dir(dir.path()).unwrap();
+        criu.set_log_file(log).unwrap();
+        criu.set_log_level(LogLevel::Debug);
+        criu.restore()
+    };
+
+    // Another build-id, same size: the file CRIU finds is not the one it dumped.
+    let mut changed = original.clone();
+    changed[at] ^= 0xff;
+    fs::write(&sleep, &changed).unwrap();
+    let err = restore("refused.log").expect_err("a changed build-id must be refused");
+    let log = fs::read_to_string(dir.path().join("refused.log")).unwrap();
+    assert!(
+        // CRIU names it by its path from the root, without the leading '/'.
+        log.contains(&format!(
+            "File {} has bad build-ID",
+            sleep.strip_prefix("/").unwrap().display()
+        )),
+        "{err}\n--- refused.log (tail) ---\n{}",
+        log_of(dir.path(), "refused.log")
+    );
+    // What CRIU had created of the tree it killed; being a subreaper, we reap it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while let Some(st) = state(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "pid {pid} still {st} after a refused restore"
+        );
+        if st == 'Z' {
+            // SAFETY: waitpid on a zombie handed to this subreaper.
+            unsafe { libc::waitpid(pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+
+    fs::write(&sleep, &original).unwrap();
+    let restored = restore("restore.log").unwrap_or_else(|e| {
+        panic!(
+            "{e}\n--- restore.log (tail) ---\n{}",
+            log_of(dir.path(), "restore.log")
+        )
+    });
+    assert_eq!(restored, pid);
+    assert_eq!(cmdline(pid), Some(format!("{} 1000", sleep.display())));
+    let status = kill_and_reap(pid);
+    assert!(libc::WIFSIGNALED(status));
 }
