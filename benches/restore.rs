@@ -551,6 +551,21 @@ struct Facts {
     shim: String,
 }
 
+/// The type of the filesystem `path` is on, as /proc/self/mountinfo names it.
+fn fs_type(path: &std::path::Path) -> String {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            Some((point.to_string(), right.split(' ').next()?.to_string()))
+        })
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.len())
+        .map(|(_, fstype)| fstype)
+        .unwrap_or_else(|| "an unknown filesystem".into())
+}
+
 async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
     let first_line = |cmd: &str, args: &[&str]| -> String {
         Command::new(cmd)
@@ -590,11 +605,16 @@ async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
             "CRIU {}",
             first_line("/usr/local/sbin/criu", &["--version"]).trim_start_matches("Version: ")
         ),
-        containerd: if v.revision.is_empty() {
-            format!("containerd {}", v.version)
-        } else {
-            format!("containerd {} ({})", v.version, v.revision)
-        },
+        containerd: format!(
+            "{} (its state dir on {})",
+            if v.revision.is_empty() {
+                format!("containerd {}", v.version)
+            } else {
+                format!("containerd {} ({})", v.version, v.revision)
+            },
+            // The harness mounts a tmpfs there, as /run/containerd is on a node.
+            fs_type(&ctx.paths().state)
+        ),
         runc: first_line("runc", &["--version"]).replace("runc version", "runc"),
         cores: std::thread::available_parallelism()
             .map(|n| n.get())

@@ -91,6 +91,10 @@ for _ in $(seq 100); do [ -S "$TMP/restored.sock" ] && break; sleep 0.05; done
 [ -S "$TMP/restored.sock" ] || die "rekindle-restored did not start; see $TMP/restored.log"
 IMG=(rekindle image --restored-socket "$TMP/restored.sock")
 
+# containerd's state (bundles, shim sockets) on a tmpfs, as /run/containerd is on a node
+# (/run is a tmpfs on any systemd host; this machine's /tmp is on disk).
+mkdir -p "$TMP/state"
+mount -t tmpfs -o mode=0711,size=1g rekindle-demo-state "$TMP/state"
 log "private containerd $("$BIN/containerd" --version | awk '{print $3}') in $TMP (never the system one)"
 # Shims inherit containerd's environment: this is how they find the image store.
 REKINDLE_RESTORED_SOCKET="$TMP/restored.sock" \

@@ -103,9 +103,13 @@ pub fn after_containerd(paths: &Paths) -> Vec<String> {
     if !procs.is_empty() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // The state dir's own tmpfs is the harness's, unmounted after this check.
     let mut left: Vec<String> = mounts()
         .into_iter()
-        .filter(|m| Path::new(&m.mount_point).starts_with(&paths.dir))
+        .filter(|m| {
+            Path::new(&m.mount_point).starts_with(&paths.dir)
+                && Path::new(&m.mount_point) != paths.state
+        })
         .map(|m| m.mount_point)
         .collect();
     for m in &left {
