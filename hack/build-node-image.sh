@@ -20,7 +20,9 @@
 #     (found with ldd, mapped with dpkg -S); reused while that package list is unchanged;
 #   - the release binaries (target/release; built when one is missing) in /usr/local/bin:
 #     containerd-shim-rekindle-v2 rekindle-criu-tar rekindle-restored rekindle-agent
-#     rekindle rekindle-extender;
+#     rekindle rekindle-extender; the first two as the static-pie build of
+#     hack/static-shim.sh, as nodes run them (containerd execs the shim on every
+#     container start; see the README's benchmark); --profile debug packs target/debug's;
 #   - the patched CRIU hack/setup.sh installs, at the same paths: /usr/local/sbin/criu and
 #     /usr/local/lib/libcriu.so* (ld.so.cache refreshed in the rootfs).
 #     rekindle-restored runs it for `criu --version` (the version it records in and checks
@@ -74,13 +76,27 @@ mkdir -p "$CACHE/images" "$CACHE/rootfs"
 # ---------------------------------------------------------------------------------------
 # inputs: release binaries and the installed CRIU
 # ---------------------------------------------------------------------------------------
+# Where binary $1 comes from: the static shim and its tar helper for a release image.
+STATIC=(containerd-shim-rekindle-v2 rekindle-criu-tar)
+SHIM_DIR=
+src_of() {
+  if [ -n "$SHIM_DIR" ] && [[ " ${STATIC[*]} " == *" $1 "* ]]; then
+    echo "$SHIM_DIR/$1"
+  else
+    echo "$TARGET/$1"
+  fi
+}
 missing=0
 for b in "${BINARIES[@]}"; do [ -x "$TARGET/$b" ] || missing=1; done
 if [ "$BUILD" = 1 ] || [ "$missing" = 1 ]; then
   log "cargo build ${CARGO_PROFILE[*]} --workspace --bins"
   (cd "$REPO" && cargo build "${CARGO_PROFILE[@]}" --workspace --bins)
 fi
-for b in "${BINARIES[@]}"; do [ -x "$TARGET/$b" ] || die "$TARGET/$b missing after the build"; done
+if [ "$PROFILE" = release ]; then
+  log "the shim as a static-pie (hack/static-shim.sh; up to date unless its sources changed)"
+  SHIM_DIR=$(bash "$REPO/hack/static-shim.sh")
+fi
+for b in "${BINARIES[@]}"; do [ -x "$(src_of "$b")" ] || die "$(src_of "$b") missing after the build"; done
 [ -x "$CRIU" ] || die "$CRIU missing: run hack/setup.sh"
 mapfile -t LIBCRIU < <(cd /usr/local/lib && ls libcriu.so.* 2>/dev/null | sort)
 [ "${#LIBCRIU[@]}" -gt 0 ] || die "/usr/local/lib/libcriu.so.* missing: run hack/setup.sh"
@@ -100,7 +116,9 @@ packages_for_libs() {
         die "no Debian package holds $lib"
     done | cut -d: -f1 | sort -u | paste -sd, -
 }
-PACKAGES=$(packages_for_libs "${BINARIES[@]/#/$TARGET/}" "$CRIU" "/usr/local/lib/${LIBCRIU[0]}")
+SOURCES=()
+for b in "${BINARIES[@]}"; do SOURCES+=("$(src_of "$b")"); done
+PACKAGES=$(packages_for_libs "${SOURCES[@]}" "$CRIU" "/usr/local/lib/${LIBCRIU[0]}")
 # Bump the trailing number to force a new rootfs when the way it is made changes.
 RECIPE="debootstrap suite=$SUITE variant=minbase include=$PACKAGES r1"
 
@@ -140,7 +158,7 @@ fi
 put() {  # put SRC DEST MODE
   cmp -s "$1" "$ROOTFS$2" || install -D -m "$3" "$1" "$ROOTFS$2"
 }
-for b in "${BINARIES[@]}"; do put "$TARGET/$b" "/usr/local/bin/$b" 0755; done
+for b in "${BINARIES[@]}"; do put "$(src_of "$b")" "/usr/local/bin/$b" 0755; done
 put "$CRIU" /usr/local/sbin/criu 0755
 # libcriu as setup.sh lays it out: the file(s), then the same symlinks
 for l in "$ROOTFS"/usr/local/lib/libcriu.so*; do   # ones the host no longer has
