@@ -551,18 +551,13 @@ struct Facts {
     shim: String,
 }
 
-/// The type of the filesystem `path` is on, as /proc/self/mountinfo names it.
+/// The type of the filesystem `path` is on (the deepest mount above it).
 fn fs_type(path: &std::path::Path) -> String {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let point = left.split(' ').nth(4)?;
-            Some((point.to_string(), right.split(' ').next()?.to_string()))
-        })
-        .filter(|(point, _)| path.starts_with(point))
-        .max_by_key(|(point, _)| point.len())
-        .map(|(_, fstype)| fstype)
+    harness::leaks::mounts()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.len())
+        .map(|m| m.fstype)
         .unwrap_or_else(|| "an unknown filesystem".into())
 }
 
