@@ -209,7 +209,7 @@ impl PrivateContainerd {
         let (child, keeper) = match spawn_from_keeper_thread(cmd) {
             Ok(spawned) => spawned,
             Err(e) => {
-                unmount_state_tmpfs(&paths.state);
+                super::restore::unmount(&paths.state);
                 return Err(e).with_context(|| format!("spawning {}", containerd.display()));
             }
         };
@@ -418,7 +418,8 @@ impl PrivateContainerd {
             );
         }
         if self._tempdir.is_some() {
-            unmount_state_tmpfs(&self.paths.state);
+            // Lazily (MNT_DETACH, as restore::unmount does): a leaked shim may still hold it.
+            super::restore::unmount(&self.paths.state);
         } else {
             eprintln!(
                 "[rekindle-it] kept: containerd's state is still mounted (tmpfs) at {}; `umount` it when done",
@@ -458,13 +459,6 @@ fn mount_state_tmpfs(state: &Path) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn unmount_state_tmpfs(state: &Path) {
-    if let Ok(target) = std::ffi::CString::new(state.as_os_str().as_encoded_bytes()) {
-        // SAFETY: valid NUL-terminated path. Lazily: a leaked shim may still hold it.
-        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
-    }
 }
 
 impl Drop for PrivateContainerd {
