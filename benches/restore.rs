@@ -714,11 +714,6 @@ fn cpuid_cost() -> String {
     }
 }
 
-/// Times the first write to each 4 KiB page of 256 MiB of fresh anonymous memory
-/// (huge pages off), three times: p50 per page. Every process start and every restore
-/// pays it for the memory it fills. In a VM whose free memory goes back to the host
-/// (virtio-balloon free page reporting, as on these machines) a page's first touch
-/// may also fault on the host, and this moves with the host.
 /// The shim under test and its linking: a static one (hack/static-shim.sh's static-pie,
 /// what hack/bench.sh runs) has no program interpreter (`PT_INTERP`), a dynamically linked
 /// one loads its shared libraries through ld.so at every `shim start`.
@@ -754,6 +749,11 @@ fn shim_linking() -> String {
     format!("shim {linking} ({})", path.display())
 }
 
+/// Times the first write to each 4 KiB page of 256 MiB of fresh anonymous memory
+/// (huge pages off), three times: p50 per page. Every process start and every restore
+/// pays it for the memory it fills. In a VM whose free memory goes back to the host
+/// (virtio-balloon free page reporting, as on these machines) a page's first touch
+/// may also fault on the host, and this moves with the host.
 fn fresh_memory_cost() -> String {
     const LEN: usize = 256 << 20;
     const PAGE: usize = 4096;
