@@ -62,17 +62,134 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| format!("start the tokio runtime: {e}"))
 }
 
-/// `start`: binds the group's socket, forks the server, prints the address.
+/// `start`: forks the server first thing, prints the address it reports.
 ///
-/// containerd execs `shim start` and connects to the address it prints. The
-/// usual way (containerd-shim's `spawn`, Go shims) re-execs the binary as the
-/// server and waits for it to serve; here the server is a fork of this
-/// still single-threaded process, holding the bound socket: one exec of a
-/// 15 MB binary and one runtime start fewer on every container start, and
-/// containerd's first request waits in the socket's backlog while the server
-/// starts instead of `start` waiting for it.
+/// containerd execs `shim start`, waits for it to exit and connects to the
+/// address it printed. The usual way (containerd-shim's `spawn`, Go shims)
+/// re-execs the binary as the server and waits for it to serve; here the server
+/// is a fork of this still single-threaded process: one exec of a 15 MB binary
+/// and one runtime start fewer on every container start, and containerd's first
+/// request waits in the socket's backlog while the server starts instead of
+/// `start` waiting for it. The fork comes before anything else (reading the
+/// spec, hashing the address, binding): what `start` maps it also unmaps when it
+/// exits, ~0.5 ms here for the pages that work touches (measured with perf in
+/// the bench's windows), and containerd waits for that exit. Forked first,
+/// `start` has touched next to nothing and its server (which needs those pages
+/// anyway) does the work.
 fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
-    // Read once: the forked server starts its container's restore from it too.
+    use std::io::Read;
+    // containerd: the server's OOM score is set from its, as containerd-shim's
+    // spawn does (the server's own parent is this process, gone soon).
+    let containerd = std::os::unix::process::parent_id();
+    let (answer, report) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("pipe for the shim server's answer: {e}"))?;
+    // SAFETY: no other thread exists yet (no runtime was started), so the
+    // child is a consistent copy; it starts its own runtime.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            drop(answer);
+            std::process::exit(start_server(flags, args, containerd, report))
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {
+            drop(report);
+            let mut said = Vec::new();
+            std::fs::File::from(answer)
+                .read_to_end(&mut said)
+                .map_err(|e| format!("read the shim server's answer: {e}"))?;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            match said.split_first() {
+                Some((b'+', address)) => {
+                    use std::io::Write;
+                    let mut out = std::io::stdout();
+                    out.write_all(address)
+                        .and_then(|_| out.flush())
+                        .map_err(|e| e.to_string())
+                }
+                Some((b'-', error)) => Err(text(error)),
+                _ => Err("the shim server ended before it listened (see containerd's log)".into()),
+            }
+        }
+        Err(e) => Err(format!("fork the shim server: {e}")),
+    }
+}
+
+/// The forked server's side of `start`: binds the group's socket and tells
+/// `start` (on `report`: `+address` or `-error`), then serves. Its stdio is
+/// /dev/null from the start: containerd reads `start`'s output until every
+/// writer has closed it. The exit code.
+fn start_server(
+    flags: &Flags,
+    args: &[std::ffi::OsString],
+    containerd: u32,
+    report: std::os::fd::OwnedFd,
+) -> i32 {
+    detach_stdio();
+    let mut report = std::fs::File::from(report);
+    let bound = match bind_group(flags) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = tell(&mut report, b'-', &e);
+            return 1;
+        }
+    };
+    let (listener, address, path, spec) = match bound {
+        Bound::Listening {
+            listener,
+            address,
+            path,
+            spec,
+        } => (listener, address, path, spec),
+        // A shim of the same group serves there already: nothing to serve here.
+        Bound::Served(address) => return i32::from(tell(&mut report, b'+', &address).is_err()),
+    };
+    // The socket `start` bound goes with this server, however it ends.
+    let socket_file = SocketFile(path);
+    if tell(&mut report, b'+', &address).is_err() {
+        return 1;
+    }
+    // Closed: `start` has read its answer to the end and exits.
+    drop(report);
+    let oom = adjust_oom_score(containerd);
+    // The same flags (Flags is not Clone), served at the address.
+    let Ok(mut flags) = containerd_shim::parse(&args[1..]) else {
+        return 1;
+    };
+    flags.socket = address;
+    flags.action = String::new();
+    let code = match server(flags, listener, *spec, oom) {
+        Ok(()) => 0,
+        Err(e) => {
+            error!("shim server: {e}");
+            1
+        }
+    };
+    drop(socket_file);
+    code
+}
+
+/// What the server tells `start`: `+` and the address, or `-` and the error.
+fn tell(report: &mut std::fs::File, what: u8, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    report.write_all(&[what])?;
+    report.write_all(text.as_bytes())
+}
+
+/// Where the server left the group's socket.
+enum Bound {
+    /// Bound here: this process serves it.
+    Listening {
+        listener: UnixListener,
+        address: String,
+        path: String,
+        spec: Box<oci_spec::runtime::Spec>,
+    },
+    /// A shim of the same group serves at this address already.
+    Served(String),
+}
+
+/// Reads the bundle's spec (once: the server starts its container's restore from
+/// it too), binds its group's socket and records the address in the bundle.
+fn bind_group(flags: &Flags) -> Result<Bound, String> {
     let spec = crate::bundle::read_spec(Path::new(".")).map_err(|e| e.to_string())?;
     let grouping = crate::service::grouping_of(&spec, &flags.id);
     let opts = StartOpts {
@@ -93,69 +210,34 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
         Ok(l) => l,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
             if std::os::unix::net::UnixStream::connect(&path).is_ok() {
-                // A shim of the same group serves there already.
-                return answer_start(&address);
+                write_address(&address)?;
+                return Ok(Bound::Served(address));
             }
             let _ = std::fs::remove_file(&path);
             bind(&path).map_err(|e| format!("listen on {path}: {e}"))?
         }
         Err(e) => return Err(format!("listen on {path}: {e}")),
     };
-    // SAFETY: no other thread exists yet (no runtime was started), so the
-    // child is a consistent copy; it starts its own runtime.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => {
-            // The same flags (Flags is not Clone), served at the address.
-            let mut flags = match containerd_shim::parse(&args[1..]) {
-                Ok(f) => f,
-                Err(_) => std::process::exit(1),
-            };
-            flags.socket = address;
-            flags.action = String::new();
-            // The socket `start` bound goes with this server, however it ends.
-            let socket_file = SocketFile(path);
-            let code = match server(flags, listener, spec) {
-                Ok(()) => 0,
-                Err(e) => {
-                    error!("shim server: {e}");
-                    1
-                }
-            };
-            drop(socket_file);
-            std::process::exit(code)
-        }
-        Ok(nix::unistd::ForkResult::Parent { child }) => {
-            drop(listener);
-            // As containerd-shim's spawn: the server is killed before containerd.
-            if let Err(e) = containerd_shim::cgroup::adjust_oom_score(child.as_raw() as u32) {
-                eprintln!("containerd-shim-rekindle-v2: OOM score of the shim server: {e}");
-            }
-            answer_start(&address)
-        }
-        Err(e) => Err(format!("fork the shim server: {e}")),
+    if let Err(e) = write_address(&address) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
     }
+    Ok(Bound::Listening {
+        listener,
+        address,
+        path,
+        spec: Box::new(spec),
+    })
 }
 
-/// What `start` tells containerd: the address, also kept in the bundle for
-/// `shim delete` and for containerd's reconnect after a restart.
-fn answer_start(address: &str) -> Result<(), String> {
-    use std::io::Write;
-    std::fs::write("address", address).map_err(|e| format!("write address: {e}"))?;
-    let mut out = std::io::stdout();
-    out.write_all(address.as_bytes())
-        .and_then(|_| out.flush())
-        .map_err(|e| e.to_string())
+/// The address `start` tells containerd, also kept in the bundle for `shim
+/// delete` and for containerd's reconnect after a restart.
+fn write_address(address: &str) -> Result<(), String> {
+    std::fs::write("address", address).map_err(|e| format!("write address: {e}"))
 }
 
-/// The forked server: detached from `start`'s stdio (containerd reads
-/// `start`'s output until every writer has closed it), then served as if
-/// containerd had run the binary with `-socket`. `spec` is the bundle's, as
-/// `start` read it.
-fn server(
-    flags: Flags,
-    listener: UnixListener,
-    spec: oci_spec::runtime::Spec,
-) -> Result<(), String> {
+/// /dev/null on stdin, stdout and stderr.
+fn detach_stdio() {
     // SAFETY: open and dup2 on this process's own descriptors.
     unsafe {
         let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
@@ -166,6 +248,36 @@ fn server(
             libc::close(null);
         }
     }
+}
+
+/// As containerd-shim's spawn does for its server: this process's OOM score one
+/// above `containerd`'s, so that the kernel kills a shim before containerd.
+fn adjust_oom_score(containerd: u32) -> Result<(), String> {
+    let read = |pid: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .map_err(|e| format!("read the OOM score of {pid}: {e}"))
+    };
+    let score: i64 = read(&containerd.to_string())?
+        .trim()
+        .parse()
+        .map_err(|e| format!("containerd's OOM score: {e}"))?;
+    // OOM_SCORE_ADJ_MAX
+    if score < 1000 {
+        std::fs::write("/proc/self/oom_score_adj", (score + 1).to_string())
+            .map_err(|e| format!("set the shim server's OOM score: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The forked server, served as if containerd had run the binary with
+/// `-socket`. `spec` is the bundle's, as `start` read it; `oom` how setting
+/// the server's OOM score went (logged once the log is open).
+fn server(
+    flags: Flags,
+    listener: UnixListener,
+    spec: oci_spec::runtime::Spec,
+    oom: Result<(), String>,
+) -> Result<(), String> {
     set_subreaper()?;
     runtime()?.block_on(async move {
         // First, so that it is under way while this server starts.
@@ -176,7 +288,7 @@ fn server(
         });
         let mut config = Config::default();
         let shim = Service::new(RUNTIME_TYPE, &flags, &mut config).await;
-        serve(shim, &flags, Some(listener), early).await
+        serve(shim, &flags, Some(listener), early, oom).await
     })
 }
 
@@ -199,22 +311,27 @@ async fn run(flags: Flags) -> Result<(), String> {
             let bytes = resp.write_to_bytes().map_err(|e| e.to_string())?;
             write_stdout(&bytes).await
         }
-        _ => serve(shim, &flags, None, None).await,
+        _ => serve(shim, &flags, None, None, Ok(())).await,
     }
 }
 
-/// Serves the task API on `listener`, or on a socket bound at `-socket`.
+/// Serves the task API on `listener`, or on a socket bound at `-socket`; `oom`:
+/// how setting the server's OOM score went, logged once the log is open.
 async fn serve(
     mut shim: Service,
     flags: &Flags,
     listener: Option<UnixListener>,
     early: Option<crate::early::Early>,
+    oom: Result<(), String>,
 ) -> Result<(), String> {
     if flags.socket.is_empty() {
         return Err("-socket is required to serve the task API".into());
     }
     containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| format!("open containerd's log fifo: {e}"))?;
+    if let Err(e) = oom {
+        warn!(error = %e, "OOM score of the shim server left as it was");
+    }
     tokio::spawn(reap_children());
 
     let path = flags
