@@ -247,7 +247,7 @@ fn forward_events(
     namespace: String,
     mut rx: mpsc::Receiver<(
         String,
-        Box<dyn containerd_shim::protos::protobuf::MessageDyn>,
+        containerd_shim::protos::protobuf::well_known_types::any::Any,
     )>,
     busy: Arc<AtomicBool>,
 ) {

@@ -24,7 +24,7 @@ use containerd_shim::{
             TaskCreate, TaskDelete, TaskExecAdded, TaskExecStarted, TaskExit, TaskIO, TaskPaused,
             TaskResumed, TaskStart,
         },
-        protobuf::MessageDyn,
+        protobuf::{well_known_types::any::Any, Message, MessageDyn},
     },
     util::convert_to_any,
     DeleteResponse, Task, TtrpcContext, TtrpcResult,
@@ -47,7 +47,7 @@ use crate::{
 };
 
 /// Events on their way to containerd: (topic, event).
-pub type EventTx = mpsc::Sender<(String, Box<dyn MessageDyn>)>;
+pub type EventTx = mpsc::Sender<(String, Any)>;
 
 pub type Containers = Arc<Mutex<HashMap<String, Container>>>;
 
@@ -94,7 +94,7 @@ impl TaskService {
         }
     }
 
-    async fn send(&self, event: impl Event + 'static) {
+    async fn send<E: Event + Message>(&self, event: E) {
         send_event(&self.events, event).await
     }
 
@@ -1484,9 +1484,16 @@ fn get_mut<'a>(
         .ok_or_else(|| Error::NotFound(format!("container {id} not found in this shim")))
 }
 
-pub async fn send_event(events: &EventTx, event: impl Event + 'static) {
+pub async fn send_event<E: Event + Message>(events: &EventTx, event: E) {
     let topic = event.topic();
-    if let Err(e) = events.send((topic.clone(), Box::new(event))).await {
+    let any = match crate::publisher::event_any(&event) {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(topic, error = %e, "event dropped: it does not encode");
+            return;
+        }
+    };
+    if let Err(e) = events.send((topic.clone(), any)).await {
         warn!(topic, error = %e, "event dropped: publisher gone");
     }
 }
