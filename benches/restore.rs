@@ -714,9 +714,10 @@ fn cpuid_cost() -> String {
     }
 }
 
-/// The shim under test and its linking: a static one (hack/static-shim.sh's static-pie,
-/// what hack/bench.sh runs) has no program interpreter (`PT_INTERP`), a dynamically linked
-/// one loads its shared libraries through ld.so at every `shim start`.
+/// The shim under test and its linking: a static one (hack/static-shim.sh's, what
+/// hack/bench.sh runs) has no program interpreter (`PT_INTERP`), a dynamically linked
+/// one loads its shared libraries through ld.so at every `shim start`; a PIE
+/// (`ET_DYN`) is relocated at every exec, an executable (`ET_EXEC`) is not.
 fn shim_linking() -> String {
     let path = match harness::containerd::shim_dir() {
         Ok(dir) => dir.join(harness::containerd::SHIM_BINARY),
@@ -737,10 +738,12 @@ fn shim_linking() -> String {
                 let at = phoff as usize + i * entsize;
                 elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
             });
-            if interp {
-                "dynamically linked"
-            } else {
-                "statically linked"
+            let pie = u16_at(0x10) == 3;
+            match (interp, pie) {
+                (true, true) => "dynamically linked, PIE",
+                (true, false) => "dynamically linked, not PIE",
+                (false, true) => "statically linked, static-pie",
+                (false, false) => "statically linked, not PIE",
             }
         }
         Ok(_) => "not an ELF file",

@@ -95,8 +95,8 @@ fn main() {
     let crt_static =
         env::var("CARGO_CFG_TARGET_FEATURE").is_ok_and(|f| f.split(',').any(|f| f == "crt-static"));
     if crt_static {
-        // A static-pie (`-C target-feature=+crt-static`, how hack/static-shim.sh builds
-        // the shim) loads no shared library: libcriu.a (hack/setup.sh installs it) and
+        // A static build (`-C target-feature=+crt-static`, how hack/static-shim.sh
+        // builds the shim) loads no shared library: libcriu.a (hack/setup.sh installs it) and
         // protobuf-c's (libprotobuf-c-dev) go in.
         println!("cargo:rustc-link-lib=static=criu");
         let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();

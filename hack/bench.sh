@@ -4,7 +4,7 @@
 # side by side in one run. It
 #   1. installs what is missing (hack/setup.sh, idempotent: CRIU 4.2, containerd, image);
 #   2. builds the shim, rekindle-restored and the CLI in release, and the shim again as
-#      the static-pie nodes run (hack/static-shim.sh), which the bench uses;
+#      statically linked, as nodes run it (hack/static-shim.sh), which the bench uses;
 #   3. runs the bench, which starts its own containerd and rekindle-restored (temp dirs,
 #      never the system's) and stops them at the end;
 #   4. writes bench-results/restore.md (the table) and bench-results/restore.json.
@@ -26,7 +26,7 @@ export PATH="/usr/local/sbin:/usr/local/bin:$PATH"
 
 log "build (release): shim, rekindle-restored, rekindle"
 cargo build --release --workspace --bins
-log "build: the shim as a static-pie (hack/static-shim.sh), the one the bench runs"
+log "build: the shim statically linked (hack/static-shim.sh), the one the bench runs"
 REKINDLE_SHIM_DIR=$(bash hack/static-shim.sh)
 export REKINDLE_SHIM_DIR
 

@@ -20,7 +20,7 @@
 #     (found with ldd, mapped with dpkg -S); reused while that package list is unchanged;
 #   - the release binaries (target/release; built when one is missing) in /usr/local/bin:
 #     containerd-shim-rekindle-v2 rekindle-criu-tar rekindle-restored rekindle-agent
-#     rekindle rekindle-extender; the first two as the static-pie build of
+#     rekindle rekindle-extender; the first two as the static build of
 #     hack/static-shim.sh, as nodes run them (containerd execs the shim on every
 #     container start; see the README's benchmark); --profile debug packs target/debug's;
 #   - the patched CRIU hack/setup.sh installs, at the same paths: /usr/local/sbin/criu and
@@ -93,7 +93,7 @@ if [ "$BUILD" = 1 ] || [ "$missing" = 1 ]; then
   (cd "$REPO" && cargo build "${CARGO_PROFILE[@]}" --workspace --bins)
 fi
 if [ "$PROFILE" = release ]; then
-  log "the shim as a static-pie (hack/static-shim.sh; up to date unless its sources changed)"
+  log "the shim statically linked (hack/static-shim.sh; up to date unless its sources changed)"
   SHIM_DIR=$(bash "$REPO/hack/static-shim.sh")
 fi
 for b in "${BINARIES[@]}"; do [ -x "$(src_of "$b")" ] || die "$(src_of "$b") missing after the build"; done

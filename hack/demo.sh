@@ -29,7 +29,7 @@ ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 log "set-up: packages, CRIU 4.2 from source, containerd binaries, function image (hack/setup.sh)"
 bash hack/setup.sh
 
-log "build: cargo build --release, and the shim as a static-pie (hack/static-shim.sh)"
+log "build: cargo build --release, and the shim statically linked (hack/static-shim.sh)"
 cargo build --release --workspace --bins 2>&1 | tail -n 2
 SHIM_DIR=$(bash hack/static-shim.sh 2> >(tail -n 1 >&2))
 
@@ -37,7 +37,7 @@ BIN=$CACHE/containerd-$VERSION/usr/bin
 [ -x "$BIN/containerd" ] || die "no containerd $VERSION in $BIN: run hack/setup.sh"
 TMP=$(mktemp -d /tmp/rekindle-demo.XXXXXX)
 SOCK=$TMP/containerd.sock
-# The shim (the static-pie), CRIU 4.2 (/usr/local/sbin, ahead of any other criu) and
+# The shim (the static build), CRIU 4.2 (/usr/local/sbin, ahead of any other criu) and
 # containerd's own binaries.
 export PATH="$SHIM_DIR:$REPO/target/release:$BIN:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CTR=(ctr -a "$SOCK" -n "$NS")

@@ -2,7 +2,7 @@
 # Every test Rekindle has, on a fresh Debian bookworm machine as root:
 # set-up (idempotent), lints, unit tests, and the integration suite against a
 # private containerd 2.x and then 1.6 (started and stopped by the tests), then the
-# restore stories with the static-pie shim the bench and nodes use.
+# restore stories with the static shim the bench and nodes use.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -39,7 +39,7 @@ REKINDLE_CONTAINERD=2 cargo test --workspace --no-fail-fast
 log "integration tests again against containerd 1.6"
 REKINDLE_CONTAINERD=1.6 cargo test --test integration --no-fail-fast
 
-# The shim as the bench, the demo and nodes run it: a static-pie (hack/static-shim.sh).
-log "restore stories again with the static-pie shim (containerd 2.x)"
+# The shim as the bench, the demo and nodes run it: statically linked (hack/static-shim.sh).
+log "restore stories again with the static shim (containerd 2.x)"
 REKINDLE_SHIM_DIR=$(bash hack/static-shim.sh) REKINDLE_CONTAINERD=2 \
   cargo test --test integration --no-fail-fast -- checkpoint_restore:: function:: exec:: working_set::

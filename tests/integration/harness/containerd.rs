@@ -59,7 +59,7 @@ pub fn profile_dir() -> Result<PathBuf> {
 pub const SHIM_BINARY: &str = "containerd-shim-rekindle-v2";
 
 /// Where the shim under test is: `REKINDLE_SHIM_DIR` (hack/bench.sh and hack/test.sh
-/// point it at the static-pie build of hack/static-shim.sh), else this build's profile
+/// point it at the static build of hack/static-shim.sh), else this build's profile
 /// dir (target/debug for the tests, target/release for the bench).
 pub fn shim_dir() -> Result<PathBuf> {
     match std::env::var_os("REKINDLE_SHIM_DIR").filter(|d| !d.is_empty()) {
