@@ -581,6 +581,26 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
+        // The killed criu's mount-namespace yard is in the bundle's work dir (CRIU
+        // patch 0019), not in the host's /tmp: gone with the bundle (the final leak
+        // check), though criu never got to remove it.
+        let work = ctx
+            .paths()
+            .state
+            .join("io.containerd.runtime.v2.task")
+            .join(NAMESPACE)
+            .join(&f.id)
+            .join("direct-work");
+        let yards: Vec<String> = std::fs::read_dir(&work)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".criu.mntns."))
+            .collect();
+        anyhow::ensure!(
+            yards.len() == 1,
+            "one mount-namespace yard of the killed criu in {}, found {yards:?}",
+            work.display()
+        );
         f.start().await?;
         assert!(
             restored_by_runc(&ctx, &f.id),

@@ -239,8 +239,11 @@ pub async fn prepare(
     // swrk on a thread of the blocking pool: a spawn holds its thread until the
     // child has exec'd, and a task spawned onto the runtime could sit in this
     // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
+    // The restore's own work dir (made once the image is known, before the request).
+    let work = bundle.join("direct-work");
     let spawning = {
         let (criu, tmpfs_socket) = (criu.clone(), tmpfs.as_ref().map(|h| h.path().to_path_buf()));
+        let yard_dir = work.clone();
         let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
@@ -251,6 +254,7 @@ pub async fn prepare(
             if cgroupns {
                 env.push((swrk::CGROUPNS_UNSHARE_ENV, "1".as_ref()));
             }
+            env.push((swrk::MNTNS_YARD_DIR_ENV, yard_dir.as_os_str()));
             let inherit: Vec<&OwnedFd> = netns.iter().collect();
             let swrk = rt.block_on(swrk::spawn_swrk(&criu, io.as_ref(), &inherit, &env));
             (swrk, netns, t.elapsed())
@@ -358,7 +362,7 @@ pub async fn prepare(
             Some(p) => bundle.join(p),
             None => bundle.join("rootfs"),
         };
-        let work = bundle.join("direct-work");
+        let work = work.clone();
         let criu_root = bundle.join("criu-root");
         for d in [&work, &criu_root] {
             std::fs::create_dir_all(d)

@@ -197,6 +197,13 @@ const NOTIFY_ACTIONS_ENV: &str = "CRIU_NOTIFY_ACTIONS";
 /// its own limits not where a process looks for them.
 pub const CGROUPNS_UNSHARE_ENV: &str = "CRIU_CGROUPNS_UNSHARE";
 
+/// Read by Rekindle's CRIU (hack/criu-patches/0019): the directory CRIU makes its
+/// mount namespaces' yard in, instead of /tmp. The shim names the bundle's work dir
+/// (on containerd's state tmpfs): cheaper to make and remove there than on a disk's
+/// /tmp, and removed with the bundle should criu be killed mid-restore (a killed criu
+/// left an empty `/tmp/.criu.mntns.*` behind for good).
+pub const MNTNS_YARD_DIR_ENV: &str = "CRIU_MNTNS_YARD_DIR";
+
 /// PATH when the shim has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
