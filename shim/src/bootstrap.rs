@@ -106,7 +106,8 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
                         .map_err(|e| e.to_string())
                 }
                 Some((b'-', error)) => Err(text(error)),
-                _ => Err("the shim server ended before it listened (see containerd's log)".into()),
+                // It reports every error it meets; this is a death (a signal).
+                _ => Err("the shim server ended before it listened, without a word".into()),
             }
         }
         Err(e) => Err(format!("fork the shim server: {e}")),
