@@ -99,8 +99,16 @@ fn main() {
         // builds the shim) loads no shared library: libcriu.a (hack/setup.sh installs it) and
         // protobuf-c's (libprotobuf-c-dev) go in.
         println!("cargo:rustc-link-lib=static=criu");
-        let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-        println!("cargo:rustc-link-search=native=/usr/lib/{arch}-linux-gnu");
+        // libprotobuf-c.a where pkg-config says its library is, else Debian's
+        // multiarch directory.
+        let protobuf_c = pkg_config::get_variable("libprotobuf-c", "libdir")
+            .ok()
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| {
+                let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+                format!("/usr/lib/{arch}-linux-gnu")
+            });
+        println!("cargo:rustc-link-search=native={protobuf_c}");
         println!("cargo:rustc-link-lib=static=protobuf-c");
     } else {
         println!("cargo:rustc-link-lib=dylib=criu");
