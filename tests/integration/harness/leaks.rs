@@ -226,11 +226,7 @@ fn unmount_all(points: &mut [String]) {
     // Deepest first.
     points.sort_by_key(|p| std::cmp::Reverse(p.len()));
     for p in points.iter() {
-        let Ok(c) = std::ffi::CString::new(p.as_str()) else {
-            continue;
-        };
-        // SAFETY: valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        super::restore::unmount(Path::new(p));
     }
 }
 
