@@ -236,11 +236,12 @@ pub async fn prepare(
     // A new cgroup namespace for the tree, as runc makes one (joining one by path
     // is refused by plan::plan).
     let cgroupns = crate::container::has_own_namespace(spec, LinuxNamespaceType::Cgroup);
+    // The restore's own work dir (made once the image is known, before the request;
+    // CRIU makes its mount namespaces' yard there).
+    let work = bundle.join("direct-work");
     // swrk on a thread of the blocking pool: a spawn holds its thread until the
     // child has exec'd, and a task spawned onto the runtime could sit in this
     // worker's LIFO slot until this one yields. The cgroups are made meanwhile.
-    // The restore's own work dir (made once the image is known, before the request).
-    let work = bundle.join("direct-work");
     let spawning = {
         let (criu, tmpfs_socket) = (criu.clone(), tmpfs.as_ref().map(|h| h.path().to_path_buf()));
         let yard_dir = work.clone();
