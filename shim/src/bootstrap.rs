@@ -50,7 +50,7 @@ pub fn main() -> Result<(), String> {
     let args: Vec<_> = std::env::args_os().collect();
     let flags = containerd_shim::parse(&args[1..]).map_err(|e| e.to_string())?;
     if flags.action == "start" && !flags.info {
-        return start(&flags, &args);
+        return start(flags);
     }
     runtime()?.block_on(run(flags))
 }
@@ -76,7 +76,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 /// the bench's windows), and containerd waits for that exit. Forked first,
 /// `start` has touched next to nothing and its server (which needs those pages
 /// anyway) does the work.
-fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
+fn start(flags: Flags) -> Result<(), String> {
     use std::io::Read;
     // containerd: the server's OOM score is set from its, as containerd-shim's
     // spawn does (the server's own parent is this process, gone soon).
@@ -88,7 +88,7 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             drop(answer);
-            std::process::exit(start_server(flags, args, containerd, report))
+            std::process::exit(start_server(flags, containerd, report))
         }
         Ok(nix::unistd::ForkResult::Parent { .. }) => {
             drop(report);
@@ -118,15 +118,10 @@ fn start(flags: &Flags, args: &[std::ffi::OsString]) -> Result<(), String> {
 /// `start` (on `report`: `+address` or `-error`), then serves. Its stdio is
 /// /dev/null from the start: containerd reads `start`'s output until every
 /// writer has closed it. The exit code.
-fn start_server(
-    flags: &Flags,
-    args: &[std::ffi::OsString],
-    containerd: u32,
-    report: std::os::fd::OwnedFd,
-) -> i32 {
+fn start_server(mut flags: Flags, containerd: u32, report: std::os::fd::OwnedFd) -> i32 {
     detach_stdio();
     let mut report = std::fs::File::from(report);
-    let bound = match bind_group(flags) {
+    let bound = match bind_group(&flags) {
         Ok(b) => b,
         Err(e) => {
             let _ = tell(&mut report, b'-', &e);
@@ -151,10 +146,7 @@ fn start_server(
     // Closed: `start` has read its answer to the end and exits.
     drop(report);
     let oom = adjust_oom_score(containerd);
-    // The same flags (Flags is not Clone), served at the address.
-    let Ok(mut flags) = containerd_shim::parse(&args[1..]) else {
-        return 1;
-    };
+    // Served at the address, as if containerd had run the binary with `-socket`.
     flags.socket = address;
     flags.action = String::new();
     let code = match server(flags, listener, *spec, oom) {
@@ -251,19 +243,19 @@ fn detach_stdio() {
     }
 }
 
+/// The kernel's highest oom_score_adj (include/uapi/linux/oom.h).
+const OOM_SCORE_ADJ_MAX: i64 = 1000;
+
 /// As containerd-shim's spawn does for its server: this process's OOM score one
-/// above `containerd`'s, so that the kernel kills a shim before containerd.
+/// above `containerd`'s, so that the kernel kills a shim before containerd. (The
+/// crate's `adjust_oom_score` reads its caller's parent: here `start`, gone by then.)
 fn adjust_oom_score(containerd: u32) -> Result<(), String> {
-    let read = |pid: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
-            .map_err(|e| format!("read the OOM score of {pid}: {e}"))
-    };
-    let score: i64 = read(&containerd.to_string())?
+    let score: i64 = std::fs::read_to_string(format!("/proc/{containerd}/oom_score_adj"))
+        .map_err(|e| format!("read containerd's OOM score: {e}"))?
         .trim()
         .parse()
         .map_err(|e| format!("containerd's OOM score: {e}"))?;
-    // OOM_SCORE_ADJ_MAX
-    if score < 1000 {
+    if score < OOM_SCORE_ADJ_MAX {
         std::fs::write("/proc/self/oom_score_adj", (score + 1).to_string())
             .map_err(|e| format!("set the shim server's OOM score: {e}"))?;
     }
