@@ -363,7 +363,6 @@ pub async fn prepare(
             Some(p) => bundle.join(p),
             None => bundle.join("rootfs"),
         };
-        let work = work.clone();
         let criu_root = bundle.join("criu-root");
         for d in [&work, &criu_root] {
             std::fs::create_dir_all(d)
