@@ -584,13 +584,7 @@ fn when_the_direct_engine_fails_runc_restores_the_same_image() {
         // The killed criu's mount-namespace yard is in the bundle's work dir (CRIU
         // patch 0019), not in the host's /tmp: gone with the bundle (the final leak
         // check), though criu never got to remove it.
-        let work = ctx
-            .paths()
-            .state
-            .join("io.containerd.runtime.v2.task")
-            .join(NAMESPACE)
-            .join(&f.id)
-            .join("direct-work");
+        let work = ctx.paths().bundle(NAMESPACE, &f.id).join("direct-work");
         let yards: Vec<String> = std::fs::read_dir(&work)?
             .filter_map(|e| e.ok())
             .map(|e| e.file_name().to_string_lossy().into_owned())

@@ -105,6 +105,15 @@ pub struct Paths {
 }
 
 impl Paths {
+    /// Container `id`'s bundle (in namespace `namespace`): where containerd 2 and 1.6
+    /// keep it under their state dir, and where the shim makes its work dirs.
+    pub fn bundle(&self, namespace: &str, id: &str) -> PathBuf {
+        self.state
+            .join("io.containerd.runtime.v2.task")
+            .join(namespace)
+            .join(id)
+    }
+
     /// The last `n` lines of containerd's log.
     pub fn log_tail(&self, n: usize) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
@@ -437,28 +446,20 @@ impl PrivateContainerd {
 /// removes there cost ~3 ms of its Tasks.Create (measured side by side with the bench,
 /// all modes alike), a cost no node pays. Unmounted by [`PrivateContainerd::shutdown`].
 fn mount_state_tmpfs(state: &Path) -> Result<()> {
-    let c = |p: &str| std::ffi::CString::new(p).expect("no NUL");
-    let target = std::ffi::CString::new(state.as_os_str().as_encoded_bytes())
-        .context("state path with a NUL")?;
-    let (source, fstype, data) = (c("rekindle-it-state"), c("tmpfs"), c("mode=0711,size=1g"));
-    // SAFETY: valid NUL-terminated strings for mount(2).
-    let rc = unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV,
-            data.as_ptr().cast(),
+    use nix::mount::{mount, MsFlags};
+    mount(
+        Some("rekindle-it-state"),
+        state,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0711,size=1g"),
+    )
+    .with_context(|| {
+        format!(
+            "mount a tmpfs on containerd's state dir {}",
+            state.display()
         )
-    };
-    if rc != 0 {
-        bail!(
-            "mount a tmpfs on containerd's state dir {}: {}",
-            state.display(),
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
+    })
 }
 
 impl Drop for PrivateContainerd {

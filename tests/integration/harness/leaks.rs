@@ -306,11 +306,7 @@ fn state_dirs_of(t: &Target<'_>) -> Vec<PathBuf> {
     vec![
         t.paths.runc_root.join(ns).join(id),
         Path::new("/run/containerd/runc").join(ns).join(id),
-        t.paths
-            .state
-            .join("io.containerd.runtime.v2.task")
-            .join(ns)
-            .join(id),
+        t.paths.bundle(ns, id),
         t.paths
             .root
             .join("io.containerd.runtime.v2.task")
