@@ -35,6 +35,15 @@
 //! `REKINDLE_BENCH_WARMUP` (`0`: no warm-up round, the first restores counted),
 //! `REKINDLE_BENCH_OUT` (default `<repo>/bench-results`), `REKINDLE_CONTAINERD` (`2` or
 //! `1.6`), `REKINDLE_BENCH_COMMIT` (recorded with the results).
+//!
+//! `REKINDLE_BENCH_AB_CRIU=<criu A>,<criu B>` compares two CRIU builds instead (a change
+//! to CRIU's patches, say): only mode (4), two samples a round, A then B and B then A in
+//! turn, the shims' CRIU (`REKINDLE_CRIU`, a symlink) switched before each; the medians
+//! and the paired differences go to `ab.md` in the output dir, not to the table. Build
+//! both with one `SOURCE_DATE_EPOCH`: CRIU stamps its kernel-feature cache
+//! (`/run/criu/criu.kdat`) with its build time, and a build that finds the other's stamp
+//! detects everything again (~15 ms) and rewrites the cache; the report counts such
+//! rewrites.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -125,6 +134,53 @@ struct Config {
     warmup: bool,
     out: PathBuf,
     commit: Option<String>,
+    ab: Option<AbCriu>,
+}
+
+/// Two CRIU builds to compare (`REKINDLE_BENCH_AB_CRIU`), and the symlink the shims run.
+struct AbCriu {
+    builds: [PathBuf; 2],
+    link: PathBuf,
+}
+
+impl AbCriu {
+    fn from_env() -> Result<Option<Self>> {
+        let Ok(v) = std::env::var("REKINDLE_BENCH_AB_CRIU") else {
+            return Ok(None);
+        };
+        let builds: Vec<PathBuf> = v.split(',').map(|p| PathBuf::from(p.trim())).collect();
+        let [a, b] = <[PathBuf; 2]>::try_from(builds).map_err(|_| {
+            anyhow::anyhow!("REKINDLE_BENCH_AB_CRIU={v:?}: two CRIU binaries, comma-separated")
+        })?;
+        for p in [&a, &b] {
+            if !p.is_absolute() || !p.is_file() {
+                bail!(
+                    "REKINDLE_BENCH_AB_CRIU: {} is not a file (an absolute path)",
+                    p.display()
+                );
+            }
+        }
+        let link =
+            std::env::temp_dir().join(format!("rekindle-bench-ab-{}/criu", std::process::id()));
+        Ok(Some(AbCriu {
+            builds: [a, b],
+            link,
+        }))
+    }
+
+    /// Points the shims' CRIU at build `i` (0: A, 1: B).
+    fn switch(&self, i: usize) -> Result<()> {
+        let tmp = self.link.with_extension("new");
+        let _ = fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(&self.builds[i], &tmp)?;
+        fs::rename(&tmp, &self.link).with_context(|| {
+            format!(
+                "switching {} to {}",
+                self.link.display(),
+                self.builds[i].display()
+            )
+        })
+    }
 }
 
 impl Config {
@@ -149,6 +205,7 @@ impl Config {
             warmup,
             out,
             commit,
+            ab: AbCriu::from_env()?,
         })
     }
 }
@@ -175,6 +232,13 @@ fn main() -> Result<()> {
         bail!("{} is missing: run hack/setup.sh", image_tar.display());
     }
     let version = Version::from_env()?;
+    if let Some(ab) = &cfg.ab {
+        fs::create_dir_all(ab.link.parent().unwrap_or(Path::new("/")))?;
+        ab.switch(0)?;
+        // Before containerd starts (the shims get its environment), while the bench is
+        // still one thread.
+        std::env::set_var("REKINDLE_CRIU", &ab.link);
+    }
 
     // The shims started by this containerd find this daemon through the environment
     // (harness::restore exports REKINDLE_RESTORED_SOCKET before main).
@@ -227,6 +291,9 @@ fn main() -> Result<()> {
         );
     }
     drop(containerd);
+    if let Some(ab) = &cfg.ab {
+        let _ = fs::remove_dir_all(ab.link.parent().unwrap_or(&ab.link));
+    }
     result
 }
 
@@ -243,6 +310,10 @@ async fn bench(ctx: &Ctx, restored: &Restored, cfg: &Config) -> Result<()> {
         sources.stage_ms,
         cfg.iterations
     );
+
+    if let Some(ab) = &cfg.ab {
+        return ab_bench(ctx, sources, cfg, ab).await;
+    }
 
     // Not counted: see the module's doc.
     let mut warmup = Vec::new();
@@ -417,6 +488,82 @@ struct Sample {
 
 /// One instance of `mode`: the time to its first response (checked), then its end
 /// (not timed).
+/// Mode (4) with two CRIU builds, sample by sample (see the module's doc).
+async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Result<()> {
+    let kdat = Path::new("/run/criu/criu.kdat");
+    let stamp = || fs::metadata(kdat).and_then(|m| m.modified()).ok();
+    // One of each first, not counted (the first restore of the image records its
+    // working set).
+    for i in [0, 1] {
+        ab.switch(i)?;
+        one(ctx, Mode::RekindleStaged, &sources).await?;
+    }
+    let mut samples: [Vec<Sample>; 2] = [Vec::new(), Vec::new()];
+    let mut rewrites = 0;
+    for round in 0..cfg.iterations {
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            ab.switch(i)?;
+            let before = stamp();
+            let s = one(ctx, Mode::RekindleStaged, &sources)
+                .await
+                .with_context(|| format!("build {} (round {})", ["A", "B"][i], round + 1))?;
+            if stamp() != before {
+                rewrites += 1;
+            }
+            samples[i].push(s);
+        }
+        eprintln!(
+            "bench: round {:>3}/{}: A={:.1} B={:.1} ms",
+            round + 1,
+            cfg.iterations,
+            samples[0][round].total,
+            samples[1][round].total
+        );
+    }
+    let median = |v: Vec<f64>| Stats::of(&v).p50;
+    let phase =
+        |s: &Sample, k: usize| [s.total, s.container, s.snapshot, s.task, s.start, s.respond][k];
+    let mut md = format!(
+        "# CRIU A/B: mode (4), staged restore to first response\n\nA: `{}`\nB: `{}`\n\n\
+         {} rounds of one sample of each build, A first and B first in turn; B - A is the median of the \
+         differences within a round.\n\n| phase | A p50 ms | B p50 ms | B - A ms |\n|---|---:|---:|---:|\n",
+        ab.builds[0].display(),
+        ab.builds[1].display(),
+        cfg.iterations
+    );
+    for (k, name) in ["total", "container", "snapshot", "task", "start", "respond"]
+        .iter()
+        .enumerate()
+    {
+        let a: Vec<f64> = samples[0].iter().map(|s| phase(s, k)).collect();
+        let b: Vec<f64> = samples[1].iter().map(|s| phase(s, k)).collect();
+        let d: Vec<f64> = a.iter().zip(&b).map(|(a, b)| b - a).collect();
+        let _ = writeln!(
+            md,
+            "| {name} | {:.2} | {:.2} | {:+.2} |",
+            median(a),
+            median(b),
+            median(d)
+        );
+    }
+    if rewrites > 0 {
+        let _ = write!(
+            md,
+            "\n**Warning**: CRIU's kernel-feature cache was rewritten during {rewrites} samples: \
+             the two builds carry different build stamps (build both with one \
+             `SOURCE_DATE_EPOCH`), and those samples include CRIU's full detection.\n"
+        );
+    }
+    sources.runc_checkpoint.release(ctx).await?;
+    fs::create_dir_all(&cfg.out)?;
+    let path = cfg.out.join("ab.md");
+    fs::write(&path, &md)?;
+    print!("{md}");
+    eprintln!("bench: wrote {}", path.display());
+    Ok(())
+}
+
 async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
     let spec = FunctionSpec::new(&format!("bench-{}", mode.name())).port(s.port);
     let spec = match mode {
