@@ -525,7 +525,7 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
     let phase =
         |s: &Sample, k: usize| [s.total, s.container, s.snapshot, s.task, s.start, s.respond][k];
     let mut md = format!(
-        "# CRIU A/B: mode (4), staged restore to first response\n\nA: `{}`\nB: `{}`\n\n\
+        "# CRIU A/B: mode (4), staged restore to first response\n\n- A: `{}`\n- B: `{}`\n\n\
          {} rounds of one sample of each build, A first and B first in turn; B - A is the median of the \
          differences within a round.\n\n| phase | A p50 ms | B p50 ms | B - A ms |\n|---|---:|---:|---:|\n",
         ab.builds[0].display(),
