@@ -9,7 +9,9 @@
 #      never the system's) and stops them at the end;
 #   4. writes bench-results/restore.md (the table) and bench-results/restore.json.
 # Environment: REKINDLE_BENCH_ITERATIONS (per mode, default 30), REKINDLE_CONTAINERD
-# (2 or 1.6, default 2), REKINDLE_BENCH_OUT (default bench-results).
+# (2 or 1.6, default 2), REKINDLE_BENCH_OUT (default bench-results);
+# REKINDLE_BENCH_AB_CRIU=<criu A>,<criu B> compares two CRIU builds on mode (4) instead
+# and writes ab.md (see benches/restore.rs and the README).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
