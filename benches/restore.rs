@@ -488,6 +488,9 @@ struct Sample {
 
 /// One instance of `mode`: the time to its first response (checked), then its end
 /// (not timed).
+/// One phase of a [`Sample`], as [`phase_p50`] takes it.
+type Phase = fn(&Sample) -> f64;
+
 /// Mode (4) with two CRIU builds, sample by sample (see the module's doc).
 async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Result<()> {
     let kdat = Path::new("/run/criu/criu.kdat");
@@ -521,9 +524,6 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
             samples[1][round].total
         );
     }
-    let median = |v: Vec<f64>| Stats::of(&v).p50;
-    let phase =
-        |s: &Sample, k: usize| [s.total, s.container, s.snapshot, s.task, s.start, s.respond][k];
     let mut md = format!(
         "# CRIU A/B: mode (4), staged restore to first response\n\n- A: `{}`\n- B: `{}`\n\n\
          {} rounds of one sample of each build, A first and B first in turn; B - A is the median of the \
@@ -532,19 +532,26 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
         ab.builds[1].display(),
         cfg.iterations
     );
-    for (k, name) in ["total", "container", "snapshot", "task", "start", "respond"]
-        .iter()
-        .enumerate()
-    {
-        let a: Vec<f64> = samples[0].iter().map(|s| phase(s, k)).collect();
-        let b: Vec<f64> = samples[1].iter().map(|s| phase(s, k)).collect();
-        let d: Vec<f64> = a.iter().zip(&b).map(|(a, b)| b - a).collect();
+    let phases: [(&str, Phase); 6] = [
+        ("total", |s| s.total),
+        ("container", |s| s.container),
+        ("snapshot", |s| s.snapshot),
+        ("task", |s| s.task),
+        ("start", |s| s.start),
+        ("respond", |s| s.respond),
+    ];
+    for (name, phase) in phases {
+        let diffs: Vec<f64> = samples[0]
+            .iter()
+            .zip(&samples[1])
+            .map(|(a, b)| phase(b) - phase(a))
+            .collect();
         let _ = writeln!(
             md,
             "| {name} | {:.2} | {:.2} | {:+.2} |",
-            median(a),
-            median(b),
-            median(d)
+            phase_p50(&samples[0], phase),
+            phase_p50(&samples[1], phase),
+            Stats::of(&diffs).p50
         );
     }
     if rewrites > 0 {
