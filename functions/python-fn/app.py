@@ -10,6 +10,9 @@ counter must keep counting from where it was.
   GET  /healthz  -> ok
   GET  /log/TEXT -> ok; TEXT written as a line to stdout and to stderr (where the
                     runtime sends a restored function's output)
+  GET  /sleep/MS -> as GET /, after holding the request MS milliseconds (at most
+                    10000): a request that keeps its instance busy, for tests of
+                    concurrency
   POST /invoke   -> {"function", "count", "body_bytes"}
 
 Environment: PORT (8080), BIND (127.0.0.1), FUNCTION_NAME (python-fn),
@@ -108,6 +111,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path == "/":
+            self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
+                        "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
+        elif self.path.startswith("/sleep/"):
+            try:
+                ms = int(self.path[len("/sleep/"):])
+            except ValueError:
+                self._send(400, '{"error": "/sleep/MS: MS in milliseconds"}\n')
+                return
+            time.sleep(min(max(ms, 0), 10000) / 1000)
             self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
                         "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
         elif self.path == "/healthz":

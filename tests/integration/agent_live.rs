@@ -26,6 +26,8 @@ use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "live-fn";
 const BURST: usize = 4;
+/// What each request of a burst asks the function: held 300 ms, so that they overlap.
+const BURST_REQUEST: &str = "/sleep/300";
 
 async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, String>, String)> {
     crate::harness::http::get_with_headers(addr, path).await
@@ -33,7 +35,12 @@ async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, Stri
 
 /// A request through the gateway: its tier and instance, after checking the answer.
 async fn invoke(gw: SocketAddr) -> Result<(String, String)> {
-    let (status, headers, body) = get(gw, &format!("/invoke/{FUNCTION}/")).await?;
+    invoke_path(gw, "/").await
+}
+
+/// As [`invoke`], for `path` of the function.
+async fn invoke_path(gw: SocketAddr, path: &str) -> Result<(String, String)> {
+    let (status, headers, body) = get(gw, &format!("/invoke/{FUNCTION}{path}")).await?;
     ensure!(status == 200, "gateway answered {status}: {body}");
     let json: serde_json::Value =
         serde_json::from_str(&body).with_context(|| format!("not JSON: {body:?}"))?;
@@ -56,7 +63,10 @@ async fn invoke(gw: SocketAddr) -> Result<(String, String)> {
 async fn burst(gw: SocketAddr, n: usize) -> Result<Vec<(String, String)>> {
     let mut set = tokio::task::JoinSet::new();
     for _ in 0..n {
-        set.spawn(invoke(gw));
+        // Each request holds its instance a while (the function's /sleep/MS): an
+        // instant `GET /` let one hot instance serve the whole burst in turn when the
+        // requests did not overlap (a loaded 2-core machine), and nothing scaled up.
+        set.spawn(invoke_path(gw, BURST_REQUEST));
     }
     let mut tiers = Vec::new();
     while let Some(r) = set.join_next().await {
