@@ -275,9 +275,7 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
         .any(|m| Path::new(&m.mount_point) == path)
 }
 
+/// A lazy unmount of `path`; errors (not mounted, gone) are ignored: clean-up.
 pub(crate) fn unmount(path: &Path) {
-    if let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) {
-        // SAFETY: valid NUL-terminated path.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-    }
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
 }

@@ -64,44 +64,47 @@ pub(crate) fn ns_inode(path: &Path) -> Result<u64> {
 /// On a thread of its own (it ends right after): a new network namespace, loopback up,
 /// bind-mounted on `target`.
 fn make_netns(target: &Path) -> Result<()> {
-    // SAFETY: unshare(2) of this thread's network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
-    }
-    // SAFETY: a socket, and SIOC[GS]IFFLAGS on a zeroed ifreq naming "lo".
-    unsafe {
+    use nix::mount::{mount, MsFlags};
+    use nix::sched::{unshare, CloneFlags};
+
+    unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+    bring_loopback_up().context("bringing lo up")?;
+    mount(
+        Some("/proc/thread-self/ns/net"),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("bind-mounting the namespace")?;
+    Ok(())
+}
+
+/// `lo` up in this thread's network namespace (SIOC[GS]IFFLAGS: nix has no wrapper).
+fn bring_loopback_up() -> std::io::Result<()> {
+    use std::os::fd::{FromRawFd as _, OwnedFd};
+
+    // SAFETY: socket(2); the descriptor is owned (and closed) by `sock`.
+    let sock = unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket");
+            return Err(std::io::Error::last_os_error());
         }
+        OwnedFd::from_raw_fd(fd)
+    };
+    // SAFETY: SIOC[GS]IFFLAGS on a valid socket with a zeroed ifreq naming "lo".
+    unsafe {
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
             *d = *s as libc::c_char;
         }
-        let ok = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut ifr) == 0 && {
-            ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(fd, libc::SIOCSIFFLAGS, &ifr) == 0
-        };
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if !ok {
-            return Err(err).context("bringing lo up");
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) != 0 {
+            return Err(std::io::Error::last_os_error());
         }
-    }
-    let src = std::ffi::CString::new("/proc/thread-self/ns/net")?;
-    let dst = std::ffi::CString::new(target.as_os_str().as_encoded_bytes())?;
-    // SAFETY: bind mount between two valid NUL-terminated paths.
-    let mounted = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            std::ptr::null(),
-            libc::MS_BIND,
-            std::ptr::null(),
-        )
-    };
-    if mounted != 0 {
-        return Err(std::io::Error::last_os_error()).context("bind-mounting the namespace");
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -131,12 +134,9 @@ fn blocking_get_in_netns(
     timeout: Duration,
 ) -> Result<(u16, String)> {
     let ns = fs::File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
-    // SAFETY: setns(2) with a valid fd; it moves this thread only, which ends after
-    // the request.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("setns {}", netns.display()));
-    }
+    // Moves this thread only, which ends after the request.
+    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+        .with_context(|| format!("setns {}", netns.display()))?;
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).with_context(|| {
         format!(
