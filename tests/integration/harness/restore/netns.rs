@@ -82,16 +82,14 @@ fn make_netns(target: &Path) -> Result<()> {
 
 /// `lo` up in this thread's network namespace (SIOC[GS]IFFLAGS: nix has no wrapper).
 fn bring_loopback_up() -> std::io::Result<()> {
-    use std::os::fd::{FromRawFd as _, OwnedFd};
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 
-    // SAFETY: socket(2); the descriptor is owned (and closed) by `sock`.
-    let sock = unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        OwnedFd::from_raw_fd(fd)
-    };
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     // SAFETY: SIOC[GS]IFFLAGS on a valid socket with a zeroed ifreq naming "lo".
     unsafe {
         let mut ifr: libc::ifreq = std::mem::zeroed();
