@@ -486,10 +486,17 @@ struct Sample {
     respond: f64,
 }
 
-/// One instance of `mode`: the time to its first response (checked), then its end
-/// (not timed).
 /// One phase of a [`Sample`], as [`phase_p50`] takes it.
 type Phase = fn(&Sample) -> f64;
+
+/// The phases of a sample, in the order the reports give them.
+const PHASES: [(&str, Phase); 5] = [
+    ("container", |s| s.container),
+    ("snapshot", |s| s.snapshot),
+    ("task", |s| s.task),
+    ("start", |s| s.start),
+    ("respond", |s| s.respond),
+];
 
 /// Mode (4) with two CRIU builds, sample by sample (see the module's doc).
 async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Result<()> {
@@ -532,15 +539,8 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
         ab.builds[1].display(),
         cfg.iterations
     );
-    let phases: [(&str, Phase); 6] = [
-        ("total", |s| s.total),
-        ("container", |s| s.container),
-        ("snapshot", |s| s.snapshot),
-        ("task", |s| s.task),
-        ("start", |s| s.start),
-        ("respond", |s| s.respond),
-    ];
-    for (name, phase) in phases {
+    let total: (&str, Phase) = ("total", |s| s.total);
+    for (name, phase) in std::iter::once(total).chain(PHASES) {
         let diffs: Vec<f64> = samples[0]
             .iter()
             .zip(&samples[1])
@@ -571,6 +571,8 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
     Ok(())
 }
 
+/// One instance of `mode`: the time to its first response (checked), then its end
+/// (not timed).
 async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
     let spec = FunctionSpec::new(&format!("bench-{}", mode.name())).port(s.port);
     let spec = match mode {
@@ -1093,22 +1095,17 @@ impl Report {
              Tasks.Start (the restore, or runc start); respond = from Start's answer to the \
              first HTTP 200.\n"
         );
-        let _ = writeln!(
-            s,
-            "| mode | container | snapshot | task | start | respond |"
-        );
-        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        let _ = write!(s, "| mode |");
+        for (name, _) in PHASES {
+            let _ = write!(s, " {name} |");
+        }
+        let _ = writeln!(s, "\n|---|{}", "---:|".repeat(PHASES.len()));
         for (m, samples) in MODES.iter().zip(&self.samples) {
-            let _ = writeln!(
-                s,
-                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                m.name(),
-                phase_p50(samples, |x| x.container),
-                phase_p50(samples, |x| x.snapshot),
-                phase_p50(samples, |x| x.task),
-                phase_p50(samples, |x| x.start),
-                phase_p50(samples, |x| x.respond)
-            );
+            let _ = write!(s, "| {} |", m.name());
+            for (_, phase) in PHASES {
+                let _ = write!(s, " {:.1} |", phase_p50(samples, phase));
+            }
+            let _ = writeln!(s);
         }
         let _ = writeln!(s, "\nRatios (how many times faster; the issue's target):\n");
         let _ = writeln!(s, "| comparison | at p50 | at p99 | target |");
