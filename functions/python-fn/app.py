@@ -109,10 +109,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, obj):
         self._send(200, json.dumps(obj) + "\n")
 
+    def _answer_count(self):
+        self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
+                    "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
+
     def do_GET(self):
         if self.path == "/":
-            self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
-                        "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
+            self._answer_count()
         elif self.path.startswith("/sleep/"):
             try:
                 ms = int(self.path[len("/sleep/"):])
@@ -120,8 +123,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self._send(400, '{"error": "/sleep/MS: MS in milliseconds"}\n')
                 return
             time.sleep(min(max(ms, 0), 10000) / 1000)
-            self._json({"function": FUNCTION, "count": next_count(), "pid": os.getpid(),
-                        "state_bytes": STATE_BYTES, "checksum": CHECKSUM})
+            self._answer_count()
         elif self.path == "/healthz":
             self._send(200, "ok\n", "text/plain")
         elif self.path.startswith("/log/"):
