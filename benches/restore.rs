@@ -43,7 +43,9 @@
 //! both with one `SOURCE_DATE_EPOCH`: CRIU stamps its kernel-feature cache
 //! (`/run/criu/criu.kdat`) with its build time, and a build that finds the other's stamp
 //! detects everything again (~15 ms) and rewrites the cache; the report counts such
-//! rewrites.
+//! rewrites. `REKINDLE_BENCH_AB_SHIM=<shim A>,<shim B>` compares two builds of the shim
+//! binary the same way (the one containerd runs is a symlink switched before each
+//! sample; hack/static-shim.sh builds one: copy its dir aside before building the other).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -134,41 +136,106 @@ struct Config {
     warmup: bool,
     out: PathBuf,
     commit: Option<String>,
-    ab: Option<AbCriu>,
+    ab: Option<Ab>,
 }
 
-/// Two CRIU builds to compare (`REKINDLE_BENCH_AB_CRIU`), and the symlink the shims run.
-struct AbCriu {
+/// What an A/B run compares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AbOf {
+    /// `REKINDLE_BENCH_AB_CRIU`: the shims' CRIU (`REKINDLE_CRIU`).
+    Criu,
+    /// `REKINDLE_BENCH_AB_SHIM`: the shim binary containerd runs (`REKINDLE_SHIM_DIR`).
+    Shim,
+}
+
+impl AbOf {
+    const ALL: [AbOf; 2] = [AbOf::Criu, AbOf::Shim];
+
+    fn var(self) -> &'static str {
+        match self {
+            AbOf::Criu => "REKINDLE_BENCH_AB_CRIU",
+            AbOf::Shim => "REKINDLE_BENCH_AB_SHIM",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            AbOf::Criu => "CRIU",
+            AbOf::Shim => "Shim",
+        }
+    }
+
+    /// The name of the symlink switched between the two builds.
+    fn link_name(self) -> &'static str {
+        match self {
+            AbOf::Criu => "criu",
+            AbOf::Shim => harness::containerd::SHIM_BINARY,
+        }
+    }
+}
+
+/// Two builds to compare (see [`AbOf`]), and the symlink that runs.
+struct Ab {
+    of: AbOf,
     builds: [PathBuf; 2],
     link: PathBuf,
 }
 
-impl AbCriu {
+impl Ab {
     fn from_env() -> Result<Option<Self>> {
-        let Ok(v) = std::env::var("REKINDLE_BENCH_AB_CRIU") else {
-            return Ok(None);
+        let asked: Vec<(AbOf, String)> = AbOf::ALL
+            .into_iter()
+            .filter_map(|of| std::env::var(of.var()).ok().map(|v| (of, v)))
+            .collect();
+        let (of, v) = match <[(AbOf, String); 1]>::try_from(asked) {
+            Ok([one]) => one,
+            Err(asked) if asked.is_empty() => return Ok(None),
+            Err(_) => bail!(
+                "{} and {}: one comparison a run",
+                AbOf::Criu.var(),
+                AbOf::Shim.var()
+            ),
         };
+        let var = of.var();
         let builds: Vec<PathBuf> = v.split(',').map(|p| PathBuf::from(p.trim())).collect();
-        let [a, b] = <[PathBuf; 2]>::try_from(builds).map_err(|_| {
-            anyhow::anyhow!("REKINDLE_BENCH_AB_CRIU={v:?}: two CRIU binaries, comma-separated")
-        })?;
+        let [a, b] = <[PathBuf; 2]>::try_from(builds)
+            .map_err(|_| anyhow::anyhow!("{var}={v:?}: two binaries, comma-separated"))?;
         for p in [&a, &b] {
             if !p.is_absolute() || !p.is_file() {
-                bail!(
-                    "REKINDLE_BENCH_AB_CRIU: {} is not a file (an absolute path)",
-                    p.display()
-                );
+                bail!("{var}: {} is not a file (an absolute path)", p.display());
             }
         }
-        let link =
-            std::env::temp_dir().join(format!("rekindle-bench-ab-{}/criu", std::process::id()));
-        Ok(Some(AbCriu {
+        let link = std::env::temp_dir()
+            .join(format!("rekindle-bench-ab-{}", std::process::id()))
+            .join(of.link_name());
+        Ok(Some(Ab {
+            of,
             builds: [a, b],
             link,
         }))
     }
 
-    /// Points the shims' CRIU at build `i` (0: A, 1: B).
+    /// Sets the link up and points what runs at it; before containerd starts (the
+    /// shims get its environment), while the bench is still one thread.
+    fn install(&self) -> Result<()> {
+        let dir = self.link.parent().unwrap_or(Path::new("/"));
+        fs::create_dir_all(dir)?;
+        self.switch(0)?;
+        match self.of {
+            AbOf::Criu => std::env::set_var("REKINDLE_CRIU", &self.link),
+            AbOf::Shim => {
+                // The shim's tar helper in that dir too, as where the shims were built.
+                const TAR_HELPER: &str = "rekindle-criu-tar";
+                let helper = harness::containerd::shim_dir()?.join(TAR_HELPER);
+                let _ = fs::remove_file(dir.join(TAR_HELPER));
+                std::os::unix::fs::symlink(helper, dir.join(TAR_HELPER))?;
+                std::env::set_var("REKINDLE_SHIM_DIR", dir);
+            }
+        }
+        Ok(())
+    }
+
+    /// Points the link at build `i` (0: A, 1: B).
     fn switch(&self, i: usize) -> Result<()> {
         let tmp = self.link.with_extension("new");
         let _ = fs::remove_file(&tmp);
@@ -205,7 +272,7 @@ impl Config {
             warmup,
             out,
             commit,
-            ab: AbCriu::from_env()?,
+            ab: Ab::from_env()?,
         })
     }
 }
@@ -233,11 +300,7 @@ fn main() -> Result<()> {
     }
     let version = Version::from_env()?;
     if let Some(ab) = &cfg.ab {
-        fs::create_dir_all(ab.link.parent().unwrap_or(Path::new("/")))?;
-        ab.switch(0)?;
-        // Before containerd starts (the shims get its environment), while the bench is
-        // still one thread.
-        std::env::set_var("REKINDLE_CRIU", &ab.link);
+        ab.install()?;
     }
 
     // The shims started by this containerd find this daemon through the environment
@@ -498,8 +561,8 @@ const PHASES: [(&str, Phase); 5] = [
     ("respond", |s| s.respond),
 ];
 
-/// Mode (4) with two CRIU builds, sample by sample (see the module's doc).
-async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Result<()> {
+/// Mode (4) with two builds, sample by sample (see the module's doc).
+async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &Ab) -> Result<()> {
     let kdat = Path::new("/run/criu/criu.kdat");
     let stamp = || fs::metadata(kdat).and_then(|m| m.modified()).ok();
     // One of each first, not counted (the first restore of the image records its
@@ -532,9 +595,10 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &AbCriu) -> Res
         );
     }
     let mut md = format!(
-        "# CRIU A/B: mode (4), staged restore to first response\n\n- A: `{}`\n- B: `{}`\n\n\
+        "# {} A/B: mode (4), staged restore to first response\n\n- A: `{}`\n- B: `{}`\n\n\
          {} rounds of one sample of each build, A first and B first in turn; B - A is the median of the \
          differences within a round.\n\n| phase | A p50 ms | B p50 ms | B - A ms |\n|---|---:|---:|---:|\n",
+        ab.of.title(),
         ab.builds[0].display(),
         ab.builds[1].display(),
         cfg.iterations

@@ -11,7 +11,8 @@
 # Environment: REKINDLE_BENCH_ITERATIONS (per mode, default 30), REKINDLE_CONTAINERD
 # (2 or 1.6, default 2), REKINDLE_BENCH_OUT (default bench-results);
 # REKINDLE_BENCH_AB_CRIU=<criu A>,<criu B> compares two CRIU builds on mode (4) instead
-# and writes ab.md (see benches/restore.rs and the README).
+# and writes ab.md (see benches/restore.rs and the README); REKINDLE_BENCH_AB_SHIM=<shim A>,
+# <shim B> two builds of the shim binary.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
