@@ -104,6 +104,33 @@ pub fn spawn(
     Ok(pid)
 }
 
+/// Descriptors for [`spawn`]: `fixed` at numbers 0, 1, 2, … in order, then `extra`
+/// at consecutive numbers above every source's own, so that no placement clobbers
+/// a source still to be placed. Returns them and the number of `extra`'s first.
+pub fn layout<'a>(
+    fixed: &[Source<'a>],
+    extra: &[BorrowedFd<'a>],
+) -> (Vec<(Source<'a>, RawFd)>, RawFd) {
+    let sources = fixed
+        .iter()
+        .filter_map(|s| match s {
+            Source::Fd(f) => Some(f.as_raw_fd()),
+            Source::Null => None,
+        })
+        .chain(extra.iter().map(|f| f.as_raw_fd()));
+    let first = sources
+        .max()
+        .map_or(0, |fd| fd + 1)
+        .max(fixed.len() as RawFd);
+    let fds = fixed
+        .iter()
+        .copied()
+        .zip(0..)
+        .chain(extra.iter().map(|f| Source::Fd(*f)).zip(first..))
+        .collect();
+    (fds, first)
+}
+
 /// The shim's environment with `over` set: `KEY=VALUE` entries.
 fn environment(over: &[(&OsStr, &OsStr)]) -> Vec<OsString> {
     let mut out: Vec<OsString> = std::env::vars_os()
@@ -241,6 +268,38 @@ mod tests {
         );
         // Its own process group; our environment with the override.
         assert_eq!(out.lines().nth(1).unwrap(), format!("set {pid}"), "{out}");
+    }
+
+    #[test]
+    fn a_layout_puts_the_fixed_first_and_the_others_above_every_source() {
+        let (_rd, wr) = std::io::pipe().unwrap();
+        let other = fs::File::open("/proc/self/status").unwrap();
+        let (w, o) = (wr.as_raw_fd(), other.as_raw_fd());
+        let fixed = [Source::Null, Source::Fd(wr.as_fd()), Source::Null];
+        let (fds, first) = layout(&fixed, &[other.as_fd(), wr.as_fd()]);
+        assert_eq!(first, w.max(o) + 1);
+        let placed: Vec<(Option<RawFd>, RawFd)> = fds
+            .iter()
+            .map(|(s, n)| match s {
+                Source::Fd(f) => (Some(f.as_raw_fd()), *n),
+                Source::Null => (None, *n),
+            })
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                (None, 0),
+                (Some(w), 1),
+                (None, 2),
+                (Some(o), first),
+                (Some(w), first + 1)
+            ]
+        );
+        // spawn takes it as it is (no placement over a source still to be placed).
+        let pid = spawn(Path::new("/bin/true"), &[], &[], &fds).unwrap();
+        assert_eq!(wait(pid), 0);
+        // With no source above them, the others start right after the fixed.
+        assert_eq!(layout(&[Source::Null; 3], &[]).1, 3);
     }
 
     #[test]

@@ -343,34 +343,15 @@ pub async fn spawn_swrk(
             .map_err(Error::io("hand the container's stdio to criu swrk"))?,
         None => [None, None, None],
     };
-    // Targets above every source, so that no placement clobbers a source still
-    // to be placed.
-    let base = stdio
+    // The container's stdio at 0-2, then swrk's socket and the inherited fds.
+    let fixed: Vec<Source<'_>> = stdio
         .iter()
-        .flatten()
-        .chain(std::iter::once(&theirs))
-        .chain(inherit.iter().copied())
-        .map(|f| f.as_raw_fd())
-        .max()
-        .unwrap_or(2)
-        .max(2)
-        + 1;
-    let mut fds: Vec<(Source<'_>, RawFd)> = stdio
-        .iter()
-        .zip(0..)
-        .map(|(f, n)| {
-            (
-                f.as_ref().map_or(Source::Null, |f| Source::Fd(f.as_fd())),
-                n,
-            )
-        })
+        .map(|f| f.as_ref().map_or(Source::Null, |f| Source::Fd(f.as_fd())))
         .collect();
-    fds.extend(
-        std::iter::once(&theirs)
-            .chain(inherit.iter().copied())
-            .zip(base..)
-            .map(|(f, n)| (Source::Fd(f.as_fd()), n)),
-    );
+    let extra: Vec<_> = std::iter::once(theirs.as_fd())
+        .chain(inherit.iter().map(|f| f.as_fd()))
+        .collect();
+    let (fds, base) = crate::spawn::layout(&fixed, &extra);
     let base_arg = base.to_string();
     // Stop the tree at its sigreturn by tracing syscalls, not with a hardware
     // breakpoint: on a node where no other task-bound perf event exists, the
