@@ -943,33 +943,32 @@ fn shim_linking() -> String {
         Ok(dir) => dir.join(harness::containerd::SHIM_BINARY),
         Err(e) => return format!("shim: {e:#}"),
     };
-    // The program headers sit at the file's start: its first 64 KiB, not 16 MB.
-    let head = fs::File::open(&path).and_then(|f| {
-        use std::io::Read as _;
-        let mut head = Vec::new();
-        f.take(64 << 10).read_to_end(&mut head).map(|_| head)
-    });
-    let linking = match head {
-        Ok(elf) if elf.len() > 64 && elf.starts_with(b"\x7fELF") => {
-            let u16_at = |o: usize| u16::from_le_bytes([elf[o], elf[o + 1]]) as usize;
-            let phoff = u64::from_le_bytes(elf[0x20..0x28].try_into().unwrap_or_default());
-            let (entsize, count) = (u16_at(0x36), u16_at(0x38));
-            let interp = (0..count).any(|i| {
-                let at = phoff as usize + i * entsize;
-                elf.get(at..at + 4) == Some(&3u32.to_le_bytes()[..])
-            });
-            let pie = u16_at(0x10) == 3;
-            match (interp, pie) {
-                (true, true) => "dynamically linked, PIE",
-                (true, false) => "dynamically linked, not PIE",
-                (false, true) => "statically linked, static-pie",
-                (false, false) => "statically linked, not PIE",
-            }
-        }
-        Ok(_) => "not an ELF file",
+    let linking = match fs::read(&path) {
+        Ok(data) => elf_linking(&data).unwrap_or("not a 64-bit ELF file"),
         Err(_) => "unreadable",
     };
     format!("shim {linking} ({})", path.display())
+}
+
+/// How a 64-bit little-endian ELF executable is linked: an interpreter (PT_INTERP)
+/// or none, position-independent (ET_DYN) or not.
+fn elf_linking(data: &[u8]) -> Option<&'static str> {
+    use object::elf::{FileHeader64, ET_DYN, PT_INTERP};
+    use object::read::elf::{FileHeader as _, ProgramHeader as _};
+    let header = FileHeader64::<object::LittleEndian>::parse(data).ok()?;
+    let endian = header.endian().ok()?;
+    let interp = header
+        .program_headers(endian, data)
+        .ok()?
+        .iter()
+        .any(|ph| ph.p_type(endian) == PT_INTERP);
+    let pie = header.e_type(endian) == ET_DYN;
+    Some(match (interp, pie) {
+        (true, true) => "dynamically linked, PIE",
+        (true, false) => "dynamically linked, not PIE",
+        (false, true) => "statically linked, static-pie",
+        (false, false) => "statically linked, not PIE",
+    })
 }
 
 /// Times the first write to each 4 KiB page of 256 MiB of fresh anonymous memory

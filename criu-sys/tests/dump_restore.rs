@@ -285,34 +285,13 @@ fn a_refused_notification_fails_the_restore() {
     }
 }
 
-/// The offset of the GNU build-id's bytes in a 64-bit little-endian ELF file: the
-/// NT_GNU_BUILD_ID note of a PT_NOTE segment.
+/// Where the GNU build-id's bytes are in an ELF file (offset, length): its
+/// NT_GNU_BUILD_ID note, the one CRIU reads through the PT_NOTE segment.
 fn build_id_offset(elf: &[u8]) -> Option<(usize, usize)> {
-    let u16_at = |o: usize| Some(u16::from_le_bytes(elf.get(o..o + 2)?.try_into().ok()?));
-    let u32_at = |o: usize| Some(u32::from_le_bytes(elf.get(o..o + 4)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(elf.get(o..o + 8)?.try_into().ok()?));
-    if elf.get(..5)? != b"\x7fELF\x02" {
-        return None;
-    }
-    let (phoff, phentsize, phnum) = (u64_at(0x20)? as usize, u16_at(0x36)?, u16_at(0x38)?);
-    for i in 0..phnum as usize {
-        let ph = phoff + i * phentsize as usize;
-        if u32_at(ph)? != 4 {
-            continue; // not PT_NOTE
-        }
-        let (start, size) = (u64_at(ph + 8)? as usize, u64_at(ph + 32)? as usize);
-        let mut n = start;
-        while n + 12 <= start + size {
-            let (namesz, descsz, kind) =
-                (u32_at(n)? as usize, u32_at(n + 4)? as usize, u32_at(n + 8)?);
-            let desc = n + 12 + namesz.next_multiple_of(4);
-            if kind == 3 && elf.get(n + 12..n + 16)? == b"GNU\0" {
-                return Some((desc, descsz));
-            }
-            n = desc + descsz.next_multiple_of(4);
-        }
-    }
-    None
+    use object::Object as _;
+    let id = object::File::parse(elf).ok()?.build_id().ok()??;
+    // A slice of `elf` itself: its offset in the file.
+    Some((id.as_ptr() as usize - elf.as_ptr() as usize, id.len()))
 }
 
 /// CRIU checks each mapped ELF file against the build-id it recorded at dump (with
