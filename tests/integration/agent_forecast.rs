@@ -37,11 +37,10 @@
 //! through the same policy offline, without containers.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdDriver, NetMode};
@@ -50,6 +49,7 @@ use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
 use rekindle_agent::sim::{LatencyTable, RunOptions};
 
+use crate::harness::gateway::{burst, by_label, invoke, pool, show};
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
@@ -72,81 +72,12 @@ fn bench_latencies() -> PathBuf {
         .join("tests/integration/data/restore-latencies.json")
 }
 
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, String>, String)> {
-    crate::harness::http::get_with_headers(addr, path).await
-}
-
-/// A request through the gateway: its tier, after checking the answer.
-async fn invoke(gw: SocketAddr) -> Result<String> {
-    let (status, headers, body) = get(gw, &format!("/invoke/{FUNCTION}/")).await?;
-    ensure!(status == 200, "gateway answered {status}: {body}");
-    let json: serde_json::Value =
-        serde_json::from_str(&body).with_context(|| format!("not JSON: {body:?}"))?;
-    let count = json
-        .get("count")
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no count in {json}"))?;
-    ensure!((1..1000).contains(&count), "count {count}");
-    headers
-        .get("x-rekindle-tier")
-        .cloned()
-        .context("no x-rekindle-tier header")
-}
-
-async fn burst(gw: SocketAddr, n: usize) -> Result<Vec<String>> {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        set.spawn(invoke(gw));
-    }
-    let mut tiers = Vec::new();
-    while let Some(r) = set.join_next().await {
-        tiers.push(r??);
-    }
-    Ok(tiers)
-}
-
-fn pool(agent: &Agent) -> PoolSnapshot {
-    agent.pool.snapshot().remove(0)
-}
+/// The story's name, in its log lines.
+const STORY: &str = "agent-forecast";
 
 /// Instances loaded or being loaded.
 fn loaded(p: &PoolSnapshot) -> u32 {
     p.hot + p.warm + p.starting
-}
-
-fn show(t0: Instant, what: &str, p: &PoolSnapshot) {
-    eprintln!(
-        "[agent-forecast] {:>5.1}s {what}: hot {} (busy {}) warm {} starting {} image {:?}; \
-         plan pre-warm {:.1}s ladder hot {:.1}s warm {:.1}s staged {:.1}s targets {:?}",
-        t0.elapsed().as_secs_f64(),
-        p.hot,
-        p.busy,
-        p.warm,
-        p.starting,
-        p.image,
-        p.plan.pre_warm,
-        p.plan.keep_alive.hot,
-        p.plan.keep_alive.warm,
-        p.plan.keep_alive.staged,
-        p.plan.targets
-    );
-}
-
-/// The samples of `metric{function="forecast-fn",<label>="..."[,...]}` by that label's
-/// value, for the lines that also contain `also`.
-fn by_label(metrics: &str, metric: &str, label: &str, also: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("{metric}{{function=\"{FUNCTION}\",{label}=\"");
-    metrics
-        .lines()
-        .filter(|l| l.contains(also))
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (value, rest) = rest.split_once('"')?;
-            let n = rest.rsplit(' ').next()?.trim().parse::<f64>().ok()? as u64;
-            Some((value.to_string(), n))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
 }
 
 /// What one gap (before burst `k`) looked like.
@@ -162,8 +93,8 @@ struct Gap {
 
 #[test]
 fn the_live_agent_pre_warms_before_a_predicted_burst() {
-    restore_story("agent-forecast", |ctx, restored| async move {
-        if let Some(skip) = needs_rekindle(&ctx, "agent-forecast") {
+    restore_story(STORY, |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, STORY) {
             eprintln!("{skip}");
             return Ok(());
         }
@@ -192,7 +123,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
             // busy CI machine (the other stories run alongside) must not hold it back.
             pressure_cpu_pct: 101.0,
             pressure_memory_pct: 101.0,
-            ..agent_config(&ctx, "agent-forecast", &restored.socket)
+            ..agent_config(&ctx, STORY, &restored.socket)
         };
         config.validate()?;
         // The agent's driver settings, for the instances' cgroups paths (leak check).
@@ -204,10 +135,10 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
         let t0 = Instant::now();
         let outcome = async {
             let mut seen: Vec<String> = Vec::new();
-            show(t0, "registered", &pool(&agent));
+            show(STORY, t0, "registered", &pool(&agent));
 
             // The first request: a cold start; then the agent checkpoints the function.
-            let first = invoke(gw).await?;
+            let first = invoke(gw, FUNCTION, "/").await?.tier;
             let mut answered = Instant::now();
             ensure!(first == "cold", "the first request was served {first}");
             seen.push(first);
@@ -217,7 +148,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                 ensure!(Instant::now() < until, "no checkpoint image within 40 s");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            show(t0, "checkpointed", &pool(&agent));
+            show(STORY, t0, "checkpointed", &pool(&agent));
 
             let mut prewarms = 0;
             for k in 1..=BURSTS {
@@ -232,13 +163,13 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                     if loaded(&p) == 0 {
                         emptied = true;
                         if !shown_empty {
-                            show(t0, &format!("gap {k}: demoted"), &p);
+                            show(STORY, t0, &format!("gap {k}: demoted"), &p);
                             shown_empty = true;
                         }
                     } else if emptied && p.hot + p.warm > 0 {
                         raised_after_empty = true;
                         if !shown_raised {
-                            show(t0, &format!("gap {k}: pre-warmed"), &p);
+                            show(STORY, t0, &format!("gap {k}: pre-warmed"), &p);
                             shown_raised = true;
                         }
                     }
@@ -253,12 +184,26 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                     before_burst: pool(&agent),
                     raised_after_empty,
                 };
-                show(t0, &format!("gap {k}: before burst {k}"), &gap.before_burst);
+                show(
+                    STORY,
+                    t0,
+                    &format!("gap {k}: before burst {k}"),
+                    &gap.before_burst,
+                );
 
-                let tiers = burst(gw, BURST).await?;
+                let tiers: Vec<String> = burst(gw, FUNCTION, "/", BURST)
+                    .await?
+                    .into_iter()
+                    .map(|s| s.tier)
+                    .collect();
                 answered = Instant::now();
                 adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
-                show(t0, &format!("burst {k} served {tiers:?}"), &pool(&agent));
+                show(
+                    STORY,
+                    t0,
+                    &format!("burst {k} served {tiers:?}"),
+                    &pool(&agent),
+                );
                 ensure!(
                     !tiers.iter().any(|t| t == "cold"),
                     "a cold start in burst {k}: {tiers:?}"
@@ -303,7 +248,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
                 adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
                 let p = pool(&agent);
                 if loaded(&p) == 0 {
-                    show(t0, "after the last burst", &p);
+                    show(STORY, t0, "after the last burst", &p);
                     break;
                 }
                 ensure!(
@@ -315,16 +260,18 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
 
             // /metrics: the starts by tier as the gateway reported them; the pool's own
             // starts include the pre-warms.
-            let (status, _, text) = get(agent.metrics_addr, "/metrics").await?;
+            let (status, _, text) =
+                crate::harness::http::get_with_headers(agent.metrics_addr, "/metrics").await?;
             ensure!(status == 200, "/metrics answered {status}");
             let mut want: BTreeMap<String, u64> = BTreeMap::new();
             for t in &seen {
                 *want.entry(t.clone()).or_default() += 1;
             }
-            let got = by_label(&text, "rekindle_starts_total", "tier", "");
+            let got = by_label(&text, "rekindle_starts_total", FUNCTION, "tier", "");
             let actions = by_label(
                 &text,
                 "rekindle_pool_actions_total",
+                FUNCTION,
                 "action",
                 "outcome=\"ok\"",
             );
@@ -345,7 +292,7 @@ fn the_live_agent_pre_warms_before_a_predicted_burst() {
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
         let end = pool_handle.snapshot().remove(0);
-        show(t0, "after shutdown", &end);
+        show(STORY, t0, "after shutdown", &end);
         outcome?;
         if end.hot + end.warm + end.busy + end.starting != 0 {
             bail!("instances left after shutdown: {end:?}");

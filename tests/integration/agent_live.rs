@@ -11,110 +11,32 @@
 //! harness' leak check runs on each instance the agent made.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdDriver, NetMode};
-use rekindle_agent::pool::manager::PoolSnapshot;
 use rekindle_agent::pool::ImageState;
 
+use crate::harness::gateway::{burst, by_label, invoke, pool, show};
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
 const FUNCTION: &str = "live-fn";
 const BURST: usize = 4;
-/// What each request of a burst asks the function: held 300 ms, so that they overlap.
+/// What each request of a burst asks the function: held 300 ms, so that they overlap
+/// (with an instant `GET /`, one hot instance served a whole burst in turn on a loaded
+/// 2-core machine, and nothing scaled up).
 const BURST_REQUEST: &str = "/sleep/300";
 
-async fn get(addr: SocketAddr, path: &str) -> Result<(u16, BTreeMap<String, String>, String)> {
-    crate::harness::http::get_with_headers(addr, path).await
-}
-
-/// A request through the gateway: its tier and instance, after checking the answer.
-async fn invoke(gw: SocketAddr) -> Result<(String, String)> {
-    invoke_path(gw, "/").await
-}
-
-/// As [`invoke`], for `path` of the function.
-async fn invoke_path(gw: SocketAddr, path: &str) -> Result<(String, String)> {
-    let (status, headers, body) = get(gw, &format!("/invoke/{FUNCTION}{path}")).await?;
-    ensure!(status == 200, "gateway answered {status}: {body}");
-    let json: serde_json::Value =
-        serde_json::from_str(&body).with_context(|| format!("not JSON: {body:?}"))?;
-    let count = json
-        .get("count")
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("no count in {json}"))?;
-    ensure!((1..1000).contains(&count), "count {count}");
-    let tier = headers
-        .get("x-rekindle-tier")
-        .cloned()
-        .context("no x-rekindle-tier header")?;
-    let instance = headers
-        .get("x-rekindle-instance")
-        .cloned()
-        .context("no x-rekindle-instance header")?;
-    Ok((tier, instance))
-}
-
-async fn burst(gw: SocketAddr, n: usize) -> Result<Vec<(String, String)>> {
-    let mut set = tokio::task::JoinSet::new();
-    for _ in 0..n {
-        // Each request holds its instance a while (the function's /sleep/MS): an
-        // instant `GET /` let one hot instance serve the whole burst in turn when the
-        // requests did not overlap (a loaded 2-core machine), and nothing scaled up.
-        set.spawn(invoke_path(gw, BURST_REQUEST));
-    }
-    let mut tiers = Vec::new();
-    while let Some(r) = set.join_next().await {
-        tiers.push(r??);
-    }
-    Ok(tiers)
-}
-
-fn pool(agent: &Agent) -> PoolSnapshot {
-    agent.pool.snapshot().remove(0)
-}
-
-fn show(t0: Instant, what: &str, p: &PoolSnapshot) {
-    eprintln!(
-        "[agent-live] {:>5.1}s {what}: hot {} (busy {}) warm {} starting {} image {:?}; plan \
-         pre-warm {:.1}s ladder hot {:.1}s warm {:.1}s staged {:.1}s targets {:?}",
-        t0.elapsed().as_secs_f64(),
-        p.hot,
-        p.busy,
-        p.warm,
-        p.starting,
-        p.image,
-        p.plan.pre_warm,
-        p.plan.keep_alive.hot,
-        p.plan.keep_alive.warm,
-        p.plan.keep_alive.staged,
-        p.plan.targets
-    );
-}
-
-/// `rekindle_starts_total{function="live-fn",tier=...}` from the exposition.
-fn starts_by_tier(metrics: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("rekindle_starts_total{{function=\"{FUNCTION}\",tier=\"");
-    metrics
-        .lines()
-        .filter_map(|l| l.strip_prefix(&prefix))
-        .filter_map(|rest| {
-            let (tier, value) = rest.split_once("\"} ")?;
-            Some((tier.to_string(), value.trim().parse::<f64>().ok()? as u64))
-        })
-        .filter(|(_, n)| *n > 0)
-        .collect()
-}
+/// The story's name, in its log lines.
+const STORY: &str = "agent-live";
 
 #[test]
 fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
-    restore_story("agent-live", |ctx, restored| async move {
-        if let Some(skip) = needs_rekindle(&ctx, "agent-live") {
+    restore_story(STORY, |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, STORY) {
             eprintln!("{skip}");
             return Ok(());
         }
@@ -139,7 +61,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
                 std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-results/restore.json"),
             ),
             functions: vec![f],
-            ..agent_config(&ctx, "agent-live", &restored.socket)
+            ..agent_config(&ctx, STORY, &restored.socket)
         };
         config.validate()?;
         // The agent's driver settings, for the instances' cgroups paths (leak check).
@@ -151,10 +73,10 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
         let t0 = Instant::now();
         let outcome = async {
             let mut seen: Vec<String> = Vec::new();
-            show(t0, "registered", &pool(&agent));
+            show(STORY, t0, "registered", &pool(&agent));
 
             // 1. The first request: a cold start; then the agent checkpoints the function.
-            let (first, _) = invoke(gw).await?;
+            let first = invoke(gw, FUNCTION, "/").await?.tier;
             seen.push(first.clone());
             ensure!(first == "cold", "the first request was served {first}");
             adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
@@ -163,16 +85,17 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
                 ensure!(Instant::now() < until, "no checkpoint image within 40 s");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            show(t0, "checkpointed", &pool(&agent));
+            show(STORY, t0, "checkpointed", &pool(&agent));
 
             // 2. A burst: served hot or by restores, never cold; the pool scales up (the
             // concurrent requests are served by several instances at once).
-            let served = burst(gw, BURST).await?;
+            let served = burst(gw, FUNCTION, BURST_REQUEST, BURST).await?;
             adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
-            let tiers: Vec<String> = served.iter().map(|(t, _)| t.clone()).collect();
+            let tiers: Vec<String> = served.iter().map(|s| s.tier.clone()).collect();
             let instances: std::collections::BTreeSet<&String> =
-                served.iter().map(|(_, i)| i).collect();
+                served.iter().map(|s| &s.instance).collect();
             show(
+                STORY,
                 t0,
                 &format!("burst 1 served {tiers:?} by {} instances", instances.len()),
                 &pool(&agent),
@@ -197,6 +120,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             }
             let demoted = pool(&agent);
             show(
+                STORY,
                 t0,
                 &format!("after 5 s idle (fewest loaded {lowest})"),
                 &demoted,
@@ -211,10 +135,15 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             ensure!(demoted.image != ImageState::None, "{demoted:?}");
 
             // 4. A second burst: no cold start (the image is there).
-            let served = burst(gw, BURST).await?;
+            let served = burst(gw, FUNCTION, BURST_REQUEST, BURST).await?;
             adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
-            let tiers: Vec<String> = served.into_iter().map(|(t, _)| t).collect();
-            show(t0, &format!("burst 2 served {tiers:?}"), &pool(&agent));
+            let tiers: Vec<String> = served.into_iter().map(|s| s.tier).collect();
+            show(
+                STORY,
+                t0,
+                &format!("burst 2 served {tiers:?}"),
+                &pool(&agent),
+            );
             ensure!(
                 !tiers.iter().any(|t| t == "cold"),
                 "a cold start in burst 2: {tiers:?}"
@@ -222,13 +151,14 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             seen.extend(tiers);
 
             // 5. /metrics counts the starts by tier as the gateway reported them.
-            let (status, _, text) = get(agent.metrics_addr, "/metrics").await?;
+            let (status, _, text) =
+                crate::harness::http::get_with_headers(agent.metrics_addr, "/metrics").await?;
             ensure!(status == 200, "/metrics answered {status}");
             let mut want: BTreeMap<String, u64> = BTreeMap::new();
             for t in &seen {
                 *want.entry(t.clone()).or_default() += 1;
             }
-            let got = starts_by_tier(&text);
+            let got = by_label(&text, "rekindle_starts_total", FUNCTION, "tier", "");
             eprintln!("[agent-live] starts seen {want:?}; /metrics {got:?}");
             ensure!(got == want, "/metrics {got:?} != seen {want:?}\n{text}");
             for name in [
@@ -271,7 +201,7 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
         let pool_handle = agent.pool.clone();
         agent.shutdown().await;
         let end = pool_handle.snapshot().remove(0);
-        show(t0, "after shutdown", &end);
+        show(STORY, t0, "after shutdown", &end);
         outcome?;
         if end.hot + end.warm + end.busy + end.starting != 0 {
             bail!("instances left after shutdown: {end:?}");

@@ -24,6 +24,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod gateway;
 pub mod http;
 pub mod leaks;
 pub mod metrics;
