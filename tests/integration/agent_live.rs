@@ -13,13 +13,13 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context as _};
+use anyhow::{ensure, Context as _};
 use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdDriver, NetMode};
 use rekindle_agent::pool::ImageState;
 
-use crate::harness::gateway::{burst, by_label, invoke, pool, show};
+use crate::harness::gateway::{burst, by_label, end_story, invoke, pool, show};
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
@@ -197,20 +197,6 @@ fn the_live_agent_serves_a_bursty_function_and_moves_its_pool() {
             Ok(())
         }
         .await;
-        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
-        let pool_handle = agent.pool.clone();
-        agent.shutdown().await;
-        let end = pool_handle.snapshot().remove(0);
-        show(STORY, t0, "after shutdown", &end);
-        outcome?;
-        if end.hot + end.warm + end.busy + end.starting != 0 {
-            bail!("instances left after shutdown: {end:?}");
-        }
-        eprintln!(
-            "[agent-live] {} instances made and stopped in {:.1}s",
-            adopted.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        Ok(())
+        end_story(STORY, &ctx, &paths_driver, agent, &mut adopted, t0, outcome).await
     });
 }

@@ -1,13 +1,15 @@
 //! An agent's invoke gateway and pool as the agent stories see them: requests through
-//! the gateway (the function's answer checked), the pool's state, the agent's metrics.
+//! the gateway (the function's answer checked), the pool's state, the agent's metrics,
+//! and the story's end (the agent shut down, nothing of it left).
 #![allow(dead_code)] // the agent stories only (the bench includes the harness too)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use anyhow::{ensure, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use rekindle_agent::daemon::Agent;
+use rekindle_agent::driver::ContainerdDriver;
 use rekindle_agent::gateway::{INSTANCE_HEADER, TIER_HEADER};
 use rekindle_agent::pool::manager::PoolSnapshot;
 
@@ -103,4 +105,33 @@ pub fn by_label(
         })
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+/// The end of an agent story: what the agent made put under the leak check, the agent
+/// shut down with none of its instances left, and then the story's `outcome` (the
+/// pool's state after the shutdown is logged first, whatever the outcome).
+pub async fn end_story(
+    story: &str,
+    ctx: &super::Ctx,
+    driver: &ContainerdDriver,
+    agent: Agent,
+    adopted: &mut Vec<String>,
+    t0: Instant,
+    outcome: Result<()>,
+) -> Result<()> {
+    super::adopt_agent_instances(ctx, driver, &agent, adopted);
+    let pool_handle = agent.pool.clone();
+    agent.shutdown().await;
+    let end = pool_handle.snapshot().remove(0);
+    show(story, t0, "after shutdown", &end);
+    outcome?;
+    if end.hot + end.warm + end.busy + end.starting != 0 {
+        bail!("instances left after shutdown: {end:?}");
+    }
+    eprintln!(
+        "[{story}] {} instances made and stopped in {:.1}s",
+        adopted.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
