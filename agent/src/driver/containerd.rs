@@ -1028,12 +1028,18 @@ impl ContainerdDriver {
             dumped.map(|_| ())
         }
         .await;
+        // Synchronously: containerd then collects the checkpoint's content (only the
+        // lease held it; the shim has stored the image) before it answers. Left to
+        // the next collection, a checkpoint of the same container soon after found
+        // a blob of this one still there, and containerd 1.6 fails a commit of
+        // content that exists (`Tasks.Checkpoint: AlreadyExists`, after the shim had
+        // stored the new image; fixed in containerd 2.0, PR #8401).
         let released = rpc(
             "Leases.Delete",
             limit,
             leases.delete(self.req(containerd_client::services::v1::DeleteRequest {
                 id: lease.clone(),
-                sync: false,
+                sync: true,
             })),
         )
         .await;

@@ -187,9 +187,11 @@ async fn delete_lease(ctx: &Ctx, lease: &str) -> Result<()> {
     bounded(
         "Leases.Delete",
         RPC_TIMEOUT,
+        // Collected before the answer, as the agent does: a checkpoint of the same
+        // container soon after must not meet this one's content (containerd 1.6).
         LeasesClient::new(ctx.channel()).delete(ctx.req(DeleteRequest {
             id: lease.to_string(),
-            sync: false,
+            sync: true,
         })),
     )
     .await?;
