@@ -24,9 +24,12 @@ use rekindle_agent::config::{Config, FunctionConfig, PolicyName};
 use rekindle_agent::daemon::Agent;
 use rekindle_agent::driver::{ContainerdDriver, NetMode};
 
+use crate::harness::gateway::{by_label, end_story};
 use crate::harness::restore::{needs_rekindle, restore_story, FIXTURE_STATE_MB};
 use crate::harness::{adopt_agent_instances, agent_config, IMAGE};
 
+/// The story's name, in its log lines.
+const STORY: &str = "agent-gateway";
 const FUNCTION: &str = "gw-fn";
 /// A second function, of one instance and a 100 ms queue wait: shorter than its start.
 const IMPATIENT: &str = "gw-impatient";
@@ -118,25 +121,10 @@ async fn post(gw: SocketAddr, size: usize) -> Result<Outcome> {
     post_to(gw, FUNCTION, size).await
 }
 
-/// `<family>{function="<function>",<label>="<value>"} n` summed by value.
-fn by_label(metrics: &str, function: &str, family: &str, label: &str) -> BTreeMap<String, u64> {
-    let prefix = format!("{family}{{function=\"{function}\",{label}=\"");
-    let mut out = BTreeMap::new();
-    for (value, n) in metrics.lines().filter_map(|l| {
-        let (value, n) = l.strip_prefix(&prefix)?.split_once("\"} ")?;
-        Some((value.to_string(), n.trim().parse::<f64>().ok()? as u64))
-    }) {
-        if n > 0 {
-            *out.entry(value).or_default() += n;
-        }
-    }
-    out
-}
-
 #[test]
 fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit() {
-    restore_story("agent-gateway", |ctx, restored| async move {
-        if let Some(skip) = needs_rekindle(&ctx, "agent-gateway") {
+    restore_story(STORY, |ctx, restored| async move {
+        if let Some(skip) = needs_rekindle(&ctx, STORY) {
             eprintln!("{skip}");
             return Ok(());
         }
@@ -164,7 +152,7 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             reconcile_interval_ms: 200,
             max_parallel_starts: 2,
             functions: vec![f, impatient],
-            ..agent_config(&ctx, "agent-gateway", &restored.socket)
+            ..agent_config(&ctx, STORY, &restored.socket)
         };
         config.validate()?;
         let paths_driver = ContainerdDriver::connect(config.driver_config()).await?;
@@ -270,15 +258,16 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             ensure!(m.status == 200, "/metrics answered {}", m.status);
             let got = by_label(
                 &m.body,
-                FUNCTION,
                 "rekindle_gateway_refused_total",
+                FUNCTION,
                 "reason",
+                "",
             );
             ensure!(
                 got == refused,
                 "/metrics refusals {got:?} != seen {refused:?}"
             );
-            let got = by_label(&m.body, FUNCTION, "rekindle_starts_total", "tier");
+            let got = by_label(&m.body, "rekindle_starts_total", FUNCTION, "tier", "");
             ensure!(got == tiers, "/metrics starts {got:?} != seen {tiers:?}");
 
             // 3. The pool is idle now: a POST is served hot, no start made for it.
@@ -331,9 +320,10 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             let m = request(agent.metrics_addr, "GET", "/metrics", b"").await?;
             let got = by_label(
                 &m.body,
-                IMPATIENT,
                 "rekindle_gateway_refused_total",
+                IMPATIENT,
                 "reason",
+                "",
             );
             ensure!(
                 got == BTreeMap::from([("queue_timeout".to_string(), 1)]),
@@ -343,21 +333,6 @@ fn the_gateway_serves_or_refuses_every_request_of_a_burst_within_the_pool_limit(
             Ok(())
         }
         .await;
-        adopt_agent_instances(&ctx, &paths_driver, &agent, &mut adopted);
-        let pool_handle = agent.pool.clone();
-        agent.shutdown().await;
-        let end = pool_handle.snapshot();
-        outcome?;
-        for p in end {
-            if p.hot + p.warm + p.busy + p.starting != 0 {
-                bail!("instances left after shutdown: {p:?}");
-            }
-        }
-        eprintln!(
-            "[agent-gateway] {} instances made and stopped in {:.1}s",
-            adopted.len(),
-            t0.elapsed().as_secs_f64()
-        );
-        Ok(())
+        end_story(STORY, &ctx, &paths_driver, agent, &mut adopted, t0, outcome).await
     });
 }

@@ -84,8 +84,9 @@ pub fn show(story: &str, t0: Instant, what: &str, p: &PoolSnapshot) {
     );
 }
 
-/// The non-zero samples of `metric{function="<function>",<label>="..."[,...]}` in a
-/// Prometheus exposition, by that label's value, among the lines containing `also`.
+/// The samples of `metric{function="<function>",<label>="..."[,...]}` in a Prometheus
+/// exposition, among the lines containing `also`, summed by that label's value (the
+/// non-zero sums).
 pub fn by_label(
     metrics: &str,
     metric: &str,
@@ -94,7 +95,8 @@ pub fn by_label(
     also: &str,
 ) -> BTreeMap<String, u64> {
     let prefix = format!("{metric}{{function=\"{function}\",{label}=\"");
-    metrics
+    let mut sums = BTreeMap::new();
+    for (value, n) in metrics
         .lines()
         .filter(|l| l.contains(also))
         .filter_map(|l| l.strip_prefix(&prefix))
@@ -103,13 +105,16 @@ pub fn by_label(
             let n = rest.rsplit(' ').next()?.trim().parse::<f64>().ok()? as u64;
             Some((value.to_string(), n))
         })
-        .filter(|(_, n)| *n > 0)
-        .collect()
+    {
+        *sums.entry(value).or_default() += n;
+    }
+    sums.retain(|_, n| *n > 0);
+    sums
 }
 
 /// The end of an agent story: what the agent made put under the leak check, the agent
-/// shut down with none of its instances left, and then the story's `outcome` (the
-/// pool's state after the shutdown is logged first, whatever the outcome).
+/// shut down with no instance of any function left, and then the story's `outcome`
+/// (the pools' state after the shutdown is logged first, whatever the outcome).
 pub async fn end_story(
     story: &str,
     ctx: &super::Ctx,
@@ -122,11 +127,15 @@ pub async fn end_story(
     super::adopt_agent_instances(ctx, driver, &agent, adopted);
     let pool_handle = agent.pool.clone();
     agent.shutdown().await;
-    let end = pool_handle.snapshot().remove(0);
-    show(story, t0, "after shutdown", &end);
+    let end = pool_handle.snapshot();
+    for p in &end {
+        show(story, t0, "after shutdown", p);
+    }
     outcome?;
-    if end.hot + end.warm + end.busy + end.starting != 0 {
-        bail!("instances left after shutdown: {end:?}");
+    for p in end {
+        if p.hot + p.warm + p.busy + p.starting != 0 {
+            bail!("instances left after shutdown: {p:?}");
+        }
     }
     eprintln!(
         "[{story}] {} instances made and stopped in {:.1}s",
