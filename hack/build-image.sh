@@ -87,12 +87,14 @@ while True:
 second = json.load(urllib.request.urlopen(base + "/", timeout=5))
 health = urllib.request.urlopen(base + "/healthz", timeout=5).read().decode().strip()
 inv = json.load(urllib.request.urlopen(urllib.request.Request(base + "/invoke", data=b"x" * 1000), timeout=5))
+verify = json.load(urllib.request.urlopen(base + "/verify", timeout=30))
 assert first["function"] == "python-fn" and first["state_bytes"] >= 50 << 20, first
 assert second["count"] == first["count"] + 1, (first, second)
 assert health == "ok", health
 assert inv["body_bytes"] == 1000 and inv["count"] == second["count"] + 1, inv
+assert verify["state"] == "intact", verify
 print(f"      GET / -> {json.dumps(first)}")
-print(f"      GET / -> count {second['count']}, /healthz -> {health}, POST /invoke -> {json.dumps(inv)}")
+print(f"      GET / -> count {second['count']}, /healthz -> {health}, POST /invoke -> {json.dumps(inv)}, /verify -> {verify['state']}")
 EOF
   t1=$(date +%s%N)
   [ "$rc" = 0 ] && echo "    first response + checks after $(( (t1 - t0) / 1000000 )) ms (ctr run through containerd)"

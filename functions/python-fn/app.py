@@ -8,6 +8,9 @@ counter must keep counting from where it was.
 
   GET  /         -> {"function", "count", "pid", "state_bytes", "checksum"}
   GET  /healthz  -> ok
+  GET  /verify   -> {"function", "state", "state_bytes"}: "state" is "intact" when every
+                    byte of the state equals a fresh build of it, "corrupt" otherwise (a
+                    check for restores: it reads every page of the state)
   GET  /log/TEXT -> ok; TEXT written as a line to stdout and to stderr (where the
                     runtime sends a restored function's output)
   GET  /sleep/MS -> as GET /, after holding the request MS milliseconds (at most
@@ -126,6 +129,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._answer_count()
         elif self.path == "/healthz":
             self._send(200, "ok\n", "text/plain")
+        elif self.path == "/verify":
+            intact = STATE == build_state(STATE_MB)
+            self._json({"function": FUNCTION, "state": "intact" if intact else "corrupt",
+                        "state_bytes": STATE_BYTES})
         elif self.path.startswith("/log/"):
             text = urllib.parse.unquote(self.path[len("/log/"):])
             print(text, flush=True)

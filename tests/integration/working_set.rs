@@ -81,6 +81,9 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
         while !file.exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The state whole, as the daemon sent it in the background (read only now:
+        // read before, it would all have been faulted in, and recorded).
+        f.state_intact().await?;
         f.destroy().await?;
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("the first restore's working set {}", file.display()))?;
@@ -122,6 +125,8 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
             FIXTURE_COUNT + 1,
             "the prefetched restore answers from the checkpoint's state"
         );
+        // And whole: the working set copied in, the rest faulted in or sent after.
+        g.state_intact().await?;
         g.destroy().await?;
         let said = ctx
             .paths()

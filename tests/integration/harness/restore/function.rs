@@ -486,6 +486,23 @@ impl Function {
             .with_context(|| format!("GET / on {}: no numeric \"count\" in {json}", self.id))
     }
 
+    /// Checks its whole state, byte for byte, against a fresh build of it (`GET
+    /// /verify`): after a restore, a read of every page CRIU brought back (with lazy
+    /// pages, of every page the lazy-pages daemon serves on a fault, prefetches or
+    /// sends in the background).
+    pub async fn state_intact(&self) -> Result<()> {
+        let (status, body) = self.get("/verify", secs(30)).await?;
+        if status != 200 {
+            bail!("GET /verify on {} answered {status}: {body}", self.id);
+        }
+        let json: serde_json::Value = serde_json::from_str(&body)
+            .with_context(|| format!("GET /verify on {}: body is not JSON: {body:?}", self.id))?;
+        if json.get("state").and_then(serde_json::Value::as_str) != Some("intact") {
+            bail!("{}'s state is not what it built: {json}", self.id);
+        }
+        Ok(())
+    }
+
     /// Polls `GET /healthz` (which counts nothing) until it answers 200.
     pub async fn wait_serving(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
