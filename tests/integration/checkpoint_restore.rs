@@ -118,8 +118,8 @@ fn a_function_checkpointed_through_containerd_is_restored_and_keeps_counting() {
             "the restored function answers from its pre-checkpoint state: {after}"
         );
         assert_eq!(after["checksum"], before["checksum"], "its ~48 MB of state");
-        // Every byte of it: each page read, so each comes from CRIU's lazy-pages daemon
-        // (a fault, or its copy in the background) or from the working set it copied in.
+        // Every byte of it, each page read back (with lazy pages, each served by CRIU's
+        // lazy-pages daemon: on its fault, or in the daemon's copy in the background).
         r.state_intact().await?;
         assert_eq!(after["pid"], before["pid"], "its pid inside the container");
         assert_eq!(r.count().await?, 5, "and keeps counting");
