@@ -767,6 +767,8 @@ struct Facts {
     cpuid: String,
     /// What a first touch of fresh memory costs here (see [`fresh_memory_cost`]).
     fresh_memory: String,
+    /// How an idle CPU waits for work here (see [`cpu_idle`]).
+    idle: String,
     /// The shim binary the runs used, and how it is linked (see [`shim_linking`]).
     shim: String,
 }
@@ -842,6 +844,7 @@ async fn machine_facts(ctx: &Ctx) -> Result<Facts> {
             .unwrap_or_else(|_| "?".into()),
         cgroup_migration: cgroup_migration().unwrap_or_else(|e| format!("not measured ({e:#})")),
         cpuid: cpuid_cost(),
+        idle: cpu_idle(),
         fresh_memory: fresh_memory_cost(),
         shim: shim_linking(),
     })
@@ -1015,6 +1018,27 @@ fn fresh_memory_cost() -> String {
     )
 }
 
+/// The cpuidle driver and, for the KVM guest's `haltpoll` driver, how long an idle
+/// CPU polls before it halts (`guest_halt_poll_ns`). A restore hands work between
+/// processes (CRIU's stages, the lazy-pages daemon, the shim's threads); a CPU that
+/// halted at once takes a wake-up through the hypervisor each time, a polling one
+/// does not (docs/operating.md: ~1.5 ms of a staged restore here).
+fn cpu_idle() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let driver =
+        read("/sys/devices/system/cpu/cpuidle/current_driver").unwrap_or_else(|| "none".into());
+    match read("/sys/module/haltpoll/parameters/guest_halt_poll_ns") {
+        Some(ns) if driver == "haltpoll" => {
+            format!("cpuidle haltpoll, guest halt polling {ns} ns")
+        }
+        _ => format!("cpuidle {driver}"),
+    }
+}
+
 fn facts_line(f: &Facts) -> String {
     facts_joined(f, ", ")
 }
@@ -1031,6 +1055,7 @@ fn facts_joined(f: &Facts, sep: &str) -> String {
         f.cgroup_migration.clone(),
         f.cpuid.clone(),
         f.fresh_memory.clone(),
+        f.idle.clone(),
         f.shim.clone(),
     ]
     .join(sep)
@@ -1270,6 +1295,7 @@ impl Report {
                 "cgroup_migration": f.cgroup_migration,
                 "cpuid": f.cpuid,
                 "fresh_memory": f.fresh_memory,
+                "idle": f.idle,
                 "shim": f.shim,
             },
             "loadavg_1m": {"before": self.load.0, "after": self.load.1},
