@@ -468,14 +468,19 @@ impl Function {
         }
     }
 
-    /// `GET /`: the function's JSON answer.
-    pub async fn call(&self) -> Result<serde_json::Value> {
-        let (status, body) = self.get("/", secs(10)).await?;
+    /// `GET path`, answered 200 with JSON: that JSON.
+    async fn get_json(&self, path: &str, timeout: Duration) -> Result<serde_json::Value> {
+        let (status, body) = self.get(path, timeout).await?;
         if status != 200 {
-            bail!("GET / on {} answered {status}: {body}", self.id);
+            bail!("GET {path} on {} answered {status}: {body}", self.id);
         }
         serde_json::from_str(&body)
-            .with_context(|| format!("GET / on {}: body is not JSON: {body:?}", self.id))
+            .with_context(|| format!("GET {path} on {}: body is not JSON: {body:?}", self.id))
+    }
+
+    /// `GET /`: the function's JSON answer.
+    pub async fn call(&self) -> Result<serde_json::Value> {
+        self.get_json("/", secs(10)).await
     }
 
     /// `GET /`: its invocation counter.
@@ -491,12 +496,7 @@ impl Function {
     /// pages, of every page the lazy-pages daemon serves on a fault, prefetches or
     /// sends in the background).
     pub async fn state_intact(&self) -> Result<()> {
-        let (status, body) = self.get("/verify", secs(30)).await?;
-        if status != 200 {
-            bail!("GET /verify on {} answered {status}: {body}", self.id);
-        }
-        let json: serde_json::Value = serde_json::from_str(&body)
-            .with_context(|| format!("GET /verify on {}: body is not JSON: {body:?}", self.id))?;
+        let json = self.get_json("/verify", secs(30)).await?;
         if json.get("state").and_then(serde_json::Value::as_str) != Some("intact") {
             bail!("{}'s state is not what it built: {json}", self.id);
         }
