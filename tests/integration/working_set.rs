@@ -27,6 +27,10 @@ fn working_sets_dir(ctx: &crate::harness::Ctx) -> PathBuf {
 /// ten times the lazy-pages daemon's default hold-back.
 const HELD_BEFORE_START: Duration = Duration::from_millis(500);
 
+/// How long after its start the first restore's function gets its first request:
+/// four times the lazy-pages daemon's default hold-back.
+const FIRST_REQUEST_AFTER_START: Duration = Duration::from_millis(200);
+
 /// Fewer pages than this in the first restore's working set: the recording missed
 /// the first request.
 const MIN_WORKING_SET_PAGES: usize = 64;
@@ -65,41 +69,29 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
         // waits well past the lazy-pages daemon's hold-back (REKINDLE_LAZY_PAGES_DELAY_MS,
         // 50 ms) before its start, as a pooled instance does: the shim restores it
         // at Create and holds it stopped until Start, and the hold-back counts from
-        // its resume, not from the end of that restore. Counted from there, the
-        // daemon had sent every page before the function ran, and nothing was
-        // recorded.
-        //
-        // What is recorded is what the function touches within that hold-back after
-        // its resume; on a loaded machine (the suite runs stories side by side) its
-        // first request can come later, the daemon has sent every page by then, and
-        // the record is empty (the shim keeps no working set of nothing). The first
-        // restore is then tried again, up to three times.
-        for attempt in 1..=3 {
-            let f = FunctionSpec::new("ws-first")
-                .own_netns()
-                .annotate(IMAGE_ANNOTATION, &name)
-                .create(&ctx)
-                .await?;
-            tokio::time::sleep(HELD_BEFORE_START).await;
-            f.start().await?;
-            assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
-            // Saved once the lazy-pages daemon has sent the last page.
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while !file.exists() && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            // The state whole, as the daemon sent it in the background (read only now:
-            // read before, it would all have been faulted in, and recorded).
-            f.state_intact().await?;
-            f.destroy().await?;
-            if file.exists() {
-                break;
-            }
-            eprintln!(
-                "[rekindle-it] working-set: first restore {attempt}: nothing recorded \
-                 (its first request came after the daemon's hold-back)"
-            );
+        // its resume, not from the end of that restore (CRIU patch 0005). And its
+        // first request comes well after the resume, as on a loaded machine: the
+        // hold-back starts at the function's first fault (patch 0021), not at the
+        // resume. Counted from either, the daemon had sent every page before the
+        // request, and nothing was recorded.
+        let f = FunctionSpec::new("ws-first")
+            .own_netns()
+            .annotate(IMAGE_ANNOTATION, &name)
+            .create(&ctx)
+            .await?;
+        tokio::time::sleep(HELD_BEFORE_START).await;
+        f.start().await?;
+        tokio::time::sleep(FIRST_REQUEST_AFTER_START).await;
+        assert_eq!(f.count().await?, FIXTURE_COUNT + 1);
+        // Saved once the lazy-pages daemon has sent the last page.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !file.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The state whole, as the daemon sent it in the background (read only now:
+        // read before, it would all have been faulted in, and recorded).
+        f.state_intact().await?;
+        f.destroy().await?;
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("the first restore's working set {}", file.display()))?;
         let mut lines = text.lines();

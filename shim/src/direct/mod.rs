@@ -91,11 +91,31 @@ pub fn lazy_pages_delay_ms() -> u32 {
 /// The delay a `REKINDLE_LAZY_PAGES_DELAY_MS` value asks for; `Err(default)` for a
 /// value that is not a number of ms in 0-10000 (CRIU's bound).
 fn parse_delay_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
-    const DEFAULT: u32 = 50;
+    parse_ms(v, 50, 10_000)
+}
+
+/// How long the first restore of an image records its working set: the lazy-pages
+/// daemon holds the pages nobody asked for back this long after the resume
+/// (`REKINDLE_LAZY_PAGES_RECORD_MS`, 0-60000, default 1000; CRIU patch 0021), so
+/// the faults of that time are recorded. A restored function faults only a few
+/// dozen pages of its own at its resume, and its first request, coming later
+/// than the 50 ms delay (a loaded machine), found every page sent already: the
+/// record missed it. Faults are served meanwhile; only the other pages wait.
+pub fn record_ms() -> u32 {
+    let v = std::env::var("REKINDLE_LAZY_PAGES_RECORD_MS").ok();
+    parse_ms(v.as_deref(), 1000, 60_000).unwrap_or_else(|default| {
+        warn!(value = ?v, "REKINDLE_LAZY_PAGES_RECORD_MS: not 0-60000; using {default}");
+        default
+    })
+}
+
+/// A number of ms in `0..=max` from an environment value; `Err(default)` for
+/// anything else, `Ok(default)` when unset.
+fn parse_ms(v: Option<&str>, default: u32, max: u32) -> std::result::Result<u32, u32> {
     match v.map(|v| v.trim().parse::<u32>()) {
-        None => Ok(DEFAULT),
-        Some(Ok(ms)) if ms <= 10_000 => Ok(ms),
-        Some(_) => Err(DEFAULT),
+        None => Ok(default),
+        Some(Ok(ms)) if ms <= max => Ok(ms),
+        Some(_) => Err(default),
     }
 }
 
@@ -1300,6 +1320,17 @@ mod tests {
         assert_eq!(parse_delay_ms(Some("10000")), Ok(10_000));
         for bad in ["10001", "-1", "", "50ms", "1e3"] {
             assert_eq!(parse_delay_ms(Some(bad)), Err(50), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_recording_lasts_1000_ms_unless_set_within_criu_s_bound() {
+        let parse = |v| parse_ms(v, 1000, 60_000);
+        assert_eq!(parse(None), Ok(1000));
+        assert_eq!(parse(Some("0")), Ok(0));
+        assert_eq!(parse(Some("60000")), Ok(60_000));
+        for bad in ["60001", "-5", "", "1s"] {
+            assert_eq!(parse(Some(bad)), Err(1000), "{bad:?}");
         }
     }
 }

@@ -448,6 +448,8 @@ pub async fn spawn_lazy_pages(
             "CRIU_LAZY_PAGES_BACKGROUND_DELAY_MS",
             super::lazy_pages_delay_ms().to_string(),
         )
+        // Read only while a working set is recorded (CRIU patch 0021).
+        .env("CRIU_LAZY_PAGES_RECORD_MS", super::record_ms().to_string())
         .stdin(Stdio::from(listener))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
