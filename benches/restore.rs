@@ -1022,7 +1022,8 @@ fn fresh_memory_cost() -> String {
 /// CPU polls before it halts (`guest_halt_poll_ns`). A restore hands work between
 /// processes (CRIU's stages, the lazy-pages daemon, the shim's threads); a CPU that
 /// halted at once takes a wake-up through the hypervisor each time, a polling one
-/// may not (bench-results/journal.md, "Night of November 27": no difference shown in full runs here).
+/// may not (bench-results/journal.md, "Night of November 27": no difference shown
+/// in full runs here).
 fn cpu_idle() -> String {
     let read = |p: &str| {
         std::fs::read_to_string(p)
