@@ -34,7 +34,11 @@
 //! Environment: `REKINDLE_BENCH_ITERATIONS` (per mode, default 30),
 //! `REKINDLE_BENCH_WARMUP` (`0`: no warm-up round, the first restores counted),
 //! `REKINDLE_BENCH_OUT` (default `<repo>/bench-results`), `REKINDLE_CONTAINERD` (`2` or
-//! `1.6`), `REKINDLE_BENCH_COMMIT` (recorded with the results).
+//! `1.6`), `REKINDLE_BENCH_COMMIT` (recorded with the results),
+//! `REKINDLE_BENCH_WINDOWS=<file>`: appends each sample's window (the warm-up's too) to
+//! the file, one line `<mode> <start> <end>` in seconds of CLOCK_MONOTONIC — the clock
+//! of `perf record -k CLOCK_MONOTONIC` —, so that a system-wide profile taken during the
+//! run can be cut to the samples' windows (`hack/perf-windows.py`).
 //!
 //! `REKINDLE_BENCH_AB_CRIU=<criu A>,<criu B>` compares two CRIU builds instead (a change
 //! to CRIU's patches, say): only mode (4), two samples a round, A then B and B then A in
@@ -652,15 +656,15 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
             .annotate(IMAGE_ANNOTATION, STAGED_IMAGE),
     };
     let prepared = spec.prepare(ctx).await?;
-    let (f, t0) = if mode == Mode::RekindlePrecreated {
+    let (f, t0, w0) = if mode == Mode::RekindlePrecreated {
         let f = prepared.create().await?;
         // Created ahead of the request, as a pool's instance is: Start comes a while
         // later, by when the shim's restore ahead (CRIU during Create) is done and held.
         tokio::time::sleep(PRECREATED_AHEAD).await;
-        (f, Instant::now())
+        (f, Instant::now(), monotonic_s())
     } else {
-        let t0 = Instant::now();
-        (prepared.create().await?, t0)
+        let (t0, w0) = (Instant::now(), monotonic_s());
+        (prepared.create().await?, t0, w0)
     };
     let created = t0.elapsed();
     // A task created ahead has its create phases outside the clock.
@@ -673,6 +677,7 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
     let started = t0.elapsed();
     let first = first_response(s.port, Duration::from_secs(60)).await;
     let elapsed = t0.elapsed();
+    note_window(mode, w0, monotonic_s())?;
     let checked = first.and_then(|body| {
         let json: serde_json::Value = serde_json::from_str(&body)
             .with_context(|| format!("first response is not JSON: {body:?}"))?;
@@ -695,6 +700,43 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
         task: ms(phases.task),
         start: ms(started - created),
         respond: ms(elapsed - started),
+    })
+}
+
+/// CLOCK_MONOTONIC in seconds: what `perf record -k CLOCK_MONOTONIC` stamps samples with
+/// (`Instant` reads the same clock, but does not show its value).
+fn monotonic_s() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to fill; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
+/// Appends a sample's window to `REKINDLE_BENCH_WINDOWS`, if set (after the clock
+/// stopped: nothing of it is timed).
+fn note_window(mode: Mode, start: f64, end: f64) -> Result<()> {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("REKINDLE_BENCH_WINDOWS") else {
+        return Ok(());
+    };
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| {
+            format!(
+                "REKINDLE_BENCH_WINDOWS: opening {}",
+                Path::new(&path).display()
+            )
+        })?;
+    writeln!(f, "{} {start:.6} {end:.6}", mode.name()).with_context(|| {
+        format!(
+            "REKINDLE_BENCH_WINDOWS: writing {}",
+            Path::new(&path).display()
+        )
     })
 }
 
