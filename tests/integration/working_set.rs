@@ -91,6 +91,7 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
         // The state whole, as the daemon sent it in the background (read only now:
         // read before, it would all have been faulted in, and recorded).
         f.state_intact().await?;
+        let first_id = f.id.clone();
         f.destroy().await?;
         let text = std::fs::read_to_string(&file)
             .with_context(|| format!("the first restore's working set {}", file.display()))?;
@@ -134,7 +135,31 @@ fn the_second_restore_of_a_stored_image_prefetches_what_the_first_touched() {
         );
         // And whole: the working set copied in, the rest faulted in or sent after.
         g.state_intact().await?;
+        let second_id = g.id.clone();
         g.destroy().await?;
+        // Both restores' CRIU logs were kept once their containers were gone
+        // (REKINDLE_CRIU_LOGS_DIR, set by the harness).
+        for id in [&first_id, &second_id] {
+            let kept = ctx
+                .paths()
+                .dir
+                .join("criu-logs")
+                .join(crate::harness::NAMESPACE);
+            let found = std::fs::read_dir(&kept)
+                .with_context(|| format!("kept CRIU logs in {}", kept.display()))?
+                .filter_map(|e| e.ok())
+                .map(|e| e.path())
+                .find(|p| {
+                    p.file_name()
+                        .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{id}-")))
+                });
+            let Some(dir) = found else {
+                bail!("no CRIU logs of {id} kept in {}", kept.display());
+            };
+            for log in ["restore.log", "lazy-pages.log"] {
+                assert!(dir.join(log).is_file(), "{} lacks {log}", dir.display());
+            }
+        }
         let said = ctx
             .paths()
             .log_lines_mentioning(&["prefetching working set".to_string()], 50);

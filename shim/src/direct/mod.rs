@@ -58,6 +58,7 @@ pub fn enabled() -> bool {
 /// CRIU's log level for restores: `REKINDLE_CRIU_LOG_LEVEL` (0-4), default 2
 /// (errors and warnings). 4 logs every step with timestamps (restore.log in
 /// the bundle's direct-work dir), for finding where a restore spends its time.
+/// The lazy-pages daemon logs at the same level (lazy-pages.log, beside it).
 fn criu_log_level() -> LogLevel {
     match std::env::var("REKINDLE_CRIU_LOG_LEVEL").as_deref() {
         Ok("0") => LogLevel::Msg,
@@ -1302,9 +1303,43 @@ impl Running {
                 warn!("criu lazy-pages outlived its container by 5 s");
             }
         }
+        keep_criu_logs(&self.work).await;
         if crate::cgroups::detach_mounts_under(&self.work) {
             let _ = tokio::fs::remove_dir_all(&self.work).await;
         }
+    }
+}
+
+/// `REKINDLE_CRIU_LOGS_DIR`: where to keep each direct restore's CRIU logs
+/// (restore.log, lazy-pages.log) once its container is gone, in
+/// `<dir>/<namespace>/<container id>-<unix ms>/`; unset, they go with the
+/// bundle. For a restore that was slow or odd after the fact (with
+/// `REKINDLE_CRIU_LOG_LEVEL=4`, every step with its time).
+async fn keep_criu_logs(work: &Path) {
+    let Some(dir) = std::env::var_os("REKINDLE_CRIU_LOGS_DIR") else {
+        return;
+    };
+    let bundle = work.parent().unwrap_or(work);
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    let dest = Path::new(&dir)
+        .join(name(bundle.parent().unwrap_or(bundle)))
+        .join(format!("{}-{ms}", name(bundle)));
+    if let Err(e) = tokio::fs::create_dir_all(&dest).await {
+        warn!(dir = %dest.display(), error = %e, "REKINDLE_CRIU_LOGS_DIR: CRIU's logs not kept");
+        return;
+    }
+    for log in ["restore.log", swrk::LAZY_PAGES_LOG] {
+        // A restore that never ran its daemon has no lazy-pages.log: nothing to keep.
+        let _ = tokio::fs::copy(work.join(log), dest.join(log)).await;
     }
 }
 

@@ -442,7 +442,8 @@ pub async fn spawn_lazy_pages(
         .arg(images)
         .arg("--work-dir")
         .arg(work)
-        .args(["--log-file", LAZY_PAGES_LOG, "-v1"])
+        .args(["--log-file", LAZY_PAGES_LOG])
+        .arg(format!("-v{}", super::criu_log_level() as i32))
         .env("CRIU_LAZY_PAGES_LISTEN_FD", "0")
         .env(
             "CRIU_LAZY_PAGES_BACKGROUND_DELAY_MS",

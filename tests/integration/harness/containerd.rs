@@ -303,6 +303,9 @@ fn containerd_command(paths: &Paths, log: fs::File) -> Result<Command> {
         // The shims' recorded working sets stay in this run's dir, not the
         // host's /var/lib/rekindle.
         .env("REKINDLE_WORKING_SETS", paths.dir.join("working-sets"))
+        // Each direct restore's CRIU logs, kept past its bundle (REKINDLE_IT_KEEP=1
+        // keeps this dir).
+        .env("REKINDLE_CRIU_LOGS_DIR", paths.dir.join("criu-logs"))
         .envs(paths.shim_env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
