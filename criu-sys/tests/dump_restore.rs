@@ -3,8 +3,7 @@
 //! pid, then killed. Needs root and CRIU >= 4.2 (hack/setup.sh).
 
 use std::fs;
-use std::io;
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -12,11 +11,10 @@ use std::time::{Duration, Instant};
 
 use criu_sys::safe::{Criu, LogLevel};
 
-/// Spawns `sleep 1000` as the leader of a new session, stdio on /dev/null, so that the
-/// tree CRIU dumps owns its session, process group and files. Descriptors above 2 are
-/// closed: the tests run in parallel and libcriu's socketpair to swrk (another test's
-/// request) is not close-on-exec, so a sleeper forked meanwhile would inherit it and its
-/// dump would fail on an external unix socket (seen once in CI).
+mod common;
+
+/// Spawns `sleep 1000` as the leader of a new session (`common::own_session`), stdio on
+/// /dev/null.
 fn spawn_sleeper() -> Child {
     spawn_sleeper_from(Path::new("sleep"))
 }
@@ -28,20 +26,7 @@ fn spawn_sleeper_from(program: &Path) -> Child {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    // SAFETY: setsid and close_range are async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // Marked close-on-exec rather than closed: std's exec-error pipe is among them.
-            let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_uint;
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, cloexec) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::own_session(&mut cmd);
     let child = cmd.spawn().expect("spawn sleep");
     // Wait until it runs `sleep` (not still our forked copy about to exec).
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -4,12 +4,12 @@
 //! needs one too).
 
 use std::fs;
-use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// How long the daemon holds back the pages nobody asked for (patch 0005's
 /// `CRIU_LAZY_PAGES_BACKGROUND_DELAY_MS`): a fault left waiting for that transfer shows
@@ -66,28 +66,15 @@ fn compile(name: &str, dir: &Path) -> PathBuf {
     out
 }
 
-/// Starts `program args` as the leader of a session of its own, stdout to `out`, other
-/// descriptors closed (see dump_restore.rs: a socket inherited from a parallel test
-/// would fail the dump).
+/// Starts `program args` as the leader of a session of its own (`common::own_session`),
+/// stdout to `out`.
 fn spawn_detached(program: &Path, args: &[&Path], out: &Path) -> Child {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(out).expect("create the output file"))
         .stderr(Stdio::null());
-    // SAFETY: setsid and close_range are async-signal-safe syscalls.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let cloexec = libc::CLOSE_RANGE_CLOEXEC as libc::c_uint;
-            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, cloexec) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    common::own_session(&mut cmd);
     cmd.spawn().expect("spawn the test process")
 }
 
