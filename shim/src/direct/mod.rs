@@ -104,10 +104,16 @@ fn parse_delay_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
 /// record missed it. Faults are served meanwhile; only the other pages wait.
 pub fn record_ms() -> u32 {
     let v = std::env::var("REKINDLE_LAZY_PAGES_RECORD_MS").ok();
-    parse_ms(v.as_deref(), 1000, 60_000).unwrap_or_else(|default| {
+    parse_record_ms(v.as_deref()).unwrap_or_else(|default| {
         warn!(value = ?v, "REKINDLE_LAZY_PAGES_RECORD_MS: not 0-60000; using {default}");
         default
     })
+}
+
+/// The recording a `REKINDLE_LAZY_PAGES_RECORD_MS` value asks for; `Err(default)`
+/// for a value that is not a number of ms in 0-60000 (CRIU's bound).
+fn parse_record_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
+    parse_ms(v, 1000, 60_000)
 }
 
 /// A number of ms in `0..=max` from an environment value; `Err(default)` for
@@ -1360,7 +1366,7 @@ mod tests {
 
     #[test]
     fn the_recording_lasts_1000_ms_unless_set_within_criu_s_bound() {
-        let parse = |v| parse_ms(v, 1000, 60_000);
+        let parse = parse_record_ms;
         assert_eq!(parse(None), Ok(1000));
         assert_eq!(parse(Some("0")), Ok(0));
         assert_eq!(parse(Some("60000")), Ok(60_000));
