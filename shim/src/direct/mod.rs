@@ -82,11 +82,7 @@ pub fn lazy_pages() -> bool {
 /// A daemon recording a working set counts it from the tree's resume instead
 /// (CRIU tells it), so that a restore held until Start records its first request.
 pub fn lazy_pages_delay_ms() -> u32 {
-    let v = std::env::var("REKINDLE_LAZY_PAGES_DELAY_MS").ok();
-    parse_delay_ms(v.as_deref()).unwrap_or_else(|default| {
-        warn!(value = ?v, "REKINDLE_LAZY_PAGES_DELAY_MS: not 0-10000; using {default}");
-        default
-    })
+    env_ms("REKINDLE_LAZY_PAGES_DELAY_MS", parse_delay_ms)
 }
 
 /// The delay a `REKINDLE_LAZY_PAGES_DELAY_MS` value asks for; `Err(default)` for a
@@ -103,17 +99,23 @@ fn parse_delay_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
 /// than the 50 ms delay (a loaded machine), found every page sent already: the
 /// record missed it. Faults are served meanwhile; only the other pages wait.
 pub fn record_ms() -> u32 {
-    let v = std::env::var("REKINDLE_LAZY_PAGES_RECORD_MS").ok();
-    parse_record_ms(v.as_deref()).unwrap_or_else(|default| {
-        warn!(value = ?v, "REKINDLE_LAZY_PAGES_RECORD_MS: not 0-60000; using {default}");
-        default
-    })
+    env_ms("REKINDLE_LAZY_PAGES_RECORD_MS", parse_record_ms)
 }
 
 /// The recording a `REKINDLE_LAZY_PAGES_RECORD_MS` value asks for; `Err(default)`
 /// for a value that is not a number of ms in 0-60000 (CRIU's bound).
 fn parse_record_ms(v: Option<&str>) -> std::result::Result<u32, u32> {
     parse_ms(v, 1000, 60_000)
+}
+
+/// Environment variable `var` as `parse` reads it; a value it refuses is warned
+/// about (naming the variable and the default used) and the default taken.
+fn env_ms(var: &str, parse: fn(Option<&str>) -> std::result::Result<u32, u32>) -> u32 {
+    let v = std::env::var(var).ok();
+    parse(v.as_deref()).unwrap_or_else(|default| {
+        warn!(value = ?v, "{var}: not a number of ms within CRIU's bound; using {default}");
+        default
+    })
 }
 
 /// A number of ms in `0..=max` from an environment value; `Err(default)` for
