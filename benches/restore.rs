@@ -551,6 +551,11 @@ struct Sample {
     start: f64,
     /// From Start's answer to the first HTTP 200.
     respond: f64,
+    /// Rekindle's restores, from the shim's log line ([`direct_restore_times`]): CRIU's
+    /// restore from the shim's request to its pre-resume step (NaN for runc's modes).
+    criu: f64,
+    /// The same line: from Start's go to CRIU's answer, the tree resumed (NaN for runc's).
+    resume: f64,
 }
 
 /// One phase of a [`Sample`], as [`phase_p50`] takes it.
@@ -564,6 +569,9 @@ const PHASES: [(&str, Phase); 5] = [
     ("start", |s| s.start),
     ("respond", |s| s.respond),
 ];
+
+/// What the shim's log says of a direct restore, in the order the reports give them.
+const SHIM_PHASES: [(&str, Phase); 2] = [("criu", |s| s.criu), ("resume", |s| s.resume)];
 
 /// Mode (4) with two builds, sample by sample (see the module's doc).
 async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &Ab) -> Result<()> {
@@ -608,7 +616,7 @@ async fn ab_bench(ctx: &Ctx, sources: Sources, cfg: &Config, ab: &Ab) -> Result<
         cfg.iterations
     );
     let total: (&str, Phase) = ("total", |s| s.total);
-    for (name, phase) in std::iter::once(total).chain(PHASES) {
+    for (name, phase) in std::iter::once(total).chain(PHASES).chain(SHIM_PHASES) {
         let diffs: Vec<f64> = samples[0]
             .iter()
             .zip(&samples[1])
@@ -690,9 +698,14 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
         }
         Ok(())
     });
+    let id = f.id.clone();
     let ended = f.destroy().await;
     checked?;
     ended?;
+    let (criu, resume) = match mode {
+        Mode::Cold | Mode::RuncRestore => (f64::NAN, f64::NAN),
+        _ => direct_restore_times(&ctx.paths().log, &id)?,
+    };
     Ok(Sample {
         total: ms(elapsed),
         container: ms(phases.container),
@@ -700,7 +713,43 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
         task: ms(phases.task),
         start: ms(started - created),
         respond: ms(elapsed - started),
+        criu,
+        resume,
     })
+}
+
+/// `(criu_ms, resume_ms)` of the shim's line `restored by the direct engine` for
+/// container `id` in containerd's log (the shim tags its lines with its id: one shim
+/// per container here). None is an error: the restore took another path (a fallback
+/// to runc), and the sample would not be what its mode says.
+fn direct_restore_times(log: &Path, id: &str) -> Result<(f64, f64)> {
+    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
+    let tag = format!(" id=\"{id}\" ");
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains(&tag) && l.contains("msg=\"restored by the direct engine "))
+        .with_context(|| {
+            format!(
+                "{id}: no 'restored by the direct engine' line in {}: the restore took \
+                 another path (its lines there say why)",
+                log.display()
+            )
+        })?;
+    let field = |name: &str| -> Result<f64> {
+        let key = format!(" {name}=");
+        let at = line
+            .find(&key)
+            .with_context(|| format!("{id}: no {name} in {line:?}"))?;
+        let value = &line[at + key.len()..];
+        let end = value
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(value.len());
+        value[..end]
+            .parse()
+            .with_context(|| format!("{id}: {name} in {line:?}"))
+    };
+    Ok((field("criu_ms")?, field("resume_ms")?))
 }
 
 /// CLOCK_MONOTONIC in seconds: what `perf record -k CLOCK_MONOTONIC` stamps samples with
@@ -1238,6 +1287,28 @@ impl Report {
             }
             let _ = writeln!(s);
         }
+        let _ = writeln!(
+            s,
+            "\nInside a Rekindle restore (p50 ms, from the shim's log line `restored by the \
+             direct engine`): criu = CRIU's restore from the shim's request to its pre-resume \
+             step (it starts during Tasks.Create and, for a task created ahead, ends there); \
+             resume = from Start's go to CRIU's answer, the tree resumed.\n"
+        );
+        let _ = write!(s, "| mode |");
+        for (name, _) in SHIM_PHASES {
+            let _ = write!(s, " {name} |");
+        }
+        let _ = writeln!(s, "\n|---|{}", "---:|".repeat(SHIM_PHASES.len()));
+        for (m, samples) in MODES.iter().zip(&self.samples) {
+            if matches!(m, Mode::Cold | Mode::RuncRestore) {
+                continue;
+            }
+            let _ = write!(s, "| {} |", m.name());
+            for (_, phase) in SHIM_PHASES {
+                let _ = write!(s, " {:.1} |", phase_p50(samples, phase));
+            }
+            let _ = writeln!(s);
+        }
         let _ = writeln!(s, "\nRatios (how many times faster; the issue's target):\n");
         let _ = writeln!(s, "| comparison | at p50 | at p99 | target |");
         let _ = writeln!(s, "|---|---:|---:|---:|");
@@ -1297,12 +1368,16 @@ impl Report {
                     "task_p50_ms": phase_p50(samples, |x| x.task),
                     "start_p50_ms": phase_p50(samples, |x| x.start),
                     "respond_p50_ms": phase_p50(samples, |x| x.respond),
+                    "criu_p50_ms": phase_p50(samples, |x| x.criu),
+                    "resume_p50_ms": phase_p50(samples, |x| x.resume),
                     "samples_ms": samples.iter().map(|x| x.total).collect::<Vec<_>>(),
                     "samples_container_ms": samples.iter().map(|x| x.container).collect::<Vec<_>>(),
                     "samples_snapshot_ms": samples.iter().map(|x| x.snapshot).collect::<Vec<_>>(),
                     "samples_task_ms": samples.iter().map(|x| x.task).collect::<Vec<_>>(),
                     "samples_start_ms": samples.iter().map(|x| x.start).collect::<Vec<_>>(),
                     "samples_respond_ms": samples.iter().map(|x| x.respond).collect::<Vec<_>>(),
+                    "samples_criu_ms": samples.iter().map(|x| x.criu).collect::<Vec<_>>(),
+                    "samples_resume_ms": samples.iter().map(|x| x.resume).collect::<Vec<_>>(),
                 })
             })
             .collect();

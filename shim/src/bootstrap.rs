@@ -320,7 +320,7 @@ async fn serve(
     if flags.socket.is_empty() {
         return Err("-socket is required to serve the task API".into());
     }
-    containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
+    crate::logging::init(flags.debug, "info", &flags.namespace, &flags.id)
         .map_err(|e| format!("open containerd's log fifo: {e}"))?;
     if let Err(e) = oom {
         warn!(error = %e, "OOM score of the shim server left as it was");

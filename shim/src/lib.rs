@@ -12,7 +12,8 @@
 //! - [`nsexec`]: exec into a container the direct engine runs;
 //! - [`stdio`] and [`console`]: a process's stdio and terminal;
 //! - [`annotations`]: what a container's annotations ask of restores;
-//! - [`error`]: the error type and its one mapping to ttrpc codes.
+//! - [`error`]: the error type and its one mapping to ttrpc codes;
+//! - [`logging`]: the log lines containerd gets, tagged with the shim's id.
 
 pub mod annotations;
 pub mod bootstrap;
@@ -24,6 +25,7 @@ pub mod criu_tar;
 pub mod direct;
 pub mod early;
 pub mod error;
+pub mod logging;
 pub mod nsexec;
 pub mod publisher;
 pub mod runc;
