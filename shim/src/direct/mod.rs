@@ -1319,7 +1319,7 @@ impl Running {
 }
 
 /// `REKINDLE_CRIU_LOGS_DIR`: where to keep each direct restore's CRIU logs
-/// (restore.log, lazy-pages.log) once its container is gone, in
+/// (restore.log, lazy-pages.log, stats-restore) once its container is gone, in
 /// `<dir>/<namespace>/<container id>-<unix ms>/`; unset, they go with the
 /// bundle. For a restore that was slow or odd after the fact (with
 /// `REKINDLE_CRIU_LOG_LEVEL=4`, every step with its time).
@@ -1345,7 +1345,9 @@ async fn keep_criu_logs(work: &Path) {
         warn!(dir = %dest.display(), error = %e, "REKINDLE_CRIU_LOGS_DIR: CRIU's logs not kept");
         return;
     }
-    for log in ["restore.log", swrk::LAZY_PAGES_LOG] {
+    // stats-restore: CRIU's own times (forking, restore up to its tasks' release), at
+    // any log level.
+    for log in ["restore.log", swrk::LAZY_PAGES_LOG, "stats-restore"] {
         // A restore that never ran its daemon has no lazy-pages.log: nothing to keep.
         let _ = tokio::fs::copy(work.join(log), dest.join(log)).await;
     }
