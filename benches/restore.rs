@@ -126,6 +126,11 @@ impl Mode {
         }
     }
 
+    /// Restored by Rekindle's direct engine (the shim logs how: [`direct_restore_times`]).
+    fn direct(self) -> bool {
+        !matches!(self, Mode::Cold | Mode::RuncRestore)
+    }
+
     /// The count the first response must carry.
     fn expected_count(self) -> u64 {
         match self {
@@ -702,9 +707,10 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
     let ended = f.destroy().await;
     checked?;
     ended?;
-    let (criu, resume) = match mode {
-        Mode::Cold | Mode::RuncRestore => (f64::NAN, f64::NAN),
-        _ => direct_restore_times(&ctx.paths().log, &id)?,
+    let (criu, resume) = if mode.direct() {
+        direct_restore_times(ctx.paths(), &id)?
+    } else {
+        (f64::NAN, f64::NAN)
     };
     Ok(Sample {
         total: ms(elapsed),
@@ -719,21 +725,16 @@ async fn one(ctx: &Ctx, mode: Mode, s: &Sources) -> Result<Sample> {
 }
 
 /// `(criu_ms, resume_ms)` of the shim's line `restored by the direct engine` for
-/// container `id` in containerd's log (the shim tags its lines with its id: one shim
-/// per container here). None is an error: the restore took another path (a fallback
-/// to runc), and the sample would not be what its mode says.
-fn direct_restore_times(log: &Path, id: &str) -> Result<(f64, f64)> {
-    let text = fs::read_to_string(log).with_context(|| format!("reading {}", log.display()))?;
-    let tag = format!(" id=\"{id}\" ");
-    let line = text
-        .lines()
-        .rev()
-        .find(|l| l.contains(&tag) && l.contains("msg=\"restored by the direct engine "))
+/// container `id` in containerd's log. None is an error: the restore took another path
+/// (a fallback to runc), and the sample would not be what its mode says.
+fn direct_restore_times(paths: &harness::containerd::Paths, id: &str) -> Result<(f64, f64)> {
+    let line = paths
+        .shim_line(id, "msg=\"restored by the direct engine ")
         .with_context(|| {
             format!(
                 "{id}: no 'restored by the direct engine' line in {}: the restore took \
                  another path (its lines there say why)",
-                log.display()
+                paths.log.display()
             )
         })?;
     let field = |name: &str| -> Result<f64> {
@@ -1300,7 +1301,7 @@ impl Report {
         }
         let _ = writeln!(s, "\n|---|{}", "---:|".repeat(SHIM_PHASES.len()));
         for (m, samples) in MODES.iter().zip(&self.samples) {
-            if matches!(m, Mode::Cold | Mode::RuncRestore) {
+            if !m.direct() {
                 continue;
             }
             let _ = write!(s, "| {} |", m.name());

@@ -51,14 +51,14 @@ async fn start_restored_directly(
         "{} restored by the direct engine",
         f.id
     );
-    // The shim tags its lines with its id (one shim per container here): the
-    // restore's line is found by it, as `journalctl -u containerd | grep` would.
-    let tag = format!(" id=\"{}\" ", f.id);
+    // The shim tags its lines with its id: the restore's line is found by it, as
+    // `journalctl -u containerd | grep` would.
     assert!(
-        std::fs::read_to_string(&ctx.paths().log)?
-            .lines()
-            .any(|l| l.contains(&tag) && l.contains("restored by the direct engine")),
-        "containerd's log has the shim's `restored by the direct engine` line tagged {tag:?}"
+        ctx.paths()
+            .shim_line(&f.id, "restored by the direct engine")
+            .is_some(),
+        "containerd's log has the shim's `restored by the direct engine` line tagged id={:?}",
+        f.id
     );
     assert_eq!(
         f.count().await?,

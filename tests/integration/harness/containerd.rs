@@ -130,6 +130,18 @@ impl Paths {
             .collect();
         lines[lines.len().saturating_sub(max)..].join("\n")
     }
+
+    /// The last line of containerd's log that the shim `id` wrote (it tags its lines
+    /// `id="<id>"`: one shim per container here) and that contains `text`.
+    pub fn shim_line(&self, id: &str, text: &str) -> Option<String> {
+        let tag = format!(" id=\"{id}\" ");
+        fs::read_to_string(&self.log)
+            .ok()?
+            .lines()
+            .rev()
+            .find(|l| l.contains(&tag) && l.contains(text))
+            .map(str::to_owned)
+    }
 }
 
 /// A containerd process of our own. Dropping it stops containerd, reports and removes
